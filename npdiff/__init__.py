@@ -9,3 +9,35 @@ from .backend import (
 )
 
 __version__ = "0.1.0"
+
+from .autograd import (
+    Function,
+    Tensor,
+    abs,
+    cat,
+    chunk,
+    clip,
+    exp,
+    is_grad_enabled,
+    log,
+    matmul,
+    no_grad,
+    ones,
+    ones_like,
+    pad,
+    permute,
+    rand,
+    randn,
+    reshape,
+    set_grad_enabled,
+    sigmoid,
+    split,
+    sqrt,
+    stack,
+    tanh,
+    tensor,
+    transpose,
+    where,
+    zeros,
+    zeros_like,
+)
