@@ -1,0 +1,6 @@
+"""Neural-network layers with PyTorch's names, arguments and state-dict keys."""
+
+from . import functional, init
+from .modules.container import ModuleDict, ModuleList, Sequential
+from .modules.linear import Embedding, Identity, Linear
+from .modules.module import Module, Parameter
