@@ -110,7 +110,8 @@ def save_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Map
         a = _host(v)
         if a.dtype.kind not in "biuf":
             raise ValueError(f"value for key {k!r} is not a bool/int/float array (got dtype {a.dtype})")
-        arrays[k] = np.ascontiguousarray(a)
+        # copy only when needed: np.ascontiguousarray would turn 0-d arrays into (1,)
+        arrays[k] = a if a.flags.c_contiguous else a.copy(order="C")
     if metadata is not None:
         bad = {k: type(v).__name__ for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))}
         if bad:
