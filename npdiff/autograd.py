@@ -90,6 +90,9 @@ class _Node:
         self.inputs = inputs
 
 
+_FREED = _Node(None, None, ())  # marks a non-leaf whose graph backward() already freed
+
+
 class Function:
     """Pair a forward with its backward.
 
@@ -174,7 +177,7 @@ class Tensor:
 
     @property
     def is_leaf(self):
-        return self._node is None
+        return self._node is None or self._node is _FREED
 
     @property
     def T(self):
@@ -397,6 +400,11 @@ def _run_backward(root: Tensor, g0, retain_graph: bool):
             continue
         if id(t) in seen or t._node is None:
             continue
+        if t._node is _FREED:
+            raise RuntimeError(
+                "trying to backward through a graph that was already freed by an earlier backward(); "
+                "pass retain_graph=True to the first call if you need to backward twice"
+            )
         seen.add(id(t))
         stack.append((t, True))
         for parent in t._node.inputs:
@@ -420,7 +428,7 @@ def _run_backward(root: Tensor, g0, retain_graph: bool):
                     f"{node.fn.__name__}.backward returned a gradient of shape {pg.shape} "
                     f"for an input of shape {parent.shape}"
                 )
-            if parent._node is None:  # leaf: accumulate into .grad
+            if parent.is_leaf:  # accumulate into .grad
                 pg = pg.astype(parent.dtype, copy=False)
                 if parent.grad is None:
                     parent.grad = Tensor(pg.copy())
@@ -431,7 +439,7 @@ def _run_backward(root: Tensor, g0, retain_graph: bool):
             else:
                 grads[id(parent)] = pg
         if not retain_graph:
-            t._node = None  # free saved arrays and the links to the inputs
+            t._node = _FREED  # drop saved arrays and the links to the inputs
 
 
 # ---------------------------------------------------------------------------
