@@ -1,0 +1,134 @@
+"""Side-by-side timing of npdiff and PyTorch, each in its own process.
+
+OpenBLAS/Numba and torch's OpenMP pools slow each other down inside one process,
+so the orchestrator starts one long-lived worker per side and alternates between
+them (A B A B ...): it sends {"case": ..., "iters": n} on a worker's stdin, the worker
+answers with a JSON list of per-iteration seconds. Only one side computes at a
+time; idle OpenMP threads are told to sleep (OMP_WAIT_POLICY=PASSIVE).
+
+A benchmark script defines ``build(side, case) -> callable`` (the callable runs
+one timed iteration; building it pays warm-up and JIT compile) and calls
+``main(cases, build, ...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _worker(build, side: str, threads: int):
+    """Serve timing requests on stdin/stdout until EOF."""
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+    else:
+        import numba
+
+        numba.set_num_threads(threads)
+    built = {}
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol
+    for line in sys.stdin:
+        req = json.loads(line)
+        case, iters = req["case"], req["iters"]
+        if case not in built:
+            t0 = time.perf_counter()
+            fn = build(side, case)
+            fn()  # warm-up (JIT compile, first-touch allocations)
+            built[case] = fn
+            warm = time.perf_counter() - t0
+        else:
+            warm = 0.0
+        fn = built[case]
+        times = []
+        for _ in range(int(iters)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out.write(json.dumps({"times": times, "warmup_s": warm}) + "\n")
+        out.flush()
+
+
+class _Side:
+    def __init__(self, script: str, side: str, threads: int):
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads),
+                   OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+        self.proc = subprocess.Popen(
+            [sys.executable, script, "--worker", side, "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )
+
+    def run(self, case: str, iters: int) -> dict:
+        self.proc.stdin.write(json.dumps({"case": case, "iters": iters}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker died while running {case!r} (see its stderr above)")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def main(cases: dict, build, script: str, title: str, describe=None):
+    """Run every case alternately on both sides; print a table; optionally write JSON.
+
+    ``cases`` maps a case name to a dict of record fields, including ``flops``
+    (floating-point operations of one iteration, or None) and ``unit`` items per
+    iteration (for images/s), plus any identifying keys for the JSON records.
+    """
+    ap = argparse.ArgumentParser(description=title)
+    ap.add_argument("--worker", choices=["npdiff", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=2, help="threads per side (default 2)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per case (default 5)")
+    ap.add_argument("--iters", type=int, default=3, help="timed iterations per round (default 3)")
+    ap.add_argument("--only", default="", help="comma-separated substrings: run only matching cases")
+    ap.add_argument("--json", metavar="PATH", help="write one record per case to PATH")
+    args = ap.parse_args()
+    if args.worker:
+        return _worker(build, args.worker, args.threads)
+
+    names = [c for c in cases if not args.only or any(s in c for s in args.only.split(","))]
+    sides = {s: _Side(script, s, args.threads) for s in ("npdiff", "torch")}
+    records = []
+    if describe:
+        describe(print)
+    header = f"{'case':<44} {'npdiff ms':>10} {'torch ms':>10} {'np GF/s':>8} {'pt GF/s':>8} {'ratio':>6} {'compile s':>9}"
+    print(header)
+    print("-" * len(header))
+    try:
+        for name in names:
+            times = {"npdiff": [], "torch": []}
+            warm = {}
+            for _ in range(args.rounds):
+                for side in ("npdiff", "torch"):  # alternate A B A B
+                    r = sides[side].run(name, args.iters)
+                    times[side] += r["times"]
+                    warm.setdefault(side, r["warmup_s"])
+            med = {s: statistics.median(t) * 1e3 for s, t in times.items()}
+            info = cases[name]
+            flops = info.get("flops")
+            gf = {s: (flops / (med[s] * 1e-3) / 1e9 if flops else float("nan")) for s in med}
+            ratio = med["npdiff"] / med["torch"]
+            print(f"{name:<44} {med['npdiff']:>10.2f} {med['torch']:>10.2f} {gf['npdiff']:>8.1f} "
+                  f"{gf['torch']:>8.1f} {ratio:>6.2f} {warm['npdiff']:>9.2f}", flush=True)
+            rec = {k: v for k, v in info.items() if k != "flops"}
+            rec.update(case=name, npdiff_ms=med["npdiff"], torch_ms=med["torch"], ratio=ratio,
+                       npdiff_gflops=gf["npdiff"], torch_gflops=gf["torch"], npdiff_first_call_s=warm["npdiff"])
+            records.append(rec)
+    finally:
+        for s in sides.values():
+            s.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(records, f, indent=1)
+        print(f"wrote {len(records)} records to {args.json}")
+    return records
