@@ -990,8 +990,16 @@ class GetItem(Function):
         shape, dtype, index = ctx.info
         xp = backend.get_array_module(g)
         out = xp.zeros(shape, dtype=g.dtype)
-        xp.add.at(out, index, g)
+        if _is_basic_index(index):
+            out[index] = g  # slices and integers never repeat an element: a plain store
+        else:
+            xp.add.at(out, index, g)
         return out, None
+
+
+def _is_basic_index(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (slice, int, type(Ellipsis), type(None))) for i in items)
 
 
 def _index_arrays(index):
