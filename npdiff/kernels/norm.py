@@ -1,0 +1,783 @@
+"""Normalisation kernels: group norm, layer norm, batch norm — forward and backward.
+
+All three normalise ``x`` by a mean μ and a reciprocal standard deviation
+ρ = 1/√(σ² + ε) computed over some set of elements (the *statistics set*), then
+apply a learned affine map:
+
+    x̂ = (x − μ)·ρ,        y = x̂·w + b
+
+| op          | x shape         | statistics set (one μ, ρ per ...)        | w, b shape        |
+|-------------|-----------------|------------------------------------------|-------------------|
+| group norm  | (N, C, *)       | (n, group): C/G channels × all of *      | (C,)              |
+| layer norm  | (..., *D)       | each leading index: all of the trailing D | D (= normalized)  |
+| batch norm  | (N, C, *)       | each channel c: all n and all of *       | (C,)              |
+
+σ² is the biased variance (divide by the set size M), as torch does when it
+normalises. (Batch norm's *running* variance uses the unbiased one; that update
+lives in ``npdiff.nn.functional.batch_norm``, kernels are pure.)
+
+Backward, the closed form (Ioffe & Szegedy 2015, sec. 3; the same algebra holds
+for any statistics set of size M). With ĝ = g·w (gradient wrt x̂):
+
+    ∂L/∂x = ρ · ( ĝ − mean(ĝ) − x̂ · mean(ĝ · x̂) )          means over the set
+    ∂L/∂w = Σ g · x̂,      ∂L/∂b = Σ g                       sums over everything but w's axes
+
+The fast kernels write this per element as ``dx = A·g + B·(x − μ) + C`` with
+A = ρ·w, B = −ρ²·mean(ĝx̂), C = −ρ·mean(ĝ), which needs only two sums per
+channel of a set, Σg and Σg(x − μ) — one read of g and x, one write of dx.
+Batch norm in eval mode uses fixed (running) statistics, so mean(ĝ) and
+mean(ĝx̂) drop out (B = C = 0).
+
+File layout: reference (loops) → fast (Numba, CPU) → xp-vectorised (numpy or
+cupy) → dispatch (``group_norm_forward`` ... the functions the rest of npdiff
+calls; they validate shapes and choose by array type).
+
+Statistics are accumulated in float64 whatever the input dtype, in two passes
+(mean, then Σ(x − μ)²): a constant input gives σ² = 0 exactly and ρ = 1/√ε,
+finite. The forward returns μ and ρ (dtype of x) for the backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .config import jit_parallel, jit_serial, num_threads, prange
+
+# ---------------------------------------------------------------------------
+# shared helpers: validation
+
+
+def _check_affine(name, arr, shape, x_shape):
+    if arr is not None and tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} for input of shape {tuple(x_shape)}, got {tuple(arr.shape)}")
+
+
+def _check_group_norm(x, num_groups, weight, bias, eps):
+    if x.ndim < 2:
+        raise ValueError(f"group_norm: expected x of shape (N, C, *), got {tuple(x.shape)}")
+    C = x.shape[1]
+    if not isinstance(num_groups, (int, np.integer)) or num_groups <= 0 or C % num_groups:
+        raise ValueError(f"group_norm: num_groups={num_groups} must be positive and divide C={C} (x shape {tuple(x.shape)})")
+    if x.size == 0:
+        raise ValueError(f"group_norm: empty input of shape {tuple(x.shape)}")
+    _check_affine("group_norm weight", weight, (C,), x.shape)
+    _check_affine("group_norm bias", bias, (C,), x.shape)
+    if eps < 0:
+        raise ValueError(f"group_norm: eps must be >= 0, got {eps}")
+
+
+def _normalized_shape(normalized_shape):
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (int(normalized_shape),)
+    return tuple(int(s) for s in normalized_shape)
+
+
+def _check_layer_norm(x, normalized_shape, weight, bias, eps):
+    ns = _normalized_shape(normalized_shape)
+    if len(ns) == 0 or len(ns) > x.ndim or tuple(x.shape[x.ndim - len(ns):]) != ns:
+        raise ValueError(f"layer_norm: normalized_shape {ns} does not match the trailing dims of x shape {tuple(x.shape)}")
+    if x.size == 0:
+        raise ValueError(f"layer_norm: empty input of shape {tuple(x.shape)}")
+    _check_affine("layer_norm weight", weight, ns, x.shape)
+    _check_affine("layer_norm bias", bias, ns, x.shape)
+    if eps < 0:
+        raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
+    return ns
+
+
+def _check_batch_norm(x, mean, var, weight, bias):
+    if x.ndim < 2:
+        raise ValueError(f"batch_norm: expected x of shape (N, C, *), got {tuple(x.shape)}")
+    if x.size == 0:
+        raise ValueError(f"batch_norm: empty input of shape {tuple(x.shape)}")
+    C = x.shape[1]
+    for name, arr in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
+        _check_affine(f"batch_norm {name}", arr, (C,), x.shape)
+
+
+# ---------------------------------------------------------------------------
+# reference versions: loops straight from the definition
+
+
+def group_norm_forward_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group norm (Wu & He 2018, eq. 1-3), by loops.
+
+    Shapes: x (N, C, *), weight/bias (C,) or None → y like x, mean/rstd (N, G).
+    Definition: for each n and group g (channels c ∈ [g·C/G, (g+1)·C/G)),
+        μ = mean of x[n, c, s] over the group's channels and all positions s,
+        σ² = mean of (x − μ)²,  ρ = 1/√(σ² + ε),
+        y[n, c, s] = (x[n, c, s] − μ)·ρ·w[c] + b[c].
+    Loop: over n, over g; statistics of the group's slab; then each element.
+    """
+    N, C = x.shape[:2]
+    G, Cg = num_groups, C // num_groups
+    xs = x.reshape(N, C, -1).astype(np.float64)  # (N, C, S)
+    y = np.empty(xs.shape)
+    mean, rstd = np.empty((N, G)), np.empty((N, G))
+    for n in range(N):
+        for g in range(G):
+            slab = xs[n, g * Cg : (g + 1) * Cg]  # (Cg, S)
+            mu = slab.sum() / slab.size
+            var = ((slab - mu) ** 2).sum() / slab.size
+            rho = 1.0 / math.sqrt(var + eps)
+            mean[n, g], rstd[n, g] = mu, rho
+            for c in range(g * Cg, (g + 1) * Cg):
+                w = 1.0 if weight is None else float(weight[c])
+                b = 0.0 if bias is None else float(bias[c])
+                for s in range(xs.shape[2]):
+                    y[n, c, s] = (xs[n, c, s] - mu) * rho * w + b
+    return y.reshape(x.shape).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
+
+
+def group_norm_backward_reference(g, x, mean, rstd, num_groups, weight=None):
+    """Gradients of group norm, by loops over (n, group).
+
+    Shapes: g, x (N, C, *); mean, rstd (N, G); weight (C,) or None
+    → dx like x, dw (C,), db (C,) (dw/db are returned even without weight).
+    Definition (per group, M = C/G · |*| elements; ĝ = g·w, x̂ = (x − μ)ρ):
+        dx = ρ (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)),  dw[c] = Σ_{n,s} g x̂,  db[c] = Σ_{n,s} g.
+    """
+    N, C = x.shape[:2]
+    G, Cg = num_groups, C // num_groups
+    xs = x.reshape(N, C, -1).astype(np.float64)
+    gs = g.reshape(N, C, -1).astype(np.float64)
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    dx = np.empty(xs.shape)
+    dw, db = np.zeros(C), np.zeros(C)
+    for n in range(N):
+        for grp in range(G):
+            cs = slice(grp * Cg, (grp + 1) * Cg)
+            mu, rho = float(mean[n, grp]), float(rstd[n, grp])
+            xhat = (xs[n, cs] - mu) * rho  # (Cg, S)
+            ghat = gs[n, cs] * w[cs, None]  # (Cg, S)
+            m1, m2 = ghat.mean(), (ghat * xhat).mean()
+            for j, c in enumerate(range(cs.start, cs.stop)):
+                for s in range(xs.shape[2]):
+                    dx[n, c, s] = rho * (ghat[j, s] - m1 - xhat[j, s] * m2)
+                    dw[c] += gs[n, c, s] * xhat[j, s]
+                    db[c] += gs[n, c, s]
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.reshape(x.shape).astype(x.dtype), dw.astype(wdt), db.astype(wdt)
+
+
+def layer_norm_forward_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer norm (Ba et al. 2016, eq. 4), by loops over rows.
+
+    Shapes: x (..., *D) with D = normalized_shape; weight/bias D or None
+    → y like x, mean/rstd x.shape[:-len(D)].
+    Definition: for each leading index r, μ = mean of x[r, d] over d ∈ D, σ² = mean (x − μ)²,
+        y[r, d] = (x[r, d] − μ)/√(σ² + ε) · w[d] + b[d].
+    """
+    ns = _normalized_shape(normalized_shape)
+    lead = x.shape[: x.ndim - len(ns)]
+    D = int(np.prod(ns))
+    xs = x.reshape(-1, D).astype(np.float64)  # (R, D)
+    w = np.ones(D) if weight is None else weight.reshape(D).astype(np.float64)
+    b = np.zeros(D) if bias is None else bias.reshape(D).astype(np.float64)
+    y = np.empty(xs.shape)
+    mean, rstd = np.empty(len(xs)), np.empty(len(xs))
+    for r in range(len(xs)):
+        mu = xs[r].sum() / D
+        rho = 1.0 / math.sqrt(((xs[r] - mu) ** 2).sum() / D + eps)
+        mean[r], rstd[r] = mu, rho
+        for d in range(D):
+            y[r, d] = (xs[r, d] - mu) * rho * w[d] + b[d]
+    return y.reshape(x.shape).astype(x.dtype), mean.reshape(lead).astype(x.dtype), rstd.reshape(lead).astype(x.dtype)
+
+
+def layer_norm_backward_reference(g, x, mean, rstd, normalized_shape, weight=None):
+    """Gradients of layer norm, by loops over rows (same closed form as group norm,
+    one statistics set per row, with a weight per position d).
+
+    Shapes: g, x (..., *D); mean, rstd x.shape[:-len(D)] → dx like x, dw D, db D.
+    """
+    ns = _normalized_shape(normalized_shape)
+    D = int(np.prod(ns))
+    xs = x.reshape(-1, D).astype(np.float64)
+    gs = g.reshape(-1, D).astype(np.float64)
+    mu_all, rho_all = mean.reshape(-1).astype(np.float64), rstd.reshape(-1).astype(np.float64)
+    w = np.ones(D) if weight is None else weight.reshape(D).astype(np.float64)
+    dx = np.empty(xs.shape)
+    dw, db = np.zeros(D), np.zeros(D)
+    for r in range(len(xs)):
+        xhat = (xs[r] - mu_all[r]) * rho_all[r]
+        ghat = gs[r] * w
+        m1, m2 = ghat.mean(), (ghat * xhat).mean()
+        for d in range(D):
+            dx[r, d] = rho_all[r] * (ghat[d] - m1 - xhat[d] * m2)
+            dw[d] += gs[r, d] * xhat[d]
+            db[d] += gs[r, d]
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.reshape(x.shape).astype(x.dtype), dw.reshape(ns).astype(wdt), db.reshape(ns).astype(wdt)
+
+
+def batch_norm_forward_reference(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+    """Batch norm (Ioffe & Szegedy 2015, Alg. 1), by loops over channels.
+
+    Shapes: x (N, C, *); weight/bias/mean/var (C,) or None → y like x, mean (C,), rstd (C,),
+    var (C,) (biased batch variance; the given ``var`` in eval mode).
+    Training (mean, var None): μ_c = mean of x[n, c, s] over n and s, σ²_c = mean (x − μ_c)².
+    Eval: μ_c, σ²_c are the given running statistics.
+        y[n, c, s] = (x[n, c, s] − μ_c)/√(σ²_c + ε) · w[c] + b[c].
+    """
+    N, C = x.shape[:2]
+    xs = x.reshape(N, C, -1).astype(np.float64)
+    y = np.empty(xs.shape)
+    mu_out, var_out, rho_out = np.empty(C), np.empty(C), np.empty(C)
+    for c in range(C):
+        col = xs[:, c]  # (N, S)
+        if mean is None:
+            mu = col.sum() / col.size
+            v = ((col - mu) ** 2).sum() / col.size
+        else:
+            mu, v = float(mean[c]), float(var[c])
+        rho = 1.0 / math.sqrt(v + eps)
+        mu_out[c], var_out[c], rho_out[c] = mu, v, rho
+        w = 1.0 if weight is None else float(weight[c])
+        b = 0.0 if bias is None else float(bias[c])
+        for n in range(N):
+            for s in range(xs.shape[2]):
+                y[n, c, s] = (xs[n, c, s] - mu) * rho * w + b
+    dt = x.dtype
+    return y.reshape(x.shape).astype(dt), mu_out.astype(dt), rho_out.astype(dt), var_out.astype(dt)
+
+
+def batch_norm_backward_reference(g, x, mean, rstd, weight=None, training=True):
+    """Gradients of batch norm, by loops over channels.
+
+    Shapes: g, x (N, C, *); mean, rstd (C,) → dx like x, dw (C,), db (C,).
+    Training: the closed form with the statistics set = (all n, all s) of channel c.
+    Eval: the statistics are constants, so dx = g·w·ρ.
+    """
+    N, C = x.shape[:2]
+    xs = x.reshape(N, C, -1).astype(np.float64)
+    gs = g.reshape(N, C, -1).astype(np.float64)
+    w = np.ones(C) if weight is None else weight.astype(np.float64)
+    dx = np.empty(xs.shape)
+    dw, db = np.zeros(C), np.zeros(C)
+    for c in range(C):
+        rho = float(rstd[c])
+        xhat = (xs[:, c] - float(mean[c])) * rho  # (N, S)
+        ghat = gs[:, c] * w[c]
+        m1, m2 = (ghat.mean(), (ghat * xhat).mean()) if training else (0.0, 0.0)
+        for n in range(N):
+            for s in range(xs.shape[2]):
+                dx[n, c, s] = rho * (ghat[n, s] - m1 - xhat[n, s] * m2)
+                dw[c] += gs[n, c, s] * xhat[n, s]
+                db[c] += gs[n, c, s]
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.reshape(x.shape).astype(x.dtype), dw.astype(wdt), db.astype(wdt)
+
+
+# ---------------------------------------------------------------------------
+# fast CPU versions (Numba)
+#
+# Row sums use four float64 accumulators: a single accumulator makes every add
+# wait for the previous one (fastmath is off, so LLVM may not reorder it); four
+# independent chains keep the FPU busy. Plain form: Σ_i v[i].
+
+
+@jit_serial
+def _row_sum(v):
+    """Σ v[i] in float64 (v: 1-D)."""
+    L = v.shape[0]
+    a0 = a1 = a2 = a3 = 0.0
+    L4 = L - L % 4
+    for i in range(0, L4, 4):
+        a0 += v[i]
+        a1 += v[i + 1]
+        a2 += v[i + 2]
+        a3 += v[i + 3]
+    for i in range(L4, L):
+        a0 += v[i]
+    return (a0 + a1) + (a2 + a3)
+
+
+@jit_serial
+def _row_sqdev(v, mu):
+    """Σ (v[i] − μ)² in float64."""
+    L = v.shape[0]
+    a0 = a1 = a2 = a3 = 0.0
+    L4 = L - L % 4
+    for i in range(0, L4, 4):
+        d0 = v[i] - mu
+        d1 = v[i + 1] - mu
+        d2 = v[i + 2] - mu
+        d3 = v[i + 3] - mu
+        a0 += d0 * d0
+        a1 += d1 * d1
+        a2 += d2 * d2
+        a3 += d3 * d3
+    for i in range(L4, L):
+        d0 = v[i] - mu
+        a0 += d0 * d0
+    return (a0 + a1) + (a2 + a3)
+
+
+@jit_serial
+def _row_grad_sums(g, v, mu):
+    """(Σ g[i], Σ g[i]·(v[i] − μ)) in float64."""
+    L = v.shape[0]
+    s0 = s1 = p0 = p1 = 0.0
+    L2 = L - L % 2
+    for i in range(0, L2, 2):
+        s0 += g[i]
+        s1 += g[i + 1]
+        p0 += g[i] * (v[i] - mu)
+        p1 += g[i + 1] * (v[i + 1] - mu)
+    for i in range(L2, L):
+        s0 += g[i]
+        p0 += g[i] * (v[i] - mu)
+    return s0 + s1, p0 + p1
+
+
+@jit_serial
+def _row_affine(v, mu, a, b, out):
+    """out[i] = (v[i] − μ)·a + b (a, b, μ already in the array's precision)."""
+    for i in range(v.shape[0]):
+        out[i] = (v[i] - mu) * a + b
+
+
+@jit_serial
+def _row_grad_input(g, v, mu, A, B, C, out):
+    """out[i] = A·g[i] + B·(v[i] − μ) + C."""
+    for i in range(v.shape[0]):
+        out[i] = A * g[i] + B * (v[i] - mu) + C
+
+
+@jit_parallel
+def _group_norm_forward_fast(x4, w, b, eps, out, mean, rstd):
+    N, G, Cg, S = x4.shape
+    M = Cg * S
+    for r in prange(N * G):
+        n = r // G
+        g = r - n * G
+        # 1. statistics of the (n, g) slab — two passes, the slab stays in L1
+        tot = 0.0
+        for j in range(Cg):
+            tot += _row_sum(x4[n, g, j])
+        mu = tot / M
+        q = 0.0
+        for j in range(Cg):
+            q += _row_sqdev(x4[n, g, j], mu)
+        rho = 1.0 / np.sqrt(q / M + eps)
+        mean[n, g] = mu
+        rstd[n, g] = rho
+        # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises
+        cast = out.dtype.type
+        for j in range(Cg):
+            c = g * Cg + j
+            _row_affine(x4[n, g, j], cast(mu), cast(rho * w[c]), cast(b[c]), out[n, g, j])
+
+
+@jit_parallel
+def _group_norm_backward_fast(g4, x4, mean, rstd, w, dx, sg, sgx):
+    """Per (n, g): Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C) partials of db, dw), then dx."""
+    N, G, Cg, S = x4.shape
+    M = Cg * S
+    for r in prange(N * G):
+        n = r // G
+        grp = r - n * G
+        mu = mean[n, grp]
+        rho = rstd[n, grp]
+        # 1. mean(ĝ) = Σ_c w[c] Σ_s g / M,  mean(ĝ x̂) = Σ_c w[c] ρ Σ_s g (x − μ) / M
+        m1 = 0.0
+        m2 = 0.0
+        for j in range(Cg):
+            c = grp * Cg + j
+            s_g, s_gx = _row_grad_sums(g4[n, grp, j], x4[n, grp, j], mu)
+            sg[n, c] = s_g
+            sgx[n, c] = s_gx * rho
+            m1 += w[c] * s_g
+            m2 += w[c] * s_gx * rho
+        m1 /= M
+        m2 /= M
+        # 2. dx = ρ w g − ρ² m2 (x − μ) − ρ m1, in x's dtype
+        cast = dx.dtype.type
+        for j in range(Cg):
+            c = grp * Cg + j
+            _row_grad_input(
+                g4[n, grp, j], x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(-rho * rho * m2), cast(-rho * m1),
+                dx[n, grp, j],
+            )
+
+
+@jit_parallel
+def _layer_norm_forward_fast(x2, w, b, eps, out, mean, rstd):
+    R, D = x2.shape
+    for r in prange(R):
+        mu = _row_sum(x2[r]) / D
+        rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu) / D + eps)
+        mean[r] = mu
+        rstd[r] = rho
+        for d in range(D):
+            out[r, d] = (x2[r, d] - mu) * rho * w[d] + b[d]
+
+
+@jit_parallel
+def _layer_norm_backward_fast(g2, x2, mean, rstd, w, nchunks, dx, dw_part, db_part):
+    """prange over chunks of rows; each chunk owns one row of dw_part/db_part (no race)."""
+    R, D = x2.shape
+    per = (R + nchunks - 1) // nchunks
+    for t in prange(nchunks):
+        for r in range(t * per, min(R, (t + 1) * per)):
+            mu = mean[r]
+            rho = rstd[r]
+            m1 = 0.0
+            m2 = 0.0
+            for d in range(D):
+                gh = g2[r, d] * w[d]
+                xh = (x2[r, d] - mu) * rho
+                m1 += gh
+                m2 += gh * xh
+                dw_part[t, d] += g2[r, d] * xh
+                db_part[t, d] += g2[r, d]
+            m1 /= D
+            m2 /= D
+            for d in range(D):
+                xh = (x2[r, d] - mu) * rho
+                dx[r, d] = rho * (g2[r, d] * w[d] - m1 - xh * m2)
+
+
+@jit_parallel
+def _batch_norm_stats_fast(x3, mean, var):
+    """Per channel c (prange): μ_c and biased σ²_c over (n, s), two passes, float64."""
+    N, C, S = x3.shape
+    for c in prange(C):
+        tot = 0.0
+        for n in range(N):
+            tot += _row_sum(x3[n, c])
+        mu = tot / (N * S)
+        q = 0.0
+        for n in range(N):
+            q += _row_sqdev(x3[n, c], mu)
+        mean[c] = mu
+        var[c] = q / (N * S)
+
+
+@jit_parallel
+def _channel_affine_fast(x3, mu, scale, shift, out):
+    """out[n, c, :] = (x[n, c, :] − μ_c)·scale_c + shift_c, prange over (n, c) rows."""
+    N, C, S = x3.shape
+    for r in prange(N * C):
+        n = r // C
+        c = r - n * C
+        _row_affine(x3[n, c], mu[c], scale[c], shift[c], out[n, c])
+
+
+@jit_parallel
+def _batch_norm_backward_fast(g3, x3, mean, rstd, w, training, dx, dw, db):
+    """Per channel c (prange): Σg, Σg x̂ over (n, s), then dx over the channel's rows."""
+    N, C, S = x3.shape
+    M = N * S
+    for c in prange(C):
+        mu = mean[c]
+        rho = rstd[c]
+        s_g = 0.0
+        s_gx = 0.0
+        for n in range(N):
+            a, p = _row_grad_sums(g3[n, c], x3[n, c], mu)
+            s_g += a
+            s_gx += p
+        db[c] = s_g
+        dw[c] = s_gx * rho
+        m1 = w[c] * s_g / M if training else 0.0
+        m2 = w[c] * s_gx * rho / M if training else 0.0
+        for n in range(N):
+            _row_grad_input(g3[n, c], x3[n, c], mu, rho * w[c], -rho * rho * m2, -rho * m1, dx[n, c])
+
+
+def _ones_zeros(weight, bias, n, dtype):
+    w = np.ones(n, dtype) if weight is None else np.ascontiguousarray(weight).reshape(n)
+    b = np.zeros(n, dtype) if bias is None else np.ascontiguousarray(bias).reshape(n)
+    return w, b
+
+
+def group_norm_forward_fast(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
+
+    Fast path: x is viewed as (N, G, C/G, S); prange over the N·G (n, group)
+    slabs. Each thread computes the slab's mean and Σ(x − μ)² in float64 (two
+    passes over a slab small enough to stay in cache), then writes
+    y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
+    one write of y.
+    """
+    N, C = x.shape[:2]
+    G = num_groups
+    x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
+    w, b = _ones_zeros(weight, bias, C, x.dtype)
+    out = np.empty_like(x4)
+    mean = np.empty((N, G))
+    rstd = np.empty((N, G))
+    _group_norm_forward_fast(x4, w, b, float(eps), out, mean, rstd)
+    return out.reshape(x.shape), mean.astype(x.dtype), rstd.astype(x.dtype)
+
+
+def group_norm_backward_fast(g, x, mean, rstd, num_groups, weight=None):
+    """Group norm gradients on the CPU; contract of ``group_norm_backward_reference``.
+
+    Fast path: prange over (n, group) slabs; per channel of the slab one pass
+    computes Σg and Σg(x − μ) (float64), which give mean(ĝ), mean(ĝx̂) and the
+    per-(n, c) partial sums of db and dw; a second pass (slab in cache) writes
+    dx = A·g + B·(x − μ) + C. dw, db: the (N, C) partials summed over n.
+    """
+    N, C = x.shape[:2]
+    G = num_groups
+    x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
+    g4 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x4.shape)
+    w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+    dx = np.empty_like(x4)
+    sg = np.empty((N, C))
+    sgx = np.empty((N, C))
+    _group_norm_backward_fast(g4, x4, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, dx, sg, sgx)
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.reshape(x.shape), sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
+
+
+def layer_norm_forward_fast(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer norm on the CPU; contract of ``layer_norm_forward_reference``.
+
+    Fast path: x viewed as (R, D); prange over rows, two-pass float64 statistics
+    per row, then the row's y.
+    """
+    ns = _normalized_shape(normalized_shape)
+    D = int(np.prod(ns))
+    lead = x.shape[: x.ndim - len(ns)]
+    x2 = np.ascontiguousarray(x).reshape(-1, D)  # (R, D)
+    w, b = _ones_zeros(weight, bias, D, x.dtype)
+    out = np.empty_like(x2)
+    mean = np.empty(len(x2))
+    rstd = np.empty(len(x2))
+    _layer_norm_forward_fast(x2, w, b, float(eps), out, mean, rstd)
+    return out.reshape(x.shape), mean.reshape(lead).astype(x.dtype), rstd.reshape(lead).astype(x.dtype)
+
+
+def layer_norm_backward_fast(g, x, mean, rstd, normalized_shape, weight=None):
+    """Layer norm gradients on the CPU; contract of ``layer_norm_backward_reference``.
+
+    Fast path: rows split into one chunk per thread (prange over chunks); each
+    chunk accumulates its own dw/db partial row (float64), summed afterwards —
+    threads never write the same element.
+    """
+    ns = _normalized_shape(normalized_shape)
+    D = int(np.prod(ns))
+    x2 = np.ascontiguousarray(x).reshape(-1, D)  # (R, D)
+    g2 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x2.shape)
+    w = np.ones(D) if weight is None else np.ascontiguousarray(weight, dtype=np.float64).reshape(D)
+    nchunks = max(1, min(len(x2), 4 * num_threads()))
+    dx = np.empty_like(x2)
+    dw_part = np.zeros((nchunks, D))
+    db_part = np.zeros((nchunks, D))
+    _layer_norm_backward_fast(
+        g2, x2, np.asarray(mean, np.float64).reshape(-1), np.asarray(rstd, np.float64).reshape(-1),
+        w, nchunks, dx, dw_part, db_part,
+    )
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.reshape(x.shape), dw_part.sum(0).reshape(ns).astype(wdt), db_part.sum(0).reshape(ns).astype(wdt)
+
+
+def batch_norm_forward_fast(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+    """Batch norm on the CPU; contract of ``batch_norm_forward_reference``.
+
+    Fast path: training statistics with prange over channels (two float64
+    passes over the channel's N rows); then y with prange over (n, c) rows.
+    """
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(N, C, -1)  # (N, C, S)
+    w, b = _ones_zeros(weight, bias, C, np.float64)
+    if mean is None:
+        mu = np.empty(C)
+        v = np.empty(C)
+        _batch_norm_stats_fast(x3, mu, v)
+    else:
+        mu, v = np.asarray(mean, np.float64), np.asarray(var, np.float64)
+    rho = 1.0 / np.sqrt(v + eps)
+    out = np.empty_like(x3)
+    dt = x.dtype
+    scale = (rho * w).astype(dt)
+    _channel_affine_fast(x3, mu.astype(dt), scale, b.astype(dt), out)
+    return out.reshape(x.shape), mu.astype(dt), rho.astype(dt), v.astype(dt)
+
+
+def batch_norm_backward_fast(g, x, mean, rstd, weight=None, training=True):
+    """Batch norm gradients on the CPU; contract of ``batch_norm_backward_reference``.
+
+    Fast path: prange over channels; each channel's Σg and Σg(x − μ) over its N
+    rows, then its dx rows. Each thread owns whole channels: dw[c], db[c] race-free.
+    """
+    N, C = x.shape[:2]
+    x3 = np.ascontiguousarray(x).reshape(N, C, -1)  # (N, C, S)
+    g3 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x3.shape)
+    w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+    dx = np.empty_like(x3)
+    dw = np.empty(C)
+    db = np.empty(C)
+    _batch_norm_backward_fast(
+        g3, x3, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, bool(training), dx, dw, db
+    )
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.reshape(x.shape), dw.astype(wdt), db.astype(wdt)
+
+
+# ---------------------------------------------------------------------------
+# xp-vectorised versions (numpy or cupy): the closed forms as array expressions
+
+
+def _affine_xp(xp, y, weight, bias, shape):
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def group_norm_forward_xp(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Vectorised group norm (runs on cupy arrays on a GPU); contract of the reference."""
+    xp = get_array_module(x)
+    N, C = x.shape[:2]
+    xg = x.reshape(N, num_groups, -1)  # (N, G, Cg·S)
+    mu = xg.mean(-1, keepdims=True, dtype=xp.float64)
+    var = ((xg - mu) ** 2).mean(-1, keepdims=True)
+    rho = 1.0 / xp.sqrt(var + eps)
+    y = ((xg - mu) * rho).astype(x.dtype).reshape(x.shape)
+    y = _affine_xp(xp, y, weight, bias, (1, C) + (1,) * (x.ndim - 2))
+    return y, mu[..., 0].astype(x.dtype), rho[..., 0].astype(x.dtype)
+
+
+def group_norm_backward_xp(g, x, mean, rstd, num_groups, weight=None):
+    """Vectorised group norm gradients; contract of the reference."""
+    xp = get_array_module(x)
+    N, C = x.shape[:2]
+    G = num_groups
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    xhat = ((x.reshape(N, G, -1) - mean[..., None]) * rstd[..., None]).reshape(x.shape)  # (N, C, *)
+    ghat = g if weight is None else g * weight.reshape(bshape)
+    ghat_g = ghat.reshape(N, G, -1)  # (N, G, Cg·S)
+    m1 = ghat_g.mean(-1, keepdims=True)
+    m2 = (ghat_g * xhat.reshape(N, G, -1)).mean(-1, keepdims=True)
+    dx = (rstd[..., None] * (ghat_g - m1 - xhat.reshape(N, G, -1) * m2)).reshape(x.shape)
+    red = (0,) + tuple(range(2, x.ndim))
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.astype(x.dtype), (g * xhat).sum(red).astype(wdt), g.sum(red).astype(wdt)
+
+
+def layer_norm_forward_xp(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Vectorised layer norm; contract of the reference."""
+    xp = get_array_module(x)
+    ns = _normalized_shape(normalized_shape)
+    axes = tuple(range(x.ndim - len(ns), x.ndim))
+    mu = x.mean(axes, keepdims=True, dtype=xp.float64)
+    rho = 1.0 / xp.sqrt(((x - mu) ** 2).mean(axes, keepdims=True) + eps)
+    y = ((x - mu) * rho).astype(x.dtype)
+    y = _affine_xp(xp, y, weight, bias, ns)
+    lead = x.shape[: x.ndim - len(ns)]
+    return y, mu.reshape(lead).astype(x.dtype), rho.reshape(lead).astype(x.dtype)
+
+
+def layer_norm_backward_xp(g, x, mean, rstd, normalized_shape, weight=None):
+    """Vectorised layer norm gradients; contract of the reference."""
+    ns = _normalized_shape(normalized_shape)
+    k = len(ns)
+    axes = tuple(range(x.ndim - k, x.ndim))
+    mu = mean.reshape(mean.shape + (1,) * k)
+    rho = rstd.reshape(rstd.shape + (1,) * k)
+    xhat = (x - mu) * rho
+    ghat = g if weight is None else g * weight
+    m1 = ghat.mean(axes, keepdims=True)
+    m2 = (ghat * xhat).mean(axes, keepdims=True)
+    dx = rho * (ghat - m1 - xhat * m2)
+    lead_axes = tuple(range(x.ndim - k))
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.astype(x.dtype), (g * xhat).sum(lead_axes).astype(wdt), g.sum(lead_axes).astype(wdt)
+
+
+def batch_norm_forward_xp(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+    """Vectorised batch norm; contract of the reference."""
+    xp = get_array_module(x)
+    C = x.shape[1]
+    red = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    if mean is None:
+        mu = x.mean(red, dtype=xp.float64)
+        v = ((x - mu.reshape(bshape)) ** 2).mean(red)
+    else:
+        mu, v = mean.astype(xp.float64), var.astype(xp.float64)
+    rho = 1.0 / xp.sqrt(v + eps)
+    y = ((x - mu.reshape(bshape)) * rho.reshape(bshape)).astype(x.dtype)
+    y = _affine_xp(xp, y, weight, bias, bshape)
+    return y, mu.astype(x.dtype), rho.astype(x.dtype), v.astype(x.dtype)
+
+
+def batch_norm_backward_xp(g, x, mean, rstd, weight=None, training=True):
+    """Vectorised batch norm gradients; contract of the reference."""
+    C = x.shape[1]
+    red = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, C) + (1,) * (x.ndim - 2)
+    rho = rstd.reshape(bshape)
+    xhat = (x - mean.reshape(bshape)) * rho
+    ghat = g if weight is None else g * weight.reshape(bshape)
+    if training:
+        dx = rho * (ghat - ghat.mean(red, keepdims=True) - xhat * (ghat * xhat).mean(red, keepdims=True))
+    else:
+        dx = rho * ghat
+    wdt = x.dtype if weight is None else weight.dtype
+    return dx.astype(x.dtype), (g * xhat).sum(red).astype(wdt), g.sum(red).astype(wdt)
+
+
+# ---------------------------------------------------------------------------
+# dispatch: validate, then numpy → Numba, cupy → xp
+
+
+def _is_numpy(*arrays):
+    return get_array_module(*arrays) is np
+
+
+def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """Group norm forward → (y, mean, rstd). See ``group_norm_forward_reference``."""
+    _check_group_norm(x, num_groups, weight, bias, eps)
+    f = group_norm_forward_fast if _is_numpy(x) else group_norm_forward_xp
+    return f(x, int(num_groups), weight, bias, eps)
+
+
+def group_norm_backward(g, x, mean, rstd, num_groups, weight=None):
+    """Group norm backward → (dx, dw, db). See ``group_norm_backward_reference``."""
+    if g.shape != x.shape:
+        raise ValueError(f"group_norm backward: grad shape {tuple(g.shape)} != input shape {tuple(x.shape)}")
+    f = group_norm_backward_fast if _is_numpy(x) else group_norm_backward_xp
+    return f(g, x, mean, rstd, int(num_groups), weight)
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Layer norm forward → (y, mean, rstd). See ``layer_norm_forward_reference``."""
+    ns = _check_layer_norm(x, normalized_shape, weight, bias, eps)
+    f = layer_norm_forward_fast if _is_numpy(x) else layer_norm_forward_xp
+    return f(x, ns, weight, bias, eps)
+
+
+def layer_norm_backward(g, x, mean, rstd, normalized_shape, weight=None):
+    """Layer norm backward → (dx, dw, db). See ``layer_norm_backward_reference``."""
+    if g.shape != x.shape:
+        raise ValueError(f"layer_norm backward: grad shape {tuple(g.shape)} != input shape {tuple(x.shape)}")
+    f = layer_norm_backward_fast if _is_numpy(x) else layer_norm_backward_xp
+    return f(g, x, mean, rstd, _normalized_shape(normalized_shape), weight)
+
+
+def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+    """Batch norm forward → (y, mean, rstd, biased var). Training statistics when
+    ``mean``/``var`` are None, else the given (running) ones. See the reference."""
+    if (mean is None) != (var is None):
+        raise ValueError("batch_norm: give both mean and var (eval) or neither (training)")
+    _check_batch_norm(x, mean, var, weight, bias)
+    f = batch_norm_forward_fast if _is_numpy(x) else batch_norm_forward_xp
+    return f(x, weight, bias, eps, mean, var)
+
+
+def batch_norm_backward(g, x, mean, rstd, weight=None, training=True):
+    """Batch norm backward → (dx, dw, db). See ``batch_norm_backward_reference``."""
+    if g.shape != x.shape:
+        raise ValueError(f"batch_norm backward: grad shape {tuple(g.shape)} != input shape {tuple(x.shape)}")
+    f = batch_norm_backward_fast if _is_numpy(x) else batch_norm_backward_xp
+    return f(g, x, mean, rstd, weight, training)
