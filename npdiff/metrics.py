@@ -1,0 +1,314 @@
+"""Sample-quality metrics: how close are generated samples to the real data?
+
+Digits (``digits_report``)
+    A fixed classifier — scikit-learn's ``MLPClassifier`` with one hidden layer of
+    ``HIDDEN`` ReLU units, trained once per process on the real training split with
+    ``random_state=0`` — plays the role Inception-v3 plays for FID (Heusel et al.
+    2017): its class prediction scores class-conditional samples, and its hidden
+    activations are the features for the Fréchet distance. Numbers are only
+    comparable with this same classifier; they are not FID values. The classifier
+    uses the split of ``load_digits(seed=0)`` (the default), so a generator trained
+    on that training split never sees the test images the FD is measured against.
+
+2-D toys (``toy_report``)
+    Squared MMD with an RBF kernel (Gretton et al. 2012) and the energy distance
+    (Székely & Rizzo 2013) against fresh samples of the true distribution, next to
+    the same quantity between two fresh samples (the floor that finite samples set).
+
+All inputs are numpy arrays: images (N, C, H, W) in [-1, 1], points (N, 2).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from .data import load_digits, make_toy
+
+HIDDEN = 64  # width of the digits classifier's hidden layer = feature dimension for the FD
+
+
+# ----------------------------------------------------------------------------
+# Fréchet distance
+# ----------------------------------------------------------------------------
+
+
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (negative rounding-error eigenvalues clipped)."""
+    w, v = np.linalg.eigh(a)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def frechet_distance_gaussians(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet (2-Wasserstein²) distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    Definition (Dowson & Landau 1982; Heusel et al. 2017, eq. 6):
+        d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^{1/2})
+    Computation: (Σ₁Σ₂)^{1/2} is not symmetric, and ``scipy.linalg.sqrtm`` of it can
+    return small imaginary parts or fail on singular Σ. Only its trace is needed,
+    and Σ₁Σ₂ is similar to the symmetric PSD matrix M = Σ₁^{1/2} Σ₂ Σ₁^{1/2}, so
+    Tr (Σ₁Σ₂)^{1/2} = Σ_i sqrt(λ_i(M)), computed with ``eigh`` in real arithmetic.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(
+            f"expected means (D,) and covariances (D, D) of one D; got {mu1.shape}, {s1.shape}, {mu2.shape}, {s2.shape}"
+        )
+    s1, s2 = (s1 + s1.T) / 2.0, (s2 + s2.T) / 2.0  # symmetrise against rounding
+    r1 = _sqrt_psd(s1)
+    eig = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    tr_covmean = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean, 0.0))
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets.
+
+    Shapes: feats_a (N_a, D), feats_b (N_b, D), N ≥ 2. Means and (N − 1)-normalised
+    covariances are estimated from each set, then ``frechet_distance_gaussians``.
+    The estimate is biased upwards for small N; compare values computed with
+    similar sample counts.
+    """
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"features must be (N, D) with the same D and N >= 2, got {a.shape} and {b.shape}")
+    return frechet_distance_gaussians(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+# ----------------------------------------------------------------------------
+# digits: the fixed classifier and what it measures
+# ----------------------------------------------------------------------------
+
+
+class DigitsClassifier:
+    """The fixed digits classifier: one ReLU hidden layer, trained on the real training split.
+
+    ``predict(images)`` gives class indices, ``features(images)`` the hidden-layer
+    activations relu(x W₁ + b₁), shape (N, HIDDEN). ``test_accuracy`` is its
+    accuracy on the real test split. Images are (N, 1, size, size) in [-1, 1];
+    values outside are clipped first.
+    """
+
+    def __init__(self, size: int = 16, seed: int = 0):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+        from threadpoolctl import threadpool_limits
+
+        self.size = size
+        x, y = load_digits(size, "train", seed=seed)
+        xt, yt = load_digits(size, "test", seed=seed)
+        self.train_images, self.train_labels = x, y
+        self.test_images, self.test_labels = xt, yt
+        self.model = MLPClassifier(hidden_layer_sizes=(HIDDEN,), alpha=0.1, max_iter=1000, random_state=0)
+        # One BLAS thread: the matrices are tiny, so threads only add overhead (4× slower
+        # on a busy 2-core machine), and a single thread makes the fit bit-reproducible.
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model.fit(self._flat(x), y)
+        self.test_accuracy = float(np.mean(self.predict(xt) == yt))
+
+    def _flat(self, images) -> np.ndarray:
+        x = np.asarray(images, dtype=np.float64)
+        if x.ndim == 3:
+            x = x[:, None]  # (N, 1, H, W)
+        if x.ndim != 4 or x.shape[1:] != (1, self.size, self.size):
+            raise ValueError(f"digit images must be (N, 1, {self.size}, {self.size}), got shape {x.shape}")
+        return np.clip(x, -1.0, 1.0).reshape(len(x), -1)  # (N, size²)
+
+    def predict(self, images) -> np.ndarray:
+        return self.model.predict(self._flat(images)).astype(np.int64)
+
+    def features(self, images) -> np.ndarray:
+        w, b = self.model.coefs_[0], self.model.intercepts_[0]
+        return np.maximum(self._flat(images) @ w + b, 0.0)  # (N, HIDDEN)
+
+
+@lru_cache(maxsize=4)
+def digits_classifier(size: int = 16) -> DigitsClassifier:
+    """The classifier for ``size`` × ``size`` digits, trained on first use and cached in-process."""
+    return DigitsClassifier(int(size))
+
+
+def _image_size(samples) -> int:
+    s = np.shape(samples)
+    if len(s) != 4 or s[1] != 1 or s[2] != s[3]:
+        raise ValueError(f"digit samples must be (N, 1, S, S), got shape {s}")
+    return int(s[2])
+
+
+def conditional_accuracy(samples, labels) -> float:
+    """Fraction of ``samples`` (N, 1, S, S) that the fixed classifier assigns to the asked-for ``labels`` (N,)."""
+    labels = np.asarray(labels)
+    if labels.shape != (len(samples),):
+        raise ValueError(f"labels must have shape ({len(samples)},), got {labels.shape}")
+    clf = digits_classifier(_image_size(samples))
+    return float(np.mean(clf.predict(samples) == labels))
+
+
+def nearest_neighbour_distance(samples, train, chunk: int = 1024) -> float:
+    """Mean over samples of the L2 distance to the closest training item (memorisation check).
+
+    Shapes: samples (N, ...), train (M, ...) with the same item shape; items are
+    flattened. A model that copies its training set scores near 0; compare with the
+    same number for real held-out images.
+    """
+    a = np.asarray(samples, np.float64).reshape(len(samples), -1)  # (N, D)
+    b = np.asarray(train, np.float64).reshape(len(train), -1)  # (M, D)
+    if a.shape[1] != b.shape[1] or len(a) == 0 or len(b) == 0:
+        raise ValueError(f"samples and train must hold non-empty items of one shape, got {np.shape(samples)} and {np.shape(train)}")
+    b2 = np.sum(b * b, axis=1)
+    nearest = np.empty(len(a))
+    for start in range(0, len(a), chunk):
+        x = a[start : start + chunk]
+        # ‖x − y‖² = ‖x‖² + ‖y‖² − 2 x·y, clipped at 0 against cancellation
+        d2 = np.sum(x * x, axis=1)[:, None] + b2[None, :] - 2.0 * x @ b.T  # (chunk, M)
+        nearest[start : start + len(x)] = np.sqrt(np.clip(d2.min(axis=1), 0.0, None))
+    return float(nearest.mean())
+
+
+def digits_report(samples, labels=None, seed: int = 0) -> dict:
+    """All digits metrics for generated ``samples`` (N, 1, S, S) in [-1, 1].
+
+    Keys:
+      classifier_test_accuracy  the fixed classifier on the real test split
+      conditional_accuracy      fraction classified as ``labels`` (None without labels)
+      predicted_class_counts    how many samples fall in each class (mode coverage)
+      fd                        FD(samples, real test split) in classifier features
+      fd_floor                  FD(real train images, real test split), using a seeded
+                                random subset of the train split with as many images as
+                                ``samples`` (at most the whole split), so both carry the
+                                same small-sample bias
+      fd_ratio                  fd / fd_floor
+      nn_distance               mean L2 distance of samples to their nearest train image
+      nn_distance_test          the same for real test images (what a non-copying model gets)
+      n_samples
+    """
+    samples = np.asarray(samples)
+    clf = digits_classifier(_image_size(samples))
+    test_feats = clf.features(clf.test_images)
+    n_train = len(clf.train_images)
+    subset = np.random.default_rng(seed).permutation(n_train)[: min(len(samples), n_train)]
+    fd = frechet_distance(clf.features(samples), test_feats)
+    fd_floor = frechet_distance(clf.features(clf.train_images[subset]), test_feats)
+    return {
+        "classifier_test_accuracy": clf.test_accuracy,
+        "conditional_accuracy": None if labels is None else conditional_accuracy(samples, labels),
+        "predicted_class_counts": np.bincount(clf.predict(samples), minlength=10).tolist(),
+        "fd": fd,
+        "fd_floor": fd_floor,
+        "fd_ratio": fd / fd_floor if fd_floor > 0 else float("inf"),
+        "nn_distance": nearest_neighbour_distance(samples, clf.train_images),
+        "nn_distance_test": nearest_neighbour_distance(clf.test_images, clf.train_images),
+        "n_samples": int(len(samples)),
+    }
+
+
+# ----------------------------------------------------------------------------
+# 2-D toys: kernel two-sample statistics
+# ----------------------------------------------------------------------------
+
+
+def _pairwise_sq_dists(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    d2 = np.sum(x * x, 1)[:, None] + np.sum(y * y, 1)[None, :] - 2.0 * x @ y.T  # (N, M)
+    return np.clip(d2, 0.0, None)
+
+
+def _check_pair(x, y, what: str):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
+        raise ValueError(f"{what}: x and y must be (N, D) and (M, D) with N, M >= 2, got {x.shape} and {y.shape}")
+    return x, y
+
+
+DEFAULT_BANDWIDTHS = (0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+def mmd_rbf(x, y, bandwidths=DEFAULT_BANDWIDTHS, unbiased: bool = False) -> float:
+    """Squared maximum mean discrepancy with a mixture of RBF kernels.
+
+    Shapes: x (N, D), y (M, D). Kernel k(a, b) = mean_σ exp(−‖a − b‖² / (2σ²)) over
+    ``bandwidths`` (the defaults suit data of unit std), or ``bandwidths="median"``
+    for one σ = the median pairwise distance of the pooled sample.
+    Definition (Gretton et al. 2012, eq. 5 biased / eq. 3 unbiased):
+        MMD² = E k(x, x') + E k(y, y') − 2 E k(x, y)
+    Default ``unbiased=False``: the V-statistic, averaging over all pairs including
+    i = j. It is ≥ 0 and exactly 0 when x and y are the same sample, but is biased
+    upwards by O(1/N). ``unbiased=True`` drops the i = j terms (U-statistic): zero
+    mean under x ~ y, but it can be negative. Memory is O((N + M)²).
+    """
+    x, y = _check_pair(x, y, "mmd_rbf")
+    dxx, dyy, dxy = _pairwise_sq_dists(x, x), _pairwise_sq_dists(y, y), _pairwise_sq_dists(x, y)
+    if isinstance(bandwidths, str):
+        if bandwidths != "median":
+            raise ValueError(f"bandwidths must be a sequence of positive floats or 'median', got {bandwidths!r}")
+        pooled = np.concatenate([x, y])
+        d = np.sqrt(_pairwise_sq_dists(pooled, pooled))
+        bandwidths = (float(np.median(d[np.triu_indices(len(pooled), 1)])),)
+    bandwidths = tuple(float(s) for s in np.atleast_1d(bandwidths))
+    if not bandwidths or min(bandwidths) <= 0:
+        raise ValueError(f"bandwidths must be positive, got {bandwidths}")
+
+    def k(d2):
+        return sum(np.exp(-d2 / (2.0 * s * s)) for s in bandwidths) / len(bandwidths)
+
+    kxx, kyy, kxy = k(dxx), k(dyy), k(dxy)
+    n, m = len(x), len(y)
+    if unbiased:
+        # k(a, a) = 1 on the diagonal; drop it from the within-sample means
+        exx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+        eyy = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    else:
+        exx, eyy = kxx.mean(), kyy.mean()
+    return float(exx + eyy - 2.0 * kxy.mean())
+
+
+def energy_distance(x, y) -> float:
+    """Energy distance between two samples (Székely & Rizzo 2013).
+
+    Shapes: x (N, D), y (M, D).
+    Definition: sqrt(2 E‖X − Y‖ − E‖X − X'‖ − E‖Y − Y'‖) with all expectations as
+    V-statistics (all pairs, i = j included), which makes the quantity under the
+    root ≥ 0; for D = 1 this equals ``scipy.stats.energy_distance``.
+    """
+    x, y = _check_pair(x, y, "energy_distance")
+    exy = np.sqrt(_pairwise_sq_dists(x, y)).mean()
+    exx = np.sqrt(_pairwise_sq_dists(x, x)).mean()
+    eyy = np.sqrt(_pairwise_sq_dists(y, y)).mean()
+    return float(np.sqrt(max(2.0 * exy - exx - eyy, 0.0)))
+
+
+def toy_report(samples, name: str, seed: int = 0, max_n: int = 4000) -> dict:
+    """MMD² and energy distance of (N, 2) ``samples`` from toy ``name`` versus fresh data.
+
+    The reference and the floor are fresh samples of the same size as ``samples``
+    (capped at ``max_n``; larger inputs are subsampled with ``seed``), drawn from two
+    independent streams of ``seed``. Keys: mmd2, mmd2_floor (between the two fresh
+    samples), mmd2_ratio, energy, energy_floor, energy_ratio, n_samples.
+    """
+    pts = np.asarray(samples, np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"toy samples must have shape (N, 2), got {pts.shape}")
+    if not np.all(np.isfinite(pts)):
+        raise ValueError("toy samples contain NaN or Inf")
+    if len(pts) > max_n:
+        pts = pts[np.random.default_rng([seed, 0]).permutation(len(pts))[:max_n]]
+    n = len(pts)
+    ref = make_toy(name, n, np.random.default_rng([seed, 1]))
+    other = make_toy(name, n, np.random.default_rng([seed, 2]))
+    mmd2, mmd2_floor = mmd_rbf(pts, ref), mmd_rbf(other, ref)
+    energy, energy_floor = energy_distance(pts, ref), energy_distance(other, ref)
+    return {
+        "mmd2": mmd2,
+        "mmd2_floor": mmd2_floor,
+        "mmd2_ratio": mmd2 / mmd2_floor if mmd2_floor > 0 else float("inf"),
+        "energy": energy,
+        "energy_floor": energy_floor,
+        "energy_ratio": energy / energy_floor if energy_floor > 0 else float("inf"),
+        "n_samples": n,
+    }
