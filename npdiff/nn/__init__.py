@@ -4,3 +4,5 @@ from . import functional, init
 from .modules.container import ModuleDict, ModuleList, Sequential
 from .modules.linear import Embedding, Identity, Linear
 from .modules.module import Module, Parameter
+from .modules.norm import BatchNorm2d, GroupNorm, LayerNorm
+from .modules.pooling import AvgPool2d, MaxPool2d, Upsample
