@@ -221,11 +221,12 @@ def _is_image_file(name: str) -> bool:
 
 def _load_image(path: str, size: int, mode: str) -> np.ndarray:
     """One image file -> (C, size, size) uint8: shorter side resized to ``size``, then centre-cropped."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
+            img = ImageOps.exif_transpose(img)  # camera photos: apply the EXIF rotation
             if img.mode not in _CONVERTIBLE_MODES:
                 raise ValueError(
                     f"{path}: image mode {img.mode!r} is not supported; expected an 8-bit image "
@@ -366,7 +367,9 @@ def read_idx(path: str, expected_magic: int | None = None) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[type_code])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} data bytes) but file has {len(raw) - header}")
+        raise ValueError(
+            f"{path}: IDX header says shape {shape} ({expected} data bytes) but file has {len(raw) - header}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -443,7 +446,9 @@ def _to_nchw_unit(x: np.ndarray, path: str) -> np.ndarray:
     elif x.ndim == 4 and x.shape[-1] in (1, 3, 4):
         x = x[..., :3].transpose(0, 3, 1, 2) if x.shape[-1] == 4 else x.transpose(0, 3, 1, 2)  # (N, C, H, W)
     else:
-        raise ValueError(f"{path}: images of shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3")
+        raise ValueError(
+            f"{path}: images of shape {x.shape}; expected (N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1 or 3"
+        )
     if np.issubdtype(x.dtype, np.integer) or x.dtype == bool:
         lo, hi = int(x.min(initial=0)), int(x.max(initial=0))
         if lo < 0 or hi > 255:

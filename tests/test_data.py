@@ -141,7 +141,8 @@ def test_image_folder_resizes_shorter_side_and_centre_crops(tmp_path):
 
 
 def test_image_folder_palette_image_is_converted(tmp_path):
-    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).convert("P", palette=Image.ADAPTIVE, colors=4).save(tmp_path / "p.png")
+    img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).convert("P", palette=Image.ADAPTIVE, colors=4)
+    img.save(tmp_path / "p.png")
     ds = ImageFolder(str(tmp_path), size=8, mode="RGB")
     np.testing.assert_allclose(ds.images, 200 / 127.5 - 1, atol=0.02)
 

@@ -179,8 +179,8 @@ def test_plots_write_pngs(tmp_path):
     steps = np.arange(1, 201)
     io.save_loss_curve(tmp_path / "loss.png", steps, 1.0 / steps + 0.01)
     t = np.arange(1000)
-    io.save_curves(tmp_path / "curves.png", t, {"linear": np.exp(-t / 300), "cosine": np.cos(t / 1000 * np.pi / 2) ** 2},
-                   xlabel="t", ylabel="ᾱ_t")
+    curves = {"linear": np.exp(-t / 300), "cosine": np.cos(t / 1000 * np.pi / 2) ** 2}
+    io.save_curves(tmp_path / "curves.png", t, curves, xlabel="t", ylabel="ᾱ_t")
     io.save_scatter(tmp_path / "scatter.png", np.random.default_rng(0).standard_normal((300, 2)),
                     reference=np.zeros((10, 2)), lim=3, title="moons")
     for name in ("loss.png", "curves.png", "scatter.png"):
