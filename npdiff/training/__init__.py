@@ -1,0 +1,11 @@
+"""Training: the DDPM trainer, its typed config and exactly-resumable checkpoints."""
+
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, TrainingState, load_checkpoint, save_checkpoint
+from .config import MODEL_TYPES, TrainConfig, toy_defaults
+from .trainer import RunInfo, Trainer, TrainingDiverged, make_scheduler, plan_run, train
+
+__all__ = [
+    "CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "MODEL_TYPES", "RunInfo", "TrainConfig", "Trainer",
+    "TrainingDiverged", "TrainingState", "load_checkpoint", "make_scheduler", "plan_run", "save_checkpoint",
+    "toy_defaults", "train",
+]

@@ -1,0 +1,159 @@
+"""The typed configuration of a training run, saved as ``config.json`` in the run folder.
+
+One dataclass holds everything that determines a run: data, model, noise schedule,
+objective, optimiser, EMA, logging and the seed. ``TrainConfig.from_dict`` rejects
+unknown keys and bad values with a ValueError that names them, so a typo in a JSON
+file or a flag never trains silently with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
+
+MODEL_TYPES = ("unet", "mlp")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a DDPM training run needs (defaults: the class-conditional digits UNet).
+
+    Data
+      data              ``npdiff.data.load_dataset`` name or path: "digits", a toy name
+                        ("moons", ...), an image folder, an MNIST IDX folder or an .npz file.
+      image_size        resize images to this size (None: the loader's default).
+      toy_samples       how many points to draw for a toy dataset.
+      hflip             random horizontal flips (off for digits: a mirrored 2 is not a 2).
+    Model
+      model             "unet" (UNet2DModel, images) or "mlp" (ToyMLPDenoiser, 2-D points);
+                        None picks by the data.
+      block_out_channels, layers_per_block, attention, norm_num_groups
+                        UNet size: channels per resolution level, ResNet blocks per level,
+                        self-attention at the lowest resolution, GroupNorm groups.
+      hidden_dim, num_blocks  MLP size.
+      class_conditional True: learn p(x | y) with label dropout (needs labelled data);
+                        None: on when the data has labels.
+      label_dropout     probability of replacing y by the null class (index num_classes),
+                        so one model also learns p(x) for classifier-free guidance
+                        (Ho & Salimans 2022, §3.2).
+    Diffusion
+      num_train_timesteps, beta_schedule, beta_start, beta_end   the forward process.
+      prediction_type   "epsilon", "sample" (x₀) or "v_prediction".
+      snr_gamma         min-SNR-γ loss weighting (Hang et al. 2023); None: uniform.
+    Optimisation
+      steps, batch_size, lr, weight_decay (AdamW), warmup_steps (linear warm-up, then
+      cosine decay to min_lr_ratio·lr), grad_clip (max global grad norm),
+      ema_decay (EMA of the weights, with diffusers-style warm-up; used for sampling).
+    Logging
+      log_every (JSONL record + progress bar), sample_every (sample grid PNG),
+      checkpoint_every (safetensors checkpoint), sample_steps / sample_scheduler /
+      guidance_scale (how the periodic grids are drawn), seed.
+    """
+
+    # data
+    data: str = "digits"
+    image_size: int | None = 16
+    toy_samples: int = 8192
+    hflip: bool = False
+    # model
+    model: str | None = None
+    block_out_channels: tuple = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: bool = True
+    norm_num_groups: int = 8
+    hidden_dim: int = 128
+    num_blocks: int = 3
+    class_conditional: bool | None = None
+    label_dropout: float = 0.1
+    # diffusion
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    prediction_type: str = "epsilon"
+    snr_gamma: float | None = None
+    # optimisation
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    # logging and sampling
+    log_every: int = 25
+    sample_every: int = 1000
+    checkpoint_every: int = 500
+    sample_steps: int = 50
+    sample_scheduler: str = "ddim"
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming every field whose value is out of range."""
+        bad = []
+        if self.model is not None and self.model not in MODEL_TYPES:
+            bad.append(f"model={self.model!r} (expected one of {MODEL_TYPES} or None)")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            bad.append(f"beta_schedule={self.beta_schedule!r} (expected one of {BETA_SCHEDULES})")
+        if self.prediction_type not in PREDICTION_TYPES:
+            bad.append(f"prediction_type={self.prediction_type!r} (expected one of {PREDICTION_TYPES})")
+        for name in ("steps", "batch_size", "num_train_timesteps", "log_every", "sample_every",
+                     "checkpoint_every", "sample_steps", "layers_per_block", "norm_num_groups", "hidden_dim",
+                     "toy_samples"):
+            if int(getattr(self, name)) < 1:
+                bad.append(f"{name}={getattr(self, name)!r} (expected >= 1)")
+        for name in ("warmup_steps", "num_blocks"):
+            if int(getattr(self, name)) < 0:
+                bad.append(f"{name}={getattr(self, name)!r} (expected >= 0)")
+        if not self.block_out_channels or any(c % self.norm_num_groups for c in self.block_out_channels):
+            bad.append(f"block_out_channels={self.block_out_channels} (each must be a multiple of "
+                       f"norm_num_groups={self.norm_num_groups})")
+        if not 0.0 <= self.label_dropout < 1.0:
+            bad.append(f"label_dropout={self.label_dropout} (expected in [0, 1))")
+        if not 0.0 <= self.ema_decay < 1.0:
+            bad.append(f"ema_decay={self.ema_decay} (expected in [0, 1))")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
+            bad.append(f"lr={self.lr}, grad_clip={self.grad_clip}, weight_decay={self.weight_decay}, "
+                       f"min_lr_ratio={self.min_lr_ratio} (expected lr > 0, grad_clip > 0, weight_decay >= 0, "
+                       f"0 <= min_lr_ratio <= 1)")
+        if self.snr_gamma is not None and self.snr_gamma <= 0:
+            bad.append(f"snr_gamma={self.snr_gamma} (expected > 0 or None)")
+        if self.image_size is not None and int(self.image_size) < 4:
+            bad.append(f"image_size={self.image_size} (expected >= 4 or None)")
+        if bad:
+            raise ValueError("invalid training config: " + "; ".join(bad))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; known keys: {sorted(names)}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def toy_defaults(data: str) -> dict:
+    """Settings that suit the 2-D toy datasets better than the image defaults."""
+    return dict(data=data, model="mlp", image_size=None, class_conditional=False, steps=3000, batch_size=256,
+                lr=1e-3, warmup_steps=100, ema_decay=0.995, beta_schedule="linear", sample_every=1000,
+                checkpoint_every=1000)
+
+
+__all__ = ["MODEL_TYPES", "TrainConfig", "toy_defaults"]
