@@ -179,7 +179,7 @@ class NoiseSchedule:
     def posterior_mean_from_eps(self, x_t, eps, t):
         """μ̃_t = (x_t − β_t / √(1 − ᾱ_t) · ε) / √α_t (Ho et al. 2020, eq. 11).
 
-        The seed post writes (x_{t-1} − α_t/√(1−ᾱ_t) ε)/α_t (errata E5; test_posterior_mean_eps_form).
+        The seed post writes (x_{t-1} − α_t/√(1−ᾱ_t) ε)/α_t (errata E5; test_posterior_mean_eps_form_equals_x0_form).
         """
         coef_eps = _gather(self.betas / self.sqrt_one_minus_alphas_cumprod, t, x_t)
         return (x_t - coef_eps * eps) * _gather(1.0 / np.sqrt(self.alphas), t, x_t)

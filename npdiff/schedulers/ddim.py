@@ -35,7 +35,7 @@ class DDIMScheduler(SchedulerMixin):
     """Denoising diffusion implicit models (Song et al. 2021a).
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - timestep_spacing: one of `linspace`, `leading`, `trailing`.
 
@@ -128,7 +128,7 @@ class DDIMInverseScheduler(SchedulerMixin):
     Mokady et al. 2023 "null-text inversion", §3).
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - timestep_spacing: one of `leading`, `trailing`.
 

@@ -33,7 +33,7 @@ class DDPMScheduler(SchedulerMixin):
     """Denoising diffusion probabilistic model sampler (Ho et al. 2020).
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - variance_type: one of `fixed_small`, `fixed_small_log`, `fixed_large`, `fixed_large_log`, `learned`, `learned_range`.
     - timestep_spacing: one of `linspace`, `leading`, `trailing`.

@@ -61,7 +61,7 @@ class DPMSolverMultistepScheduler(SigmaSchedulerMixin):
     """Multistep DPM-Solver(++) of order 1, 2 or 3.
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - timestep_spacing: one of `linspace`, `leading`, `trailing`.
     - algorithm_type: one of `dpmsolver++`, `dpmsolver`, `sde-dpmsolver++`.

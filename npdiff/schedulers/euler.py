@@ -36,7 +36,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
     """Euler's method on the probability-flow ODE in σ (Karras et al. 2022, Alg. 2).
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - timestep_spacing: one of `linspace`, `leading`, `trailing`.
     - final_sigmas_type: `zero` or `sigma_min`; use_karras_sigmas (EDM eq. 5, ρ = 7).
@@ -128,7 +128,7 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
     """Ancestral Euler sampling: a deterministic Euler step to σ_down, then fresh noise σ_up.
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - timestep_spacing: one of `linspace`, `leading`, `trailing`.
     """

@@ -31,7 +31,7 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin):
     """Heun sampler (Karras et al. 2022, Alg. 1 with S_churn = 0).
 
     Options:
-    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid` (or ``trained_betas``).
+    - beta_schedule: one of `linear`, `scaled_linear`, `squaredcos_cap_v2`, `sigmoid`; ``trained_betas`` overrides it.
     - prediction_type: one of `epsilon`, `sample`, `v_prediction`.
     - timestep_spacing: one of `linspace`, `leading`, `trailing`.
     - use_karras_sigmas: EDM eq. 5 (ρ = 7) between the spaced σ_min and σ_max.
