@@ -25,9 +25,8 @@ import math
 
 import numpy as np
 
-from npdiff.diffusion import PREDICTION_TYPES, VARIANCE_TYPES
+from npdiff.diffusion import PREDICTION_TYPES
 from npdiff.schedulers.base import (
-    SchedulerMixin,
     SchedulerOutput,
     TIMESTEP_SPACINGS,
     broadcast_coef,
