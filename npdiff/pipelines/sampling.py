@@ -21,6 +21,7 @@ model output, which is valid for ε, x₀ and v alike (each is affine in ε at f
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +107,10 @@ def sample(model, scheduler, shape, class_labels=None, guidance_scale: float = 1
         if any(i < 0 or i >= n for i in record):
             raise ValueError(f"trajectory_steps must lie in 0 … {n - 1} for {n} scheduler steps, got {sorted(record)}")
 
+    step_kwargs = dict(scheduler_kwargs or {})
+    if "generator" in inspect.signature(scheduler.step).parameters:  # stochastic samplers draw from our seed
+        step_kwargs["generator"] = rng
+
     x = (rng.standard_normal(shape) * float(scheduler.init_noise_sigma)).astype(np.float32)  # x_T
     kept_t, kept_x, kept_x0 = [], [], []
     steps = range(n)
@@ -121,7 +126,7 @@ def sample(model, scheduler, shape, class_labels=None, guidance_scale: float = 1
                 t = timesteps[i]
                 x_in = scheduler.scale_model_input(x, t)
                 out = _model_output(model, x_in, t, class_labels, guidance_scale, null_class)
-                step = scheduler.step(out, t, x, generator=rng, **(scheduler_kwargs or {}))
+                step = scheduler.step(out, t, x, **step_kwargs)
                 if i in record:
                     kept_t.append(t.item() if hasattr(t, "item") else t)
                     kept_x.append(x.copy())

@@ -2,10 +2,10 @@
 
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, TrainingState, load_checkpoint, save_checkpoint
 from .config import MODEL_TYPES, TrainConfig, toy_defaults
-from .trainer import RunInfo, Trainer, TrainingDiverged, make_scheduler, plan_run, train
+from .trainer import Run, RunInfo, Trainer, TrainingDiverged, load_run, make_scheduler, plan_run, train
 
 __all__ = [
-    "CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "MODEL_TYPES", "RunInfo", "TrainConfig", "Trainer",
-    "TrainingDiverged", "TrainingState", "load_checkpoint", "make_scheduler", "plan_run", "save_checkpoint",
+    "CHECKPOINT_NAME", "CONFIG_NAME", "LOG_NAME", "MODEL_TYPES", "Run", "RunInfo", "TrainConfig", "Trainer",
+    "TrainingDiverged", "TrainingState", "load_checkpoint", "load_run", "make_scheduler", "plan_run", "save_checkpoint",
     "toy_defaults", "train",
 ]

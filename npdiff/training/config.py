@@ -151,7 +151,7 @@ class TrainConfig:
 
 def toy_defaults(data: str) -> dict:
     """Settings that suit the 2-D toy datasets better than the image defaults."""
-    return dict(data=data, model="mlp", image_size=None, class_conditional=False, steps=3000, batch_size=256,
+    return dict(data=data, model="mlp", image_size=None, class_conditional=False, steps=5000, batch_size=256,
                 lr=1e-3, warmup_steps=100, ema_decay=0.995, beta_schedule="linear", sample_every=1000,
                 checkpoint_every=1000)
 

@@ -449,22 +449,22 @@ class Trainer:
         gen = np.random.default_rng([cfg.seed, 2])  # separate stream: never disturbs training draws
         path = self.path(os.path.join("samples", f"step_{self.step:06d}.png"))
         model = self.ema_model()
+        conditional = info.null_class is not None
         if len(info.sample_shape) == 1:
-            out = sample(model, scheduler, (2000, *info.sample_shape), generator=gen,
-                         num_inference_steps=cfg.sample_steps)
-            nd_io.save_scatter(path, out.samples, self.dataset.images[:2000], title=f"step {self.step}", lim=3.0)
+            n = 2000
+            labels = np.arange(n) % info.num_classes if conditional else None
+            out = sample(model, scheduler, (n, *info.sample_shape), class_labels=labels,
+                         guidance_scale=cfg.guidance_scale if conditional else 1.0, null_class=info.null_class,
+                         generator=gen, num_inference_steps=cfg.sample_steps)
+            nd_io.save_scatter(path, out.samples, self.dataset.images[:n], title=f"step {self.step}", lim=3.0)
             return path
-        if info.null_class is not None:
-            k = info.num_classes
-            labels = np.tile(np.arange(k), rows)  # row r holds classes 0 … k−1
-            out = sample(model, scheduler, (len(labels), *info.sample_shape), class_labels=labels,
-                         guidance_scale=cfg.guidance_scale, null_class=info.null_class, generator=gen,
-                         num_inference_steps=cfg.sample_steps)
-            nd_io.save_image_grid(path, out.samples, nrow=k, scale=2)
-        else:
-            out = sample(model, scheduler, (rows * 8, *info.sample_shape), generator=gen,
-                         num_inference_steps=cfg.sample_steps)
-            nd_io.save_image_grid(path, out.samples, nrow=8, scale=2)
+        # class-conditional: one class per column, ``rows`` rows; else an 8-wide grid
+        ncol = info.num_classes if conditional else 8
+        labels = np.tile(np.arange(ncol), rows) if conditional else None
+        out = sample(model, scheduler, (rows * ncol, *info.sample_shape), class_labels=labels,
+                     guidance_scale=cfg.guidance_scale if conditional else 1.0, null_class=info.null_class,
+                     generator=gen, num_inference_steps=cfg.sample_steps)
+        nd_io.save_image_grid(path, out.samples, nrow=ncol, scale=2)
         return path
 
 
@@ -473,3 +473,40 @@ def train(config: TrainConfig, run_dir: str, progress: bool = True, stop_after: 
     trainer = Trainer(config, run_dir, progress=progress)
     trainer.train(stop_after=stop_after)
     return trainer
+
+
+# ----------------------------------------------------------------------------
+# loading a finished (or interrupted) run for sampling and evaluation
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """A run folder opened for sampling: the model (EMA weights by default), its plan and config."""
+
+    model: object
+    info: RunInfo
+    config: TrainConfig
+    step: int
+    run_dir: str
+
+
+def load_run(run_dir: str, use_ema: bool = True) -> Run:
+    """Open a run folder written by ``npdiff train``; ValueError says what is missing."""
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise ValueError(f"run folder {run_dir!r} does not exist")
+    for name in (CONFIG_NAME, CHECKPOINT_NAME):
+        if not os.path.isfile(os.path.join(run_dir, name)):
+            raise ValueError(f"{run_dir!r} is not a run folder: {name} is missing "
+                             f"(expected a folder written by `npdiff train`)")
+    saved = nd_io.load_json(os.path.join(run_dir, CONFIG_NAME))
+    if not isinstance(saved, dict) or "train" not in saved or "model_class" not in saved:
+        raise ValueError(f"{os.path.join(run_dir, CONFIG_NAME)} is not an npdiff run config")
+    info = RunInfo.from_dict(saved)
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
+    model = info.build_model()
+    model.load_state_dict(state.model)
+    if use_ema:
+        model.load_state_dict({**state.model, **state.ema})
+    return Run(model.eval(), info, TrainConfig.from_dict(saved["train"]), state.step, run_dir)

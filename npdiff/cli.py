@@ -1,0 +1,476 @@
+"""The ``npdiff`` command line: train, sample, eval, viz, bench.
+
+    npdiff train                          class-conditional digits UNet, run folder in runs/
+    npdiff train --data moons             a 2-D toy with the MLP denoiser
+    npdiff train --resume runs/digits     continue a run exactly where it stopped
+    npdiff sample --run runs/digits --scheduler dpm++ --steps 20 --class 7
+    npdiff eval --run runs/digits         sample-quality metrics, printed and saved as eval.json
+    npdiff viz schedules | viz forward --digit 3
+    npdiff bench                          the kernel and UNet benchmarks against PyTorch
+
+Errors in the input (a missing folder, a run folder without a checkpoint, a bad
+value) print ``npdiff <command>: error: ...`` and exit with status 2; a diverged
+training run exits with 1; Ctrl-C exits with 130 after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .data import TOY_DATASETS
+
+SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++")
+
+
+# ----------------------------------------------------------------------------
+# parsers
+# ----------------------------------------------------------------------------
+
+
+def _channels(text: str) -> tuple:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,64, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"channels must be positive, got {text!r}")
+    return values
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a diffusion model (no arguments: class-conditional digits UNet)",
+        description="Train a DDPM and write a run folder: config.json, checkpoint.safetensors (model, EMA, "
+                    "optimizer, RNG states), log.jsonl, loss.png, samples/step_*.png and ema_model/ "
+                    "(diffusers layout). Flags left out keep the defaults of the dataset kind (digits/images "
+                    "or 2-D toys).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits",
+                   help=f"'digits' (scikit-learn's 8x8 digits, resized), a toy name {TOY_DATASETS}, a folder of "
+                        "images (class sub-folders become labels), a folder of MNIST/Fashion-MNIST IDX files, "
+                        "or an .npz file with 'images'/'x' (+ 'labels'/'y')")
+    g.add_argument("--image-size", type=int, default=None, help="resize images to this square size "
+                   "(default: 16 for digits, the loader's default otherwise)")
+    g.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits)")
+    g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
+                   "(default 8192)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=("unet", "mlp"), default=None,
+                   help="denoiser: UNet2DModel for images, a residual MLP for 2-D points (default: by data)")
+    g.add_argument("--channels", type=_channels, default=None,
+                   help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64,64)")
+    g.add_argument("--layers-per-block", type=int, default=None, help="UNet ResNet blocks per level (default 1)")
+    g.add_argument("--no-attention", dest="attention", action="store_false", default=None,
+                   help="no self-attention at the UNet's lowest resolution")
+    g.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups in the UNet (default 8)")
+    g.add_argument("--hidden-dim", type=int, default=None, help="MLP width (default 128)")
+    g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks (default 3)")
+    g.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
+                   help="ignore labels (default: class-conditional when the data has labels)")
+    g.add_argument("--label-dropout", type=float, default=None,
+                   help="probability of training with the null class, for classifier-free guidance (default 0.1)")
+    g = p.add_argument_group("diffusion")
+    g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
+                   help="what the network predicts: the noise ε, the clean sample x₀, or v (default epsilon)")
+    g.add_argument("--beta-schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"),
+                   default=None, help="noise schedule (default: squaredcos_cap_v2 = cosine for images, "
+                                      "linear for toys)")
+    g.add_argument("--timesteps", type=int, default=None, help="number of diffusion steps T (default 1000)")
+    g.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting, e.g. 5 "
+                   "(default: off, uniform weights)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 3000; 5000 for toys)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 64; 256 for toys)")
+    g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 2e-3; 1e-3 for toys)")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay (default 0)")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps, then cosine decay "
+                   "(default 100)")
+    g.add_argument("--grad-clip", type=float, default=None, help="max global gradient norm (default 1.0)")
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the sampling weights "
+                   "(default 0.999; 0.995 for toys)")
+    g = p.add_argument_group("run")
+    g.add_argument("--output", "-o", default=None, help="run folder (default: runs/<data>-<date>-<time>)")
+    g.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run in DIR exactly where its checkpoint stopped (other flags except "
+                        "--steps, --stop-after and --quiet are taken from DIR/config.json)")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="stop (with a checkpoint) after this many steps of this invocation; --resume continues")
+    g.add_argument("--seed", type=int, default=None, help="seed of init, data order, timesteps and noise (default 0)")
+    g.add_argument("--log-every", type=int, default=None, help="steps per log.jsonl record (default 25)")
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (default 1000)")
+    g.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 500)")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale of the periodic sample grids (default 3)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+
+_TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
+    "data": "data", "image_size": "image_size", "hflip": "hflip", "toy_samples": "toy_samples", "model": "model",
+    "channels": "block_out_channels", "layers_per_block": "layers_per_block", "attention": "attention",
+    "norm_groups": "norm_num_groups", "hidden_dim": "hidden_dim", "num_blocks": "num_blocks",
+    "class_conditional": "class_conditional", "label_dropout": "label_dropout",
+    "prediction_type": "prediction_type", "beta_schedule": "beta_schedule", "timesteps": "num_train_timesteps",
+    "snr_gamma": "snr_gamma", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "grad_clip": "grad_clip",
+    "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every", "sample_every": "sample_every",
+    "checkpoint_every": "checkpoint_every", "guidance_scale": "guidance_scale",
+}
+
+
+def _add_run_sampling(p, n_help: str) -> None:
+    p.add_argument("--run", required=True, metavar="DIR", help="run folder written by `npdiff train`")
+    p.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="ddim",
+                   help="sampler: ddpm (ancestral), ddim (deterministic), euler, euler_a (ancestral Euler), "
+                        "heun (2nd order), dpm++ (DPM-Solver++ 2M)")
+    p.add_argument("--steps", type=int, default=None, help="inference steps (default 50; 1000 for ddpm)")
+    p.add_argument("--n", type=int, default=None, help=n_help)
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale for class-conditional runs: 1 = plain conditional, "
+                        "0 = unconditional, >1 = sharper classes (default: the run's, 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and stochastic steps")
+    p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights instead of the EMA")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained run (PNG grid, optional .npy and trajectory)",
+                       description="Sample from a run folder with any scheduler. Image runs give a PNG grid "
+                                   "(class-conditional: one class per column); toy runs a scatter plot.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_run_sampling(p, "number of samples (default: 10 per class for class-conditional runs, else 64; "
+                         "2000 points for toys)")
+    p.add_argument("--class", dest="class_label", type=int, default=None,
+                   help="draw every sample from this class (default: cycle through the classes)")
+    p.add_argument("--out", default=None, help="output PNG (default: DIR/samples_<scheduler>_<steps>.png)")
+    p.add_argument("--npy", action="store_true", help="also save the raw samples (and labels) as .npy")
+    p.add_argument("--trajectory", type=int, default=None, metavar="K",
+                   help="also save a strip of x_t (top row) and the predicted x₀ (bottom row) at K evenly "
+                        "spaced steps, for the first 4 samples (<out>_trajectory.png)")
+    p.set_defaults(func=cmd_sample)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="sample-quality metrics of a run, printed and saved as JSON",
+                       description="Digits: accuracy of class-conditional samples under a fixed classifier, "
+                                   "Fréchet distance of its features vs the train-test floor, mean nearest-"
+                                   "neighbour distance to the training set. 2-D toys: MMD² and energy distance "
+                                   "to fresh data vs the fresh-vs-fresh floor. Other image data: nearest-"
+                                   "neighbour distance only.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_run_sampling(p, "samples to generate (default: 50 per class for digits, 2000 for toys, 256 otherwise)")
+    p.add_argument("--out", default=None, help="output JSON (default: DIR/eval.json)")
+    p.add_argument("--batch", type=int, default=100, help="samples per sampling batch (memory vs speed)")
+    p.set_defaults(func=cmd_eval)
+
+
+def _add_viz(sub) -> None:
+    p = sub.add_parser("viz", help="pictures: noise schedules, forward noising strips",
+                       description="Draw the pictures that explain diffusion.")
+    vs = p.add_subparsers(dest="what", required=True, metavar="{schedules,forward}")
+    s = vs.add_parser("schedules", help="ᾱ_t and log-SNR(t) of every beta schedule",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--timesteps", type=int, default=1000, help="number of diffusion steps T")
+    s.add_argument("--out", default="viz", help="output folder (schedules_alpha_bar.png, schedules_log_snr.png)")
+    s.set_defaults(func=cmd_viz_schedules)
+    f = vs.add_parser("forward", help="one image noised at increasing t, linear vs cosine schedule",
+                      description="A strip of the same image noised at increasing t with the same noise, one "
+                                  "row per schedule (linear, cosine): the cosine schedule destroys information "
+                                  "more slowly.",
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = f.add_mutually_exclusive_group()
+    src.add_argument("--image", default=None, help="an image file (PNG/JPEG), shown in grayscale")
+    src.add_argument("--digit", type=int, default=None, help="the first scikit-learn digit of this class (0-9); "
+                                                              "the default when --image is not given is 3")
+    f.add_argument("--size", type=int, default=32, help="resize the image to this square size")
+    f.add_argument("--columns", type=int, default=8, help="number of timesteps shown")
+    f.add_argument("--timesteps", type=int, default=1000, help="number of diffusion steps T")
+    f.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    f.add_argument("--out", default="viz/forward.png", help="output PNG")
+    f.set_defaults(func=cmd_viz_forward)
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run the benchmarks (npdiff vs PyTorch in the same process)",
+                       description="Runs benchmarks/kernels.py and benchmarks/unet.py from the source checkout "
+                                   "with this Python; extra arguments are passed on to each script.")
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet"), default="all",
+                   help="which benchmark script to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
+    p.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="npdiff", description="Diffusion models from scratch in NumPy and Numba: train, sample, evaluate, "
+                                   "visualise. Run `npdiff <command> --help` for each command's flags.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,viz,bench}")
+    _add_train(sub)
+    _add_sample(sub)
+    _add_eval(sub)
+    _add_viz(sub)
+    _add_bench(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------
+
+
+def _default_run_dir(data: str) -> str:
+    base = os.path.basename(os.path.normpath(data)) or "data"
+    base = os.path.splitext(base)[0]
+    return os.path.join("runs", f"{base}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def cmd_train(args) -> int:
+    from .training import TrainConfig, Trainer, TrainingDiverged, toy_defaults
+
+    progress = not args.quiet
+    if args.resume is not None:
+        trainer = Trainer.resume(args.resume, steps=args.steps, progress=progress)
+        print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}", file=sys.stderr)
+    else:
+        fields = toy_defaults(args.data) if args.data in TOY_DATASETS else {}
+        fields.update({field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items()
+                       if getattr(args, dest) is not None})
+        config = TrainConfig(**fields)
+        run_dir = args.output or _default_run_dir(config.data)
+        trainer = Trainer(config, run_dir, progress=progress)
+        n_params = sum(int(p.data.size) for p in trainer.model.parameters())
+        print(f"training {trainer.info.model_class} ({n_params:,} parameters) on {config.data!r} "
+              f"({len(trainer.dataset)} items) for {config.steps} steps -> {run_dir}", file=sys.stderr)
+    try:
+        summary = trainer.train(stop_after=args.stop_after)
+    except TrainingDiverged as e:
+        print(f"npdiff train: {e}", file=sys.stderr)
+        return 1
+    print(f"done: step {summary['step']} in {summary['seconds']:.1f} s; run folder {summary['run_dir']}")
+    return 0
+
+
+def _open_run(args):
+    from .training import load_run
+
+    run = load_run(args.run, use_ema=args.ema)
+    steps = args.steps if args.steps is not None else (1000 if args.scheduler == "ddpm" else 50)
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    guidance = args.guidance_scale if args.guidance_scale is not None else run.config.guidance_scale
+    return run, steps, guidance
+
+
+def _draw(run, scheduler_name: str, steps: int, n: int, labels, guidance: float, seed: int, batch: int | None = None,
+          trajectory: int | None = None):
+    """Samples (and the first batch's trajectory) in batches of ``batch``, one generator for all."""
+    from .pipelines import sample
+    from .training import make_scheduler
+
+    info = run.info
+    gen = np.random.default_rng(seed)
+    batch = batch or n
+    outs, first = [], None
+    for start in range(0, n, batch):
+        stop = min(n, start + batch)
+        scheduler = make_scheduler(scheduler_name, info.scheduler_config)
+        y = None if labels is None else labels[start:stop]
+        out = sample(run.model, scheduler, (stop - start, *info.sample_shape), class_labels=y,
+                     guidance_scale=guidance if y is not None else 1.0, null_class=info.null_class, generator=gen,
+                     num_inference_steps=steps, trajectory_steps=trajectory if start == 0 else None,
+                     progress=True)
+        outs.append(out.samples)
+        first = first or out
+    return np.concatenate(outs), first
+
+
+def _labels_for(run, n: int, class_label):
+    info = run.info
+    if info.null_class is None:
+        if class_label is not None:
+            raise ValueError(f"--class needs a class-conditional run; {run.run_dir!r} was trained unconditionally")
+        return None
+    if class_label is not None:
+        if not 0 <= class_label < info.num_classes:
+            raise ValueError(f"--class must be in 0 … {info.num_classes - 1}, got {class_label}")
+        return np.full(n, class_label, dtype=np.int64)
+    return np.arange(n, dtype=np.int64) % info.num_classes
+
+
+def cmd_sample(args) -> int:
+    from . import io as nd_io
+
+    run, steps, guidance = _open_run(args)
+    info = run.info
+    toy = len(info.sample_shape) == 1
+    conditional = info.null_class is not None
+    n = args.n or (2000 if toy else (10 * info.num_classes if conditional and args.class_label is None else 64))
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    labels = _labels_for(run, n, args.class_label)
+    if args.trajectory is not None and (toy or args.trajectory < 1):
+        raise ValueError("--trajectory K needs an image run and K >= 1")
+    samples, first = _draw(run, args.scheduler, steps, n, labels, guidance, args.seed, trajectory=args.trajectory)
+    out = args.out or os.path.join(run.run_dir, f"samples_{args.scheduler}_{steps}.png")
+    if toy:
+        from .data import make_toy
+
+        ref = make_toy(run.config.data, len(samples), seed=1) if run.config.data in TOY_DATASETS else None
+        nd_io.save_scatter(out, samples, ref, title=f"{args.scheduler}, {steps} steps", lim=3.0)
+    else:
+        nrow = info.num_classes if conditional and args.class_label is None else int(np.ceil(np.sqrt(n)))
+        nd_io.save_image_grid(out, samples, nrow=nrow, scale=max(1, 64 // info.sample_shape[-1]))
+    print(f"wrote {out}")
+    stem = os.path.splitext(out)[0]
+    if args.npy:
+        np.save(stem + ".npy", samples)
+        print(f"wrote {stem}.npy")
+        if labels is not None:
+            np.save(stem + "_labels.npy", labels)
+            print(f"wrote {stem}_labels.npy")
+    if args.trajectory is not None:
+        k = min(4, n)
+        xt, x0 = first.trajectory[:, :k], first.pred_x0[:, :k]  # (K, k, C, H, W)
+        rows = []
+        for j in range(k):  # per sample: a row of x_t, then a row of x̂₀
+            rows += [xt[:, j], np.clip(x0[:, j], -1, 1)]
+        strip = np.concatenate(rows)  # (2k·K, C, H, W)
+        path = stem + "_trajectory.png"
+        nd_io.save_image_grid(path, strip, nrow=len(first.timesteps), scale=max(1, 64 // info.sample_shape[-1]))
+        ts = ", ".join(f"{float(t):g}" for t in first.timesteps)
+        print(f"wrote {path} (columns t = {ts}; rows: x_t, predicted x0, per sample)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import io as nd_io
+    from .metrics import digits_report, nearest_neighbour_distance, toy_report
+
+    run, steps, guidance = _open_run(args)
+    info, data = run.info, run.config.data
+    toy = len(info.sample_shape) == 1
+    conditional = info.null_class is not None
+    if args.n is not None:
+        n = args.n
+    elif toy:
+        n = 2000
+    else:
+        n = 50 * info.num_classes if conditional else 256
+    if n < 2 or args.batch < 1:
+        raise ValueError(f"--n must be >= 2 and --batch >= 1, got {n} and {args.batch}")
+    labels = _labels_for(run, n, None)
+    t0 = time.perf_counter()
+    samples, _ = _draw(run, args.scheduler, steps, n, labels, guidance, args.seed, batch=args.batch)
+    seconds = time.perf_counter() - t0
+    if toy:
+        if data not in TOY_DATASETS:
+            raise ValueError(f"eval of 2-D data needs a toy dataset {TOY_DATASETS}, the run used {data!r}")
+        report = toy_report(samples, data, seed=args.seed)
+        nd_io.save_scatter(os.path.join(run.run_dir, "eval_samples.png"), samples[:2000], None, lim=3.0,
+                           title=f"{args.scheduler}, {steps} steps")
+    elif data == "digits" and info.sample_shape[0] == 1:
+        report = digits_report(samples, labels, seed=args.seed)
+        nd_io.save_image_grid(os.path.join(run.run_dir, "eval_samples.png"), samples[:100],
+                              nrow=info.num_classes if conditional else 10, scale=2)
+    else:
+        from .training.trainer import load_train_data
+
+        train = load_train_data(run.config)
+        report = {"nn_distance": nearest_neighbour_distance(samples, train.images), "n_samples": int(n)}
+    report.update({"run": run.run_dir, "step": run.step, "scheduler": args.scheduler, "steps": steps,
+                   "guidance_scale": guidance if conditional else None, "ema": args.ema, "seed": args.seed,
+                   "sampling_seconds": round(seconds, 2)})
+    out = args.out or os.path.join(run.run_dir, "eval.json")
+    nd_io.save_json(out, report)
+    for k, v in report.items():
+        print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_viz_schedules(args) -> int:
+    from . import io as nd_io
+    from .diffusion import BETA_SCHEDULES, NoiseSchedule
+
+    t = np.arange(args.timesteps)
+    alpha_bar = {name: NoiseSchedule(args.timesteps, beta_schedule=name).alphas_cumprod for name in BETA_SCHEDULES}
+    with np.errstate(divide="ignore"):
+        log_snr = {name: np.log(ab) - np.log1p(-ab) for name, ab in alpha_bar.items()}  # log(ᾱ/(1−ᾱ))
+    os.makedirs(args.out, exist_ok=True)
+    p1, p2 = os.path.join(args.out, "schedules_alpha_bar.png"), os.path.join(args.out, "schedules_log_snr.png")
+    nd_io.save_curves(p1, t, alpha_bar, xlabel="t", ylabel="ᾱ_t (signal fraction kept)",
+                      title="ᾱ_t of each beta schedule")
+    nd_io.save_curves(p2, t, log_snr, xlabel="t", ylabel="log SNR(t) = log ᾱ_t / (1 − ᾱ_t)",
+                      title="log-SNR of each beta schedule")
+    print(f"wrote {p1}\nwrote {p2}")
+    return 0
+
+
+def cmd_viz_forward(args) -> int:
+    from . import io as nd_io
+    from .data import load_digits
+    from .diffusion import NoiseSchedule
+
+    if args.columns < 2 or args.size < 4:
+        raise ValueError(f"--columns must be >= 2 and --size >= 4, got {args.columns} and {args.size}")
+    if args.image is not None:
+        from PIL import Image
+
+        gray = nd_io.load_image(args.image, mode="L")[0]  # (H, W) in [-1, 1]; ValueError if unreadable
+        pil = Image.fromarray(np.round((gray + 1.0) * 127.5).astype(np.uint8)).resize((args.size, args.size),
+                                                                                      Image.BICUBIC)
+        x0 = (np.asarray(pil, dtype=np.float32) / 127.5 - 1.0)[None, None]  # (1, 1, S, S)
+        what = os.path.basename(args.image)
+    else:
+        digit = 3 if args.digit is None else args.digit
+        if not 0 <= digit <= 9:
+            raise ValueError(f"--digit must be in 0 … 9, got {digit}")
+        images, labels = load_digits(args.size, "all")  # (N, 1, S, S) in [-1, 1]
+        x0 = images[np.flatnonzero(labels == digit)[:1]]  # (1, 1, S, S)
+        what = f"digit {digit}"
+    ts = np.round(np.linspace(0, args.timesteps - 1, args.columns)).astype(np.int64)
+    noise = np.random.default_rng(args.seed).standard_normal(x0.shape).astype(np.float32)
+    rows = []
+    for schedule in ("linear", "squaredcos_cap_v2"):  # top row, bottom row (cosine)
+        sched = NoiseSchedule(args.timesteps, beta_schedule=schedule)
+        rows += [sched.q_sample(x0, np.array([t]), noise)[0] for t in ts]
+    strip = np.stack(rows)  # (2·columns, 1, S, S)
+    nd_io.save_image_grid(args.out, strip, nrow=args.columns, scale=max(1, 64 // args.size))
+    print(f"wrote {args.out}: {what}; top row linear, bottom row cosine; columns t = {', '.join(map(str, ts))}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    scripts = ["kernels", "unet"] if args.which == "all" else [args.which]
+    status = 0
+    for name in scripts:
+        path = os.path.join(root, f"{name}.py")
+        if not os.path.isfile(path):
+            raise ValueError(f"benchmark script {path!r} not found (npdiff bench runs from a source checkout)")
+        print(f"== {name}: {sys.executable} {path} {' '.join(args.args)}", flush=True)
+        status = max(status, subprocess.call([sys.executable, path, *args.args]))
+    return status
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``npdiff`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as e:
+        print(f"npdiff {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
