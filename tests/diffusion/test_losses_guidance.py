@@ -74,7 +74,8 @@ def test_vlb_term_is_weighted_eps_mse(name, t, seed):
     b, a, ab, s2 = sched.betas[t], sched.alphas[t], sched.alphas_cumprod[t], sched.posterior_variance[t]
     mse = np.sum((eps - eps_hat) ** 2)
     assert kl == pytest.approx(b**2 / (2 * s2 * a * (1 - ab)) * mse, rel=1e-6)
-    assert kl != pytest.approx(b**2 / (2 * s2**2 * a * (1 - ab)) * mse, rel=1e-2)
+    if abs(s2 - 1.0) > 0.05:  # σ² and σ⁴ differ: the seed's weight gives another number
+        assert kl != pytest.approx(b**2 / (2 * s2**2 * a * (1 - ab)) * mse, rel=1e-2)
 
 
 def test_vb_terms_zero_for_true_posterior_and_decoder_at_t0():
