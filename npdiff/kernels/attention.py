@@ -1,0 +1,543 @@
+"""Scaled dot-product attention, forward and backward.
+
+Notation (one "row" is one query of one (batch, head) pair):
+
+    N  = batch·heads (all leading axes flattened),  Lq / Lk = query / key length,
+    d  = query/key width,  dv = value width,  s = scale (default 1/√d),
+    S  = s·Q Kᵀ + B                       scores, (N, Lq, Lk); B = additive mask (0 / −∞ / any float)
+    P  = softmax_row(S),  O = P V          (Vaswani et al. 2017, eq. 1)
+    lse_i = m_i + log Σ_j exp(S_ij − m_i),  m_i = max_j S_ij   (row log-sum-exp, saved by forward)
+
+Backward (Dao 2023, FlashAttention-2, Algorithm 2): the probabilities are *recomputed* from
+the saved row log-sum-exp, P_ij = exp(S_ij − lse_i), so forward keeps O(N·L) memory, then
+
+    dV = Pᵀ dO,   dP = dO Vᵀ,   D_i = Σ_c dO_ic O_ic  (= rowsum(P∘dP)),
+    dS = P ∘ (dP − D),   dQ = s·dS K,   dK = s·dSᵀ Q.
+
+Max subtraction makes every exp argument ≤ 0, so huge logits (1e30) are exact. A row whose
+keys are all masked (every S_ij = −∞) gives O_i = 0, lse_i = −∞ and zero gradients (torch's
+convention).
+
+Layout used by every version here: q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv); the mask as
+``bias`` (M, Lq, Lk) plus ``bias_index`` (N,) naming which of the M bias planes row-block n
+uses (so a (B, 1, Lq, Lk) mask shared by all heads is never copied h times).
+
+Fast CPU path — why tiles and not "one big batched GEMM": materialising S for all heads is
+N·Lq·Lk floats (134 MB for B=32, h=16, L=256) and numpy's stacked matmul runs the heads one
+small GEMM at a time on one core. Instead a Numba kernel is parallel over (head, query tile)
+with TQ = 64 query rows, walks the keys in tiles of TK = 128 and keeps a running max / sum
+per row (online softmax, Milakov & Gimelshein 2018; Dao 2023): at most TQ·TK scores exist
+per thread, whatever L is.
+
+*Crossover.* For Lk ≤ TK (= 128) there is a single key tile: the kernel is exactly "GEMM,
+row softmax, GEMM" with no rescaling. For Lk > TK each new key tile rescales the running
+output by exp(m_old − m_new) — O(TQ·dv) extra work per tile, negligible next to the
+O(TQ·TK·d) products — so the same kernel serves L = 64 and L = 4096 with a fixed
+TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. The tile products are:
+  * d > 16: BLAS sgemm on the tiles (``np.dot`` inside Numba; OpenBLAS is held to one thread
+    around the call so the two levels of threads do not fight);
+  * d ≤ 16 (diffusers' UNet uses d = 8): direct loops — a K = 8 GEMM spends its time packing,
+    while ``S[i, :] += q[i, c]·kᵀ[c, :]`` is a vectorised axpy over a 128-long key row and
+    ``Oᵀ[c, :] += v[j, c]·Pᵀ[j, :]`` one over a 64-long query row (P is transposed once per tile).
+The exponential is a vectorisable Cody–Waite + degree-7 polynomial in float32 (numba has no
+vector exp without SVML); float64 uses math.exp.
+
+Backward is parallel over N (each task owns dQ[n], dK[n], dV[n]: no races, no per-thread
+reductions); inside, key tiles outer and query tiles inner as in FlashAttention-2.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import get_array_module
+from .config import jit_parallel, jit_serial, prange
+
+try:  # hold BLAS to one thread inside our own parallel loops
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls: load it before listing pools)
+    from threadpoolctl import ThreadpoolController
+
+    _POOLS = ThreadpoolController()
+except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
+    _POOLS = None
+
+TILE_Q = 64
+TILE_K = 128
+SMALL_HEAD_DIM = 16
+
+
+# ---------------------------------------------------------------------------
+# reference (plain loops: the version to read)
+
+
+def attention_forward_reference(q, k, v, bias=None, scale=None):
+    """Reference forward.
+
+    Shapes: q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv), bias None or (N, Lq, Lk) -> out (N, Lq, dv),
+    lse (N, Lq).
+    Definition: S_ij = s·Σ_c q_ic k_jc + b_ij; O_ic = Σ_j exp(S_ij − lse_i) v_jc.
+    Loop: for each (n, i) form the score row, subtract its max, exponentiate, normalise,
+    and take the weighted sum of value rows.
+    """
+    N, Lq, d = q.shape
+    Lk, dv = k.shape[1], v.shape[2]
+    s = 1.0 / math.sqrt(d) if scale is None else scale
+    out = np.zeros((N, Lq, dv), dtype=q.dtype)
+    lse = np.full((N, Lq), -np.inf, dtype=q.dtype)
+    for n in range(N):
+        for i in range(Lq):
+            row = np.array([s * sum(q[n, i, c] * k[n, j, c] for c in range(d)) for j in range(Lk)])
+            if bias is not None:
+                row = row + bias[n, i]
+            m = row.max()
+            if m == -np.inf:  # every key masked: O_i = 0
+                continue
+            p = np.exp(row - m)
+            l = p.sum()
+            lse[n, i] = m + np.log(l)
+            for c in range(dv):
+                out[n, i, c] = sum(p[j] * v[n, j, c] for j in range(Lk)) / l
+    return out, lse
+
+
+def attention_backward_reference(g, q, k, v, out, lse, bias=None, scale=None):
+    """Reference backward: (dq, dk, dv) for upstream gradient ``g`` (N, Lq, dv).
+
+    Definition: P_ij = exp(S_ij − lse_i); dV_j = Σ_i P_ij g_i; dP_ij = g_i·v_j;
+    D_i = g_i·O_i; dS_ij = P_ij (dP_ij − D_i); dq_i = s Σ_j dS_ij k_j; dk_j = s Σ_i dS_ij q_i.
+    Loop: per (n, i) rebuild the probability row from lse, then scatter into dk, dv.
+    """
+    N, Lq, d = q.shape
+    Lk = k.shape[1]
+    s = 1.0 / math.sqrt(d) if scale is None else scale
+    dq, dk, dvv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    for n in range(N):
+        for i in range(Lq):
+            if lse[n, i] == -np.inf:
+                continue
+            D = sum(g[n, i, c] * out[n, i, c] for c in range(v.shape[2]))
+            for j in range(Lk):
+                b = 0.0 if bias is None else bias[n, i, j]
+                p = math.exp(s * np.dot(q[n, i], k[n, j]) + b - lse[n, i])
+                dp = np.dot(g[n, i], v[n, j])
+                ds = p * (dp - D)
+                dvv[n, j] += p * g[n, i]
+                dq[n, i] += s * ds * k[n, j]
+                dk[n, j] += s * ds * q[n, i]
+    return dq, dk, dvv
+
+
+# ---------------------------------------------------------------------------
+# fast CPU path (Numba)
+
+
+def _exp_constants(dtype):
+    """Constants of the vector exp, in the data's dtype (numba would promote a Python float
+    literal to float64 and lose the float32 vector width): log2(e), ln2 split hi/lo
+    (Cody–Waite), underflow cut, 1.5·2²³ (adding and subtracting it rounds a float32 to the
+    nearest integer without a libm call, so the loop vectorises), 2²³, 127, 0, 1, then 1/k!
+    for k = 2..7."""
+    return np.array(
+        [1.4426950408889634, 0.693359375, -2.12194440e-4, -87.0, 12582912.0, 8388608.0, 127.0, 0.0, 1.0,
+         1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040],
+        dtype=dtype,
+    )
+
+
+@jit_serial
+def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
+    """x[t] = exp(x[t] − shift) for t < n, in place; returns Σ_t x[t].
+
+    fast (float32): exp(y) = 2^k · p(r), k = round(y·log2 e), r = y − k·ln2, p = Taylor to r⁷
+    (|r| ≤ ln2/2 so the error is < 1e-8 relative); 2^k is built from its bit pattern in the
+    int32 buffer ``ib`` viewed as float32 ``fb``. y < −87 gives 0 (as does y = −∞).
+    """
+    if not fast:
+        for t in range(n):
+            x[t] = math.exp(x[t] - shift)
+    else:
+        log2e, hi, lo2, cut, magic, two23, b127, zero, one = C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8]
+        c2, c3, c4, c5, c6, c7 = C[9], C[10], C[11], C[12], C[13], C[14]
+        for t in range(n):
+            y = x[t] - shift
+            yc = y if y > cut else cut
+            kf = (yc * log2e + magic) - magic  # round(y·log2 e)
+            r = yc - kf * hi - kf * lo2
+            p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
+            ib[t] = np.int32((kf + b127) * two23)
+            x[t] = p if y > cut else zero
+        for t in range(n):
+            x[t] = x[t] * fb[t]
+    # eight partial sums so the reduction vectorises (a fixed, deterministic order)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = x[0] * 0
+    t = 0
+    while t + 8 <= n:
+        a0 += x[t]
+        a1 += x[t + 1]
+        a2 += x[t + 2]
+        a3 += x[t + 3]
+        a4 += x[t + 4]
+        a5 += x[t + 5]
+        a6 += x[t + 6]
+        a7 += x[t + 7]
+        t += 8
+    while t < n:
+        a0 += x[t]
+        t += 1
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+
+
+@jit_serial
+def _row_max(x, n):
+    m = x[0]
+    for t in range(1, n):
+        if x[t] > m:
+            m = x[t]
+    return m
+
+
+@jit_serial
+def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
+    """S (nq, nk) = qs[:nq] · k[n, j0:j0+nk]ᵀ (qs already carries the scale)."""
+    if use_blas:
+        np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
+    else:
+        d = qs.shape[1]
+        for c in range(d):  # kᵀ tile (d, nk) so the inner loop runs along keys
+            for j in range(nk):
+                kT[c, j] = k[n, j0 + j, c]
+        for i in range(nq):
+            row = S[i]
+            row[:] = 0
+            for c in range(d):
+                qc = qs[i, c]
+                kc = kT[c]
+                for j in range(nk):
+                    row[j] += qc * kc[j]
+
+
+@jit_parallel
+def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, use_blas, C, fast):
+    """Tiled online-softmax forward, parallel over (n, query tile); fills ``out`` and ``lse``.
+
+    Per task: qs = s·q[n, i0:i0+tq]; for each key tile: S = qs kᵀ (+ bias), per row
+    m' = max(m, max_j S_ij), acc ← acc·e^{m−m'} + exp(S − m') V_tile, l ← l·e^{m−m'} + Σ_j exp(S_ij − m').
+    Finally O = acc / l, lse = m + log l.
+    """
+    N, Lq, d = q.shape
+    Lk, dv = k.shape[1], v.shape[2]
+    nqt = (Lq + tq - 1) // tq
+    for task in prange(N * nqt):
+        n = task // nqt
+        i0 = (task % nqt) * tq
+        nq = min(tq, Lq - i0)
+        qs = np.empty((tq, d), q.dtype)
+        for i in range(nq):
+            for c in range(d):
+                qs[i, c] = q[n, i0 + i, c] * scale
+        sbuf = np.empty(tq * tk, q.dtype)
+        ib = np.empty(tk, np.int32)
+        fb = ib.view(np.float32)
+        m = np.full(tq, -np.inf, q.dtype)
+        l = np.zeros(tq, q.dtype)
+        alpha = np.ones(tq, q.dtype)
+        acc = np.zeros((tq, dv), q.dtype)  # BLAS path: O rows
+        accT = np.zeros((dv, tq), q.dtype)  # direct path: Oᵀ, so updates run along queries
+        tmp = np.empty((tq, dv), q.dtype)
+        kT = np.empty((d, tk), q.dtype)
+        PT = np.empty((tk, tq), q.dtype)
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
+            # 1. scores
+            _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
+            # 2. online softmax per row
+            for i in range(nq):
+                row = S[i]
+                if has_bias:
+                    b = bias[bias_index[n], i0 + i]
+                    for j in range(nk):
+                        row[j] += b[j0 + j]
+                mt = max(m[i], _row_max(row, nk))
+                if mt == -np.inf:  # all keys so far masked: nothing to add
+                    row[:] = 0
+                    alpha[i] = 1
+                    continue
+                alpha[i] = math.exp(m[i] - mt)  # exp(−∞) = 0 on the first tile
+                l[i] = l[i] * alpha[i] + _exp_shift_sum(row, nk, mt, ib, fb, C, fast)
+                m[i] = mt
+            # 3. acc ← acc·α + P V_tile
+            if use_blas:
+                np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
+                for i in range(nq):
+                    for c in range(dv):
+                        acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
+            else:
+                for i in range(nq):  # Pᵀ tile (nk, nq)
+                    for j in range(nk):
+                        PT[j, i] = S[i, j]
+                for c in range(dv):
+                    a = accT[c]
+                    for i in range(nq):
+                        a[i] *= alpha[i]
+                for j in range(nk):
+                    p = PT[j]
+                    for c in range(dv):
+                        vc = v[n, j0 + j, c]
+                        a = accT[c]
+                        for i in range(nq):
+                            a[i] += vc * p[i]
+        for i in range(nq):
+            if l[i] == 0:
+                lse[n, i0 + i] = -np.inf
+                out[n, i0 + i] = 0
+                continue
+            lse[n, i0 + i] = m[i] + math.log(l[i])
+            inv = 1 / l[i]
+            for c in range(dv):
+                out[n, i0 + i, c] = (acc[i, c] if use_blas else accT[c, i]) * inv
+
+
+@jit_parallel
+def attention_backward_tiled(g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, use_blas,
+                             C, fast):
+    """FlashAttention-2 backward, parallel over n; fills dq, dk, dv.
+
+    For each key tile j (outer) and query tile i (inner): S = s·q_i k_jᵀ (+ bias),
+    P = exp(S − lse_i), dV_j += Pᵀ g_i, dP = g_i v_jᵀ, dS = P∘(dP − D_i), dQ_i += s·dS k_j,
+    dK_j += s·dSᵀ q_i. The score GEMM is the forward's ``_scores_tile``.
+    """
+    N, Lq, d = q.shape
+    Lk, dvw = k.shape[1], v.shape[2]
+    for n in prange(N):
+        qs = np.empty((tq, d), q.dtype)
+        sbuf = np.empty(tq * tk, q.dtype)
+        pbuf = np.empty(tq * tk, q.dtype)
+        ib = np.empty(tk, np.int32)
+        fb = ib.view(np.float32)
+        kT = np.empty((d, tk), q.dtype)
+        vT = np.empty((dvw, tk), q.dtype)
+        dST = np.empty((tk, tq), q.dtype)
+        dkacc = np.empty((tk, d), q.dtype)
+        dvacc = np.empty((tk, dvw), q.dtype)
+        dKT = np.empty((d, tk), q.dtype)
+        dVT = np.empty((dvw, tk), q.dtype)
+        dQT = np.zeros((d, Lq), q.dtype)
+        tvbuf = np.empty(tk * dvw, q.dtype)
+        tqbuf = np.empty(tq * d, q.dtype)
+        tkbuf = np.empty(tk * d, q.dtype)
+        dq[n] = 0
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            dkacc[:] = 0
+            dvacc[:] = 0
+            dKT[:] = 0
+            dVT[:] = 0
+            if not use_blas:
+                for j in range(nk):
+                    for c in range(dvw):
+                        vT[c, j] = v[n, j0 + j, c]
+            for i0 in range(0, Lq, tq):
+                nq = min(tq, Lq - i0)
+                for i in range(nq):
+                    for c in range(d):
+                        qs[i, c] = q[n, i0 + i, c] * scale
+                S = sbuf[: nq * nk].reshape((nq, nk))
+                dP = pbuf[: nq * nk].reshape((nq, nk))
+                # 1. P = exp(S − lse) (S recomputed, as in the forward)
+                _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
+                for i in range(nq):
+                    row = S[i]
+                    if has_bias:
+                        b = bias[bias_index[n], i0 + i]
+                        for j in range(nk):
+                            row[j] += b[j0 + j]
+                    li = lse[n, i0 + i]
+                    if li == -np.inf:
+                        row[:] = 0
+                    else:
+                        _exp_shift_sum(row, nk, li, ib, fb, C, fast)
+                gi = g[n, i0 : i0 + nq]
+                if use_blas:
+                    # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
+                    tv = tvbuf[: nk * dvw].reshape((nk, dvw))
+                    np.dot(S.T, gi, tv)
+                    dvacc[:nk] += tv
+                    np.dot(gi, v[n, j0 : j0 + nk].T, dP)
+                else:
+                    for i in range(nq):
+                        prow = S[i]
+                        for c in range(dvw):
+                            gc = g[n, i0 + i, c]
+                            a = dVT[c]
+                            for j in range(nk):
+                                a[j] += gc * prow[j]
+                        drow = dP[i]
+                        drow[:] = 0
+                        for c in range(dvw):
+                            gc = g[n, i0 + i, c]
+                            vc = vT[c]
+                            for j in range(nk):
+                                drow[j] += gc * vc[j]
+                # 3. dS = P ∘ (dP − D)   (stored in dP)
+                for i in range(nq):
+                    Di = D[n, i0 + i]
+                    prow = S[i]
+                    drow = dP[i]
+                    for j in range(nk):
+                        drow[j] = prow[j] * (drow[j] - Di)
+                # 4. dQ_i += s·dS k_j ; dK_j += dSᵀ qs  (qs carries s)
+                if use_blas:
+                    tmpq = tqbuf[: nq * d].reshape((nq, d))
+                    np.dot(dP, k[n, j0 : j0 + nk], tmpq)
+                    for i in range(nq):
+                        for c in range(d):
+                            dq[n, i0 + i, c] += scale * tmpq[i, c]
+                    tk_ = tkbuf[: nk * d].reshape((nk, d))
+                    np.dot(dP.T, qs[:nq], tk_)
+                    dkacc[:nk] += tk_
+                else:
+                    for i in range(nq):
+                        for j in range(nk):
+                            dST[j, i] = dP[i, j]
+                    for j in range(nk):
+                        srow = dST[j]
+                        for c in range(d):
+                            kc = k[n, j0 + j, c] * scale
+                            a = dQT[c, i0 : i0 + nq]
+                            for i in range(nq):
+                                a[i] += kc * srow[i]
+                    for i in range(nq):
+                        drow = dP[i]
+                        for c in range(d):
+                            qc = qs[i, c]
+                            a = dKT[c]
+                            for j in range(nk):
+                                a[j] += qc * drow[j]
+            for j in range(nk):
+                for c in range(d):
+                    dk[n, j0 + j, c] = dkacc[j, c] if use_blas else dKT[c, j]
+                for c in range(dvw):
+                    dv[n, j0 + j, c] = dvacc[j, c] if use_blas else dVT[c, j]
+        if not use_blas:
+            for i in range(Lq):
+                for c in range(d):
+                    dq[n, i, c] = dQT[c, i]
+
+
+# ---------------------------------------------------------------------------
+# xp-generic vectorised version (cupy on a GPU; also runs with numpy)
+
+
+def _broadcast_bias(xp, bias, bias_index):
+    return None if bias is None else bias[xp.asarray(bias_index)]  # (N, Lq, Lk)
+
+
+def attention_forward_xp(q, k, v, bias=None, bias_index=None, scale=None):
+    """Whole-matrix version: S = s·Q Kᵀ + B (N, Lq, Lk) with batched matmul, then a
+    max-subtracted softmax and P V. Materialises S — fine on a GPU, the tiled kernel is
+    the CPU path."""
+    xp = get_array_module(q)
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    S = xp.matmul(q * q.dtype.type(s), xp.swapaxes(k, 1, 2))  # (N, Lq, Lk)
+    if bias is not None:
+        S = S + _broadcast_bias(xp, bias, bias_index)
+    m = S.max(axis=2, keepdims=True)  # (N, Lq, 1)
+    m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows: exp(−∞ − 0) = 0
+    P = xp.exp(S - m)
+    l = P.sum(axis=2, keepdims=True)
+    safe = xp.where(l > 0, l, 1)
+    out = xp.matmul(P / safe, v)
+    with np.errstate(divide="ignore"):
+        lse = xp.where(l > 0, m + xp.log(safe), -xp.inf)[..., 0]
+    return out.astype(q.dtype, copy=False), lse.astype(q.dtype, copy=False)
+
+
+def attention_backward_xp(g, q, k, v, out, lse, bias=None, bias_index=None, scale=None):
+    """Whole-matrix backward from the saved lse (same formulas as the tiled kernel)."""
+    xp = get_array_module(q)
+    s = q.dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    S = xp.matmul(q * s, xp.swapaxes(k, 1, 2))  # (N, Lq, Lk)
+    if bias is not None:
+        S = S + _broadcast_bias(xp, bias, bias_index)
+    finite = xp.isfinite(lse)[..., None]
+    P = xp.where(finite, xp.exp(S - xp.where(finite, lse[..., None], 0)), 0)
+    dv = xp.matmul(xp.swapaxes(P, 1, 2), g)  # (N, Lk, dv)
+    dP = xp.matmul(g, xp.swapaxes(v, 1, 2))  # (N, Lq, Lk)
+    D = (g * out).sum(axis=2, keepdims=True)  # (N, Lq, 1)
+    dS = P * (dP - D)
+    dq = xp.matmul(dS, k) * s
+    dk = xp.matmul(xp.swapaxes(dS, 1, 2), q) * s
+    return dq.astype(q.dtype, copy=False), dk.astype(q.dtype, copy=False), dv.astype(q.dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------
+# dispatch
+
+
+def _check(q, k, v, bias, bias_index):
+    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        raise ValueError(f"attention kernels take (N, L, d) arrays, got q {q.shape}, k {k.shape}, v {v.shape}")
+    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] or v.shape[1] != k.shape[1]:
+        raise ValueError(f"attention shapes do not match: q {q.shape}, k {k.shape}, v {v.shape}")
+    if min(q.shape) == 0 or min(k.shape) == 0 or min(v.shape) == 0:
+        raise ValueError(f"attention needs non-empty arrays, got q {q.shape}, k {k.shape}, v {v.shape}")
+    if bias is not None:
+        if bias.ndim != 3 or bias.shape[1:] != (q.shape[1], k.shape[1]):
+            raise ValueError(f"attention bias must be (M, Lq, Lk) = (M, {q.shape[1]}, {k.shape[1]}), got {bias.shape}")
+        if bias_index is None or len(bias_index) != q.shape[0]:
+            raise ValueError(f"attention bias_index must have N = {q.shape[0]} entries")
+
+
+def _bias_args(q, bias, bias_index):
+    if bias is None:
+        return np.zeros((1, 1, 1), q.dtype), np.zeros(q.shape[0], np.int64), False
+    return np.ascontiguousarray(bias, dtype=q.dtype), np.ascontiguousarray(bias_index, dtype=np.int64), True
+
+
+def _one_blas_thread():
+    import contextlib
+
+    return _POOLS.limit(limits=1, user_api="blas") if _POOLS is not None else contextlib.nullcontext()
+
+
+def attention_forward(q, k, v, bias=None, bias_index=None, scale=None):
+    """Scaled dot-product attention forward -> (out (N, Lq, dv), lse (N, Lq)).
+
+    q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv); bias (M, Lq, Lk) additive (−∞ = masked) with
+    bias_index (N,) into M. numpy -> tiled Numba kernel, cupy -> xp version.
+    """
+    _check(q, k, v, bias, bias_index)
+    xp = get_array_module(q, k, v)
+    if xp is not np:
+        return attention_forward_xp(q, k, v, bias, bias_index, scale)
+    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    s = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+    out = np.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
+    lse = np.empty(q.shape[:2], q.dtype)
+    b, bi, has_b = _bias_args(q, bias, bias_index)
+    use_blas = q.shape[2] > SMALL_HEAD_DIM
+    with _one_blas_thread():
+        attention_forward_tiled(q, k, v, b, bi, has_b, q.dtype.type(s), out, lse, TILE_Q, TILE_K, use_blas,
+                                _exp_constants(q.dtype), q.dtype == np.float32)
+    return out, lse
+
+
+def attention_backward(g, q, k, v, out, lse, bias=None, bias_index=None, scale=None):
+    """Backward of ``attention_forward`` -> (dq, dk, dv), recomputing P from ``lse``."""
+    _check(q, k, v, bias, bias_index)
+    xp = get_array_module(g, q, k, v)
+    if xp is not np:
+        return attention_backward_xp(g, q, k, v, out, lse, bias, bias_index, scale)
+    g, q, k, v, out = (np.ascontiguousarray(a, dtype=q.dtype) for a in (g, q, k, v, out))
+    s = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+    D = np.einsum("nic,nic->ni", g, out)  # (N, Lq): D_i = dO_i · O_i
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    b, bi, has_b = _bias_args(q, bias, bias_index)
+    use_blas = q.shape[2] > SMALL_HEAD_DIM
+    with _one_blas_thread():
+        attention_backward_tiled(g, q, k, v, D, np.ascontiguousarray(lse), b, bi, has_b, q.dtype.type(s), dq, dk, dv,
+                                 TILE_Q, TILE_K, use_blas, _exp_constants(q.dtype), q.dtype == np.float32)
+    return dq, dk, dv
