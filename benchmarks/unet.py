@@ -1,0 +1,209 @@
+"""npdiff's UNet2DModel vs diffusers' UNet2DModel (PyTorch CPU) on the same weights.
+
+    python benchmarks/unet.py [--only digits16] [--rounds 5 --iters 3] [--json out.json]
+    python benchmarks/unet.py --profile [digits16|cifar32]     # per-op profile of one npdiff training step
+
+Two passes per config, each side in its own process, alternating (benchmarks/harness.py):
+  infer  forward without a tape (torch.no_grad / nd.no_grad)
+  train  one DDPM training step: x_t from x_0 and noise at random timesteps,
+         MSE(model(x_t, t), noise), backward, AdamW step
+Both sides get identical weights (npdiff's initialisation with seed 0, loaded into
+diffusers) and 2 threads. Prints median ms, images/s and the ratio npdiff / torch.
+
+``--profile`` times every autograd Function's forward and backward by class
+name during training steps of npdiff alone, plus the optimiser step; what is left
+of the step's wall time is Python and tape bookkeeping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+CONFIGS = {
+    "digits16": dict(
+        batch=64,
+        unet=dict(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(32, 64, 64), layers_per_block=1,
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8),
+    ),
+    "cifar32": dict(
+        batch=32,
+        unet=dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128, 128),
+                  layers_per_block=2,
+                  down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32),
+    ),
+}
+
+CASES = {f"{c} {p}": {"config": c, "pass": p, "batch": CONFIGS[c]["batch"], "flops": None}
+         for c in CONFIGS for p in ("infer", "train")}
+
+
+def _npdiff_model(config):
+    import npdiff as nd
+    from npdiff.models import UNet2DModel
+
+    nd.manual_seed(0)
+    return UNet2DModel(**CONFIGS[config]["unet"])
+
+
+def _batch(config, rng):
+    """x_0, noise, t and x_t = sqrt(ᾱ_t) x_0 + sqrt(1 − ᾱ_t) ε (Ho et al. 2020, eq. 4; linear betas)."""
+    cfg = CONFIGS[config]
+    B, C, S = cfg["batch"], cfg["unet"]["in_channels"], cfg["unet"]["sample_size"]
+    alpha_bar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    x0 = rng.uniform(-1, 1, (B, C, S, S))
+    noise = rng.standard_normal((B, C, S, S))
+    t = rng.integers(0, 1000, B)
+    a = alpha_bar[t][:, None, None, None]
+    xt = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    return xt.astype(np.float32), noise.astype(np.float32), t
+
+
+def build(side, case):
+    info = CASES[case]
+    config, train = info["config"], info["pass"] == "train"
+    rng = np.random.default_rng(0)
+    state = {k: np.array(v) for k, v in _npdiff_model(config).state_dict().items()}  # same weights on both sides
+    if side == "torch":
+        import torch
+        from diffusers import UNet2DModel
+
+        model = UNet2DModel(**CONFIGS[config]["unet"])
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        model.train(train)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def run():
+            xt, noise, t = (torch.from_numpy(a) for a in _batch(config, rng))
+            if not train:
+                with torch.no_grad():
+                    return model(xt, t).sample
+            loss = torch.nn.functional.mse_loss(model(xt, t).sample, noise)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return run
+
+    import npdiff as nd
+    import npdiff.nn.functional as F
+    from npdiff.optim import AdamW
+
+    model = _npdiff_model(config).train(train)
+    opt = AdamW(model.parameters(), lr=1e-4)
+
+    def run():
+        xt, noise, t = _batch(config, rng)
+        if not train:
+            with nd.no_grad():
+                return model(xt, t)
+        loss = F.mse_loss(model(xt, t), noise)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return run
+
+
+# ----------------------------------------------------------------------------
+# per-op profile
+
+
+def _function_classes():
+    import npdiff.autograd as ag
+    import npdiff.nn.functional  # noqa: F401  (defines the kernel-backed Functions)
+
+    seen, todo = [], [ag.Function]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.append(sub)
+                todo.append(sub)
+    return seen
+
+
+def profile(config: str, steps: int = 3) -> None:
+    """Time each Function's forward/backward by class name over ``steps`` training steps."""
+    import numba
+
+    numba.set_num_threads(2)
+    step = build("npdiff", f"{config} train")
+    step()  # warm-up: JIT compile outside the profile
+    stats = defaultdict(lambda: [0, 0.0])  # (op, "fwd"/"bwd") -> [calls, seconds]
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                s = stats[key]
+                s[0] += 1
+                s[1] += time.perf_counter() - t0
+        return wrapper
+
+    for cls in _function_classes():
+        for attr, tag in (("forward", "fwd"), ("backward", "bwd")):
+            own = cls.__dict__.get(attr)
+            if isinstance(own, staticmethod):
+                setattr(cls, attr, staticmethod(timed(own.__func__, (cls.__name__, tag))))
+    from npdiff.optim import AdamW
+
+    AdamW.step = timed(AdamW.step, ("AdamW.step", "opt"))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    total = (time.perf_counter() - t0) / steps
+    ops = defaultdict(lambda: {"fwd": 0.0, "bwd": 0.0, "opt": 0.0, "calls": 0})
+    for (name, tag), (calls, sec) in stats.items():
+        ops[name][tag] += sec / steps
+        ops[name]["calls"] += calls // steps if tag != "bwd" else 0
+    rows = sorted(ops.items(), key=lambda kv: -(kv[1]["fwd"] + kv[1]["bwd"] + kv[1]["opt"]))
+    accounted = sum(v["fwd"] + v["bwd"] + v["opt"] for _, v in rows)
+    print(f"npdiff training step, {config} (batch {CONFIGS[config]['batch']}): {total * 1e3:.1f} ms per step, "
+          f"mean of {steps}")
+    print(f"{'op':<28} {'calls':>6} {'fwd ms':>9} {'bwd ms':>9} {'total ms':>9} {'share':>6}")
+    for name, v in rows:
+        tot = v["fwd"] + v["bwd"] + v["opt"]
+        print(f"{name:<28} {v['calls']:>6} {v['fwd'] * 1e3:>9.1f} {(v['bwd'] + v['opt']) * 1e3:>9.1f} "
+              f"{tot * 1e3:>9.1f} {tot / total:>6.1%}")
+    rest = total - accounted
+    print(f"{'(python, tape, data)':<28} {'':>6} {'':>9} {'':>9} {rest * 1e3:>9.1f} {rest / total:>6.1%}")
+
+
+def main():
+    if "--profile" in sys.argv:
+        i = sys.argv.index("--profile")
+        config = sys.argv[i + 1] if i + 1 < len(sys.argv) and sys.argv[i + 1] in CONFIGS else "digits16"
+        return profile(config)
+    records = harness.main(CASES, build, os.path.abspath(__file__), "npdiff vs diffusers UNet2DModel benchmark")
+    if not records:  # a worker process
+        return None
+    print()
+    print(f"{'config':<10} {'pass':<6} {'batch':>5} {'npdiff ms':>10} {'torch ms':>10} {'npdiff img/s':>13} "
+          f"{'torch img/s':>12} {'ratio':>6}")
+    for r in records:
+        r["npdiff_images_per_s"] = r["batch"] / (r["npdiff_ms"] * 1e-3)
+        r["torch_images_per_s"] = r["batch"] / (r["torch_ms"] * 1e-3)
+        print(f"{r['config']:<10} {r['pass']:<6} {r['batch']:>5} {r['npdiff_ms']:>10.1f} {r['torch_ms']:>10.1f} "
+              f"{r['npdiff_images_per_s']:>13.1f} {r['torch_images_per_s']:>12.1f} {r['ratio']:>6.2f}")
+    if "--json" in sys.argv:  # harness wrote the records; add images/s to them
+        path = sys.argv[sys.argv.index("--json") + 1]
+        with open(path, "w") as f:
+            json.dump(records, f, indent=1)
+    return records
+
+
+if __name__ == "__main__":
+    main()
