@@ -275,63 +275,82 @@ def batch_norm_backward_reference(g, x, mean, rstd, weight=None, training=True):
 # ---------------------------------------------------------------------------
 # fast CPU versions (Numba)
 #
-# Row sums use four float64 accumulators: a single accumulator makes every add
-# wait for the previous one (fastmath is off, so LLVM may not reorder it); four
-# independent chains keep the FPU busy. Plain form: Σ_i v[i].
+# Row sums keep LANES float64 partial sums: lane k adds v[k], v[k + LANES], ...
+# and the lanes are added at the end. fastmath is off, so LLVM may not reorder a
+# plain Σ_i v[i] into SIMD; the lane form is an elementwise add of one block of
+# the row into the lane array, which it vectorises (about 2x faster than four
+# scalar chains, and more accurate). ``acc`` is a float64 scratch of LANES
+# entries owned by the calling thread. Plain form of each helper in its docstring.
+
+LANES = 64  # statistics of a whole slab
+GRAD_LANES = 32  # gradient sums, reduced per channel row (fewer lanes to add up)
 
 
 @jit_serial
-def _row_sum(v):
-    """Σ v[i] in float64 (v: 1-D)."""
-    L = v.shape[0]
+def _lanes_total(acc):
+    """Σ_k acc[k] with four independent chains (the lanes count is a multiple of 4)."""
     a0 = a1 = a2 = a3 = 0.0
-    L4 = L - L % 4
-    for i in range(0, L4, 4):
-        a0 += v[i]
-        a1 += v[i + 1]
-        a2 += v[i + 2]
-        a3 += v[i + 3]
-    for i in range(L4, L):
-        a0 += v[i]
+    for k in range(0, acc.shape[0], 4):
+        a0 += acc[k]
+        a1 += acc[k + 1]
+        a2 += acc[k + 2]
+        a3 += acc[k + 3]
     return (a0 + a1) + (a2 + a3)
 
 
 @jit_serial
-def _row_sqdev(v, mu):
-    """Σ (v[i] − μ)² in float64."""
-    L = v.shape[0]
-    a0 = a1 = a2 = a3 = 0.0
-    L4 = L - L % 4
-    for i in range(0, L4, 4):
-        d0 = v[i] - mu
-        d1 = v[i + 1] - mu
-        d2 = v[i + 2] - mu
-        d3 = v[i + 3] - mu
-        a0 += d0 * d0
-        a1 += d1 * d1
-        a2 += d2 * d2
-        a3 += d3 * d3
-    for i in range(L4, L):
-        d0 = v[i] - mu
-        a0 += d0 * d0
-    return (a0 + a1) + (a2 + a3)
+def _row_sum(v, acc):
+    """Σ_i v[i] in float64 (v: 1-D contiguous)."""
+    B = acc.shape[0]
+    nb = v.shape[0] // B
+    acc[:] = 0.0
+    for j in range(nb):
+        blk = v[j * B : (j + 1) * B]
+        for k in range(B):
+            acc[k] = acc[k] + blk[k]
+    t = 0.0
+    for i in range(nb * B, v.shape[0]):
+        t += v[i]
+    return t + _lanes_total(acc)
 
 
 @jit_serial
-def _row_grad_sums(g, v, mu):
-    """(Σ g[i], Σ g[i]·(v[i] − μ)) in float64."""
-    L = v.shape[0]
-    s0 = s1 = p0 = p1 = 0.0
-    L2 = L - L % 2
-    for i in range(0, L2, 2):
-        s0 += g[i]
-        s1 += g[i + 1]
-        p0 += g[i] * (v[i] - mu)
-        p1 += g[i + 1] * (v[i + 1] - mu)
-    for i in range(L2, L):
-        s0 += g[i]
-        p0 += g[i] * (v[i] - mu)
-    return s0 + s1, p0 + p1
+def _row_sqdev(v, mu, acc):
+    """Σ_i (v[i] − μ)² in float64."""
+    B = acc.shape[0]
+    nb = v.shape[0] // B
+    acc[:] = 0.0
+    for j in range(nb):
+        blk = v[j * B : (j + 1) * B]
+        for k in range(B):
+            d = blk[k] - mu
+            acc[k] = acc[k] + d * d
+    t = 0.0
+    for i in range(nb * B, v.shape[0]):
+        d = v[i] - mu
+        t += d * d
+    return t + _lanes_total(acc)
+
+
+@jit_serial
+def _row_grad_sums(g, v, mu, acc, acc2):
+    """(Σ_i g[i], Σ_i g[i]·(v[i] − μ)) in float64."""
+    B = acc.shape[0]
+    nb = v.shape[0] // B
+    acc[:] = 0.0
+    acc2[:] = 0.0
+    for j in range(nb):
+        gb = g[j * B : (j + 1) * B]
+        vb = v[j * B : (j + 1) * B]
+        for k in range(B):
+            acc[k] = acc[k] + gb[k]
+            acc2[k] = acc2[k] + gb[k] * (vb[k] - mu)
+    s = 0.0
+    p = 0.0
+    for i in range(nb * B, v.shape[0]):
+        s += g[i]
+        p += g[i] * (v[i] - mu)
+    return s + _lanes_total(acc), p + _lanes_total(acc2)
 
 
 @jit_serial
@@ -349,21 +368,17 @@ def _row_grad_input(g, v, mu, A, B, C, out):
 
 
 @jit_parallel
-def _group_norm_forward_fast(x4, w, b, eps, out, mean, rstd):
+def _group_norm_forward_fast(x3, x4, w, b, eps, out, mean, rstd):
+    """x3 (N, G, M) and x4 (N, G, Cg, S): two views of the same contiguous x."""
     N, G, Cg, S = x4.shape
     M = Cg * S
     for r in prange(N * G):
         n = r // G
         g = r - n * G
-        # 1. statistics of the (n, g) slab — two passes, the slab stays in L1
-        tot = 0.0
-        for j in range(Cg):
-            tot += _row_sum(x4[n, g, j])
-        mu = tot / M
-        q = 0.0
-        for j in range(Cg):
-            q += _row_sqdev(x4[n, g, j], mu)
-        rho = 1.0 / np.sqrt(q / M + eps)
+        acc = np.empty(LANES)
+        # 1. statistics of the (n, g) slab — two passes, the slab stays in cache
+        mu = _row_sum(x3[n, g], acc) / M
+        rho = 1.0 / np.sqrt(_row_sqdev(x3[n, g], mu, acc) / M + eps)
         mean[n, g] = mu
         rstd[n, g] = rho
         # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises
@@ -383,12 +398,14 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, dx, sg, sgx):
         grp = r - n * G
         mu = mean[n, grp]
         rho = rstd[n, grp]
+        acc = np.empty(GRAD_LANES)
+        acc2 = np.empty(GRAD_LANES)
         # 1. mean(ĝ) = Σ_c w[c] Σ_s g / M,  mean(ĝ x̂) = Σ_c w[c] ρ Σ_s g (x − μ) / M
         m1 = 0.0
         m2 = 0.0
         for j in range(Cg):
             c = grp * Cg + j
-            s_g, s_gx = _row_grad_sums(g4[n, grp, j], x4[n, grp, j], mu)
+            s_g, s_gx = _row_grad_sums(g4[n, grp, j], x4[n, grp, j], mu, acc, acc2)
             sg[n, c] = s_g
             sgx[n, c] = s_gx * rho
             m1 += w[c] * s_g
@@ -409,8 +426,9 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, dx, sg, sgx):
 def _layer_norm_forward_fast(x2, w, b, eps, out, mean, rstd):
     R, D = x2.shape
     for r in prange(R):
-        mu = _row_sum(x2[r]) / D
-        rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu) / D + eps)
+        acc = np.empty(LANES)
+        mu = _row_sum(x2[r], acc) / D
+        rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu, acc) / D + eps)
         mean[r] = mu
         rstd[r] = rho
         for d in range(D):
@@ -447,13 +465,14 @@ def _batch_norm_stats_fast(x3, mean, var):
     """Per channel c (prange): μ_c and biased σ²_c over (n, s), two passes, float64."""
     N, C, S = x3.shape
     for c in prange(C):
+        acc = np.empty(LANES)
         tot = 0.0
         for n in range(N):
-            tot += _row_sum(x3[n, c])
+            tot += _row_sum(x3[n, c], acc)
         mu = tot / (N * S)
         q = 0.0
         for n in range(N):
-            q += _row_sqdev(x3[n, c], mu)
+            q += _row_sqdev(x3[n, c], mu, acc)
         mean[c] = mu
         var[c] = q / (N * S)
 
@@ -476,10 +495,12 @@ def _batch_norm_backward_fast(g3, x3, mean, rstd, w, training, dx, dw, db):
     for c in prange(C):
         mu = mean[c]
         rho = rstd[c]
+        acc = np.empty(GRAD_LANES)
+        acc2 = np.empty(GRAD_LANES)
         s_g = 0.0
         s_gx = 0.0
         for n in range(N):
-            a, p = _row_grad_sums(g3[n, c], x3[n, c], mu)
+            a, p = _row_grad_sums(g3[n, c], x3[n, c], mu, acc, acc2)
             s_g += a
             s_gx += p
         db[c] = s_g
@@ -501,18 +522,20 @@ def group_norm_forward_fast(x, num_groups, weight=None, bias=None, eps=1e-5):
 
     Fast path: x is viewed as (N, G, C/G, S); prange over the N·G (n, group)
     slabs. Each thread computes the slab's mean and Σ(x − μ)² in float64 (two
-    passes over a slab small enough to stay in cache), then writes
+    passes over a slab small enough to stay in cache, each vectorised over
+    LANES partial sums), then writes
     y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
     one write of y.
     """
     N, C = x.shape[:2]
     G = num_groups
     x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
+    x3 = x4.reshape(N, G, -1)  # (N, G, M): the same memory, one row per slab
     w, b = _ones_zeros(weight, bias, C, x.dtype)
     out = np.empty_like(x4)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
-    _group_norm_forward_fast(x4, w, b, float(eps), out, mean, rstd)
+    _group_norm_forward_fast(x3, x4, w, b, float(eps), out, mean, rstd)
     return out.reshape(x.shape), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
