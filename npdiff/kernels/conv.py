@@ -65,30 +65,33 @@ def conv_transpose2d_output_size(H, W, kh, kw, stride, padding, output_padding):
 # reference: plain loops straight from the definitions (the oracle)
 
 
-def conv2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 0)):
+def conv2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 0), groups=1):
     """conv2d by its definition, one output element at a time.
 
-    Shapes: x (N, C, H, W), w (O, C, kh, kw), b (O,) or None -> (N, O, Ho, Wo).
+    Shapes: x (N, C, H, W), w (O, C/groups, kh, kw), b (O,) or None -> (N, O, Ho, Wo).
     Definition: out[n,o,i,j] = b[o] + Σ_{c,u,v} xpad[n, c, sh·i+u, sw·j+v] · w[o,c,u,v],
-    xpad = x with ph (pw) zero rows (columns) on each side.
+    xpad = x with ph (pw) zero rows (columns) on each side; with groups, output
+    channel o only reads the C/groups input channels of its group o // (O/groups).
     """
     (sh, sw), (ph, pw) = stride, padding
     N, C, H, W = x.shape
-    O, _, kh, kw = w.shape
+    O, Cg, kh, kw = w.shape
+    Og = O // groups
     Ho, Wo = conv2d_output_size(H, W, kh, kw, stride, padding)
     xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
     xpad[:, :, ph : ph + H, pw : pw + W] = x
     out = np.zeros((N, O, Ho, Wo), dtype=x.dtype)
     for n in range(N):
         for o in range(O):
+            chans = slice(o // Og * Cg, (o // Og + 1) * Cg)  # the input channels of o's group
             for i in range(Ho):
                 for j in range(Wo):
-                    window = xpad[n, :, sh * i : sh * i + kh, sw * j : sw * j + kw]  # (C, kh, kw)
+                    window = xpad[n, chans, sh * i : sh * i + kh, sw * j : sw * j + kw]  # (Cg, kh, kw)
                     out[n, o, i, j] = np.sum(window * w[o]) + (b[o] if b is not None else 0)
     return out
 
 
-def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0)):
+def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), groups=1):
     """Gradients (gx, gw, gb) of conv2d by the chain rule, one output element at a time.
 
     Each out[n,o,i,j] was Σ window·w[o]; so g[n,o,i,j] flows back as
@@ -96,7 +99,8 @@ def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0)):
     """
     (sh, sw), (ph, pw) = stride, padding
     N, C, H, W = x.shape
-    O, _, kh, kw = w.shape
+    O, Cg, kh, kw = w.shape
+    Og = O // groups
     Ho, Wo = g.shape[2], g.shape[3]
     xpad = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=x.dtype)
     xpad[:, :, ph : ph + H, pw : pw + W] = x
@@ -105,41 +109,48 @@ def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0)):
     gb = np.zeros(O, dtype=g.dtype)
     for n in range(N):
         for o in range(O):
+            chans = slice(o // Og * Cg, (o // Og + 1) * Cg)
             for i in range(Ho):
                 for j in range(Wo):
                     gnoij = g[n, o, i, j]
                     rows, cols = slice(sh * i, sh * i + kh), slice(sw * j, sw * j + kw)
-                    gxpad[n, :, rows, cols] += gnoij * w[o]
-                    gw[o] += gnoij * xpad[n, :, rows, cols]
+                    gxpad[n, chans, rows, cols] += gnoij * w[o]
+                    gw[o] += gnoij * xpad[n, chans, rows, cols]
                     gb[o] += gnoij
     return gxpad[:, :, ph : ph + H, pw : pw + W].copy(), gw, gb
 
 
-def conv_transpose2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
+def conv_transpose2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                                       groups=1):
     """conv_transpose2d by its definition: every input pixel scatters a weighted kernel.
 
-    Shapes: x (N, C, H, W), w (C, O, kh, kw), b (O,) or None -> (N, O, Ho, Wo),
-    Ho = (H − 1)·sh − 2ph + kh + oph.
+    Shapes: x (N, C, H, W), w (C, O/groups, kh, kw), b (O,) or None -> (N, O, Ho, Wo),
+    Ho = (H − 1)·sh − 2ph + kh + oph. With groups, input channel c only writes
+    the O/groups output channels of its group c // (C/groups).
     Definition: full[n, o, sh·i+u, sw·j+v] += x[n,c,i,j] · w[c,o,u,v] on an uncropped
     canvas, then out = full[..., ph : ph+Ho, pw : pw+Wo] + b[o].
     """
     (sh, sw), (ph, pw) = stride, padding
     N, C, H, W = x.shape
-    _, O, kh, kw = w.shape
+    _, Og, kh, kw = w.shape
+    O, Cg = Og * groups, C // groups
     Ho, Wo = conv_transpose2d_output_size(H, W, kh, kw, stride, padding, output_padding)
-    full = np.zeros((N, O, ph + Ho + kh, pw + Wo + kw), dtype=x.dtype)  # big enough for any crop
+    # the canvas holds every scattered window and the crop [ph, ph + Ho)
+    full = np.zeros((N, O, max((H - 1) * sh + kh, ph + Ho), max((W - 1) * sw + kw, pw + Wo)), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
+            outs = slice(c // Cg * Og, (c // Cg + 1) * Og)  # the output channels of c's group
             for i in range(H):
                 for j in range(W):
-                    full[n, :, sh * i : sh * i + kh, sw * j : sw * j + kw] += x[n, c, i, j] * w[c]
+                    full[n, outs, sh * i : sh * i + kh, sw * j : sw * j + kw] += x[n, c, i, j] * w[c]
     out = full[:, :, ph : ph + Ho, pw : pw + Wo].copy()
     if b is not None:
         out += b[None, :, None, None]
     return out
 
 
-def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
+def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+                                        groups=1):
     """Gradients (gx, gw, gb) of conv_transpose2d, one input pixel at a time.
 
     x[n,c,i,j] added x·w[c] into a kh×kw window of the canvas, so it receives
@@ -147,17 +158,19 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
     """
     (sh, sw), (ph, pw) = stride, padding
     N, C, H, W = x.shape
-    _, O, kh, kw = w.shape
+    _, Og, kh, kw = w.shape
+    O, Cg = Og * groups, C // groups
     Ho, Wo = g.shape[2], g.shape[3]
-    gfull = np.zeros((N, O, ph + Ho + kh, pw + Wo + kw), dtype=g.dtype)
+    gfull = np.zeros((N, O, max((H - 1) * sh + kh, ph + Ho), max((W - 1) * sw + kw, pw + Wo)), dtype=g.dtype)
     gfull[:, :, ph : ph + Ho, pw : pw + Wo] = g
     gx = np.zeros_like(x)
     gw = np.zeros_like(w)
     for n in range(N):
         for c in range(C):
+            outs = slice(c // Cg * Og, (c // Cg + 1) * Og)
             for i in range(H):
                 for j in range(W):
-                    window = gfull[n, :, sh * i : sh * i + kh, sw * j : sw * j + kw]  # (O, kh, kw)
+                    window = gfull[n, outs, sh * i : sh * i + kh, sw * j : sw * j + kw]  # (Og, kh, kw)
                     gx[n, c, i, j] = np.sum(window * w[c])
                     gw[c] += x[n, c, i, j] * window
     return gx, gw, g.sum(axis=(0, 2, 3))
@@ -598,33 +611,43 @@ def conv_transpose2d_backward_xp(x, w, g, stride=(1, 1), padding=(0, 0), output_
 # dispatch: validation, then numpy -> fast CPU path, cupy -> xp path
 
 
-def _check(op, x, w, b, stride, padding, transposed, output_padding=(0, 0)):
+def _check(op, x, w, b, stride, padding, groups, transposed, output_padding=0):
+    """Validate shapes and arguments; return (stride, padding, output_padding, (Ho, Wo))."""
     stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
     output_padding = _pair(output_padding, "output_padding")
     if x.ndim != 4:
         raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
     if w.ndim != 4:
         raise ValueError(f"{op}: weight must be 4-D, got shape {tuple(w.shape)}")
-    c_axis, o_axis = (0, 1) if transposed else (1, 0)
-    if x.shape[1] != w.shape[c_axis]:
-        raise ValueError(
-            f"{op}: input shape {tuple(x.shape)} has {x.shape[1]} channels but weight shape "
-            f"{tuple(w.shape)} expects {w.shape[c_axis]} (weight axis {c_axis})"
-        )
-    if b is not None and tuple(b.shape) != (w.shape[o_axis],):
-        raise ValueError(f"{op}: bias shape {tuple(b.shape)} != ({w.shape[o_axis]},) for weight shape {tuple(w.shape)}")
     if min(x.shape) <= 0 or min(w.shape) <= 0:
         raise ValueError(f"{op}: sizes must be positive, got input {tuple(x.shape)}, weight {tuple(w.shape)}")
+    if not isinstance(groups, (int, np.integer)) or groups <= 0:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    C = x.shape[1]
+    if transposed:  # w: (C, O/groups, kh, kw)
+        c_expect, O = w.shape[0], w.shape[1] * groups
+        wshape = "(C_in, C_out/groups, kh, kw)"
+    else:  # w: (O, C/groups, kh, kw)
+        c_expect, O = w.shape[1] * groups, w.shape[0]
+        wshape = "(C_out, C_in/groups, kh, kw)"
+    if C % groups or (w.shape[0] % groups):
+        raise ValueError(f"{op}: groups={groups} must divide the input channels of input shape {tuple(x.shape)} "
+                         f"and weight shape {tuple(w.shape)} axis 0")
+    if C != c_expect:
+        raise ValueError(f"{op}: input shape {tuple(x.shape)} has {C} channels but weight shape {tuple(w.shape)} "
+                         f"{wshape} with groups={groups} expects {c_expect}")
+    if b is not None and tuple(b.shape) != (O,):
+        raise ValueError(f"{op}: bias shape {tuple(b.shape)} != ({O},) for weight shape {tuple(w.shape)}")
     if min(stride) <= 0 or min(padding) < 0 or min(output_padding) < 0:
         raise ValueError(f"{op}: need stride > 0, padding >= 0, output_padding >= 0; got "
                          f"stride={stride}, padding={padding}, output_padding={output_padding}")
     if output_padding[0] >= stride[0] or output_padding[1] >= stride[1]:
         raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride {stride}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{op}: floating input required, got dtype {x.dtype}")
     for a in (w, b):
         if a is not None and a.dtype != x.dtype:
             raise ValueError(f"{op}: input dtype {x.dtype} and parameter dtype {a.dtype} differ")
-    if x.dtype.kind != "f":
-        raise ValueError(f"{op}: floating input required, got dtype {x.dtype}")
     kh, kw = w.shape[2], w.shape[3]
     size = (conv_transpose2d_output_size(x.shape[2], x.shape[3], kh, kw, stride, padding, output_padding)
             if transposed else conv2d_output_size(x.shape[2], x.shape[3], kh, kw, stride, padding))
@@ -638,48 +661,105 @@ def _contig(*arrays):
     return [None if a is None else np.ascontiguousarray(a) for a in arrays]
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0):
-    """conv2d (see the module docstring); numpy -> conv2d_forward_cpu, cupy -> conv2d_forward_xp."""
-    stride, padding, _, (Ho, Wo) = _check("conv2d", x, w, b, stride, padding, transposed=False)
+def _conv2d_forward_one(x, w, b, stride, padding, size):
     if get_array_module(x, w, b) is not np:
         return conv2d_forward_xp(x, w, b, stride, padding)
     x, w, b = _contig(x, w, b)
-    out = np.empty((x.shape[0], w.shape[0], Ho, Wo), dtype=x.dtype)
+    out = np.empty((x.shape[0], w.shape[0]) + size, dtype=x.dtype)
     return conv2d_forward_cpu(x, w, b, stride, padding, out)
 
 
-def conv2d_backward(x, w, g, stride=1, padding=0, need_x=True, need_w=True, need_b=True):
-    """(gx, gw, gb) of conv2d for upstream g (N, O, Ho, Wo); None where not needed."""
-    stride, padding, _, size = _check("conv2d", x, w, None, stride, padding, transposed=False)
-    if tuple(g.shape) != (x.shape[0], w.shape[0]) + tuple(size):
-        raise ValueError(f"conv2d backward: grad shape {tuple(g.shape)} != output shape "
-                         f"{(x.shape[0], w.shape[0]) + tuple(size)}")
+def _conv2d_backward_one(x, w, g, stride, padding, need):
     if get_array_module(x, w, g) is not np:
-        return conv2d_backward_xp(x, w, g, stride, padding, need_x, need_w, need_b)
+        return conv2d_backward_xp(x, w, g, stride, padding, *need)
     x, w, g = _contig(x, w, g)
-    return conv2d_backward_cpu(x, w, g, stride, padding, need_x, need_w, need_b)
+    return conv2d_backward_cpu(x, w, g, stride, padding, *need)
 
 
-def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0):
-    """conv_transpose2d; numpy -> conv_transpose2d_forward_cpu, cupy -> the xp path."""
-    stride, padding, output_padding, (Ho, Wo) = _check(
-        "conv_transpose2d", x, w, b, stride, padding, transposed=True, output_padding=output_padding)
+def _conv_transpose2d_forward_one(x, w, b, stride, padding, output_padding, size):
     if get_array_module(x, w, b) is not np:
         return conv_transpose2d_forward_xp(x, w, b, stride, padding, output_padding)
     x, w, b = _contig(x, w, b)
-    out = np.empty((x.shape[0], w.shape[1], Ho, Wo), dtype=x.dtype)
+    out = np.empty((x.shape[0], w.shape[1]) + size, dtype=x.dtype)
     return conv_transpose2d_forward_cpu(x, w, b, stride, padding, out)
 
 
-def conv_transpose2d_backward(x, w, g, stride=1, padding=0, output_padding=0, need_x=True, need_w=True,
-                              need_b=True):
-    """(gx, gw, gb) of conv_transpose2d for upstream g (N, O, Ho, Wo)."""
-    stride, padding, output_padding, size = _check(
-        "conv_transpose2d", x, w, None, stride, padding, transposed=True, output_padding=output_padding)
-    if tuple(g.shape) != (x.shape[0], w.shape[1]) + tuple(size):
-        raise ValueError(f"conv_transpose2d backward: grad shape {tuple(g.shape)} != output shape "
-                         f"{(x.shape[0], w.shape[1]) + tuple(size)}")
+def _conv_transpose2d_backward_one(x, w, g, stride, padding, output_padding, need):
     if get_array_module(x, w, g) is not np:
-        return conv_transpose2d_backward_xp(x, w, g, stride, padding, output_padding, need_x, need_w, need_b)
+        return conv_transpose2d_backward_xp(x, w, g, stride, padding, output_padding, *need)
     x, w, g = _contig(x, w, g)
-    return conv_transpose2d_backward_cpu(x, w, g, stride, padding, need_x, need_w, need_b)
+    return conv_transpose2d_backward_cpu(x, w, g, stride, padding, *need)
+
+
+def _group_slices(groups, *sizes):
+    """For each group, one slice per size: [k·size, (k+1)·size)."""
+    return [[slice(k * s, (k + 1) * s) for s in sizes] for k in range(groups)]
+
+
+def _join(xp, parts, axis):
+    return None if parts[0] is None else xp.concatenate(parts, axis=axis)
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0, groups=1):
+    """conv2d (definition in the module docstring) -> (N, O, Ho, Wo).
+
+    numpy arrays take conv2d_forward_cpu, cupy arrays conv2d_forward_xp. With
+    groups > 1 each group is an independent conv over its channel slice.
+    """
+    stride, padding, _, size = _check("conv2d", x, w, b, stride, padding, groups, transposed=False)
+    if groups == 1:
+        return _conv2d_forward_one(x, w, b, stride, padding, size)
+    Cg, Og = x.shape[1] // groups, w.shape[0] // groups
+    outs = [_conv2d_forward_one(x[:, ci], w[oi], None if b is None else b[oi], stride, padding, size)
+            for ci, oi in _group_slices(groups, Cg, Og)]
+    return get_array_module(x).concatenate(outs, axis=1)
+
+
+def conv2d_backward(x, w, g, stride=1, padding=0, groups=1, need_x=True, need_w=True, need_b=True):
+    """(gx, gw, gb) of conv2d for upstream g (N, O, Ho, Wo); None where not needed."""
+    stride, padding, _, size = _check("conv2d", x, w, None, stride, padding, groups, transposed=False)
+    if tuple(g.shape) != (x.shape[0], w.shape[0]) + size:
+        raise ValueError(f"conv2d backward: grad shape {tuple(g.shape)} != output shape "
+                         f"{(x.shape[0], w.shape[0]) + size}")
+    need = (need_x, need_w, need_b)
+    if groups == 1:
+        return _conv2d_backward_one(x, w, g, stride, padding, need)
+    Cg, Og = x.shape[1] // groups, w.shape[0] // groups
+    parts = [_conv2d_backward_one(x[:, ci], w[oi], g[:, oi], stride, padding, need)
+             for ci, oi in _group_slices(groups, Cg, Og)]
+    xp = get_array_module(x)
+    gx, gw, gb = zip(*parts)
+    return _join(xp, gx, 1), _join(xp, gw, 0), _join(xp, gb, 0)
+
+
+def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1):
+    """conv_transpose2d -> (N, O, Ho, Wo); numpy -> the fast CPU path, cupy -> the xp path."""
+    stride, padding, output_padding, size = _check(
+        "conv_transpose2d", x, w, b, stride, padding, groups, transposed=True, output_padding=output_padding)
+    if groups == 1:
+        return _conv_transpose2d_forward_one(x, w, b, stride, padding, output_padding, size)
+    Cg, Og = x.shape[1] // groups, w.shape[1]
+    outs = [_conv_transpose2d_forward_one(x[:, ci], w[ci], None if b is None else b[oi], stride, padding,
+                                          output_padding, size)
+            for ci, oi in _group_slices(groups, Cg, Og)]
+    return get_array_module(x).concatenate(outs, axis=1)
+
+
+def conv_transpose2d_backward(x, w, g, stride=1, padding=0, output_padding=0, groups=1, need_x=True, need_w=True,
+                              need_b=True):
+    """(gx, gw, gb) of conv_transpose2d for upstream g (N, O, Ho, Wo); None where not needed."""
+    stride, padding, output_padding, size = _check(
+        "conv_transpose2d", x, w, None, stride, padding, groups, transposed=True, output_padding=output_padding)
+    O = w.shape[1] * groups
+    if tuple(g.shape) != (x.shape[0], O) + size:
+        raise ValueError(f"conv_transpose2d backward: grad shape {tuple(g.shape)} != output shape "
+                         f"{(x.shape[0], O) + size}")
+    need = (need_x, need_w, need_b)
+    if groups == 1:
+        return _conv_transpose2d_backward_one(x, w, g, stride, padding, output_padding, need)
+    Cg, Og = x.shape[1] // groups, w.shape[1]
+    parts = [_conv_transpose2d_backward_one(x[:, ci], w[ci], g[:, oi], stride, padding, output_padding, need)
+             for ci, oi in _group_slices(groups, Cg, Og)]
+    xp = get_array_module(x)
+    gx, gw, gb = zip(*parts)
+    return _join(xp, gx, 1), _join(xp, gw, 0), _join(xp, gb, 0)
