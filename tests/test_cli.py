@@ -95,3 +95,20 @@ def test_bad_run_folder_and_bad_class(toy_run, tmp_path, capsys):
     assert "model 'unet' needs images" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse rejects an unknown scheduler itself
         main(["sample", "--run", toy_run, "--scheduler", "plms"])
+
+
+def test_image_run_sample_trajectory_and_digits_eval(tmp_path, capsys):
+    run = str(tmp_path / "digits")
+    assert main(["train", "--image-size", "8", "--channels", "8,16", "--norm-groups", "4", "--steps", "3",
+                 "--batch-size", "8", "--sample-every", "3", "--output", run, "--quiet"]) == 0
+    assert os.path.isfile(os.path.join(run, "samples", "step_000003.png"))
+    out = str(tmp_path / "seven.png")
+    assert main(["sample", "--run", run, "--steps", "3", "--n", "5", "--class", "7", "--guidance-scale", "2",
+                 "--trajectory", "3", "--npy", "--out", out]) == 0
+    assert np.load(str(tmp_path / "seven.npy")).shape == (5, 1, 8, 8)
+    np.testing.assert_array_equal(np.load(str(tmp_path / "seven_labels.npy")), np.full(5, 7))
+    assert os.path.isfile(str(tmp_path / "seven_trajectory.png"))
+    assert main(["eval", "--run", run, "--steps", "2", "--n", "20"]) == 0
+    report = json.load(open(os.path.join(run, "eval.json")))
+    assert {"conditional_accuracy", "fd", "fd_floor", "nn_distance"} <= set(report)
+    assert "conditional_accuracy" in capsys.readouterr().out

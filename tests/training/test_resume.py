@@ -115,3 +115,15 @@ def test_config_rejects_bad_values_and_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown training config keys \['stepz'\]"):
         TrainConfig.from_dict({"stepz": 3})
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+
+
+def test_resume_is_exact_tiny_unet(tmp_path):
+    cfg = TrainConfig(image_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, steps=4,
+                      batch_size=8, warmup_steps=2, log_every=2, checkpoint_every=100, sample_every=100,
+                      sample_steps=2, label_dropout=0.5)
+    straight = Trainer(cfg, tmp_path / "straight", progress=False)
+    assert straight.info.model_class == "UNet2DModel" and straight.info.null_class == 10
+    straight.train()
+    Trainer(cfg, tmp_path / "split", progress=False).train(stop_after=2)
+    Trainer.resume(tmp_path / "split", progress=False).train()
+    _assert_same_state(tmp_path / "straight", tmp_path / "split")
