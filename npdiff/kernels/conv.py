@@ -385,46 +385,42 @@ def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     return out
 
 
-def _matmul_col2im(g, w2, kh, kw, stride, padding, gx):
-    """gx (N, C, H, W) = col2im(w2ᵀ @ g) with w2: (O, C·kh·kw), g: (N, O, Ho, Wo).
+def _gradient_gemms(g, kh, kw, stride, padding, x=None, gw2=None, w2=None, gx=None):
+    """The two GEMMs that read an output-shaped gradient g (N, O, Ho, Wo), chunk by chunk.
 
-    This is conv_transpose2d (and so conv2d's grad-input): a GEMM produces, for
-    every g pixel, the kh×kw window it scatters, and _col2im_add sums the windows.
+    gw2 (O, C·kh·kw) = Σ_chunks g_chunk (O, P) @ im2col(x)_chunkᵀ (P, K)   when gw2 is given
+    gx (N, C, H, W)  = col2im(w2ᵀ (K, O) @ g_chunk (O, P))                 when gx is given
+
+    The second is conv_transpose2d of g (and so conv2d's grad-input): the GEMM
+    gives, for every g pixel, the kh×kw window it scatters, and _col2im_add sums
+    the windows. Both share one NCHW -> (O, pixels) copy of each g chunk and one
+    cols workspace (the weight GEMM is done with cols before it is overwritten).
     """
     (sh, sw), (ph, pw) = stride, padding
     N, O, Ho, Wo = g.shape
-    K = w2.shape[1]
+    K = (gw2 if gw2 is not None else w2).shape[1]
     g3 = g.reshape(N, O, Ho * Wo)  # (N, O, P)
-    gx[...] = 0
+    if gx is not None:
+        gx[...] = 0
+    first = True
     for n0, nb, i0, ni in _chunks(N, Ho, Wo, K, g.itemsize):
         L = ni * Wo
         gt = _workspace("res", (O, nb, L), g.dtype)
         _nchw_to_chunk(g3, n0, i0 * Wo, gt)
+        gt2 = gt.reshape(O, nb * L)  # (O, pixels)
         cols = _workspace("cols", (K, nb, L), g.dtype)
-        np.matmul(w2.T, gt.reshape(O, nb * L), out=cols.reshape(K, nb * L))
-        _col2im_add(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, gx)
-    return gx
-
-
-def _grad_weight(x, g, kh, kw, stride, padding, gw2):
-    """gw2 (O, C·kh·kw) = Σ_chunks g_chunk (O, P) @ im2col(x)_chunkᵀ (P, K)."""
-    (sh, sw), (ph, pw) = stride, padding
-    N, O, Ho, Wo = g.shape
-    K = gw2.shape[1]
-    g3 = g.reshape(N, O, Ho * Wo)  # (N, O, P)
-    first = True
-    for n0, nb, i0, ni in _chunks(N, Ho, Wo, K, x.itemsize):
-        L = ni * Wo
-        gt = _workspace("res", (O, nb, L), g.dtype)
-        _nchw_to_chunk(g3, n0, i0 * Wo, gt)
-        cols = _workspace("cols", (K, nb, L), x.dtype)
-        _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols)
-        prod = gw2 if first else _workspace("gw", gw2.shape, gw2.dtype)
-        np.matmul(gt.reshape(O, nb * L), cols.reshape(K, nb * L).T, out=prod)
-        if not first:
-            gw2 += prod
+        cols2 = cols.reshape(K, nb * L)  # (K, pixels)
+        if gw2 is not None:
+            _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols)
+            prod = gw2 if first else _workspace("gw", gw2.shape, gw2.dtype)
+            np.matmul(gt2, cols2.T, out=prod)
+            if not first:
+                gw2 += prod
+        if gx is not None:
+            np.matmul(w2.T, gt2, out=cols2)
+            _col2im_add(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, gx)
         first = False
-    return gw2
+    return gw2, gx
 
 
 def conv2d_forward_cpu(x, w, b, stride, padding, out):
@@ -471,11 +467,10 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
         if need_w:
             gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n (O, C)
     else:
-        if need_x:
-            gx = _matmul_col2im(g, w2, kh, kw, stride, padding, np.empty_like(x))
-        if need_w:
-            gw = _grad_weight(x, g, kh, kw, stride, padding, np.empty((O, C * kh * kw), dtype=w.dtype))
-            gw = gw.reshape(w.shape)
+        gw2, gx = _gradient_gemms(g, kh, kw, stride, padding,
+                                  x=x, gw2=np.empty((O, C * kh * kw), dtype=w.dtype) if need_w else None,
+                                  w2=w2, gx=np.empty_like(x) if need_x else None)
+        gw = None if gw2 is None else gw2.reshape(w.shape)
     if need_b:
         gb = g.sum(axis=(0, 2, 3))
     return gx, gw, gb
@@ -485,10 +480,10 @@ def conv_transpose2d_forward_cpu(x, w, b, stride, padding, out):
     """Fast conv_transpose2d: fills ``out`` (N, O, Ho, Wo).
 
     It is conv2d's grad-input with x in the role of g: sgemm w.reshape(C, O·kh·kw)ᵀ @ x
-    then a parallel col2im (_matmul_col2im), then the bias.
+    then a parallel col2im (_gradient_gemms), then the bias.
     """
     C, O, kh, kw = w.shape
-    _matmul_col2im(x, w.reshape(C, O * kh * kw), kh, kw, stride, padding, out)
+    _gradient_gemms(x, kh, kw, stride, padding, w2=w.reshape(C, O * kh * kw), gx=out)
     if b is not None:
         out += b[None, :, None, None]
     return out
@@ -499,7 +494,7 @@ def conv_transpose2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=
 
     gx = conv2d(g, w) with w (C, O, kh, kw) read as a conv weight (im2col + sgemm);
     gw[c, o, u, v] = Σ x[n,c,i,j] · g[n, o, sh·i+u−ph, sw·j+v−pw] is conv2d's
-    weight gradient with x as "grad_out" and g as "input" (_grad_weight).
+    weight gradient with x as "grad_out" and g as "input" (_gradient_gemms).
     """
     N, C, H, W = x.shape
     _, O, kh, kw = w.shape
@@ -507,8 +502,8 @@ def conv_transpose2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=
     if need_x:
         gx = conv2d_forward_cpu(g, w, None, stride, padding, np.empty_like(x))
     if need_w:
-        gw = _grad_weight(g, x, kh, kw, stride, padding, np.empty((C, O * kh * kw), dtype=w.dtype))
-        gw = gw.reshape(w.shape)
+        gw2, _ = _gradient_gemms(x, kh, kw, stride, padding, x=g, gw2=np.empty((C, O * kh * kw), dtype=w.dtype))
+        gw = gw2.reshape(w.shape)
     if need_b:
         gb = g.sum(axis=(0, 2, 3))
     return gx, gw, gb
