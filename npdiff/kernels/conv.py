@@ -190,7 +190,7 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 # _CHUNK_BYTES and lives in a reused workspace: no large fresh allocation per
 # call (fresh buffers above ~32 MiB page-fault on every touch).
 
-_CHUNK_BYTES = 6 << 20
+_CHUNK_BYTES = 4 << 20
 
 
 # Numba note: an index such as ``row[base + j]`` may be negative as far as the
