@@ -23,8 +23,8 @@ Layout used by every version here: q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv); th
 uses (so a (B, 1, Lq, Lk) mask shared by all heads is never copied h times).
 
 Fast CPU path — why tiles and not "one big batched GEMM": materialising S for all heads is
-N·Lq·Lk floats (134 MB for B=32, h=16, L=256) and numpy's stacked matmul runs the heads one
-small GEMM at a time on one core. Instead a Numba kernel is parallel over (head, query tile)
+N·Lq·Lk floats (134 MB for B=32, h=16, L=256; fresh buffers that large page-fault) and
+numpy's stacked matmul calls one small GEMM per head, too small to use both cores. Instead a Numba kernel is parallel over (head, query tile)
 with TQ = 64 query rows, walks the keys in tiles of TK = 128 and keeps a running max / sum
 per row (online softmax, Milakov & Gimelshein 2018; Dao 2023): at most TQ·TK scores exist
 per thread, whatever L is.
@@ -36,14 +36,17 @@ O(TQ·TK·d) products — so the same kernel serves L = 64 and L = 4096 with a f
 TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. The tile products are:
   * d > 16: BLAS sgemm on the tiles (``np.dot`` inside Numba; OpenBLAS is held to one thread
     around the call so the two levels of threads do not fight);
-  * d ≤ 16 (diffusers' UNet uses d = 8): direct loops — a K = 8 GEMM spends its time packing,
-    while ``S[i, :] += q[i, c]·kᵀ[c, :]`` is a vectorised axpy over a 128-long key row and
-    ``Oᵀ[c, :] += v[j, c]·Pᵀ[j, :]`` one over a 64-long query row (P is transposed once per tile).
+  * d ≤ 16 (diffusers' UNet uses d = 8): direct loops (``attention_forward_direct``) — a K = 8
+    GEMM spends its time packing, while with transposed tiles every step is a vectorised
+    axpy / max / exp over 64 contiguous query lanes: Sᵀ[j, :] += k[j, c]·qᵀ[c, :],
+    Oᵀ[c, :] += v[j, c]·Pᵀ[j, :]. Its backward works on (query, key) tiles along the keys and
+    transposes dS once per tile for dQ.
 The exponential is a vectorisable Cody–Waite + degree-7 polynomial in float32 (numba has no
 vector exp without SVML); float64 uses math.exp.
 
 Backward is parallel over N (each task owns dQ[n], dK[n], dV[n]: no races, no per-thread
-reductions); inside, key tiles outer and query tiles inner as in FlashAttention-2.
+reductions); inside, key tiles outer and query tiles inner as in FlashAttention-2. With
+fewer (batch·head) pairs than threads, a core idles in the backward.
 """
 
 from __future__ import annotations
@@ -147,29 +150,37 @@ def _exp_constants(dtype):
 
 
 @jit_serial
-def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
-    """x[t] = exp(x[t] − shift) for t < n, in place; returns Σ_t x[t].
+def _exp_inplace(x, n, ib, fb, C, fast):
+    """x[t] = exp(x[t]) for t < n, in place (arguments ≤ 0 here: scores minus their max).
 
     fast (float32): exp(y) = 2^k · p(r), k = round(y·log2 e), r = y − k·ln2, p = Taylor to r⁷
-    (|r| ≤ ln2/2 so the error is < 1e-8 relative); 2^k is built from its bit pattern in the
+    (|r| ≤ ln2/2 so the error is < 1e-7 relative); 2^k is built from its bit pattern in the
     int32 buffer ``ib`` viewed as float32 ``fb``. y < −87 gives 0 (as does y = −∞).
     """
     if not fast:
         for t in range(n):
-            x[t] = math.exp(x[t] - shift)
-    else:
-        log2e, hi, lo2, cut, magic, two23, b127, zero, one = C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8]
-        c2, c3, c4, c5, c6, c7 = C[9], C[10], C[11], C[12], C[13], C[14]
-        for t in range(n):
-            y = x[t] - shift
-            yc = y if y > cut else cut
-            kf = (yc * log2e + magic) - magic  # round(y·log2 e)
-            r = yc - kf * hi - kf * lo2
-            p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
-            ib[t] = np.int32((kf + b127) * two23)
-            x[t] = p if y > cut else zero
-        for t in range(n):
-            x[t] = x[t] * fb[t]
+            x[t] = math.exp(x[t])
+        return
+    log2e, hi, lo2, cut, magic, two23, b127, zero, one = C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8]
+    c2, c3, c4, c5, c6, c7 = C[9], C[10], C[11], C[12], C[13], C[14]
+    for t in range(n):
+        y = x[t]
+        yc = y if y > cut else cut
+        kf = (yc * log2e + magic) - magic  # round(y·log2 e)
+        r = yc - kf * hi - kf * lo2
+        p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
+        ib[t] = np.int32((kf + b127) * two23)
+        x[t] = p if y > cut else zero
+    for t in range(n):
+        x[t] = x[t] * fb[t]
+
+
+@jit_serial
+def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
+    """x[t] = exp(x[t] − shift) for t < n, in place; returns Σ_t x[t]."""
+    for t in range(n):
+        x[t] -= shift
+    _exp_inplace(x, n, ib, fb, C, fast)
     # eight partial sums so the reduction vectorises (a fixed, deterministic order)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = x[0] * 0
     t = 0
@@ -219,12 +230,13 @@ def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
 
 
 @jit_parallel
-def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, use_blas, C, fast):
-    """Tiled online-softmax forward, parallel over (n, query tile); fills ``out`` and ``lse``.
+def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+    """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
+    over (n, query tile); fills ``out`` and ``lse``.
 
-    Per task: qs = s·q[n, i0:i0+tq]; for each key tile: S = qs kᵀ (+ bias), per row
-    m' = max(m, max_j S_ij), acc ← acc·e^{m−m'} + exp(S − m') V_tile, l ← l·e^{m−m'} + Σ_j exp(S_ij − m').
-    Finally O = acc / l, lse = m + log l.
+    Per task: qs = s·q[n, i0:i0+tq]; for each key tile: S = qs kᵀ (+ bias) (sgemm), per row
+    m' = max(m, max_j S_ij), α = e^{m−m'}, l ← α·l + Σ_j e^{S_ij − m'}, acc ← α·acc + e^{S − m'} V
+    (sgemm). Finally O = acc / l, lse = m + log l.
     """
     N, Lq, d = q.shape
     Lk, dv = k.shape[1], v.shape[2]
@@ -243,16 +255,13 @@ def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse
         m = np.full(tq, -np.inf, q.dtype)
         l = np.zeros(tq, q.dtype)
         alpha = np.ones(tq, q.dtype)
-        acc = np.zeros((tq, dv), q.dtype)  # BLAS path: O rows
-        accT = np.zeros((dv, tq), q.dtype)  # direct path: Oᵀ, so updates run along queries
+        acc = np.zeros((tq, dv), q.dtype)
         tmp = np.empty((tq, dv), q.dtype)
-        kT = np.empty((d, tk), q.dtype)
-        PT = np.empty((tk, tq), q.dtype)
         for j0 in range(0, Lk, tk):
             nk = min(tk, Lk - j0)
             S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
-            # 1. scores
-            _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
+            # 1. scores S = qs · k_tileᵀ
+            np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
             # 2. online softmax per row
             for i in range(nq):
                 row = S[i]
@@ -268,27 +277,11 @@ def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse
                 alpha[i] = math.exp(m[i] - mt)  # exp(−∞) = 0 on the first tile
                 l[i] = l[i] * alpha[i] + _exp_shift_sum(row, nk, mt, ib, fb, C, fast)
                 m[i] = mt
-            # 3. acc ← acc·α + P V_tile
-            if use_blas:
-                np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
-                for i in range(nq):
-                    for c in range(dv):
-                        acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
-            else:
-                for i in range(nq):  # Pᵀ tile (nk, nq)
-                    for j in range(nk):
-                        PT[j, i] = S[i, j]
+            # 3. acc ← α·acc + P V_tile
+            np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
+            for i in range(nq):
                 for c in range(dv):
-                    a = accT[c]
-                    for i in range(nq):
-                        a[i] *= alpha[i]
-                for j in range(nk):
-                    p = PT[j]
-                    for c in range(dv):
-                        vc = v[n, j0 + j, c]
-                        a = accT[c]
-                        for i in range(nq):
-                            a[i] += vc * p[i]
+                    acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
         for i in range(nq):
             if l[i] == 0:
                 lse[n, i0 + i] = -np.inf
@@ -297,7 +290,93 @@ def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse
             lse[n, i0 + i] = m[i] + math.log(l[i])
             inv = 1 / l[i]
             for c in range(dv):
-                out[n, i0 + i, c] = (acc[i, c] if use_blas else accT[c, i]) * inv
+                out[n, i0 + i, c] = acc[i, c] * inv
+
+
+@jit_parallel
+def attention_forward_direct(q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+    """Small-head forward (d ≤ SMALL_HEAD_DIM): the same tiling, but every product is a loop
+    along the *query* axis of transposed tiles, so nothing is reduced along a row:
+
+        Sᵀ[j, :] = Σ_c k[j, c]·qsᵀ[c, :]        (qsᵀ: (d, tq), built once per task)
+        m'[:] = max(m, max_j Sᵀ[j, :]),  Pᵀ[j, :] = exp(Sᵀ[j, :] − m'),  l[:] = α·l + Σ_j Pᵀ[j, :]
+        Oᵀ[c, :] = α·Oᵀ[c, :] + Σ_j v[j, c]·Pᵀ[j, :]
+
+    Each inner loop is an axpy / max / exp over tq = 64 contiguous query lanes, which the
+    compiler vectorises; with d = 8 that beats a K = 8 GEMM, whose time goes to packing.
+    """
+    N, Lq, d = q.shape
+    Lk, dv = k.shape[1], v.shape[2]
+    nqt = (Lq + tq - 1) // tq
+    for task in prange(N * nqt):
+        n = task // nqt
+        i0 = (task % nqt) * tq
+        nq = min(tq, Lq - i0)
+        qsT = np.empty((d, tq), q.dtype)
+        for i in range(nq):
+            for c in range(d):
+                qsT[c, i] = q[n, i0 + i, c] * scale
+        ST = np.empty((tk, tq), q.dtype)
+        ib = np.empty(tq, np.int32)
+        fb = ib.view(np.float32)
+        m = np.full(tq, -np.inf, q.dtype)
+        mt = np.empty(tq, q.dtype)
+        alpha = np.empty(tq, q.dtype)
+        l = np.zeros(tq, q.dtype)
+        accT = np.zeros((dv, tq), q.dtype)  # Oᵀ
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            # 1. Sᵀ = k_tile · qsᵀ (+ biasᵀ), and the running max m'
+            mt[:nq] = m[:nq]
+            for j in range(nk):
+                row = ST[j]
+                row[:nq] = 0
+                for c in range(d):
+                    kc = k[n, j0 + j, c]
+                    qc = qsT[c]
+                    for i in range(nq):
+                        row[i] += kc * qc[i]
+                if has_bias:
+                    b = bias[bias_index[n]]
+                    for i in range(nq):
+                        row[i] += b[i0 + i, j0 + j]
+                for i in range(nq):
+                    mt[i] = max(mt[i], row[i])
+            # 2. α = e^{m − m'} (rows still fully masked keep α = 1 and add nothing)
+            for i in range(nq):
+                if mt[i] == -np.inf:
+                    alpha[i] = 1
+                    mt[i] = 0  # exp(−∞ − 0) = 0 below
+                else:
+                    alpha[i] = math.exp(m[i] - mt[i])
+                    m[i] = mt[i]
+                l[i] *= alpha[i]
+            for c in range(dv):
+                a = accT[c]
+                for i in range(nq):
+                    a[i] *= alpha[i]
+            # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :], Oᵀ += v_jᵀ Pᵀ[j, :]
+            for j in range(nk):
+                row = ST[j]
+                for i in range(nq):
+                    row[i] -= mt[i]
+                _exp_inplace(row, nq, ib, fb, C, fast)
+                for i in range(nq):
+                    l[i] += row[i]
+                for c in range(dv):
+                    vc = v[n, j0 + j, c]
+                    a = accT[c]
+                    for i in range(nq):
+                        a[i] += vc * row[i]
+        for i in range(nq):
+            if l[i] == 0:
+                lse[n, i0 + i] = -np.inf
+                out[n, i0 + i] = 0
+                continue
+            lse[n, i0 + i] = m[i] + math.log(l[i])
+            inv = 1 / l[i]
+            for c in range(dv):
+                out[n, i0 + i, c] = accT[c, i] * inv
 
 
 @jit_parallel
@@ -518,10 +597,10 @@ def attention_forward(q, k, v, bias=None, bias_index=None, scale=None):
     out = np.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
     lse = np.empty(q.shape[:2], q.dtype)
     b, bi, has_b = _bias_args(q, bias, bias_index)
-    use_blas = q.shape[2] > SMALL_HEAD_DIM
+    kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
     with _one_blas_thread():
-        attention_forward_tiled(q, k, v, b, bi, has_b, q.dtype.type(s), out, lse, TILE_Q, TILE_K, use_blas,
-                                _exp_constants(q.dtype), q.dtype == np.float32)
+        kernel(q, k, v, b, bi, has_b, q.dtype.type(s), out, lse, TILE_Q, TILE_K, _exp_constants(q.dtype),
+               q.dtype == np.float32)
     return out, lse
 
 
