@@ -166,9 +166,9 @@ def test_learns_synthetic_segmentation():
     train_x, train_m = _shapes_dataset(256, 32, rng)
     test_x, test_m = _shapes_dataset(64, 32, rng)
     net = ClassicUNet(n_channels=1, n_classes=1, base_channels=8, depth=2)
-    opt = Adam(net.parameters(), lr=3e-3)
-    for step in range(150):
-        idx = rng.choice(len(train_x), 16, replace=False)
+    opt = Adam(net.parameters(), lr=5e-3)
+    for step in range(120):  # PyTorch reaches IoU 0.947-0.953 on three seeds with this recipe
+        idx = rng.choice(len(train_x), 8, replace=False)
         z = net(train_x[idx])[:, 0]  # logits (B, H, W)
         m = train_m[idx]
         # binary cross-entropy with logits, stable form: max(z, 0) − z·m + log(1 + e^{−|z|})

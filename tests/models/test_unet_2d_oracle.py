@@ -165,6 +165,10 @@ def test_adamw_steps_match():
         assert abs(loss.item() - loss_ref.item()) <= 1e-4 * abs(loss_ref.item()), (step, loss.item(), loss_ref.item())
     ref_state = ref.state_dict()
     for k, v in ours.state_dict().items():
+        if ".attentions." in k and k.endswith("to_k.bias"):
+            # its exact gradient is 0 (a per-query constant added to all scores); Adam
+            # normalises the float noise into lr-sized steps of arbitrary sign on both sides
+            continue
         _close(v, ref_state[k].numpy(), f"after AdamW: {k}", tol=1e-3)
 
 
