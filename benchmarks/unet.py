@@ -25,6 +25,8 @@ from collections import defaultdict
 
 import numpy as np
 
+# idle OpenMP (numba) threads must sleep, not spin, or they starve OpenBLAS (as in harness workers)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
@@ -148,7 +150,8 @@ def profile(config: str, steps: int = 3) -> None:
             try:
                 return fn(*args, **kwargs)
             finally:
-                s = stats[key]
+                op = getattr(args[0], "op", None) if args else None  # e.g. UnaryFn's ctx.op = "silu"
+                s = stats[(f"{key[0]}[{op}]", key[1]) if isinstance(op, str) else key]
                 s[0] += 1
                 s[1] += time.perf_counter() - t0
         return wrapper

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from .. import nn
 from ..autograd import Tensor, cat, pad
+from .modeling_utils import ModelMixin, register_to_config
 
 
 class DoubleConv(nn.Module):
@@ -86,14 +87,17 @@ class OutConv(nn.Module):
         return self.conv(x)
 
 
-class ClassicUNet(nn.Module):
+class ClassicUNet(ModelMixin):
     """Segmentation U-Net: (B, n_channels, H, W) -> logits (B, n_classes, H, W).
 
     ``base_channels=64, depth=4`` is the 2015 network (64 … 1024 channels, four
     poolings); smaller values give the same architecture at toy scale. Submodules
     are ``inc``, ``down1`` … ``down{depth}``, ``up1`` … ``up{depth}``, ``outc``.
+    ``save_pretrained`` / ``from_pretrained`` use the same folder layout as the
+    diffusion models (config.json + safetensors).
     """
 
+    @register_to_config
     def __init__(self, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False, base_channels: int = 64,
                  depth: int = 4):
         super().__init__()

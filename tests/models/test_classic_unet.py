@@ -185,6 +185,18 @@ def test_learns_synthetic_segmentation():
     assert iou >= 0.9, f"IoU {iou:.3f} after training (loss {loss.item():.4f})"
 
 
+def test_save_and_load_round_trip(tmp_path):
+    nd.manual_seed(0)
+    net = ClassicUNet(1, 2, bilinear=True, base_channels=4, depth=2)
+    net.save_pretrained(tmp_path / "seg")
+    loaded = ClassicUNet.from_pretrained(tmp_path / "seg")
+    assert loaded.config == net.config and loaded.bilinear
+    x = np.random.default_rng(0).standard_normal((2, 1, 12, 12)).astype(np.float32)
+    net.eval()
+    with nd.no_grad():
+        np.testing.assert_array_equal(loaded(x).numpy(), net(x).numpy())
+
+
 def test_bad_inputs():
     net = ClassicUNet(1, 1, base_channels=4, depth=2)
     with pytest.raises(ValueError, match=r"expects input \(B, 1, H, W\), got shape \(2, 3, 8, 8\)"):
