@@ -56,15 +56,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .config import jit_parallel, jit_serial, prange
-
-try:  # hold BLAS to one thread inside our own parallel loops
-    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls: load it before listing pools)
-    from threadpoolctl import ThreadpoolController
-
-    _POOLS = ThreadpoolController()
-except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
-    _POOLS = None
+from .config import blas_single_thread, jit_parallel, jit_serial, prange
 
 TILE_Q = 64
 TILE_K = 128
@@ -576,12 +568,6 @@ def _bias_args(q, bias, bias_index):
     return np.ascontiguousarray(bias, dtype=q.dtype), np.ascontiguousarray(bias_index, dtype=np.int64), True
 
 
-def _one_blas_thread():
-    import contextlib
-
-    return _POOLS.limit(limits=1, user_api="blas") if _POOLS is not None else contextlib.nullcontext()
-
-
 def attention_forward(q, k, v, bias=None, bias_index=None, scale=None):
     """Scaled dot-product attention forward -> (out (N, Lq, dv), lse (N, Lq)).
 
@@ -598,7 +584,7 @@ def attention_forward(q, k, v, bias=None, bias_index=None, scale=None):
     lse = np.empty(q.shape[:2], q.dtype)
     b, bi, has_b = _bias_args(q, bias, bias_index)
     kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
-    with _one_blas_thread():
+    with blas_single_thread():
         kernel(q, k, v, b, bi, has_b, q.dtype.type(s), out, lse, TILE_Q, TILE_K, _exp_constants(q.dtype),
                q.dtype == np.float32)
     return out, lse
@@ -616,7 +602,7 @@ def attention_backward(g, q, k, v, out, lse, bias=None, bias_index=None, scale=N
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     b, bi, has_b = _bias_args(q, bias, bias_index)
     use_blas = q.shape[2] > SMALL_HEAD_DIM
-    with _one_blas_thread():
+    with blas_single_thread():
         attention_backward_tiled(g, q, k, v, D, np.ascontiguousarray(lse), b, bi, has_b, q.dtype.type(s), dq, dk, dv,
                                  TILE_Q, TILE_K, use_blas, _exp_constants(q.dtype), q.dtype == np.float32)
     return dq, dk, dv

@@ -12,6 +12,9 @@ OpenBLAS's own pool. OpenMP's default wait policy leaves finished threads
 spinning, which steals the cores OpenBLAS needs right after (tens of ms per
 hand-over on 2 cores), so unless the user chose otherwise we ask OpenMP to
 sleep idle threads (``OMP_WAIT_POLICY=PASSIVE``; read when the pool starts).
+Kernels that call BLAS from inside their own prange (``np.dot`` in Numba) hold
+BLAS to one thread meanwhile with ``blas_single_thread()``, so the two pools
+never compete.
 
 Environment overrides (read once at import):
   NPDIFF_NUMBA_CACHE=0     disable the on-disk cache
@@ -20,6 +23,7 @@ Environment overrides (read once at import):
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -37,3 +41,24 @@ prange = numba.prange
 
 def num_threads() -> int:
     return numba.get_num_threads()
+
+
+_POOLS = []
+
+
+def blas_single_thread():
+    """Context manager: BLAS (numpy's and scipy's, which Numba's ``np.dot`` calls) on one thread.
+
+    A no-op when threadpoolctl is missing. The pool list is built on first use,
+    after scipy's cython BLAS is loaded, so that its OpenBLAS is limited too.
+    """
+    if not _POOLS:
+        try:
+            import scipy.linalg.cython_blas  # noqa: F401  (load it before listing pools)
+            from threadpoolctl import ThreadpoolController
+
+            _POOLS.append(ThreadpoolController())
+        except Exception:  # pragma: no cover - threadpoolctl ships with scikit-learn
+            _POOLS.append(None)
+    pools = _POOLS[0]
+    return pools.limit(limits=1, user_api="blas") if pools is not None else contextlib.nullcontext()

@@ -23,8 +23,9 @@ Backward, read off the definitions:
            gw = the conv2d weight gradient with the roles of x and g swapped.
 
 The file reads top to bottom: reference loops (the oracle), the fast CPU path
-(im2col in Numba + one BLAS sgemm per chunk of images), the xp-vectorised path
-(numpy or cupy), then the dispatch functions the rest of npdiff calls.
+(one Numba parallel region per call: per-thread im2col + one-thread BLAS sgemm),
+the xp-vectorised path (numpy or cupy), then the dispatch functions the rest of
+npdiff calls.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import threading
 import numpy as np
 
 from ..backend import get_array_module
-from .config import jit_parallel, jit_serial, prange
+from .config import blas_single_thread, jit_parallel, jit_serial, num_threads, prange
 
 # ---------------------------------------------------------------------------
 # sizes
@@ -177,18 +178,24 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 
 
 # ---------------------------------------------------------------------------
-# fast CPU path: im2col (Numba, parallel) + one BLAS sgemm per chunk
+# fast CPU path: one parallel region per call; each thread does its own im2col
+# and a single-threaded BLAS sgemm (np.dot inside Numba)
 #
 # The im2col matrix of a chunk of `nb` images and output rows [i0, i0+ni) is
 #   cols[k, b, r·Wo + j] = x[n0+b, c, sh·(i0+r)+u−ph, sw·j+v−pw],  k = (c·kh + u)·kw + v
 # (zero outside the image), so conv2d over the chunk is ONE matrix product
-#   res (O, nb·ni·Wo) = w.reshape(O, K) @ cols.reshape(K, nb·ni·Wo)
-# whose rows are already (o, b, pixel): turning it into NCHW is a cheap copy of
-# the output (which also adds the bias). Putting several images side by side
-# keeps the GEMM wide when Ho·Wo is small (8×8); large images are cut into
-# bands of output rows instead. Chunks are sized so that cols stays near
-# _CHUNK_BYTES and lives in a reused workspace: no large fresh allocation per
-# call (fresh buffers above ~32 MiB page-fault on every touch).
+#   res (O, nb·ni·Wo) = w.reshape(O, K) @ cols.reshape(K, nb·ni·Wo).
+# For one whole image (nb = 1, ni = Ho) res IS out[n] in NCHW, so the product
+# is written there directly; otherwise its rows (o, b, pixel) are copied out.
+#
+# Threads: a driver runs `prange` over the T Numba threads; thread t takes a
+# contiguous run of chunks and works in its own slice of a preallocated
+# workspace (T, ...), calling BLAS held to one thread (config.blas_single_thread).
+# One pool owns the cores for the whole call: handing them back and forth
+# between Numba's OpenMP pool and OpenBLAS's pool after every chunk cost more
+# than the GEMMs on 2 cores. Chunks are whole images while there are at least T
+# of them (several small images side by side keep the GEMM wide), else bands of
+# output rows; the cols of one chunk stay near _CHUNK_BYTES.
 
 _CHUNK_BYTES = 4 << 20
 
@@ -221,9 +228,9 @@ def _zero_edge_columns(block, W, r_lo, r_hi, j_lo, j_hi):
             col[r] = 0
 
 
-@jit_parallel
+@jit_serial
 def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols):
-    """Fill cols (K, nb, ni·Wo) from x (N, C, H, W); prange over the K·nb rows.
+    """Fill cols (K, nb, ni·Wo) from x (N, C, H, W), one (k, b) row at a time.
 
     Plain form: cols[k, b, r·Wo + j] = x[n0+b, c, sh·(i0+r)+u−ph, sw·j+v−pw], 0 outside.
     For stride 1 with Wo == W (a "same" conv) the ni rows of one (k, b) are the
@@ -232,7 +239,7 @@ def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols):
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     shifted_plane = sh == 1 and sw == 1 and Wo == W
-    for t in prange(C * kh * kw * nb):
+    for t in range(C * kh * kw * nb):
         k, b = t // nb, t % nb
         c, u, v = k // (kh * kw), (k // kw) % kh, k % kw
         j_lo, j_hi = _valid_range(Wo, W, sw, pw, v)
@@ -273,77 +280,169 @@ def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols):
                     inside[m] = src[sw * m]
 
 
-@jit_parallel
-def _col2im_add(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, gx):
-    """gx[n0+b, c, sh·(i0+r)+u−ph, sw·j+v−pw] += cols[k, b, r·Wo+j] (the adjoint of _im2col).
+@jit_serial
+def _col2im_add(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, gx):
+    """gx[n0+b, c, h, sw·j+v−pw] += cols[k, b, r·Wo+j] for h = sh·(i0+r)+u−ph in [r0, r1).
 
-    prange over the nb·C planes (n, c): each thread owns whole planes of gx, so
-    the overlapping kernel windows never race. The stride-1 "same" case adds
-    each (k, b) block to the shifted plane in one contiguous sweep, after zeroing
-    (in the scratch cols) the columns that fall outside the image.
+    The adjoint of _im2col, restricted to the gx rows [r0, r1) that the calling
+    thread owns (neighbouring row bands read the same cols rows: the halo). The
+    stride-1 "same" case adds each (k, b) block to the shifted plane in one
+    contiguous sweep, after zeroing (in the scratch cols) the columns that fall
+    outside the image.
     """
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
     shifted_plane = sh == 1 and sw == 1 and Wo == W
-    for t in prange(nb * C):
-        b, c = t // C, t % C
-        for u in range(kh):
-            for v in range(kw):
-                k = (c * kh + u) * kw + v
-                j_lo, j_hi = _valid_range(Wo, W, sw, pw, v)
-                block = cols[k, b]  # (ni·Wo,)
-                if shifted_plane:
-                    r_lo, r_hi = _valid_range(i0 + ni, H, 1, ph, u)
-                    r_lo, r_hi = max(r_lo - i0, 0), max(r_hi - i0, 0)
-                    lo, hi = r_lo * W + j_lo, (r_hi - 1) * W + j_hi
-                    if r_hi <= r_lo or hi <= lo:
-                        continue
-                    _zero_edge_columns(block, W, r_lo, r_hi, j_lo, j_hi)
-                    src = block[lo:hi]
-                    dst = gx[n0 + b, c].reshape(H * W)[(i0 + r_lo + u - ph) * W + j_lo + v - pw :]
-                    for m in range(hi - lo):
-                        dst[m] += src[m]
-                    continue
-                for r in range(ni):
-                    h = sh * (i0 + r) + u - ph
-                    if h < 0 or h >= H:
-                        continue
-                    src = block[r * Wo + j_lo : r * Wo + j_hi]
-                    dst = gx[n0 + b, c, h, sw * j_lo + v - pw :]  # dst[sw·m] is column j_lo + m
-                    if sw == 1:
-                        for m in range(j_hi - j_lo):
+    for b in range(nb):
+        for c in range(C):
+            for u in range(kh):
+                for v in range(kw):
+                    k = (c * kh + u) * kw + v
+                    j_lo, j_hi = _valid_range(Wo, W, sw, pw, v)
+                    block = cols[k, b]  # (ni·Wo,)
+                    if shifted_plane:  # row r lands on gx row i0 + r + u − ph
+                        r_lo, r_hi = _valid_range(i0 + ni, H, 1, ph, u)
+                        r_lo = max(r_lo - i0, r0 - i0 - u + ph, 0)
+                        r_hi = min(r_hi - i0, r1 - i0 - u + ph)
+                        lo, hi = r_lo * W + j_lo, (r_hi - 1) * W + j_hi
+                        if r_hi <= r_lo or hi <= lo:
+                            continue
+                        _zero_edge_columns(block, W, r_lo, r_hi, j_lo, j_hi)
+                        src = block[lo:hi]
+                        dst = gx[n0 + b, c].reshape(H * W)[(i0 + r_lo + u - ph) * W + j_lo + v - pw :]
+                        for m in range(hi - lo):
                             dst[m] += src[m]
-                    else:
-                        for m in range(j_hi - j_lo):
-                            dst[sw * m] += src[m]
+                        continue
+                    for r in range(ni):
+                        h = sh * (i0 + r) + u - ph
+                        if h < r0 or h >= r1:
+                            continue
+                        src = block[r * Wo + j_lo : r * Wo + j_hi]
+                        dst = gx[n0 + b, c, h, sw * j_lo + v - pw :]  # dst[sw·m] is column j_lo + m
+                        if sw == 1:
+                            for m in range(j_hi - j_lo):
+                                dst[m] += src[m]
+                        else:
+                            for m in range(j_hi - j_lo):
+                                dst[sw * m] += src[m]
+
+
+@jit_serial
+def _thread_chunks(tid, T, N, nb, n_rows, band):
+    """The contiguous run [lo, hi) of the ceil(N/nb)·ceil(n_rows/band) chunks that thread tid takes."""
+    items = -(-N // nb) * -(-n_rows // band)
+    return tid * items // T, (tid + 1) * items // T
+
+
+@jit_serial
+def _chunk(t, N, nb, n_rows, band):
+    """Chunk t -> (n0, images, first row, rows): image-major, then row bands."""
+    bands = -(-n_rows // band)
+    n0, r0 = t // bands * nb, t % bands * band
+    return n0, min(nb, N - n0), r0, min(band, n_rows - r0)
+
+
+@jit_serial
+def _gather_rows(g3, n0, mb, p0, L, gt):
+    """gt (O, mb·L) = g3[n0+b, o, p0 : p0+L] side by side; g3 (N, O, P) -> a view when it already is one."""
+    if mb == 1 and L == g3.shape[2]:
+        return g3[n0]
+    O = g3.shape[1]
+    out = gt[: O * mb * L].reshape((O, mb * L))
+    for o in range(O):
+        for b in range(mb):
+            src, dst = g3[n0 + b, o, p0 : p0 + L], out[o, b * L : (b + 1) * L]
+            for m in range(L):
+                dst[m] = src[m]
+    return out
 
 
 @jit_parallel
-def _chunk_to_nchw(res, bias, n0, p0, out):
-    """out[n0+b, o, p0 + l] = res[o, b, l] + bias[o]   (out: (N, O, Ho·Wo))."""
-    O, nb, L = res.shape
-    for t in prange(nb * O):
-        b, o = t // O, t % O
-        src, dst, bo = res[o, b], out[n0 + b, o, p0 : p0 + L], bias[o]
-        for l in range(L):
-            dst[l] = src[l] + bo
+def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, res_ws, out3):
+    """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk, one thread per workspace row."""
+    N = x.shape[0]
+    O, K = w2.shape
+    T = cols_ws.shape[0]
+    for tid in prange(T):
+        lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
+        for t in range(lo, hi):
+            n0, mb, i0, mi = _chunk(t, N, nb, Ho, band)
+            L = mi * Wo
+            cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
+            _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, cols.reshape((K, mb, L)))
+            if mb == 1 and mi == Ho:  # one whole image: the product is out[n0] itself
+                np.dot(w2, cols, out3[n0])
+                for o in range(O):
+                    dst, bo = out3[n0, o], bias[o]
+                    for m in range(L):
+                        dst[m] += bo
+                continue
+            res = res_ws[tid, : O * mb * L].reshape((O, mb * L))
+            np.dot(w2, cols, res)
+            for o in range(O):
+                for b in range(mb):
+                    src, dst, bo = res[o, b * L : (b + 1) * L], out3[n0 + b, o, i0 * Wo : i0 * Wo + L], bias[o]
+                    for m in range(L):
+                        dst[m] = src[m] + bo
 
 
 @jit_parallel
-def _nchw_to_chunk(g, n0, p0, gt):
-    """gt[o, b, l] = g[n0+b, o, p0 + l]   (g: (N, O, Ho·Wo)); the inverse of _chunk_to_nchw."""
-    O, nb, L = gt.shape
-    for t in prange(nb * O):
-        b, o = t // O, t % O
-        src, dst = g[n0 + b, o, p0 : p0 + L], gt[o, b]
-        for l in range(L):
-            dst[l] = src[l]
+def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, gt_ws, prod_ws, acc):
+    """acc[t] (O, K) = Σ over thread t's chunks of g_chunk (O, pixels) @ im2col(x)_chunkᵀ; the caller sums acc."""
+    N, O = g3.shape[0], g3.shape[1]
+    T, K = acc.shape[0], acc.shape[2]
+    for tid in prange(T):
+        lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
+        if hi <= lo:
+            acc[tid] = 0
+        for t in range(lo, hi):
+            n0, mb, i0, mi = _chunk(t, N, nb, Ho, band)
+            L = mi * Wo
+            cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
+            _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, cols.reshape((K, mb, L)))
+            gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
+            if t == lo:
+                np.dot(gt, cols.T, acc[tid])
+                continue
+            prod, a = prod_ws[tid], acc[tid]
+            np.dot(gt, cols.T, prod)
+            for o in range(O):
+                src, dst = prod[o], a[o]
+                for k in range(K):
+                    dst[k] += src[k]
+
+
+@jit_parallel
+def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, gt_ws, gx):
+    """gx (N, C, H, W) = col2im(w2ᵀ (K, O) @ g (O, pixels)), by chunks of whole images or bands of gx rows.
+
+    A band of gx rows [r0, r1) receives from the output rows i with
+    r0 <= sh·i + u − ph < r1 for some tap u, i.e. i in [⌈(r0+ph−kh+1)/sh⌉, ⌊(r1−1+ph)/sh⌋];
+    each thread recomputes that halo and writes only its own rows (no races).
+    """
+    N, C, H, W = gx.shape
+    K = w2.shape[1]
+    T = cols_ws.shape[0]
+    for tid in prange(T):
+        lo, hi = _thread_chunks(tid, T, N, nb, H, band)
+        for t in range(lo, hi):
+            n0, mb, r0, nr = _chunk(t, N, nb, H, band)
+            gx[n0 : n0 + mb, :, r0 : r0 + nr] = 0
+            i0 = max(0, -((kh - 1 - r0 - ph) // sh))
+            i1 = min(Ho, (r0 + nr - 1 + ph) // sh + 1)
+            if i1 <= i0:
+                continue
+            L = (i1 - i0) * Wo
+            gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
+            cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
+            np.dot(w2.T, gt, cols)
+            _col2im_add(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr, gx)
 
 
 _ws = threading.local()
 
 
 def _workspace(role, shape, dtype):
-    """A reused scratch array of ``shape`` (grow-only, one per role, dtype and thread)."""
+    """A reused scratch array of ``shape`` (grow-only, one per role, dtype and calling thread)."""
     key = (role, np.dtype(dtype).str)
     size = int(np.prod(shape))
     buf = getattr(_ws, "bufs", None)
@@ -354,15 +453,20 @@ def _workspace(role, shape, dtype):
     return buf[key][:size].reshape(shape)
 
 
-def _chunks(N, Ho, Wo, K, itemsize):
-    """(n0, nb, i0, ni) pieces covering N images × Ho output rows, cols ≈ _CHUNK_BYTES each."""
+def _plan(N, Ho, Wo, K, itemsize, T):
+    """(nb, band): images per chunk and output rows per chunk (band < Ho only when nb == 1).
+
+    Whole images while there are at least T of them, batched so that the chunk
+    count is a multiple of T (even work) and cols stays under _CHUNK_BYTES;
+    otherwise bands of rows, at least T chunks in all.
+    """
     per_image = K * Ho * Wo * itemsize
-    if per_image <= _CHUNK_BYTES:
-        nb = max(1, min(N, _CHUNK_BYTES // per_image))
-        nb = -(-N // -(-N // nb))  # even out the chunk sizes
-        return [(n0, min(nb, N - n0), 0, Ho) for n0 in range(0, N, nb)]
-    ni = max(1, min(Ho, _CHUNK_BYTES // (K * Wo * itemsize)))
-    return [(n, 1, i0, min(ni, Ho - i0)) for n in range(N) for i0 in range(0, Ho, ni)]
+    if N >= T and per_image <= _CHUNK_BYTES:
+        chunks = -(-N // max(1, _CHUNK_BYTES // per_image))
+        chunks = min(N, -(-chunks // T) * T)
+        return -(-N // chunks), Ho
+    bands = max(-(-per_image // _CHUNK_BYTES), -(-T // N))
+    return 1, -(-Ho // min(Ho, bands))
 
 
 def _is_pointwise(kh, kw, stride, padding):
@@ -372,64 +476,58 @@ def _is_pointwise(kh, kw, stride, padding):
 def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     """out (N, O, Ho, Wo) = w2 (O, K) @ im2col(x), + bias[o]; the shared conv2d forward."""
     (sh, sw), (ph, pw) = stride, padding
-    N, O = x.shape[0], w2.shape[0]
-    K = w2.shape[1]
-    out3 = out.reshape(N, O, Ho * Wo)  # (N, O, P)
-    for n0, nb, i0, ni in _chunks(N, Ho, Wo, K, x.itemsize):
-        L = ni * Wo
-        cols = _workspace("cols", (K, nb, L), x.dtype)
-        _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols)
-        res = _workspace("res", (O, nb, L), x.dtype)
-        np.matmul(w2, cols.reshape(K, nb * L), out=res.reshape(O, nb * L))
-        _chunk_to_nchw(res, bias, n0, i0 * Wo, out3)
+    N, (O, K), T = x.shape[0], w2.shape, num_threads()
+    nb, band = _plan(N, Ho, Wo, K, x.itemsize, T)
+    size = nb * band * Wo
+    cols_ws = _workspace("cols", (T, K * size), x.dtype)
+    res_ws = _workspace("res", (T, O * size), x.dtype)
+    with blas_single_thread():
+        _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, res_ws,
+                        out.reshape(N, O, Ho * Wo))  # (N, O, P)
     return out
 
 
-def _gradient_gemms(g, kh, kw, stride, padding, x=None, gw2=None, w2=None, gx=None):
-    """The two GEMMs that read an output-shaped gradient g (N, O, Ho, Wo), chunk by chunk.
-
-    gw2 (O, C·kh·kw) = Σ_chunks g_chunk (O, P) @ im2col(x)_chunkᵀ (P, K)   when gw2 is given
-    gx (N, C, H, W)  = col2im(w2ᵀ (K, O) @ g_chunk (O, P))                 when gx is given
-
-    The second is conv_transpose2d of g (and so conv2d's grad-input): the GEMM
-    gives, for every g pixel, the kh×kw window it scatters, and _col2im_add sums
-    the windows. Both share one NCHW -> (O, pixels) copy of each g chunk and one
-    cols workspace (the weight GEMM is done with cols before it is overwritten).
-    """
+def _weight_grad(x, g, kh, kw, stride, padding):
+    """gw2 (O, C·kh·kw) = Σ_n g[n] (O, P) @ im2col(x[n])ᵀ (P, K): per-thread sums, then their total."""
     (sh, sw), (ph, pw) = stride, padding
     N, O, Ho, Wo = g.shape
-    K = (gw2 if gw2 is not None else w2).shape[1]
-    g3 = g.reshape(N, O, Ho * Wo)  # (N, O, P)
-    if gx is not None:
-        gx[...] = 0
-    first = True
-    for n0, nb, i0, ni in _chunks(N, Ho, Wo, K, g.itemsize):
-        L = ni * Wo
-        gt = _workspace("res", (O, nb, L), g.dtype)
-        _nchw_to_chunk(g3, n0, i0 * Wo, gt)
-        gt2 = gt.reshape(O, nb * L)  # (O, pixels)
-        cols = _workspace("cols", (K, nb, L), g.dtype)
-        cols2 = cols.reshape(K, nb * L)  # (K, pixels)
-        if gw2 is not None:
-            _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols)
-            prod = gw2 if first else _workspace("gw", gw2.shape, gw2.dtype)
-            np.matmul(gt2, cols2.T, out=prod)
-            if not first:
-                gw2 += prod
-        if gx is not None:
-            np.matmul(w2.T, gt2, out=cols2)
-            _col2im_add(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, gx)
-        first = False
-    return gw2, gx
+    K, T = x.shape[1] * kh * kw, num_threads()
+    nb, band = _plan(N, Ho, Wo, K, x.itemsize, T)
+    size = nb * band * Wo
+    acc = np.empty((T, O, K), dtype=x.dtype)
+    with blas_single_thread():
+        _weight_grad_chunks(x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+                            _workspace("cols", (T, K * size), x.dtype), _workspace("res", (T, O * size), x.dtype),
+                            _workspace("gw", (T, O, K), x.dtype), acc)
+    return acc.sum(axis=0)
+
+
+def _input_grad(g, w2, kh, kw, stride, padding, gx):
+    """gx = col2im(w2ᵀ @ g): conv_transpose2d of g (N, O, Ho, Wo) with w2 (O, C·kh·kw); fills gx."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, O, Ho, Wo = g.shape
+    K, T = w2.shape[1], num_threads()
+    nb, band = _plan(N, Ho, Wo, K, g.itemsize, T)
+    if band < Ho:  # bands of gx rows; each reads (band + kh − 2)/sh + 1 rows of g at most
+        band = max(1, band * sh)
+        rows = min(Ho, (band + kh - 2) // sh + 1)
+    else:
+        band, rows = gx.shape[2], Ho
+    size = nb * rows * Wo
+    with blas_single_thread():
+        _input_grad_chunks(g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+                           _workspace("cols", (T, K * size), g.dtype), _workspace("res", (T, O * size), g.dtype), gx)
+    return gx
 
 
 def conv2d_forward_cpu(x, w, b, stride, padding, out):
     """Fast conv2d: fills ``out`` (N, O, Ho, Wo).
 
     Shapes and definition: see conv2d_forward_reference.
-    Fast path: per chunk of images (or of output rows), _im2col builds
-    cols (C·kh·kw, pixels) in parallel, one sgemm w.reshape(O, K) @ cols gives
-    (O, pixels), and _chunk_to_nchw writes it into NCHW adding the bias.
+    Fast path: one parallel region; each thread builds the im2col cols
+    (C·kh·kw, pixels) of its chunks (whole images or row bands) and multiplies
+    w.reshape(O, K) @ cols with a one-thread sgemm, straight into out[n] for a
+    whole image (already NCHW), then adds the bias.
     A 1×1 stride-1 unpadded conv needs no im2col: out[n] = w (O, C) @ x[n] (C, H·W),
     a stacked matmul straight into ``out``.
     """
@@ -450,10 +548,11 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out):
 def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need_b=True):
     """Fast conv2d backward -> (gx, gw, gb), None where not needed.
 
-    gx is conv_transpose2d(g, w): sgemm w2ᵀ @ g_chunk then _col2im_add,
-    parallel over (n, c) planes (no races). gw is the sgemm g_chunk @ colsᵀ,
-    summed over chunks (im2col(x) recomputed, not stored by forward).
-    gb sums g over (n, i, j). 1×1 stride-1 convs use stacked matmuls directly.
+    gx is conv_transpose2d(g, w): per chunk a one-thread sgemm w2ᵀ @ g then
+    col2im, each thread owning whole images or bands of gx rows (no races).
+    gw sums g_chunk @ colsᵀ in one accumulator per thread, added up at the end
+    (im2col(x) recomputed, not stored by forward). gb sums g over (n, i, j).
+    1×1 stride-1 convs use stacked matmuls directly.
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -467,10 +566,10 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
         if need_w:
             gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n (O, C)
     else:
-        gw2, gx = _gradient_gemms(g, kh, kw, stride, padding,
-                                  x=x, gw2=np.empty((O, C * kh * kw), dtype=w.dtype) if need_w else None,
-                                  w2=w2, gx=np.empty_like(x) if need_x else None)
-        gw = None if gw2 is None else gw2.reshape(w.shape)
+        if need_x:
+            gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
+        if need_w:
+            gw = _weight_grad(x, g, kh, kw, stride, padding).reshape(w.shape)
     if need_b:
         gb = g.sum(axis=(0, 2, 3))
     return gx, gw, gb
@@ -479,11 +578,11 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
 def conv_transpose2d_forward_cpu(x, w, b, stride, padding, out):
     """Fast conv_transpose2d: fills ``out`` (N, O, Ho, Wo).
 
-    It is conv2d's grad-input with x in the role of g: sgemm w.reshape(C, O·kh·kw)ᵀ @ x
-    then a parallel col2im (_gradient_gemms), then the bias.
+    It is conv2d's grad-input with x in the role of g: one-thread sgemm
+    w.reshape(C, O·kh·kw)ᵀ @ x per chunk then col2im (_input_grad), then the bias.
     """
     C, O, kh, kw = w.shape
-    _gradient_gemms(x, kh, kw, stride, padding, w2=w.reshape(C, O * kh * kw), gx=out)
+    _input_grad(x, w.reshape(C, O * kh * kw), kh, kw, stride, padding, out)
     if b is not None:
         out += b[None, :, None, None]
     return out
@@ -494,16 +593,13 @@ def conv_transpose2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=
 
     gx = conv2d(g, w) with w (C, O, kh, kw) read as a conv weight (im2col + sgemm);
     gw[c, o, u, v] = Σ x[n,c,i,j] · g[n, o, sh·i+u−ph, sw·j+v−pw] is conv2d's
-    weight gradient with x as "grad_out" and g as "input" (_gradient_gemms).
+    weight gradient with x as "grad_out" and g as "input" (_weight_grad).
     """
-    N, C, H, W = x.shape
-    _, O, kh, kw = w.shape
     gx = gw = gb = None
     if need_x:
         gx = conv2d_forward_cpu(g, w, None, stride, padding, np.empty_like(x))
     if need_w:
-        gw2, _ = _gradient_gemms(x, kh, kw, stride, padding, x=g, gw2=np.empty((C, O * kh * kw), dtype=w.dtype))
-        gw = gw2.reshape(w.shape)
+        gw = _weight_grad(g, x, w.shape[2], w.shape[3], stride, padding).reshape(w.shape)
     if need_b:
         gb = g.sum(axis=(0, 2, 3))
     return gx, gw, gb

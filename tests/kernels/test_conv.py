@@ -113,6 +113,50 @@ def test_chunking_row_bands_and_image_batches(monkeypatch, chunk_bytes, stride, 
           K.conv_transpose2d_forward_reference(x, wt, b, (stride,) * 2, (padding,) * 2))
 
 
+
+@pytest.mark.parametrize("threads", [1, 3, 7])
+@pytest.mark.parametrize("N,stride,padding,k", [(1, 1, 1, 3), (2, 2, 1, 3), (5, 1, 2, 4), (3, (1, 2), (2, 0), (5, 2))])
+def test_thread_partition_row_bands_halo_and_idle_threads(monkeypatch, threads, N, stride, padding, k):
+    """Any worker count: chunks split evenly or not, threads left without a chunk (their weight-gradient
+    accumulator must be zero), and fewer images than threads (bands of rows; grad-input bands
+    recompute their halo of g rows and write only their own gx rows)."""
+    monkeypatch.setattr(K, "num_threads", lambda: threads)
+    rng = np.random.default_rng(11)
+    s, p = K._pair(stride, "s"), K._pair(padding, "p")
+    kh, kw = K._pair(k, "k")
+    x = rng.standard_normal((N, 3, 11, 6))
+    w = rng.standard_normal((4, 3, kh, kw))
+    b = rng.standard_normal(4)
+    want = K.conv2d_forward_reference(x, w, b, s, p)
+    close(K.conv2d_forward(x, w, b, stride, padding), want)
+    g = rng.standard_normal(want.shape)
+    for got, ref in zip(K.conv2d_backward(x, w, g, stride, padding), K.conv2d_backward_reference(x, w, g, s, p)):
+        close(got, ref)
+    wt = rng.standard_normal((3, 2, kh, kw))
+    yt = K.conv_transpose2d_forward_reference(x, wt, b[:2], s, p)
+    close(K.conv_transpose2d_forward(x, wt, b[:2], stride, padding), yt)
+    gt = rng.standard_normal(yt.shape)
+    for got, ref in zip(K.conv_transpose2d_backward(x, wt, gt, stride, padding),
+                        K.conv_transpose2d_backward_reference(x, wt, gt, s, p)):
+        close(got, ref)
+
+
+@pytest.mark.parametrize("N,H,K_,T,budget", [(64, 8, 1152, 2, 4 << 20), (64, 16, 576, 2, 4 << 20), (3, 9, 18, 2, 1 << 20),
+                                             (1, 64, 27, 2, 4 << 20), (2, 64, 1152, 2, 4 << 20), (5, 7, 9, 7, 64)])
+def test_plan_covers_every_row_once_within_budget(monkeypatch, N, H, K_, T, budget):
+    monkeypatch.setattr(K, "_CHUNK_BYTES", budget)
+    nb, band = K._plan(N, H, H, K_, 4, T)
+    assert nb == 1 or band == H
+    chunks = [K._chunk(t, N, nb, H, band) for t in range(-(-N // nb) * -(-H // band))]
+    covered = np.zeros((N, H), int)
+    for n0, mb, r0, nr in chunks:
+        covered[n0 : n0 + mb, r0 : r0 + nr] += 1
+    assert (covered == 1).all()
+    assert len(chunks) >= min(T, N * H)
+    assert nb * band * H * K_ * 4 <= max(budget, H * K_ * 4)  # one row is the smallest chunk
+    runs = [K._thread_chunks(t, T, N, nb, H, band) for t in range(T)]
+    assert runs[0][0] == 0 and runs[-1][1] == len(chunks) and all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+
 def test_float32_fast_path_matches_float64_reference():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((4, 6, 10, 12)).astype(np.float32)
