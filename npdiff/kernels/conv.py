@@ -194,10 +194,11 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 # One pool owns the cores for the whole call: handing them back and forth
 # between Numba's OpenMP pool and OpenBLAS's pool after every chunk cost more
 # than the GEMMs on 2 cores. Chunks are whole images while there are at least T
-# of them (several small images side by side keep the GEMM wide), else bands of
-# output rows; the cols of one chunk stay near _CHUNK_BYTES.
+# of them (images smaller than 16×16 side by side, to keep the GEMM wide), else
+# bands of output rows; the cols of one chunk stay near _CHUNK_BYTES.
 
 _CHUNK_BYTES = 4 << 20
+_GEMM_WIDTH = 256
 
 
 # Numba note: an index such as ``row[base + j]`` may be negative as far as the
@@ -456,13 +457,16 @@ def _workspace(role, shape, dtype):
 def _plan(N, Ho, Wo, K, itemsize, T):
     """(nb, band): images per chunk and output rows per chunk (band < Ho only when nb == 1).
 
-    Whole images while there are at least T of them, batched so that the chunk
-    count is a multiple of T (even work) and cols stays under _CHUNK_BYTES;
-    otherwise bands of rows, at least T chunks in all.
+    Whole images while there are at least T of them, batched only up to a GEMM
+    _GEMM_WIDTH pixels wide (wider measured no faster: the gather/scatter copies
+    cost what the GEMM gains), under _CHUNK_BYTES of cols, and so that the chunk
+    count is a multiple of T (even work); otherwise bands of rows, at least T
+    chunks in all.
     """
     per_image = K * Ho * Wo * itemsize
     if N >= T and per_image <= _CHUNK_BYTES:
-        chunks = -(-N // max(1, _CHUNK_BYTES // per_image))
+        nb = max(1, min(_CHUNK_BYTES // per_image, -(-_GEMM_WIDTH // (Ho * Wo))))
+        chunks = -(-N // nb)
         chunks = min(N, -(-chunks // T) * T)
         return -(-N // chunks), Ho
     bands = max(-(-per_image // _CHUNK_BYTES), -(-T // N))

@@ -142,7 +142,7 @@ def test_thread_partition_row_bands_halo_and_idle_threads(monkeypatch, threads, 
 
 
 @pytest.mark.parametrize("N,H,K_,T,budget", [(64, 8, 1152, 2, 4 << 20), (64, 16, 576, 2, 4 << 20), (3, 9, 18, 2, 1 << 20),
-                                             (1, 64, 27, 2, 4 << 20), (2, 64, 1152, 2, 4 << 20), (5, 7, 9, 7, 64)])
+                                             (1, 64, 27, 2, 4 << 20), (2, 64, 1152, 2, 4 << 20), (5, 7, 9, 7, 64), (40, 4, 9, 3, 1 << 20)])
 def test_plan_covers_every_row_once_within_budget(monkeypatch, N, H, K_, T, budget):
     monkeypatch.setattr(K, "_CHUNK_BYTES", budget)
     nb, band = K._plan(N, H, H, K_, 4, T)
@@ -154,6 +154,9 @@ def test_plan_covers_every_row_once_within_budget(monkeypatch, N, H, K_, T, budg
     assert (covered == 1).all()
     assert len(chunks) >= min(T, N * H)
     assert nb * band * H * K_ * 4 <= max(budget, H * K_ * 4)  # one row is the smallest chunk
+    if band == H and N >= T:  # whole images: the same number of chunks per thread, batched to the GEMM width
+        assert len(chunks) % T == 0 or len(chunks) == N
+        assert (nb - 1) * H * H < K._GEMM_WIDTH
     runs = [K._thread_chunks(t, T, N, nb, H, band) for t in range(T)]
     assert runs[0][0] == 0 and runs[-1][1] == len(chunks) and all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
 
