@@ -209,122 +209,77 @@ _GEMM_WIDTH = 256
 
 
 @jit_serial
-def _valid_range(n_out, n_in, s, pad, tap):
-    """Output positions j in [lo, hi) whose tap reads inside: 0 <= s·j + tap − pad < n_in."""
-    lo = min(n_out, max(0, (pad - tap + s - 1) // s))
-    hi = max(lo, min(n_out, (n_in - 1 + pad - tap) // s + 1))
-    return lo, hi
-
-
-@jit_serial
-def _zero_edge_columns(block, W, r_lo, r_hi, j_lo, j_hi):
-    """block viewed as rows of W: zero columns [0, j_lo) and [j_hi, W) of rows [r_lo, r_hi)."""
-    for j in range(j_lo):
-        col = block[j::W]
-        for r in range(r_lo, r_hi):
-            col[r] = 0
-    for j in range(j_hi, W):
-        col = block[j::W]
-        for r in range(r_lo, r_hi):
-            col[r] = 0
-
-
-@jit_serial
-def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, cols):
-    """Fill cols (K, nb, ni·Wo) from x (N, C, H, W), one (k, b) row at a time.
+def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, pad, cols):
+    """Fill cols (K, nb, ni·Wo) from x (N, C, H, W) for output rows [i0, i0+ni).
 
     Plain form: cols[k, b, r·Wo + j] = x[n0+b, c, sh·(i0+r)+u−ph, sw·j+v−pw], 0 outside.
-    For stride 1 with Wo == W (a "same" conv) the ni rows of one (k, b) are the
-    image plane shifted by (u−ph, v−pw): one contiguous copy, then the columns
-    that wrapped around to the neighbouring row are zeroed.
+    Per plane (b, c), the rows it reads are first copied once into the scratch
+    ``pad`` with their zero border, pad[q, p] = x[n0+b, c, sh·i0−ph+q, p−pw];
+    then every tap (u, v) is a branch-free copy of pad rows sh·r+u from column v
+    (3× faster than clipping every tap at the border on 8×8 planes).
     """
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    shifted_plane = sh == 1 and sw == 1 and Wo == W
-    for t in range(C * kh * kw * nb):
-        k, b = t // nb, t % nb
-        c, u, v = k // (kh * kw), (k // kw) % kh, k % kw
-        j_lo, j_hi = _valid_range(Wo, W, sw, pw, v)
-        block = cols[k, b]  # (ni·Wo,)
-        if shifted_plane:
-            r_lo, r_hi = _valid_range(i0 + ni, H, 1, ph, u)
-            r_lo, r_hi = max(r_lo - i0, 0), max(r_hi - i0, 0)
-            lo, hi = r_lo * W + j_lo, (r_hi - 1) * W + j_hi
-            if r_hi <= r_lo or hi <= lo:
-                block[:] = 0
-                continue
-            block[:lo] = 0
-            block[hi:] = 0
-            dst = block[lo:hi]
-            src = x[n0 + b, c].reshape(H * W)[(i0 + r_lo + u - ph) * W + j_lo + v - pw :]
-            for m in range(hi - lo):
-                dst[m] = src[m]
-            _zero_edge_columns(block, W, r_lo, r_hi, j_lo, j_hi)
-            continue
-        for r in range(ni):
-            dst = block[r * Wo : (r + 1) * Wo]
-            h = sh * (i0 + r) + u - ph
-            if h < 0 or h >= H:
-                for j in range(Wo):
-                    dst[j] = 0
-                continue
-            for j in range(j_lo):
-                dst[j] = 0
-            for j in range(j_hi, Wo):
-                dst[j] = 0
-            inside = dst[j_lo:j_hi]
-            src = x[n0 + b, c, h, sw * j_lo + v - pw :]  # src[sw·m] is column j_lo + m
-            if sw == 1:
-                for m in range(j_hi - j_lo):
+    R, Wp = sh * (ni - 1) + kh, sw * (Wo - 1) + kw  # the padded rows and columns read
+    lo = min(pw, Wp)
+    hi = max(lo, min(Wp, pw + W))  # pad columns [lo, hi) hold x columns [0, hi − lo)
+    for b in range(nb):
+        for c in range(C):
+            for q in range(R):
+                row, h = pad[q, :Wp], sh * i0 - ph + q
+                if h < 0 or h >= H:
+                    row[:] = 0
+                    continue
+                row[:lo] = 0
+                row[hi:] = 0
+                inside, src = row[lo:hi], x[n0 + b, c, h]
+                for m in range(hi - lo):
                     inside[m] = src[m]
-            else:
-                for m in range(j_hi - j_lo):
-                    inside[m] = src[sw * m]
+            for u in range(kh):
+                for v in range(kw):
+                    block = cols[(c * kh + u) * kw + v, b]  # (ni·Wo,)
+                    for r in range(ni):
+                        dst, src = block[r * Wo : (r + 1) * Wo], pad[sh * r + u, v:]
+                        if sw == 1:
+                            for j in range(Wo):
+                                dst[j] = src[j]
+                        else:
+                            for j in range(Wo):
+                                dst[j] = src[sw * j]
 
 
 @jit_serial
-def _col2im_add(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, gx):
-    """gx[n0+b, c, h, sw·j+v−pw] += cols[k, b, r·Wo+j] for h = sh·(i0+r)+u−ph in [r0, r1).
+def _col2im(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, pad, gx):
+    """gx[n0+b, c, h, :] = Σ cols[k, b, r·Wo+j] over the (u, v, r, j) that land on (h, sw·j+v−pw), for h in [r0, r1).
 
-    The adjoint of _im2col, restricted to the gx rows [r0, r1) that the calling
-    thread owns (neighbouring row bands read the same cols rows: the halo). The
-    stride-1 "same" case adds each (k, b) block to the shifted plane in one
-    contiguous sweep, after zeroing (in the scratch cols) the columns that fall
-    outside the image.
+    The adjoint of _im2col, for the gx rows [r0, r1) the calling thread owns
+    (neighbouring row bands read the same cols rows: the halo, recomputed).
+    Each plane (b, c) is summed in the scratch ``pad`` (rows r0.., columns −pw..),
+    branch-free along a row, and its inside then written to gx (every gx element
+    exactly once: no zeroing pass, no races).
     """
     C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
-    shifted_plane = sh == 1 and sw == 1 and Wo == W
+    nr = r1 - r0
     for b in range(nb):
         for c in range(C):
+            pad[:nr] = 0
             for u in range(kh):
                 for v in range(kw):
-                    k = (c * kh + u) * kw + v
-                    j_lo, j_hi = _valid_range(Wo, W, sw, pw, v)
-                    block = cols[k, b]  # (ni·Wo,)
-                    if shifted_plane:  # row r lands on gx row i0 + r + u − ph
-                        r_lo, r_hi = _valid_range(i0 + ni, H, 1, ph, u)
-                        r_lo = max(r_lo - i0, r0 - i0 - u + ph, 0)
-                        r_hi = min(r_hi - i0, r1 - i0 - u + ph)
-                        lo, hi = r_lo * W + j_lo, (r_hi - 1) * W + j_hi
-                        if r_hi <= r_lo or hi <= lo:
-                            continue
-                        _zero_edge_columns(block, W, r_lo, r_hi, j_lo, j_hi)
-                        src = block[lo:hi]
-                        dst = gx[n0 + b, c].reshape(H * W)[(i0 + r_lo + u - ph) * W + j_lo + v - pw :]
-                        for m in range(hi - lo):
-                            dst[m] += src[m]
-                        continue
+                    block = cols[(c * kh + u) * kw + v, b]  # (ni·Wo,)
                     for r in range(ni):
                         h = sh * (i0 + r) + u - ph
                         if h < r0 or h >= r1:
                             continue
-                        src = block[r * Wo + j_lo : r * Wo + j_hi]
-                        dst = gx[n0 + b, c, h, sw * j_lo + v - pw :]  # dst[sw·m] is column j_lo + m
+                        src, dst = block[r * Wo : (r + 1) * Wo], pad[h - r0, v:]
                         if sw == 1:
-                            for m in range(j_hi - j_lo):
-                                dst[m] += src[m]
+                            for j in range(Wo):
+                                dst[j] += src[j]
                         else:
-                            for m in range(j_hi - j_lo):
-                                dst[sw * m] += src[m]
+                            for j in range(Wo):
+                                dst[sw * j] += src[j]
+            for q in range(nr):
+                src, dst = pad[q, pw : pw + W], gx[n0 + b, c, r0 + q]
+                for m in range(W):
+                    dst[m] = src[m]
 
 
 @jit_serial
@@ -358,7 +313,7 @@ def _gather_rows(g3, n0, mb, p0, L, gt):
 
 
 @jit_parallel
-def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, res_ws, out3):
+def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
     """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk, one thread per workspace row."""
     N = x.shape[0]
     O, K = w2.shape
@@ -369,7 +324,7 @@ def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_
             n0, mb, i0, mi = _chunk(t, N, nb, Ho, band)
             L = mi * Wo
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
-            _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, cols.reshape((K, mb, L)))
+            _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, pad_ws[tid], cols.reshape((K, mb, L)))
             if mb == 1 and mi == Ho:  # one whole image: the product is out[n0] itself
                 np.dot(w2, cols, out3[n0])
                 for o in range(O):
@@ -387,10 +342,14 @@ def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_
 
 
 @jit_parallel
-def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, gt_ws, prod_ws, acc):
-    """acc[t] (O, K) = Σ over thread t's chunks of g_chunk (O, pixels) @ im2col(x)_chunkᵀ; the caller sums acc."""
-    N, O = g3.shape[0], g3.shape[1]
-    T, K = acc.shape[0], acc.shape[2]
+def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, prod_ws, acc):
+    """acc[t] (K, O) = Σ over thread t's chunks of im2col(x)_chunk (K, pixels) @ g_chunkᵀ (pixels, O).
+
+    The caller sums acc over t and transposes: gw2 = gwᵀ. Computing the
+    transpose measured 10-25% faster in OpenBLAS than g @ colsᵀ for K ≥ 288.
+    """
+    N = g3.shape[0]
+    T, K, O = acc.shape
     for tid in prange(T):
         lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
         if hi <= lo:
@@ -399,21 +358,21 @@ def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws
             n0, mb, i0, mi = _chunk(t, N, nb, Ho, band)
             L = mi * Wo
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
-            _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, cols.reshape((K, mb, L)))
+            _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, pad_ws[tid], cols.reshape((K, mb, L)))
             gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
             if t == lo:
-                np.dot(gt, cols.T, acc[tid])
+                np.dot(cols, gt.T, acc[tid])
                 continue
             prod, a = prod_ws[tid], acc[tid]
-            np.dot(gt, cols.T, prod)
-            for o in range(O):
-                src, dst = prod[o], a[o]
-                for k in range(K):
-                    dst[k] += src[k]
+            np.dot(cols, gt.T, prod)
+            for k in range(K):
+                src, dst = prod[k], a[k]
+                for o in range(O):
+                    dst[o] += src[o]
 
 
 @jit_parallel
-def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, gt_ws, gx):
+def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
     """gx (N, C, H, W) = col2im(w2ᵀ (K, O) @ g (O, pixels)), by chunks of whole images or bands of gx rows.
 
     A band of gx rows [r0, r1) receives from the output rows i with
@@ -427,16 +386,16 @@ def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws
         lo, hi = _thread_chunks(tid, T, N, nb, H, band)
         for t in range(lo, hi):
             n0, mb, r0, nr = _chunk(t, N, nb, H, band)
-            gx[n0 : n0 + mb, :, r0 : r0 + nr] = 0
             i0 = max(0, -((kh - 1 - r0 - ph) // sh))
             i1 = min(Ho, (r0 + nr - 1 + ph) // sh + 1)
-            if i1 <= i0:
+            if i1 <= i0:  # stride > kernel: rows no window reaches
+                gx[n0 : n0 + mb, :, r0 : r0 + nr] = 0
                 continue
             L = (i1 - i0) * Wo
             gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
             np.dot(w2.T, gt, cols)
-            _col2im_add(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr, gx)
+            _col2im(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr, pad_ws[tid], gx)
 
 
 _ws = threading.local()
@@ -485,25 +444,27 @@ def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     size = nb * band * Wo
     cols_ws = _workspace("cols", (T, K * size), x.dtype)
     res_ws = _workspace("res", (T, O * size), x.dtype)
+    pad_ws = _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype)
     with blas_single_thread():
-        _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, cols_ws, res_ws,
+        _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
                         out.reshape(N, O, Ho * Wo))  # (N, O, P)
     return out
 
 
 def _weight_grad(x, g, kh, kw, stride, padding):
-    """gw2 (O, C·kh·kw) = Σ_n g[n] (O, P) @ im2col(x[n])ᵀ (P, K): per-thread sums, then their total."""
+    """gw2 (O, C·kh·kw) = (Σ_n im2col(x[n]) (K, P) @ g[n]ᵀ (P, O))ᵀ: per-thread sums, then their total."""
     (sh, sw), (ph, pw) = stride, padding
     N, O, Ho, Wo = g.shape
     K, T = x.shape[1] * kh * kw, num_threads()
     nb, band = _plan(N, Ho, Wo, K, x.itemsize, T)
     size = nb * band * Wo
-    acc = np.empty((T, O, K), dtype=x.dtype)
+    acc = np.empty((T, K, O), dtype=x.dtype)
     with blas_single_thread():
         _weight_grad_chunks(x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+                            _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype),
                             _workspace("cols", (T, K * size), x.dtype), _workspace("res", (T, O * size), x.dtype),
-                            _workspace("gw", (T, O, K), x.dtype), acc)
-    return acc.sum(axis=0)
+                            _workspace("gw", (T, K, O), x.dtype), acc)
+    return np.ascontiguousarray(acc.sum(axis=0).T)  # (O, K)
 
 
 def _input_grad(g, w2, kh, kw, stride, padding, gx):
@@ -520,6 +481,7 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
     size = nb * rows * Wo
     with blas_single_thread():
         _input_grad_chunks(g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+                           _workspace("pad", (T, band, max(gx.shape[3] + 2 * pw, sw * (Wo - 1) + kw)), g.dtype),
                            _workspace("cols", (T, K * size), g.dtype), _workspace("res", (T, O * size), g.dtype), gx)
     return gx
 
@@ -554,7 +516,7 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
 
     gx is conv_transpose2d(g, w): per chunk a one-thread sgemm w2ᵀ @ g then
     col2im, each thread owning whole images or bands of gx rows (no races).
-    gw sums g_chunk @ colsᵀ in one accumulator per thread, added up at the end
+    gwᵀ sums cols @ g_chunkᵀ in one accumulator per thread, added up at the end
     (im2col(x) recomputed, not stored by forward). gb sums g over (n, i, j).
     1×1 stride-1 convs use stacked matmuls directly.
     """
