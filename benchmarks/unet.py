@@ -25,8 +25,6 @@ from collections import defaultdict
 
 import numpy as np
 
-# idle OpenMP (numba) threads must sleep, not spin, or they starve OpenBLAS (as in harness workers)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
