@@ -115,11 +115,12 @@ def test_chunking_row_bands_and_image_batches(monkeypatch, chunk_bytes, stride, 
 
 
 @pytest.mark.parametrize("threads", [1, 3, 7])
-@pytest.mark.parametrize("N,stride,padding,k", [(1, 1, 1, 3), (2, 2, 1, 3), (5, 1, 2, 4), (3, (1, 2), (2, 0), (5, 2))])
+@pytest.mark.parametrize("N,stride,padding,k", [(1, 1, 1, 3), (2, 2, 1, 3), (5, 1, 2, 4), (3, (1, 2), (2, 0), (5, 2)),
+                                                 (1, 3, 1, 1)])  # stride > kernel: a band of gx rows no window reaches
 def test_thread_partition_row_bands_halo_and_idle_threads(monkeypatch, threads, N, stride, padding, k):
     """Any worker count: chunks split evenly or not, threads left without a chunk (their weight-gradient
     accumulator must be zero), and fewer images than threads (bands of rows; grad-input bands
-    recompute their halo of g rows and write only their own gx rows)."""
+    recompute their halo of g rows and write only their own gx rows, zeros where no window reaches)."""
     monkeypatch.setattr(K, "num_threads", lambda: threads)
     rng = np.random.default_rng(11)
     s, p = K._pair(stride, "s"), K._pair(padding, "p")
