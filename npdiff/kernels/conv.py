@@ -249,7 +249,7 @@ def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, pad, cols):
 
 @jit_serial
 def _col2im(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, pad, gx):
-    """gx[n0+b, c, h, :] = Σ cols[k, b, r·Wo+j] over the (u, v, r, j) that land on (h, sw·j+v−pw), for h in [r0, r1).
+    """gx[n0+b, c, h, :] = Σ cols[k, b, r·Wo+j] over the (u, v, r, j) landing on (h, sw·j+v−pw), h in [r0, r1).
 
     The adjoint of _im2col, for the gx rows [r0, r1) the calling thread owns
     (neighbouring row bands read the same cols rows: the halo, recomputed).
@@ -388,14 +388,15 @@ def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
             n0, mb, r0, nr = _chunk(t, N, nb, H, band)
             i0 = max(0, -((kh - 1 - r0 - ph) // sh))
             i1 = min(Ho, (r0 + nr - 1 + ph) // sh + 1)
-            if i1 <= i0:  # stride > kernel: rows no window reaches
+            if i1 <= i0:  # rows no window reaches (stride > kernel)
                 gx[n0 : n0 + mb, :, r0 : r0 + nr] = 0
                 continue
             L = (i1 - i0) * Wo
             gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
             np.dot(w2.T, gt, cols)
-            _col2im(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr, pad_ws[tid], gx)
+            _col2im(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr,
+                    pad_ws[tid], gx)
 
 
 _ws = threading.local()

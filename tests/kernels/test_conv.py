@@ -142,8 +142,9 @@ def test_thread_partition_row_bands_halo_and_idle_threads(monkeypatch, threads, 
         close(got, ref)
 
 
-@pytest.mark.parametrize("N,H,K_,T,budget", [(64, 8, 1152, 2, 4 << 20), (64, 16, 576, 2, 4 << 20), (3, 9, 18, 2, 1 << 20),
-                                             (1, 64, 27, 2, 4 << 20), (2, 64, 1152, 2, 4 << 20), (5, 7, 9, 7, 64), (40, 4, 9, 3, 1 << 20)])
+@pytest.mark.parametrize("N,H,K_,T,budget", [
+    (64, 8, 1152, 2, 4 << 20), (64, 16, 576, 2, 4 << 20), (3, 9, 18, 2, 1 << 20), (1, 64, 27, 2, 4 << 20),
+    (2, 64, 1152, 2, 4 << 20), (5, 7, 9, 7, 64), (40, 4, 9, 3, 1 << 20)])
 def test_plan_covers_every_row_once_within_budget(monkeypatch, N, H, K_, T, budget):
     monkeypatch.setattr(K, "_CHUNK_BYTES", budget)
     nb, band = K._plan(N, H, H, K_, 4, T)
