@@ -32,6 +32,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .config import jit_parallel, jit_serial, prange
+from .vexp import exp_constants, exp_inplace
 
 CHUNK = 16384
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
@@ -159,59 +160,91 @@ def dropout_forward_reference(x, mask, p):
 
 
 @jit_serial
-def _sigmoid1(v):
-    if v >= 0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
-
-
-@jit_serial
 def _tanh_arg(v):
     return 0.7978845608028654 * (v + 0.044715 * v * v * v)  # √(2/π)(x + 0.044715x³)
 
 
+@jit_serial
+def _exp_neg_abs(code, x, lo, m, buf, ib, fb, C, fast):
+    """buf[i] = e^{−|a|} for the chunk x[lo:lo+m], a = x (σ-based ops) or 2u (tanh GELU).
+
+    σ(x) = (1 if x ≥ 0 else e)/(1 + e) and tanh(|u|) = (1 − e)/(1 + e) with e = e^{−|a|} ≤ 1:
+    no exp ever overflows, and the vector exp (vexp.py) replaces one libm call per element.
+    """
+    for i in range(m):
+        v = x[lo + i]
+        a = 2 * _tanh_arg(v) if code == 4 else v
+        buf[i] = -abs(a)
+    exp_inplace(buf, m, ib, fb, C, fast)
+
+
 @jit_parallel
-def unary_forward_numba(code, x, out):
+def unary_forward_numba(code, x, out, C, fast):
     """out[t] = f(x[t]); code 0 relu, 1 sigmoid, 2 silu, 3 gelu (erf), 4 gelu (tanh)."""
     n = x.shape[0]
+    one = C[8]
     for c in prange((n + CHUNK - 1) // CHUNK):
-        for t in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            v = x[t]
-            if code == 0:
+        lo = c * CHUNK
+        m = min(n, lo + CHUNK) - lo
+        if code == 0:
+            for t in range(lo, lo + m):
+                v = x[t]
                 out[t] = v if v > 0 else 0
-            elif code == 1:
-                out[t] = _sigmoid1(v)
-            elif code == 2:
-                out[t] = v * _sigmoid1(v)
-            elif code == 3:
+        elif code == 3:
+            for t in range(lo, lo + m):
+                v = x[t]
                 out[t] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
-            else:
-                out[t] = 0.5 * v * (1.0 + math.tanh(_tanh_arg(v)))
+        else:
+            buf = np.empty(m, x.dtype)
+            ib = np.empty(m, np.int32)
+            _exp_neg_abs(code, x, lo, m, buf, ib, ib.view(np.float32), C, fast)
+            for i in range(m):
+                v = x[lo + i]
+                e = buf[i]
+                if code == 4:
+                    th = (one - e) / (one + e)  # tanh(|u|)
+                    th = th if v >= 0 else -th  # u has the sign of x
+                    out[lo + i] = 0.5 * v * (one + th)
+                else:
+                    s = (one if v >= 0 else e) / (one + e)  # σ(x), stable form
+                    out[lo + i] = s if code == 1 else v * s
 
 
 @jit_parallel
-def unary_backward_numba(code, g, x, out):
+def unary_backward_numba(code, g, x, out, C, fast):
     """out[t] = g[t]·f'(x[t]) (same codes as the forward)."""
     n = x.shape[0]
+    one = C[8]
     for c in prange((n + CHUNK - 1) // CHUNK):
-        for t in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
-            v = x[t]
-            if code == 0:
-                out[t] = g[t] if v > 0 else 0
-            elif code == 1:
-                s = _sigmoid1(v)
-                out[t] = g[t] * s * (1.0 - s)
-            elif code == 2:
-                s = _sigmoid1(v)
-                out[t] = g[t] * s * (1.0 + v * (1.0 - s))
-            elif code == 3:
+        lo = c * CHUNK
+        m = min(n, lo + CHUNK) - lo
+        if code == 0:
+            for t in range(lo, lo + m):
+                out[t] = g[t] if x[t] > 0 else 0
+        elif code == 3:
+            for t in range(lo, lo + m):
+                v = x[t]
                 cdf = 0.5 * (1.0 + math.erf(v * 0.7071067811865476))
                 out[t] = g[t] * (cdf + v * math.exp(-0.5 * v * v) * 0.3989422804014327)
-            else:
-                th = math.tanh(_tanh_arg(v))
-                du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v)
-                out[t] = g[t] * (0.5 * (1.0 + th) + 0.5 * v * (1.0 - th * th) * du)
+        else:
+            buf = np.empty(m, x.dtype)
+            ib = np.empty(m, np.int32)
+            _exp_neg_abs(code, x, lo, m, buf, ib, ib.view(np.float32), C, fast)
+            for i in range(m):
+                t = lo + i
+                v = x[t]
+                e = buf[i]
+                if code == 4:
+                    th = (one - e) / (one + e)
+                    th = th if v >= 0 else -th
+                    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v)
+                    out[t] = g[t] * (0.5 * (one + th) + 0.5 * v * (one - th * th) * du)
+                else:
+                    s = (one if v >= 0 else e) / (one + e)
+                    if code == 1:
+                        out[t] = g[t] * s * (one - s)
+                    else:
+                        out[t] = g[t] * s * (one + v * (one - s))
 
 
 @jit_parallel
@@ -379,7 +412,7 @@ def unary_forward(op, x):
     if get_array_module(x) is not np:
         return unary_forward_xp(op, x)
     out = np.empty(x.shape, x.dtype)
-    unary_forward_numba(_CODES[op], _flat(x), out.reshape(-1))
+    unary_forward_numba(_CODES[op], _flat(x), out.reshape(-1), exp_constants(x.dtype), x.dtype == np.float32)
     return out
 
 
@@ -388,7 +421,8 @@ def unary_backward(op, g, x):
     if get_array_module(x) is not np:
         return unary_backward_xp(op, g, x)
     out = np.empty(x.shape, x.dtype)
-    unary_backward_numba(_CODES[op], _flat(g, x.dtype), _flat(x), out.reshape(-1))
+    unary_backward_numba(_CODES[op], _flat(g, x.dtype), _flat(x), out.reshape(-1), exp_constants(x.dtype),
+                         x.dtype == np.float32)
     return out
 
 
