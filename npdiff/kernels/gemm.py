@@ -8,10 +8,11 @@ Backward:     gx[m, k] = Σ_n g[m, n] · w[n, k]     (gx = g W)
               gw[n, k] = Σ_m g[m, n] · x[m, k]     (gw = gᵀ x)
               gb[n]    = Σ_m g[m, n]
 
-The reference version is the triple loop above. The fast version is one BLAS
-sgemm per product through ``xp.matmul`` (numpy's OpenBLAS on the CPU, cuBLAS
-through cupy): a GEMM already runs near the machine's peak, so there is nothing
-for a hand-written Numba loop to win here.
+The reference version is the triple loop above. The fast CPU version is BLAS
+sgemm — already near the machine's peak, nothing for hand-written loops to win —
+but run npdiff's way (see config.py): BLAS stays single-threaded and ``matmul``
+splits the rows of the output over Numba threads, each thread one sgemm on its
+rows (``np.dot`` inside Numba). On a GPU, ``xp.matmul`` is cuBLAS.
 """
 
 from __future__ import annotations
@@ -19,6 +20,38 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
+from .config import jit_parallel, num_threads, prange
+
+# below this many multiply-adds one thread finishes before a parallel launch pays off
+PARALLEL_MIN_MACS = 1 << 23
+
+
+@jit_parallel
+def _matmul_rows(a, b, out, nthreads):
+    """out = a @ b with the M rows split into ``nthreads`` contiguous bands (no shared writes)."""
+    M = a.shape[0]
+    step = (M + nthreads - 1) // nthreads
+    for t in prange(nthreads):
+        lo = t * step
+        hi = min(M, lo + step)
+        if lo < hi:
+            np.dot(a[lo:hi], b, out[lo:hi])
+
+
+def matmul(a, b):
+    """a (M, K) @ b (K, N) on the CPU: rows over Numba threads, single-threaded sgemm each."""
+    xp = get_array_module(a, b)
+    M, K = a.shape
+    N = b.shape[1]
+    nt = min(num_threads(), M)
+    if xp is not np or nt < 2 or M * K * N < PARALLEL_MIN_MACS or a.dtype != b.dtype:
+        return xp.matmul(a, b)
+    a = np.ascontiguousarray(a)
+    if not (b.flags.c_contiguous or b.flags.f_contiguous):
+        b = np.ascontiguousarray(b)
+    out = np.empty((M, N), a.dtype)
+    _matmul_rows(a, b, out, nt)
+    return out
 
 
 def linear_forward_reference(x, w, b=None):
@@ -51,9 +84,8 @@ def linear_backward_reference(g, x, w):
 
 def linear_forward(x, w, b=None):
     """y = x wᵀ (+ b) for x of shape (..., K); the leading axes are batched into one GEMM."""
-    xp = get_array_module(x, w)
     lead = x.shape[:-1]
-    y = xp.matmul(x.reshape(-1, x.shape[-1]), w.T)  # (M, N)
+    y = matmul(x.reshape(-1, x.shape[-1]), w.T)  # (M, N)
     if b is not None:
         y += b
     return y.reshape(lead + (w.shape[0],))
@@ -61,10 +93,9 @@ def linear_forward(x, w, b=None):
 
 def linear_backward(g, x, w, need_x=True, need_w=True, need_b=True):
     """Gradients of ``linear_forward`` for upstream ``g`` of shape (..., N)."""
-    xp = get_array_module(g, x, w)
     g2 = g.reshape(-1, g.shape[-1])  # (M, N)
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
-    gx = xp.matmul(g2, w).reshape(x.shape) if need_x else None
-    gw = xp.matmul(g2.T, x2) if need_w else None
+    gx = matmul(g2, w).reshape(x.shape) if need_x else None
+    gw = matmul(g2.T, x2) if need_w else None  # (N, K); row split of gᵀ (made contiguous)
     gb = g2.sum(axis=0) if need_b else None
     return gx, gw, gb

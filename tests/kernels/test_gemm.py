@@ -51,3 +51,16 @@ def test_bad_shapes():
         F.linear(nd.zeros(3, 4), nd.zeros(2, 5))
     with pytest.raises(ValueError, match=r"bias shape \(3,\)"):
         F.linear(nd.zeros(3, 5), nd.zeros(2, 5), nd.zeros(3))
+
+
+@pytest.mark.parametrize("m, k, n", [(300, 70, 130), (4096, 256, 64), (7, 2048, 300)])
+def test_threaded_matmul_matches_numpy(m, k, n):
+    """The row-split path (above PARALLEL_MIN_MACS): C-, F- and non-contiguous operands."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    assert m * k * n >= gemm.PARALLEL_MIN_MACS
+    np.testing.assert_allclose(gemm.matmul(a, b.T), a @ b.T, rtol=1e-4, atol=1e-3)        # F-ordered right
+    np.testing.assert_allclose(gemm.matmul(b, a.T), b @ a.T, rtol=1e-4, atol=1e-3)        # F-ordered right
+    wide = rng.standard_normal((m, 2 * k)).astype(np.float32)[:, ::2]                   # strided left
+    np.testing.assert_allclose(gemm.matmul(wide, b.T), wide @ b.T, rtol=1e-4, atol=1e-3)
