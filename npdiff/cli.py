@@ -16,6 +16,7 @@ training run exits with 1; Ctrl-C exits with 130 after saving a checkpoint.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -56,8 +57,8 @@ def _add_train(sub) -> None:
                    help=f"'digits' (scikit-learn's 8x8 digits, resized), a toy name {TOY_DATASETS}, a folder of "
                         "images (class sub-folders become labels), a folder of MNIST/Fashion-MNIST IDX files, "
                         "or an .npz file with 'images'/'x' (+ 'labels'/'y')")
-    g.add_argument("--image-size", type=int, default=None, help="resize images to this square size "
-                   "(default: 16 for digits, the loader's default otherwise)")
+    g.add_argument("--image-size", type=int, default=None, help="resize (and centre-crop) images to this square "
+                   "size; must be divisible by 2^(levels-1) of --channels (default 16)")
     g.add_argument("--hflip", action="store_true", default=None, help="random horizontal flips (not for digits)")
     g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
                    "(default 8192)")
@@ -65,7 +66,7 @@ def _add_train(sub) -> None:
     g.add_argument("--model", choices=("unet", "mlp"), default=None,
                    help="denoiser: UNet2DModel for images, a residual MLP for 2-D points (default: by data)")
     g.add_argument("--channels", type=_channels, default=None,
-                   help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64,64)")
+                   help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64)")
     g.add_argument("--layers-per-block", type=int, default=None, help="UNet ResNet blocks per level (default 1)")
     g.add_argument("--no-attention", dest="attention", action="store_false", default=None,
                    help="no self-attention at the UNet's lowest resolution")
@@ -78,16 +79,17 @@ def _add_train(sub) -> None:
                    help="probability of training with the null class, for classifier-free guidance (default 0.1)")
     g = p.add_argument_group("diffusion")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
-                   help="what the network predicts: the noise ε, the clean sample x₀, or v (default epsilon)")
+                   help="what the network predicts: the noise ε, the clean sample x₀, or the velocity v "
+                        "(default v_prediction for images, epsilon for toys)")
     g.add_argument("--beta-schedule", choices=("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"),
-                   default=None, help="noise schedule (default: squaredcos_cap_v2 = cosine for images, "
-                                      "linear for toys)")
+                   default=None, help="noise schedule (default linear: the one every sampler handles well; "
+                                      "squaredcos_cap_v2 is the cosine schedule)")
     g.add_argument("--timesteps", type=int, default=None, help="number of diffusion steps T (default 1000)")
     g.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting, e.g. 5 "
                    "(default: off, uniform weights)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 3000; 5000 for toys)")
-    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 64; 256 for toys)")
+    g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 2000; 5000 for toys)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; 256 for toys)")
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 2e-3; 1e-3 for toys)")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay (default 0)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps, then cosine decay "
@@ -107,8 +109,9 @@ def _add_train(sub) -> None:
     g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (default 1000)")
     g.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 500)")
     g.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance scale of the periodic sample grids (default 3)")
+                   help="classifier-free guidance scale of the periodic sample grids (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_threads(g)
     p.set_defaults(func=cmd_train)
 
 
@@ -134,9 +137,10 @@ def _add_run_sampling(p, n_help: str) -> None:
     p.add_argument("--n", type=int, default=None, help=n_help)
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale for class-conditional runs: 1 = plain conditional, "
-                        "0 = unconditional, >1 = sharper classes (default: the run's, 3)")
+                        "0 = unconditional, >1 = sharper classes (default: the run's, 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and stochastic steps")
     p.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights instead of the EMA")
+    _add_threads(p)
 
 
 def _add_sample(sub) -> None:
@@ -217,6 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_viz(sub)
     _add_bench(sub)
     return parser
+
+
+def _add_threads(p) -> None:
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for the Numba kernels (default: all cores; BLAS stays single-threaded, "
+                        "see npdiff/kernels/config.py)")
+
+
+@contextlib.contextmanager
+def _numba_threads(threads):
+    """Run one command with ``threads`` Numba threads (None: leave the default)."""
+    import numba
+
+    previous = numba.get_num_threads()
+    if threads is not None:
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"--threads must be in 1 … {numba.config.NUMBA_NUM_THREADS}, got {threads}")
+        numba.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------
@@ -464,7 +490,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _numba_threads(getattr(args, "threads", None)):
+            return int(args.func(args) or 0)
     except ValueError as e:
         print(f"npdiff {args.command}: error: {e}", file=sys.stderr)
         return 2

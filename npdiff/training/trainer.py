@@ -89,11 +89,17 @@ def unet_config(config: TrainConfig, channels: int, size: int, num_class_embeds:
     )
 
 
-def scheduler_config(config: TrainConfig, images: bool) -> dict:
-    """The diffusers-style scheduler config matching the training noise schedule."""
+def scheduler_config(config: TrainConfig) -> dict:
+    """The diffusers-style scheduler config matching the training noise schedule.
+
+    ``clip_sample`` is off: with classifier-free guidance the guided x̂₀ leaves [-1, 1] at
+    high noise, and DDIM clips x̂₀ without recomputing ε̂ (diffusers semantics), so its
+    update mixes an x̂₀ and an ε̂ that no longer fit together and the samples come out
+    blotchy. Images are clipped once, when they are saved or scored.
+    """
     return dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                 beta_start=config.beta_start, beta_end=config.beta_end, prediction_type=config.prediction_type,
-                clip_sample=bool(images))  # images live in [-1, 1]; toy points do not
+                clip_sample=False)
 
 
 def make_scheduler(name: str, sched_config: dict):
@@ -165,7 +171,7 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
         model_class = "ToyMLPDenoiser"
         model_config = dict(in_dim=dataset.sample_shape[0], hidden_dim=config.hidden_dim,
                             num_blocks=config.num_blocks, num_class_embeds=embeds)
-    return RunInfo(model_class, model_config, scheduler_config(config, not dataset.is_toy), dataset.sample_shape,
+    return RunInfo(model_class, model_config, scheduler_config(config), dataset.sample_shape,
                    num_classes, num_classes if conditional else None,
                    dataset.class_names if conditional else None)
 
