@@ -34,6 +34,18 @@ SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++")
 # ----------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: …)" to a flag's help unless the default is None/bool or the text names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and "default" not in text
+                and action.default is not None and not isinstance(action.default, bool)
+                and action.default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _channels(text: str) -> tuple:
     try:
         values = tuple(int(v) for v in text.split(","))
@@ -51,7 +63,7 @@ def _add_train(sub) -> None:
                     "optimizer, RNG states), log.jsonl, loss.png, samples/step_*.png and ema_model/ "
                     "(diffusers layout). Flags left out keep the defaults of the dataset kind (digits/images "
                     "or 2-D toys).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits",
                    help=f"'digits' (scikit-learn's 8x8 digits, resized), a toy name {TOY_DATASETS}, a folder of "
@@ -147,7 +159,7 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run (PNG grid, optional .npy and trajectory)",
                        description="Sample from a run folder with any scheduler. Image runs give a PNG grid "
                                    "(class-conditional: one class per column); toy runs a scatter plot.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     _add_run_sampling(p, "number of samples (default: 10 per class for class-conditional runs, else 64; "
                          "2000 points for toys)")
     p.add_argument("--class", dest="class_label", type=int, default=None,
@@ -155,8 +167,8 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", default=None, help="output PNG (default: DIR/samples_<scheduler>_<steps>.png)")
     p.add_argument("--npy", action="store_true", help="also save the raw samples (and labels) as .npy")
     p.add_argument("--trajectory", type=int, default=None, metavar="K",
-                   help="also save a strip of x_t (top row) and the predicted x₀ (bottom row) at K evenly "
-                        "spaced steps, for the first 4 samples (<out>_trajectory.png)")
+                   help="also save the trajectory at K evenly spaced steps: two rows per sample (x_t, then the "
+                        "predicted x₀) for the first 4 samples (<out>_trajectory.png)")
     p.set_defaults(func=cmd_sample)
 
 
@@ -167,7 +179,7 @@ def _add_eval(sub) -> None:
                                    "neighbour distance to the training set. 2-D toys: MMD² and energy distance "
                                    "to fresh data vs the fresh-vs-fresh floor. Other image data: nearest-"
                                    "neighbour distance only.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_HelpFormatter)
     _add_run_sampling(p, "samples to generate (default: 50 per class for digits, 2000 for toys, 256 otherwise)")
     p.add_argument("--out", default=None, help="output JSON (default: DIR/eval.json)")
     p.add_argument("--batch", type=int, default=100, help="samples per sampling batch (memory vs speed)")
@@ -179,7 +191,7 @@ def _add_viz(sub) -> None:
                        description="Draw the pictures that explain diffusion.")
     vs = p.add_subparsers(dest="what", required=True, metavar="{schedules,forward}")
     s = vs.add_parser("schedules", help="ᾱ_t and log-SNR(t) of every beta schedule",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=_HelpFormatter)
     s.add_argument("--timesteps", type=int, default=1000, help="number of diffusion steps T")
     s.add_argument("--out", default="viz", help="output folder (schedules_alpha_bar.png, schedules_log_snr.png)")
     s.set_defaults(func=cmd_viz_schedules)
@@ -187,7 +199,7 @@ def _add_viz(sub) -> None:
                       description="A strip of the same image noised at increasing t with the same noise, one "
                                   "row per schedule (linear, cosine): the cosine schedule destroys information "
                                   "more slowly.",
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                      formatter_class=_HelpFormatter)
     src = f.add_mutually_exclusive_group()
     src.add_argument("--image", default=None, help="an image file (PNG/JPEG), shown in grayscale")
     src.add_argument("--digit", type=int, default=None, help="the first scikit-learn digit of this class (0-9); "
