@@ -20,14 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import nn
+from ..nn import functional as F
 from ..autograd import Tensor
 from .embeddings import get_timestep_embedding
 from .modeling_utils import ModelMixin, register_to_config
-
-
-def _silu(x: Tensor) -> Tensor:
-    """silu(x) = x · σ(x) (Elfwing et al. 2018; Hendrycks & Gimpel's "SiLU")."""
-    return x * x.sigmoid()
 
 
 class ToyMLPDenoiser(ModelMixin):
@@ -61,12 +57,12 @@ class ToyMLPDenoiser(ModelMixin):
         if t.shape != (b,):
             raise ValueError(f"timestep must be a scalar or shape ({b},), got {t.shape}")
         code = Tensor(get_timestep_embedding(t, self.config.time_embed_dim))  # (B, time_embed_dim)
-        emb = self.time_linear_2(_silu(self.time_linear_1(code)))  # (B, H)
+        emb = self.time_linear_2(F.silu(self.time_linear_1(code)))  # (B, H)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("class_labels must be given to a class-conditional ToyMLPDenoiser")
             emb = emb + self.class_embedding(np.asarray(getattr(class_labels, "data", class_labels), dtype=np.int64))
         h = self.input_proj(x)  # (B, H)
         for block in self.blocks:
-            h = h + block(_silu(h + emb))
-        return self.output_proj(_silu(h))  # (B, D)
+            h = h + block(F.silu(h + emb))
+        return self.output_proj(F.silu(h))  # (B, D)

@@ -46,6 +46,15 @@ class SchedulerMixin:
 
     order = 1
 
+    def _set_schedule(self, num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                      rescale_betas_zero_snr=False) -> None:
+        """The float64 coefficient table of a diffusers-style config, and its diffusers attribute names."""
+        self.schedule = NoiseSchedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                                      rescale_betas_zero_snr)
+        self.betas = self.schedule.betas
+        self.alphas = self.schedule.alphas
+        self.alphas_cumprod = self.schedule.alphas_cumprod
+
     def _register_config(self, local_vars: dict) -> None:
         """Store the constructor arguments (defaults included) as ``self.config``."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
@@ -81,13 +90,6 @@ def _all_scheduler_classes():
             yield sub
             yield from walk(sub)
     return list(walk(SchedulerMixin))
-
-
-def make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                  rescale_betas_zero_snr=False) -> NoiseSchedule:
-    """The float64 coefficient table for a diffusers-style config."""
-    return NoiseSchedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                         rescale_betas_zero_snr)
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -25,7 +25,6 @@ from npdiff.schedulers.base import (
     as_scalar,
     check_choice,
     clip_or_threshold,
-    make_schedule,
     randn_like,
     spaced_timesteps,
 )
@@ -53,11 +52,8 @@ class DDIMScheduler(SchedulerMixin):
         self._register_config(locals())
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      rescale_betas_zero_snr)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
         self.final_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
@@ -148,11 +144,8 @@ class DDIMInverseScheduler(SchedulerMixin):
         self._register_config(locals())
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, ("leading", "trailing"))
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      rescale_betas_zero_snr)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
         self.initial_alpha_cumprod = 1.0 if set_alpha_to_one else float(self.alphas_cumprod[0])
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None

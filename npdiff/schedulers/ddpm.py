@@ -23,7 +23,6 @@ from npdiff.schedulers.base import (
     as_scalar,
     check_choice,
     clip_or_threshold,
-    make_schedule,
     randn_like,
     spaced_timesteps,
 )
@@ -55,11 +54,8 @@ class DDPMScheduler(SchedulerMixin):
         check_choice("variance_type", variance_type, VARIANCE_TYPES)
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      rescale_betas_zero_snr)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
         self.init_noise_sigma = 1.0
         self.variance_type = variance_type
         self.custom_timesteps = False

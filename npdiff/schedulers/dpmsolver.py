@@ -31,7 +31,6 @@ from npdiff.schedulers.base import (
     TIMESTEP_SPACINGS,
     broadcast_coef,
     check_choice,
-    make_schedule,
     randn_like,
     threshold_sample,
 )
@@ -98,11 +97,8 @@ class DPMSolverMultistepScheduler(SigmaSchedulerMixin):
         if algorithm_type == "dpmsolver" and final_sigmas_type == "zero":
             raise ValueError("final_sigmas_type='zero' is not supported for algorithm_type='dpmsolver'; "
                              "use final_sigmas_type='sigma_min'")
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      rescale_betas_zero_snr)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
         if rescale_betas_zero_snr:
             self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
         self.alpha_t = np.sqrt(self.alphas_cumprod)

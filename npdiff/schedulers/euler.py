@@ -17,7 +17,6 @@ from npdiff.schedulers.base import (
     SchedulerOutput,
     TIMESTEP_SPACINGS,
     check_choice,
-    make_schedule,
     randn_like,
     spaced_timesteps,
 )
@@ -62,11 +61,8 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         check_choice("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
         if use_exponential_sigmas or use_beta_sigmas:
             raise ValueError("use_exponential_sigmas / use_beta_sigmas are not supported; use use_karras_sigmas")
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      rescale_betas_zero_snr)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
         if rescale_betas_zero_snr:
             self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
         self.use_karras_sigmas = use_karras_sigmas
@@ -141,11 +137,8 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         self._register_config(locals())
         check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                      rescale_betas_zero_snr)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                           rescale_betas_zero_snr)
         if rescale_betas_zero_snr:
             self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
         self.num_inference_steps = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff.diffusion import PREDICTION_TYPES
-from npdiff.schedulers.base import SchedulerOutput, TIMESTEP_SPACINGS, check_choice, make_schedule, spaced_timesteps
+from npdiff.schedulers.base import SchedulerOutput, TIMESTEP_SPACINGS, check_choice, spaced_timesteps
 from npdiff.schedulers.sigmas import (
     SigmaSchedulerMixin,
     check_same_shape,
@@ -49,10 +49,7 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin):
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         if use_exponential_sigmas or use_beta_sigmas:
             raise ValueError("use_exponential_sigmas / use_beta_sigmas are not supported; use use_karras_sigmas")
-        self.schedule = make_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        self.betas = self.schedule.betas
-        self.alphas = self.schedule.alphas
-        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
         self.use_karras_sigmas = use_karras_sigmas
         self.set_timesteps(num_train_timesteps)
 
