@@ -213,7 +213,8 @@ def _add_viz(sub) -> None:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="run the benchmarks (npdiff vs PyTorch on the same workloads, each side in its own process)",
+    p = sub.add_parser("bench",
+                       help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
                        description="Runs benchmarks/kernels.py and benchmarks/unet.py from the source checkout "
                                    "with this Python; extra arguments are passed on to each script.")
     p.add_argument("which", nargs="?", choices=("all", "kernels", "unet"), default="all",
