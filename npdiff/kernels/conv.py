@@ -257,7 +257,7 @@ def _col2im(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, pad, gx):
     branch-free along a row, and its inside then written to gx (every gx element
     exactly once: no zeroing pass, no races).
     """
-    C, H, W = gx.shape[1], gx.shape[2], gx.shape[3]
+    C, W = gx.shape[1], gx.shape[3]
     nr = r1 - r0
     for b in range(nb):
         for c in range(C):

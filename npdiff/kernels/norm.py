@@ -672,7 +672,6 @@ def group_norm_forward_xp(x, num_groups, weight=None, bias=None, eps=1e-5):
 
 def group_norm_backward_xp(g, x, mean, rstd, num_groups, weight=None):
     """Vectorised group norm gradients; contract of the reference."""
-    xp = get_array_module(x)
     N, C = x.shape[:2]
     G = num_groups
     bshape = (1, C) + (1,) * (x.ndim - 2)

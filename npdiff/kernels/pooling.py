@@ -491,7 +491,7 @@ def max_pool2d_forward_xp(x, kernel_size, stride, padding):
     and take the first argmax over them."""
     xp = get_array_module(x)
     N, C, H, W = x.shape
-    (ph, pw), (kh, kw) = padding, kernel_size
+    (ph, pw), kw = padding, kernel_size[1]
     Ho, Wo = pool_output_size(H, W, kernel_size, stride, padding)
     xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-xp.inf)
     views = xp.stack([xpad[sl] for _, _, sl in _window_slices(kernel_size, stride, Ho, Wo)])  # (kh·kw, N, C, Ho, Wo)

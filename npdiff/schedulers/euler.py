@@ -27,7 +27,6 @@ from npdiff.schedulers.sigmas import (
     sigma_to_t,
     train_sigmas,
     x0_from_sigma_output,
-    zero_snr_alphas_cumprod,
 )
 
 
@@ -63,13 +62,8 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
             raise ValueError("use_exponential_sigmas / use_beta_sigmas are not supported; use use_karras_sigmas")
         self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                            rescale_betas_zero_snr)
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
         self.use_karras_sigmas = use_karras_sigmas
-        self.num_inference_steps = None
-        self.is_scale_input_called = False
-        self.timesteps = np.arange(num_train_timesteps)[::-1].astype(np.float32)
-        self.sigmas = np.concatenate([train_sigmas(self.alphas_cumprod)[::-1], [0.0]])
+        self._init_train_sigmas(num_train_timesteps, rescale_betas_zero_snr)
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         """σ at the spaced timesteps (linear interpolation in t), or Karras σ's mapped back to fractional t."""
@@ -139,12 +133,7 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
         self._set_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                            rescale_betas_zero_snr)
-        if rescale_betas_zero_snr:
-            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
-        self.num_inference_steps = None
-        self.is_scale_input_called = False
-        self.timesteps = np.arange(num_train_timesteps)[::-1].astype(np.float32)
-        self.sigmas = np.concatenate([train_sigmas(self.alphas_cumprod)[::-1], [0.0]])
+        self._init_train_sigmas(num_train_timesteps, rescale_betas_zero_snr)
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         cfg = self.config

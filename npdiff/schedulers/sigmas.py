@@ -57,6 +57,15 @@ class SigmaSchedulerMixin(SchedulerMixin):
     _step_index = None
     _begin_index = None
 
+    def _init_train_sigmas(self, num_train_timesteps: int, rescale_betas_zero_snr: bool) -> None:
+        """Training-time timesteps and σ's (descending, with a final 0) before ``set_timesteps``."""
+        if rescale_betas_zero_snr:
+            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
+        self.num_inference_steps = None
+        self.is_scale_input_called = False
+        self.timesteps = np.arange(num_train_timesteps)[::-1].astype(np.float32)
+        self.sigmas = np.concatenate([train_sigmas(self.alphas_cumprod)[::-1], [0.0]])
+
     @property
     def step_index(self):
         """Index of the current step in ``timesteps`` (None before the first step)."""
