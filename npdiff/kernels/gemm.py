@@ -38,6 +38,36 @@ def _matmul_rows(a, b, out, nthreads):
             np.dot(a[lo:hi], b, out[lo:hi])
 
 
+@jit_parallel
+def _matmul_tn_split(a, b, parts, nthreads):
+    """parts[t] = a[rows_t]ᵀ · b[rows_t]: the M-long reduction of aᵀb split into per-thread partial sums."""
+    M = a.shape[0]
+    step = (M + nthreads - 1) // nthreads
+    for t in prange(nthreads):
+        lo = t * step
+        hi = min(M, lo + step)
+        if lo < hi:
+            np.dot(a[lo:hi].T, b[lo:hi], parts[t])
+        else:
+            parts[t][:] = 0
+
+
+def matmul_tn(a, b):
+    """aᵀ (N, M) @ b (M, K) for a (M, N): the weight gradient gᵀx, whose long axis is the reduction.
+
+    Splitting output rows would need a transposed copy of a; instead each thread reduces its own
+    band of M into a private (N, K) buffer and the buffers are summed (no shared writes).
+    """
+    M, N = a.shape
+    K = b.shape[1]
+    nt = min(num_threads(), M)
+    if get_array_module(a, b) is not np or nt < 2 or M * N * K < PARALLEL_MIN_MACS or a.dtype != b.dtype:
+        return a.T @ b
+    parts = np.empty((nt, N, K), a.dtype)
+    _matmul_tn_split(np.ascontiguousarray(a), np.ascontiguousarray(b), parts, nt)
+    return parts.sum(axis=0)
+
+
 def matmul(a, b):
     """a (M, K) @ b (K, N) on the CPU: rows over Numba threads, single-threaded sgemm each."""
     xp = get_array_module(a, b)
@@ -96,6 +126,6 @@ def linear_backward(g, x, w, need_x=True, need_w=True, need_b=True):
     g2 = g.reshape(-1, g.shape[-1])  # (M, N)
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
     gx = matmul(g2, w).reshape(x.shape) if need_x else None
-    gw = matmul(g2.T, x2) if need_w else None  # (N, K); row split of gᵀ (made contiguous)
+    gw = matmul_tn(g2, x2) if need_w else None  # (N, K) = gᵀx
     gb = g2.sum(axis=0) if need_b else None
     return gx, gw, gb

@@ -64,3 +64,13 @@ def test_threaded_matmul_matches_numpy(m, k, n):
     np.testing.assert_allclose(gemm.matmul(b, a.T), b @ a.T, rtol=1e-4, atol=1e-3)        # F-ordered right
     wide = rng.standard_normal((m, 2 * k)).astype(np.float32)[:, ::2]                   # strided left
     np.testing.assert_allclose(gemm.matmul(wide, b.T), wide @ b.T, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("m, n, k", [(4096, 1024, 256), (333, 300, 129), (2, 4096, 2048)])
+def test_threaded_transposed_matmul_matches_numpy(m, n, k):
+    """gᵀx with the M-axis reduction split over threads (per-thread partial sums)."""
+    rng = np.random.default_rng(2)
+    g = rng.standard_normal((m, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    assert m * n * k >= gemm.PARALLEL_MIN_MACS
+    np.testing.assert_allclose(gemm.matmul_tn(g, x), g.T @ x, rtol=1e-4, atol=1e-3)
