@@ -134,21 +134,39 @@ def test_scalar_and_fractional_timesteps(tmp_path):
 
 
 def test_adamw_steps_match():
-    """Three DDPM-style training steps (MSE to the noise) give the same losses and weights."""
+    """Three DDPM-style training steps (MSE to the noise) give the same losses and weights.
+
+    Run in float64 on both sides. In float32 a parameter whose exact gradient is tiny (or
+    zero, like the attention key bias) has a gradient made of rounding noise of size
+    ~ n·2⁻²⁴·max|g|, which depends on the CPU's summation order; Adam divides by √v and turns
+    that noise into lr-sized steps of arbitrary sign, so the comparison would measure BLAS
+    kernels, not npdiff. In float64 the noise is ~ n·2⁻⁵³·max|g| ≪ Adam's ε = 1e-8, so an
+    update differs between the two sides by at most lr·(gradient error)/ε per step. The
+    float32 forward and gradients are compared in ``test_same_parameters_output_and_gradients``.
+    """
     cfg = dict(CONFIGS["class_scale_shift"], dropout=0.0)
+    steps, lr, adam_eps = 3, 1e-3, 1e-8
     torch.manual_seed(4)
     ref = diffusers.UNet2DModel(**cfg)
     _randomise(ref, 4)
-    ours = UNet2DModel(**cfg)
+    ref.double().train()
+    ours = UNet2DModel(**cfg).double()
     ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
-    ref.train()
     ours.train()
-    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=1e-2)
-    opt = AdamW(ours.parameters(), lr=1e-3, weight_decay=1e-2)
+    assert all(p.dtype == np.float64 for p in ours.parameters())
+    # Both libraries compute the sinusoidal timestep code in float32 (whatever the model's
+    # dtype), with their own float32 exp/sin/cos, which may differ by an ulp and do so
+    # differently on each CPU. Feed torch npdiff's code so that both float64 networks see the
+    # same input; the code itself is compared in float32 by the tests above.
+    ref.time_proj.register_forward_hook(
+        lambda module, args, out: torch.from_numpy(np.asarray(ours.time_proj(args[0].numpy()).data)).to(out.dtype))
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=lr, eps=adam_eps, weight_decay=1e-2)
+    opt = AdamW(ours.parameters(), lr=lr, eps=adam_eps, weight_decay=1e-2)
     rng = np.random.default_rng(5)
-    for step in range(3):
-        x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
-        noise = rng.standard_normal((2, 2, 8, 8)).astype(np.float32)
+    max_grad = 0.0
+    for step in range(steps):
+        x = rng.standard_normal((2, 1, 8, 8))
+        noise = rng.standard_normal((2, 2, 8, 8))
         t = rng.integers(0, 1000, size=2)
         y = rng.integers(0, 5, size=2)
         opt_ref.zero_grad()
@@ -156,20 +174,26 @@ def test_adamw_steps_match():
             ref(torch.from_numpy(x), torch.from_numpy(t), class_labels=torch.from_numpy(y)).sample,
             torch.from_numpy(noise))
         loss_ref.backward()
+        max_grad = max(max_grad, max(float(p.grad.abs().max()) for p in ref.parameters()))
         opt_ref.step()
         opt.zero_grad()
         diff = ours(x, t, class_labels=y) - noise
         loss = (diff * diff).mean()
+        assert loss.dtype == np.float64
         loss.backward()
         opt.step()
-        assert abs(loss.item() - loss_ref.item()) <= 1e-4 * abs(loss_ref.item()), (step, loss.item(), loss_ref.item())
+        # the loss is a mean of O(1) terms: float64 rounding over the network is ~1e-13
+        assert abs(loss.item() - loss_ref.item()) <= 1e-9 * abs(loss_ref.item()), (step, loss.item(), loss_ref.item())
+    # gradient error per element ≤ n·2⁻⁵³·max|g| with n ≤ 1e4 terms in a sum (≈ 1e-12·max|g|);
+    # each Adam step then moves a parameter by at most lr·err/ε more or less than torch does.
+    grad_err = 1e4 * 2.0 ** -53 * max_grad
+    atol = steps * lr * min(1.0, grad_err / adam_eps) + 1e-12
     ref_state = ref.state_dict()
+    worst = 0.0
     for k, v in ours.state_dict().items():
-        if ".attentions." in k and k.endswith("to_k.bias"):
-            # its exact gradient is 0 (a per-query constant added to all scores); Adam
-            # normalises the float noise into lr-sized steps of arbitrary sign on both sides
-            continue
-        _close(v, ref_state[k].numpy(), f"after AdamW: {k}", tol=1e-3)
+        d = float(np.abs(np.asarray(v, np.float64) - ref_state[k].numpy()).max())
+        worst = max(worst, d / atol)
+        assert d <= atol, f"after AdamW: {k}: max |diff| = {d:.2e} > {atol:.2e}"
 
 
 def test_diffusers_loads_what_npdiff_saves(tmp_path):

@@ -13,29 +13,42 @@ import npdiff.diffusion as D
 import npdiff.schedulers as S
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "math.md"
-spacings = st.sampled_from(S.TIMESTEP_SPACINGS)
+
+
+@st.composite
+def ddim_grids(draw):
+    """(T, n) with n dividing T: the grids on which DDIM's previous timestep t − T/n is the next
+    timestep of the schedule, so that the DDIM η = 1 step and the DDPM step can be compared at
+    every step. ("linspace" spacing is never such a grid: its steps are (T − 1)/(n − 1) apart.)"""
+    T = draw(st.sampled_from([1000, 200, 64]))
+    n = draw(st.sampled_from([d for d in range(2, min(T, 100) + 1) if T % d == 0]))
+    return T, n
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.sampled_from(D.BETA_SCHEDULES), spacings, st.integers(2, 100), st.integers(0, 1000))
-def test_ddim_eta1_is_ddpm_posterior(name, spacing, steps, seed):
+@given(st.sampled_from(D.BETA_SCHEDULES), st.sampled_from(["leading", "trailing"]), ddim_grids(), st.integers(0, 1000))
+def test_ddim_eta1_is_ddpm_posterior(name, spacing, grid, seed):
     """DDIM with η = 1 has σ_t² = β̃_t and takes exactly the DDPM step (Song et al. 2021a, §4.1)."""
-    cfg = dict(beta_schedule=name, timestep_spacing=spacing, clip_sample=False)
+    T, steps = grid
+    cfg = dict(num_train_timesteps=T, beta_schedule=name, timestep_spacing=spacing, clip_sample=False)
     ddim, ddpm = S.DDIMScheduler(**cfg), S.DDPMScheduler(**cfg)
     ddim.set_timesteps(steps)
     ddpm.set_timesteps(steps)
     np.testing.assert_array_equal(ddim.timesteps, ddpm.timesteps)
+    assert len(ddim.timesteps) == steps
     rng = np.random.default_rng(seed)
-    T = ddim.config.num_train_timesteps
+    compared = 0
     for t in ddim.timesteps:
-        prev = t - T // steps
-        if prev != ddpm.previous_timestep(t):  # DDIM's t − ⌊T/n⌋ equals the next timestep only on a grid
-            continue
+        prev = int(t) - T // steps  # DDIM's previous timestep (negative after the last step: ᾱ = 1)
+        prev_ddpm = ddpm.previous_timestep(t)
+        assert prev == prev_ddpm or (prev < 0 and prev_ddpm < 0), (t, prev, prev_ddpm)
         x, eps, z = rng.standard_normal((3, 2, 3))
-        assert ddim._get_variance(t, prev) == pytest.approx(ddpm._variance_terms(t, prev)[3], rel=1e-9)
+        assert ddim._get_variance(t, prev) == pytest.approx(ddpm._variance_terms(t, prev_ddpm)[3], rel=1e-9)
         a = ddim.step(eps, t, x, eta=1.0, variance_noise=z).prev_sample
         b = ddpm.step(eps, t, x, variance_noise=z).prev_sample
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-9)
+        compared += 1
+    assert compared == steps
 
 
 def test_ddim_eta0_is_deterministic():
