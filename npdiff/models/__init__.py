@@ -5,17 +5,22 @@ arguments, submodule names and state-dict keys; ``from_pretrained`` /
 ``save_pretrained`` read and write diffusers' folder layout (safetensors only).
 """
 
-from .attention import Attention
+from .activations import GEGLU, GELU
+from .attention import Attention, BasicTransformerBlock, FeedForward
 from .classic_unet import ClassicUNet, DoubleConv, Down, OutConv, Up
 from .embeddings import TimestepEmbedding, Timesteps, get_timestep_embedding
 from .modeling_utils import ModelMixin, register_to_config
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from .transformer_2d import Transformer2DModel
 from .unet_2d import UNet2DModel, UNet2DOutput
-from .unet_blocks import AttnDownBlock2D, AttnUpBlock2D, DownBlock2D, UNetMidBlock2D, UpBlock2D
+from .unet_2d_condition import UNet2DConditionModel, UNet2DConditionOutput
+from .unet_blocks import (AttnDownBlock2D, AttnUpBlock2D, CrossAttnDownBlock2D, CrossAttnUpBlock2D, DownBlock2D,
+                          UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D)
 
 __all__ = [
-    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "ClassicUNet", "DoubleConv", "Down", "DownBlock2D",
-    "Downsample2D", "ModelMixin", "OutConv", "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "UNet2DModel",
-    "UNet2DOutput", "UNetMidBlock2D", "Up", "UpBlock2D", "Upsample2D", "get_timestep_embedding",
-    "register_to_config",
+    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "ClassicUNet", "CrossAttnDownBlock2D",
+    "CrossAttnUpBlock2D", "DoubleConv", "Down", "DownBlock2D", "Downsample2D", "FeedForward", "GEGLU", "GELU",
+    "ModelMixin", "OutConv", "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel",
+    "UNet2DConditionModel", "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D",
+    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "get_timestep_embedding", "register_to_config",
 ]

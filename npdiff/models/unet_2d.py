@@ -45,12 +45,70 @@ def _block_type(name: str, table: dict, key: str) -> type:
     return table[base]
 
 
-def _refuse(key: str, value, supported) -> None:
+def _refuse(key: str, value, supported, model: str = "UNet2DModel") -> None:
     if value not in supported:
-        raise ValueError(f"{key}={value!r} is not supported by npdiff's UNet2DModel; supported: {list(supported)}")
+        raise ValueError(f"{key}={value!r} is not supported by npdiff's {model}; supported: {list(supported)}")
 
 
-class UNet2DModel(ModelMixin):
+class UNetBase(ModelMixin):
+    """What the diffusion U-Nets share: input checks and the time (+ class) embedding.
+
+    A subclass builds ``time_proj``, ``time_embedding`` and ``class_embedding`` (or
+    None) and has the config keys ``in_channels``, ``block_out_channels``,
+    ``class_embed_type`` and ``num_class_embeds``."""
+
+    def _check_sample(self, x: Tensor) -> None:
+        cfg = self.config
+        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"sample must have shape (B, {cfg.in_channels}, H, W), got {x.shape}")
+        f = 2 ** (len(cfg.block_out_channels) - 1)
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"sample height and width must be multiples of {f} (2^(number of down blocks - 1)), "
+                             f"got shape {x.shape}")
+
+    @staticmethod
+    def _per_sample(value, B: int, xp, what: str):
+        """A scalar, (1,) or (B,) timestep / label -> a (B,) array."""
+        a = xp.asarray(value.data if isinstance(value, Tensor) else value)
+        if a.ndim == 0 or a.shape == (1,):
+            return xp.broadcast_to(a.reshape(1), (B,))
+        if a.shape != (B,):
+            raise ValueError(f"{what} must be a scalar or have shape ({B},) for a batch of {B}, got shape {a.shape}")
+        return a
+
+    def _embedding(self, B: int, timestep, class_labels, dtype, xp) -> Tensor:
+        t = self._per_sample(timestep, B, xp, "timestep")
+        emb = self.time_embedding(Tensor(self.time_proj(t).data.astype(dtype, copy=False)))  # (B, E)
+        if self.class_embedding is None:
+            if class_labels is not None:
+                raise ValueError("class_labels were given but the model has no class embedding "
+                                 "(set num_class_embeds or class_embed_type)")
+            return emb
+        if class_labels is None:
+            raise ValueError("class_labels are required: the model is class-conditional "
+                             f"(class_embed_type={self.config.class_embed_type!r}, "
+                             f"num_class_embeds={self.config.num_class_embeds!r})")
+        kind = self.config.class_embed_type
+        if kind == "identity":
+            c = class_labels if isinstance(class_labels, Tensor) else Tensor(xp.asarray(class_labels, dtype=dtype))
+            if c.shape != emb.shape:
+                raise ValueError(f"identity class embedding: class_labels must have shape {emb.shape}, got {c.shape}")
+        elif kind == "timestep":
+            labels = self._per_sample(class_labels, B, xp, "class_labels")
+            c = self.class_embedding(Tensor(self.time_proj(labels).data.astype(dtype, copy=False)))
+        else:
+            c = self.class_embedding(self._per_sample(class_labels, B, xp, "class_labels"))
+        return self._combine_class_embedding(emb, c)
+
+    def _combine_class_embedding(self, emb: Tensor, class_emb: Tensor) -> Tensor:
+        return emb + class_emb
+
+    @property
+    def dtype(self):
+        return np.dtype(self.conv_in.weight.dtype)
+
+
+class UNet2DModel(UNetBase):
     """Diffusers' ``UNet2DModel``; see the module docstring for the data flow.
 
     Supported options: everything the constructor takes, except
@@ -170,50 +228,6 @@ class UNet2DModel(ModelMixin):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(C0, out_channels, kernel_size=3, padding=1)
 
-    # -- forward helpers ---------------------------------------------------------
-    def _check_sample(self, x: Tensor) -> None:
-        cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"sample must have shape (B, {cfg.in_channels}, H, W), got {x.shape}")
-        f = 2 ** (len(cfg.block_out_channels) - 1)
-        if x.shape[2] % f or x.shape[3] % f:
-            raise ValueError(f"sample height and width must be multiples of {f} (2^(number of down blocks - 1)), "
-                             f"got shape {x.shape}")
-
-    @staticmethod
-    def _per_sample(value, B: int, xp, what: str):
-        """A scalar, (1,) or (B,) timestep / label -> a (B,) array."""
-        a = xp.asarray(value.data if isinstance(value, Tensor) else value)
-        if a.ndim == 0 or a.shape == (1,):
-            return xp.broadcast_to(a.reshape(1), (B,))
-        if a.shape != (B,):
-            raise ValueError(f"{what} must be a scalar or have shape ({B},) for a batch of {B}, got shape {a.shape}")
-        return a
-
-    def _embedding(self, B: int, timestep, class_labels, dtype, xp) -> Tensor:
-        t = self._per_sample(timestep, B, xp, "timestep")
-        emb = self.time_embedding(Tensor(self.time_proj(t).data.astype(dtype, copy=False)))  # (B, E)
-        if self.class_embedding is None:
-            if class_labels is not None:
-                raise ValueError("class_labels were given but the model has no class embedding "
-                                 "(set num_class_embeds or class_embed_type)")
-            return emb
-        if class_labels is None:
-            raise ValueError("class_labels are required: the model is class-conditional "
-                             f"(class_embed_type={self.config.class_embed_type!r}, "
-                             f"num_class_embeds={self.config.num_class_embeds!r})")
-        kind = self.config.class_embed_type
-        if kind == "identity":
-            c = class_labels if isinstance(class_labels, Tensor) else Tensor(xp.asarray(class_labels, dtype=dtype))
-            if c.shape != emb.shape:
-                raise ValueError(f"identity class embedding: class_labels must have shape {emb.shape}, got {c.shape}")
-        elif kind == "timestep":
-            labels = self._per_sample(class_labels, B, xp, "class_labels")
-            c = self.class_embedding(Tensor(self.time_proj(labels).data.astype(dtype, copy=False)))
-        else:
-            c = self.class_embedding(self._per_sample(class_labels, B, xp, "class_labels"))
-        return emb + c
-
     def forward(self, sample, timestep, class_labels=None, return_dict: bool = False):
         """Predict (B, out_channels, H, W) from a noisy sample at ``timestep``.
 
@@ -238,7 +252,3 @@ class UNet2DModel(ModelMixin):
             skips = skips[:-n]
         out = self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, out_channels, H, W)
         return UNet2DOutput(sample=out) if return_dict else out
-
-    @property
-    def dtype(self):
-        return np.dtype(self.conv_in.weight.dtype)

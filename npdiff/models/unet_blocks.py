@@ -7,6 +7,13 @@ skips plus one (the down block's downsampled output), concatenating one skip to
 its input before each ResNet block, then doubles the resolution. The mid block
 is ResNet → attention → ResNet at the lowest resolution.
 
+The cross-attention variants (``CrossAttnDownBlock2D``, ``UNetMidBlock2DCrossAttn``,
+``CrossAttnUpBlock2D``; Stable Diffusion's U-Net) put a ``Transformer2DModel`` after
+each ResNet block instead of the spatial self-attention: the image tokens attend to
+themselves and to the text (``encoder_hidden_states``, (B, Lk, cross_attention_dim)).
+Their ``num_attention_heads`` is the number of heads; the head width is
+``out_channels // num_attention_heads``.
+
 Letters: B batch, C channels, H×W image, E time-embedding width.
 """
 
@@ -16,6 +23,7 @@ from .. import nn
 from ..autograd import cat
 from .attention import Attention
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from .transformer_2d import Transformer2DModel
 
 
 def _resnet(in_channels, out_channels, temb_channels, eps, groups, dropout, act_fn, time_scale_shift,
@@ -28,7 +36,8 @@ def _resnet(in_channels, out_channels, temb_channels, eps, groups, dropout, act_
 def _attention(channels, head_dim, eps, groups, output_scale_factor=1.0):
     head_dim = channels if head_dim is None else head_dim  # None: one head as wide as the block
     return Attention(channels, heads=channels // head_dim, dim_head=head_dim, rescale_output_factor=output_scale_factor,
-                     eps=eps, norm_num_groups=groups, residual_connection=True, bias=True)
+                     eps=eps, norm_num_groups=groups, residual_connection=True, bias=True,
+                     _from_deprecated_attn_block=True)
 
 
 class DownBlock2D(nn.Module):
@@ -169,5 +178,120 @@ class AttnUpBlock2D(UpBlock2D):
         return self.attentions[i](UpBlock2D._step(self, i, hidden_states, skips, temb))
 
 
+def _per_layer(value, num_layers: int, what: str) -> list:
+    """An int for every layer, or one per layer."""
+    if isinstance(value, int):
+        return [value] * num_layers
+    value = list(value)
+    if len(value) != num_layers:
+        raise ValueError(f"{what}: expected one value per layer ({num_layers}), got {value}")
+    return value
+
+
+def _transformers(channels, num_layers, transformer_layers_per_block, num_attention_heads, cross_attention_dim,
+                  groups, use_linear_projection, only_cross_attention, upcast_attention):
+    if channels % num_attention_heads:
+        raise ValueError(f"attention_head_dim (= number of heads in diffusers' naming) {num_attention_heads} must "
+                         f"divide the block's channels {channels}")
+    depth = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
+    return nn.ModuleList([
+        Transformer2DModel(num_attention_heads, channels // num_attention_heads, in_channels=channels,
+                           num_layers=depth[i], cross_attention_dim=cross_attention_dim, norm_num_groups=groups,
+                           use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention,
+                           upcast_attention=upcast_attention)
+        for i in range(num_layers)])
+
+
+class CrossAttnDownBlock2D(DownBlock2D):
+    """As ``DownBlock2D`` with a ``Transformer2DModel`` after every ResNet block.
+
+    forward(hidden_states, temb, encoder_hidden_states, encoder_attention_mask=None):
+    the mask is diffusers' additive bias (B, 1, Lk)."""
+
+    has_cross_attention = True
+
+    def __init__(self, in_channels: int, out_channels: int, temb_channels: int, dropout: float = 0.0,
+                 num_layers: int = 1, transformer_layers_per_block: int | tuple[int, ...] = 1,
+                 resnet_eps: float = 1e-6, resnet_time_scale_shift: str = "default", resnet_act_fn: str = "swish",
+                 resnet_groups: int = 32, num_attention_heads: int = 1, cross_attention_dim: int = 1280,
+                 downsample_padding: int = 1, add_downsample: bool = True, use_linear_projection: bool = False,
+                 only_cross_attention: bool = False, upcast_attention: bool = False):
+        super().__init__(in_channels, out_channels, temb_channels, dropout, num_layers, resnet_eps,
+                         resnet_time_scale_shift, resnet_act_fn, resnet_groups, add_downsample, downsample_padding)
+        self.attentions = _transformers(out_channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                                        cross_attention_dim, resnet_groups, use_linear_projection,
+                                        only_cross_attention, upcast_attention)
+        self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
+
+    def forward(self, hidden_states, temb=None, encoder_hidden_states=None, encoder_attention_mask=None):
+        skips = ()
+        for resnet, attn in zip(self.resnets, self.attentions):
+            hidden_states = attn(resnet(hidden_states, temb), encoder_hidden_states,
+                                 encoder_attention_mask=encoder_attention_mask)
+            skips += (hidden_states,)
+        if self.downsamplers is not None:
+            hidden_states = self.downsamplers[0](hidden_states)
+            skips += (hidden_states,)
+        return hidden_states, skips
+
+
+class UNetMidBlock2DCrossAttn(nn.Module):
+    """ResNet, then ``num_layers`` × (Transformer2DModel, ResNet), at constant shape (B, C, H, W)."""
+
+    has_cross_attention = True
+
+    def __init__(self, in_channels: int, temb_channels: int, dropout: float = 0.0, num_layers: int = 1,
+                 transformer_layers_per_block: int | tuple[int, ...] = 1, resnet_eps: float = 1e-6,
+                 resnet_time_scale_shift: str = "default", resnet_act_fn: str = "swish", resnet_groups: int = 32,
+                 num_attention_heads: int = 1, output_scale_factor: float = 1.0, cross_attention_dim: int = 1280,
+                 use_linear_projection: bool = False, upcast_attention: bool = False):
+        super().__init__()
+        self.attentions = _transformers(in_channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                                        cross_attention_dim, resnet_groups, use_linear_projection, False,
+                                        upcast_attention)
+        self.resnets = nn.ModuleList([
+            _resnet(in_channels, in_channels, temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn,
+                    resnet_time_scale_shift, output_scale_factor)
+            for _ in range(num_layers + 1)])
+
+    def forward(self, hidden_states, temb=None, encoder_hidden_states=None, encoder_attention_mask=None):
+        hidden_states = self.resnets[0](hidden_states, temb)
+        for attn, resnet in zip(self.attentions, self.resnets[1:]):
+            hidden_states = attn(hidden_states, encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
+            hidden_states = resnet(hidden_states, temb)
+        return hidden_states
+
+
+class CrossAttnUpBlock2D(UpBlock2D):
+    """As ``UpBlock2D`` with a ``Transformer2DModel`` after every ResNet block."""
+
+    has_cross_attention = True
+
+    def __init__(self, in_channels: int, out_channels: int, prev_output_channel: int, temb_channels: int,
+                 dropout: float = 0.0, num_layers: int = 1, transformer_layers_per_block: int | tuple[int, ...] = 1,
+                 resnet_eps: float = 1e-6, resnet_time_scale_shift: str = "default", resnet_act_fn: str = "swish",
+                 resnet_groups: int = 32, num_attention_heads: int = 1, cross_attention_dim: int = 1280,
+                 add_upsample: bool = True, use_linear_projection: bool = False, only_cross_attention: bool = False,
+                 upcast_attention: bool = False):
+        super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, dropout, num_layers,
+                         resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, add_upsample)
+        self.attentions = _transformers(out_channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                                        cross_attention_dim, resnet_groups, use_linear_projection,
+                                        only_cross_attention, upcast_attention)
+        self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
+
+    def forward(self, hidden_states, res_hidden_states_tuple, temb=None, encoder_hidden_states=None,
+                encoder_attention_mask=None):
+        for i, attn in enumerate(self.attentions):
+            hidden_states = attn(self._step(i, hidden_states, res_hidden_states_tuple, temb), encoder_hidden_states,
+                                 encoder_attention_mask=encoder_attention_mask)
+        if self.upsamplers is not None:
+            hidden_states = self.upsamplers[0](hidden_states)
+        return hidden_states
+
+
 DOWN_BLOCKS = {"DownBlock2D": DownBlock2D, "AttnDownBlock2D": AttnDownBlock2D}
 UP_BLOCKS = {"UpBlock2D": UpBlock2D, "AttnUpBlock2D": AttnUpBlock2D}
+# the blocks of UNet2DConditionModel (Stable Diffusion's U-Net)
+CROSS_ATTN_DOWN_BLOCKS = {"DownBlock2D": DownBlock2D, "CrossAttnDownBlock2D": CrossAttnDownBlock2D}
+CROSS_ATTN_UP_BLOCKS = {"UpBlock2D": UpBlock2D, "CrossAttnUpBlock2D": CrossAttnUpBlock2D}

@@ -17,6 +17,8 @@ diffusers = pytest.importorskip("diffusers", reason="oracle tests need diffusers
 import npdiff as nd  # noqa: E402
 from npdiff.models import UNet2DModel  # noqa: E402
 from npdiff.optim import AdamW  # noqa: E402
+from tests.oracle import assert_close as _close  # noqa: E402
+from tests.oracle import assert_grads_close, assert_same_parameters, randomise  # noqa: E402
 
 CONFIGS = {
     "plain": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
@@ -47,14 +49,6 @@ CONFIGS = {
 }
 
 
-def _randomise(model, seed):
-    """Perturb every parameter so that norms, biases and zero-initialised layers all matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-
-
 def _inputs(cfg, seed):
     rng = np.random.default_rng(seed)
     B = 2
@@ -75,30 +69,17 @@ def _pair(name, tmp_path, seed=0):
     cfg = CONFIGS[name]
     torch.manual_seed(seed)
     ref = diffusers.UNet2DModel(**cfg)
-    _randomise(ref, seed)
+    randomise(ref, seed)
     ref.eval()
     ref.save_pretrained(tmp_path / name)
     ours = UNet2DModel.from_pretrained(tmp_path / name)
     return cfg, ref, ours
 
 
-def _close(ours, theirs, what, tol=2e-4, floor=0.0):
-    """max |ours − theirs| <= tol · max(max |theirs|, floor). ``floor`` keeps gradients that
-    are zero in exact arithmetic (the key bias of softmax attention) from dividing noise by noise."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, what
-    scale = max(np.abs(theirs).max(), floor) + 1e-12
-    err = np.abs(ours - theirs).max() / scale
-    assert err <= tol, f"{what}: max |diff| / max |ref| = {err:.2e}"
-
-
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_same_parameters_output_and_gradients(name, tmp_path):
     cfg, ref, ours = _pair(name, tmp_path)
-    # parameter names, shapes, order and count
-    ref_params = [(k, tuple(v.shape)) for k, v in ref.named_parameters()]
-    assert [(k, tuple(v.shape)) for k, v in ours.named_parameters()] == ref_params
-    assert ours.num_parameters() == sum(p.numel() for p in ref.parameters())
+    assert_same_parameters(ours, ref)
 
     x, t, labels = _inputs(cfg, 1)
     tlab = None if labels is None else torch.from_numpy(labels)
@@ -116,10 +97,7 @@ def test_same_parameters_output_and_gradients(name, tmp_path):
     xn = nd.tensor(x, requires_grad=True)
     (ours(xn, t, class_labels=labels) * R).sum().backward()
     _close(xn.grad.numpy(), xt.grad.numpy(), f"{name}: d/d input")
-    ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
-    floor = 1e-3 * max(np.abs(g).max() for g in ref_grads.values())
-    for k, p in ours.named_parameters():
-        _close(p.grad.numpy(), ref_grads[k], f"{name}: d/d {k}", floor=floor)
+    assert_grads_close(ours, ref, name)
 
 
 def test_scalar_and_fractional_timesteps(tmp_path):
@@ -148,7 +126,7 @@ def test_adamw_steps_match():
     steps, lr, adam_eps = 3, 1e-3, 1e-8
     torch.manual_seed(4)
     ref = diffusers.UNet2DModel(**cfg)
-    _randomise(ref, 4)
+    randomise(ref, 4)
     ref.double().train()
     ours = UNet2DModel(**cfg).double()
     ours.load_state_dict({k: v.detach().numpy() for k, v in ref.state_dict().items()})
