@@ -110,12 +110,12 @@ def _load_weight_file(path: str) -> dict:
         ) from None
 
 
-def _weight_files(folder: str) -> list[str]:
+def _weight_files(folder: str, weights_name: str = WEIGHTS_NAME) -> list[str]:
     """The safetensors file(s) of a model folder (one file, or the shards of an index)."""
-    single = os.path.join(folder, WEIGHTS_NAME)
+    single = os.path.join(folder, weights_name)
     if os.path.isfile(single):
         return [single]
-    index = os.path.join(folder, WEIGHTS_INDEX_NAME)
+    index = os.path.join(folder, weights_name + ".index.json")
     if os.path.isfile(index):
         weight_map = _read_config(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
@@ -129,12 +129,12 @@ def _weight_files(folder: str) -> list[str]:
     pickles = [f for f in present if f.lower().endswith(PICKLE_SUFFIXES)]
     if pickles:
         raise ValueError(
-            f"{folder!r} holds only pickle-based weights {pickles} and no {WEIGHTS_NAME}. npdiff never "
+            f"{folder!r} holds only pickle-based weights {pickles} and no {weights_name}. npdiff never "
             "unpickles files: loading a pickle can execute arbitrary code. Convert the checkpoint once, "
             "in an environment you trust, e.g. with diffusers: "
             "`Model.from_pretrained(folder).save_pretrained(folder, safe_serialization=True)`."
         )
-    raise ValueError(f"{folder!r} has no {WEIGHTS_NAME} (files present: {present})")
+    raise ValueError(f"{folder!r} has no {weights_name} (files present: {present})")
 
 
 class ModelMixin(nn.Module):
@@ -146,6 +146,10 @@ class ModelMixin(nn.Module):
     """
 
     config: FrozenConfig
+    # the weights file of a folder (transformers' models override: "model.safetensors")
+    weights_name = WEIGHTS_NAME
+    # bookkeeping keys of a foreign config.json that are neither arguments nor worth a warning
+    _ignored_config_keys: frozenset = frozenset()
 
     # -- config -------------------------------------------------------------
     @classmethod
@@ -155,7 +159,8 @@ class ModelMixin(nn.Module):
             raise ValueError(f"{source}: config is for class {name!r}, not {cls.__name__!r}")
         params = inspect.signature(cls.__init__).parameters
         kwargs = {k: v for k, v in config.items() if k in params and k != "self"}
-        unknown = sorted(k for k in config if k not in params and not k.startswith("_"))
+        unknown = sorted(k for k in config
+                         if k not in params and not k.startswith("_") and k not in cls._ignored_config_keys)
         if unknown:
             warnings.warn(f"{source}: ignoring config keys {unknown} that {cls.__name__} does not take", stacklevel=3)
         return kwargs
@@ -196,7 +201,7 @@ class ModelMixin(nn.Module):
             raise ValueError(f"model folder {folder!r} does not exist (only local folders are supported)")
         config_path = os.path.join(folder, CONFIG_NAME)
         model = cls(**cls._config_to_kwargs(_read_config(config_path), config_path))
-        files = _weight_files(folder)
+        files = _weight_files(folder, cls.weights_name)
         state_dict = {}
         for path in files:
             state_dict.update(_load_weight_file(path))
@@ -216,7 +221,10 @@ class ModelMixin(nn.Module):
         if os.path.isfile(folder):
             raise ValueError(f"save_pretrained: {folder!r} is a file, expected a folder")
         os.makedirs(folder, exist_ok=True)
-        nd_io.save_safetensors(os.path.join(folder, WEIGHTS_NAME), self.state_dict(), metadata={"format": "pt"})
-        config = {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_LAYOUT_VERSION,
-                  "_npdiff_version": _npdiff_version, **self.config}
-        nd_io.save_json(os.path.join(folder, CONFIG_NAME), config)
+        nd_io.save_safetensors(os.path.join(folder, self.weights_name), self.state_dict(), metadata={"format": "pt"})
+        nd_io.save_json(os.path.join(folder, CONFIG_NAME), self._config_to_save())
+
+    def _config_to_save(self) -> dict:
+        """What ``save_pretrained`` writes as config.json (diffusers' bookkeeping keys + the arguments)."""
+        return {"_class_name": type(self).__name__, "_diffusers_version": DIFFUSERS_LAYOUT_VERSION,
+                "_npdiff_version": _npdiff_version, **self.config}
