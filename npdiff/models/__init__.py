@@ -8,6 +8,7 @@ arguments, submodule names and state-dict keys; ``from_pretrained`` /
 from .activations import GEGLU, GELU
 from .attention import Attention, BasicTransformerBlock, FeedForward
 from .clip_text import CLIPTextModel
+from .clip_tokenizer import CLIPTokenizer, build_clip_vocab
 from .classic_unet import ClassicUNet, DoubleConv, Down, OutConv, Up
 from .embeddings import TimestepEmbedding, Timesteps, get_timestep_embedding
 from .modeling_utils import ModelMixin, register_to_config
@@ -19,9 +20,10 @@ from .unet_blocks import (AttnDownBlock2D, AttnUpBlock2D, CrossAttnDownBlock2D, 
                           UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D)
 
 __all__ = [
-    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPTextModel", "ClassicUNet", "CrossAttnDownBlock2D",
+    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D",
     "CrossAttnUpBlock2D", "DoubleConv", "Down", "DownBlock2D", "Downsample2D", "FeedForward", "GEGLU", "GELU",
     "ModelMixin", "OutConv", "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel",
     "UNet2DConditionModel", "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D",
-    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "get_timestep_embedding", "register_to_config",
+    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "build_clip_vocab", "get_timestep_embedding",
+    "register_to_config",
 ]
