@@ -10,6 +10,9 @@ Sources
 ``"digits"`` (default)  scikit-learn's 1,797 real 8×8 handwritten digits (values
                         0..16, shipped inside scikit-learn: no download), resized
                         bilinearly to ``size`` × ``size`` (16 by default).
+``"shapes"``            procedural 32×32 RGB images of one or two coloured shapes with
+                        captions and ground truth (``make_shapes``), generated from a seed;
+                        splits train / test / unseen (held-out colour-shape pairs).
 toy names               ``TOY_DATASETS``: two moons, swiss roll, 8 Gaussians,
                         checkerboard, sampled fresh from a seed.
 a folder of images      PNG/JPEG/BMP/WebP through Pillow (``ImageFolder``), flat or
@@ -53,6 +56,8 @@ class Dataset:
     num_classes: number of classes (0 when unlabelled).
     class_names: one name per class index (sub-folder names, "0".."9" ...), or None.
     name:        the name or path the data came from.
+    captions:    one caption per image for captioned data ("shapes"), else None; such
+                 data also carries its ground truth (``ShapesData.attributes`` / ``masks``).
     """
 
     images: np.ndarray
@@ -60,6 +65,9 @@ class Dataset:
     num_classes: int
     name: str
     class_names: list[str] | None = field(default=None)
+    captions: list[str] | None = field(default=None)
+    attributes: np.ndarray | None = field(default=None)
+    masks: np.ndarray | None = field(default=None)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -502,6 +510,159 @@ def load_npz(path: str):
 
 
 # ----------------------------------------------------------------------------
+# shapes: procedural captioned images for text-to-image models
+# ----------------------------------------------------------------------------
+
+SHAPE_NAMES = ("circle", "square", "triangle")
+COLOURS = {  # name -> RGB in [0, 1]; six hues far apart in RGB
+    "red": (0.90, 0.10, 0.10), "orange": (1.00, 0.55, 0.00), "yellow": (0.95, 0.90, 0.10),
+    "green": (0.10, 0.75, 0.20), "blue": (0.15, 0.30, 0.95), "purple": (0.60, 0.15, 0.80)}
+COLOUR_NAMES = tuple(COLOURS)
+SIZE_NAMES = ("small", "large")
+POSITION_NAMES = ("top left", "top right", "bottom left", "bottom right")  # the four quadrants
+ATTRIBUTES = ("shape", "colour", "size", "position")  # the columns of ShapesData.attributes
+# (colour, shape) pairs that never occur in the train and test splits, only in "unseen":
+# a model that composes attributes can still draw them (every colour and shape is seen)
+HELD_OUT_PAIRS = (("red", "triangle"), ("green", "circle"), ("blue", "square"))
+SHAPES_SPLITS = ("train", "test", "unseen", "all")
+SHAPES_SIZE = 32
+SHAPES_DEFAULT_N = {"train": 6000, "test": 1000, "unseen": 1000}
+_SHAPES_RADIUS = {"small": 3.5, "large": 6.5}  # pixels; a large shape fits its 16×16 quadrant with jitter
+_SHAPES_SUPERSAMPLE = 4  # coverage is averaged over 4×4 sub-pixels (anti-aliased edges)
+
+
+@dataclass
+class ShapesData:
+    """What ``make_shapes`` returns.
+
+    images:     (N, 3, 32, 32) float32 in [-1, 1].
+    captions:   N strings, e.g. "a small red circle at the top left and a large blue square
+                at the bottom right" (objects in random order).
+    attributes: (N, 2, 4) int64, per object (shape, colour, size, position) indices into
+                SHAPE_NAMES, COLOUR_NAMES, SIZE_NAMES, POSITION_NAMES; the second object's
+                row is −1 when the image has one object.
+    masks:      (N, 2, 32, 32) bool, the pixels each object covers (more than half).
+    """
+
+    images: np.ndarray
+    captions: list[str]
+    attributes: np.ndarray
+    masks: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def shapes_caption(attributes) -> str:
+    """The caption of one image's (2, 4) attribute rows (a row of −1 is no object)."""
+    parts = []
+    for shape, colour, size, position in np.asarray(attributes):
+        if shape < 0:
+            continue
+        parts.append(f"a {SIZE_NAMES[size]} {COLOUR_NAMES[colour]} {SHAPE_NAMES[shape]} at the {POSITION_NAMES[position]}")
+    if not parts:
+        raise ValueError("an image of the shapes dataset has at least one object")
+    return " and ".join(parts)
+
+
+def _shape_coverage(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    """Fraction of each pixel of a 32×32 image inside the shape (sub-pixel average).
+
+    circle: (x−cx)² + (y−cy)² ≤ r²;  square: |x−cx|, |y−cy| ≤ 0.85 r (same area order);
+    triangle: apex (cx, cy − r), base y = cy + r of half-width r (pointing up)."""
+    S, k = SHAPES_SIZE, _SHAPES_SUPERSAMPLE
+    t = (np.arange(S * k) + 0.5) / k  # sub-pixel centres in pixel units
+    y, x = t[:, None], t[None, :]  # (S·k, 1), (1, S·k)
+    if shape == "circle":
+        inside = (x - cx) ** 2 + (y - cy) ** 2 <= r * r
+    elif shape == "square":
+        inside = (np.abs(x - cx) <= 0.85 * r) & (np.abs(y - cy) <= 0.85 * r)
+    else:
+        inside = (y >= cy - r) & (y <= cy + r) & (np.abs(x - cx) <= (y - (cy - r)) / 2.0)
+    return inside.reshape(S, k, S, k).mean(axis=(1, 3))  # (S, S)
+
+
+def _draw_object(rng, force_held_out: bool) -> list[int]:
+    """(shape, colour, size) indices; train/test never draw a held-out pair."""
+    held = {(COLOUR_NAMES.index(c), SHAPE_NAMES.index(s)) for c, s in HELD_OUT_PAIRS}
+    if force_held_out:
+        c, s = sorted(held)[rng.integers(len(held))]
+    else:
+        while True:
+            c, s = int(rng.integers(len(COLOUR_NAMES))), int(rng.integers(len(SHAPE_NAMES)))
+            if (c, s) not in held:
+                break
+    return [int(s), int(c), int(rng.integers(len(SIZE_NAMES)))]
+
+
+def _render_shapes_image(rng, attrs: np.ndarray):
+    """One image (3, 32, 32) in [0, 1] and its masks (2, 32, 32) for (2, 4) attribute rows."""
+    S = SHAPES_SIZE
+    if rng.random() < 0.5:  # plain background, a dark grey
+        img = np.full((3, S, S), rng.uniform(0.0, 0.2), dtype=np.float64)
+    else:  # noisy background
+        img = np.clip(rng.uniform(0.0, 0.2) + 0.06 * rng.standard_normal((3, S, S)), 0.0, 1.0)
+    masks = np.zeros((2, S, S), dtype=bool)
+    for k, (shape, colour, size, position) in enumerate(attrs):
+        if shape < 0:
+            continue
+        row, col = divmod(int(position), 2)
+        cx = 8.0 + 16.0 * col + rng.uniform(-1.0, 1.0)  # quadrant centre + jitter
+        cy = 8.0 + 16.0 * row + rng.uniform(-1.0, 1.0)
+        cov = _shape_coverage(SHAPE_NAMES[shape], cx, cy, _SHAPES_RADIUS[SIZE_NAMES[size]])
+        rgb = np.clip(np.asarray(COLOURS[COLOUR_NAMES[colour]]) + rng.uniform(-0.05, 0.05, 3), 0.0, 1.0)
+        img = img * (1.0 - cov) + rgb[:, None, None] * cov  # (3, S, S): paint over the background
+        masks[k] = cov > 0.5
+    return img, masks
+
+
+@lru_cache(maxsize=8)
+def _make_shapes_cached(n: int, split: str, seed: int) -> ShapesData:
+    stream = {"train": 0, "test": 1, "unseen": 2}[split]
+    rng = np.random.default_rng([seed, 1234, stream])
+    images = np.empty((n, 3, SHAPES_SIZE, SHAPES_SIZE), dtype=np.float32)
+    attributes = np.full((n, 2, 4), -1, dtype=np.int64)
+    masks = np.empty((n, 2, SHAPES_SIZE, SHAPES_SIZE), dtype=bool)
+    for i in range(n):
+        count = 1 + int(rng.random() < 0.5)
+        positions = rng.permutation(len(POSITION_NAMES))[:count]
+        for k in range(count):
+            attributes[i, k, :3] = _draw_object(rng, force_held_out=(split == "unseen" and k == 0))
+            attributes[i, k, 3] = positions[k]
+        if count == 2 and rng.random() < 0.5:  # the held-out object is not always named first
+            attributes[i] = attributes[i, ::-1]
+        img, masks[i] = _render_shapes_image(rng, attributes[i])
+        images[i] = img * 2.0 - 1.0
+    for a in (images, attributes, masks):
+        a.setflags(write=False)
+    return ShapesData(images, [shapes_caption(a) for a in attributes], attributes, masks)
+
+
+def make_shapes(n: int | None = None, split: str = "train", seed: int = 0) -> ShapesData:
+    """The seeded ``shapes`` dataset: 32×32 RGB images of one or two coloured shapes.
+
+    Each object has a shape (circle, square, triangle), one of six colours, a size
+    (small, large) and a position (one of the four quadrants, jittered by up to 1 px);
+    two objects never share a quadrant. Backgrounds are plain dark grey or noisy.
+    Splits are independent streams of the same generator: "train" and "test" never
+    contain the (colour, shape) pairs of ``HELD_OUT_PAIRS``; every image of "unseen"
+    contains at least one (to test composition); "all" is the three concatenated.
+    ``n`` defaults to ``SHAPES_DEFAULT_N[split]``. The result is cached per (n, split,
+    seed) and read-only.
+    """
+    if split not in SHAPES_SPLITS:
+        raise ValueError(f"shapes: split must be one of {SHAPES_SPLITS}, got {split!r}")
+    if split == "all":
+        parts = [make_shapes(None if n is None else n, s, seed) for s in ("train", "test", "unseen")]
+        return ShapesData(np.concatenate([p.images for p in parts]), sum((p.captions for p in parts), []),
+                          np.concatenate([p.attributes for p in parts]), np.concatenate([p.masks for p in parts]))
+    n = SHAPES_DEFAULT_N[split] if n is None else n
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"shapes: n must be a positive integer, got {n!r}")
+    return _make_shapes_cached(int(n), split, int(seed))
+
+
+# ----------------------------------------------------------------------------
 # one entry point
 # ----------------------------------------------------------------------------
 
@@ -523,14 +684,21 @@ def load_dataset(
     """Load a dataset by name or path.
 
     ``"digits"``            ``load_digits(size or 16, split, test_fraction, seed)``.
+    ``"shapes"``            ``make_shapes(n=None, split, seed)`` (its default sizes; split may
+                            also be "unseen"); the Dataset carries captions, attributes, masks.
     a name in TOY_DATASETS  ``n`` fresh points; the train, test and all splits are
                             independent draws from ``seed``.
     a folder of MNIST IDX   ``load_mnist`` (its own train/test files; ``size`` resizes).
     any other folder        ``ImageFolder(path, size or 32, mode)`` + a seeded split.
     a ``.npz`` file         ``load_npz`` + a seeded split.
     """
-    _check_split(split)
     name = str(name_or_path)
+    if name == "shapes":
+        if size not in (None, SHAPES_SIZE):
+            raise ValueError(f"shapes images are {SHAPES_SIZE}×{SHAPES_SIZE}; got size={size}")
+        d = make_shapes(None, split, seed)
+        return Dataset(d.images, None, 0, name, captions=d.captions, attributes=d.attributes, masks=d.masks)
+    _check_split(split)
     if name == "digits":
         images, labels = load_digits(size or 16, split, test_fraction, seed)
         return Dataset(images, labels, 10, name, [str(d) for d in range(10)])
@@ -549,7 +717,7 @@ def load_dataset(
     else:
         what = "no such file or folder" if not os.path.exists(name) else "not a folder or an .npz file"
         raise ValueError(
-            f"cannot load dataset {name!r} ({what}); expected 'digits', a toy name {TOY_DATASETS}, "
+            f"cannot load dataset {name!r} ({what}); expected 'digits', 'shapes', a toy name {TOY_DATASETS}, "
             f"a folder of PNG/JPEG images (optionally in class sub-folders), a folder of MNIST IDX "
             f"files (train-images-idx3-ubyte[.gz] ...), or an .npz file with 'images'/'x' [+ 'labels'/'y']"
         )

@@ -10,6 +10,13 @@ Digits (``digits_report``)
     uses the split of ``load_digits(seed=0)`` (the default), so a generator trained
     on that training split never sees the test images the FD is measured against.
 
+Shapes (``shapes_report``)
+    Fixed attribute classifiers (``ShapesClassifier``), trained once per process on the
+    generator's ground truth of the ``shapes`` training split, read each quadrant of a
+    32×32 image: is there an object, which shape, size and colour. A generated image is
+    scored against the attributes its caption asked for; the classifiers' own accuracy
+    on real test and unseen-combination images is their ceiling.
+
 2-D toys (``toy_report``)
     Squared MMD with an RBF kernel (Gretton et al. 2012) and the energy distance
     (Székely & Rizzo 2013) against fresh samples of the true distribution, next to
@@ -24,7 +31,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .data import load_digits, make_toy
+from .data import load_digits, make_shapes, make_toy
 
 HIDDEN = 64  # width of the digits classifier's hidden layer = feature dimension for the FD
 
@@ -209,6 +216,132 @@ def digits_report(samples, labels=None, seed: int = 0) -> dict:
         "nn_distance_test": nearest_neighbour_distance(clf.test_images, clf.train_images),
         "n_samples": int(len(samples)),
     }
+
+
+# ----------------------------------------------------------------------------
+# shapes: fixed attribute classifiers and what they measure
+# ----------------------------------------------------------------------------
+
+SHAPES_CLASSIFIER_TRAIN_N = 3000  # training images (× 4 quadrants) for the attribute classifiers
+
+
+def _quadrants(images) -> np.ndarray:
+    """(N, 3, 32, 32) in [-1, 1] -> (N, 4, 3, 16, 16) crops in POSITION_NAMES order (clipped)."""
+    x = np.clip(np.asarray(images, dtype=np.float64), -1.0, 1.0)
+    if x.ndim != 4 or x.shape[1:] != (3, 32, 32):
+        raise ValueError(f"shapes images must be (N, 3, 32, 32), got shape {x.shape}")
+    q = x.reshape(len(x), 3, 2, 16, 2, 16).transpose(0, 2, 4, 1, 3, 5)  # (N, row, col, 3, 16, 16)
+    return q.reshape(len(x), 4, 3, 16, 16)
+
+
+def _silhouette(crops) -> np.ndarray:
+    """Colour-blind features of crops (..., 3, 16, 16): the brightest channel per pixel.
+    Every shapes colour has one channel >= 0.75 and backgrounds are dark grey, so this map
+    shows an object's outline whatever its colour (the shape and size classifiers never
+    see the colour, and so do not fail on unseen colour-shape pairs)."""
+    return crops.max(axis=-3).reshape(crops.shape[:-3] + (-1,))  # (..., 256)
+
+
+class ShapesClassifier:
+    """Per-quadrant attribute classifiers for the shapes dataset (scikit-learn MLPs,
+    one ReLU hidden layer of ``HIDDEN`` units, ``random_state=0``), trained on the ground
+    truth of ``make_shapes(SHAPES_CLASSIFIER_TRAIN_N, "train")``:
+
+      object  (empty, circle, square, triangle)  from the silhouette of a quadrant
+      size    (small, large)                     from the silhouette, objects only
+      colour  (six colours)                      from the RGB crop, objects only
+
+    ``predict(images)`` -> (N, 4 quadrants, 3) int64: object class (0 = empty, else
+    shape index + 1), size and colour indices (−1 in empty quadrants).
+    ``test_report`` / ``unseen_report``: ``shapes_report`` of the real test and
+    unseen-combination images (the ceiling for generated ones).
+    """
+
+    def __init__(self, seed: int = 0):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPClassifier
+        from threadpoolctl import threadpool_limits
+
+        d = make_shapes(SHAPES_CLASSIFIER_TRAIN_N, "train", seed)
+        crops = _quadrants(d.images)  # (N, 4, 3, 16, 16)
+        obj = np.zeros((len(d), 4), dtype=np.int64)  # 0 = empty, else shape + 1
+        size = np.full((len(d), 4), -1, dtype=np.int64)
+        colour = np.full((len(d), 4), -1, dtype=np.int64)
+        for k in range(2):
+            a = d.attributes[:, k]  # (N, 4): shape, colour, size, position
+            has = a[:, 0] >= 0
+            rows, pos = np.flatnonzero(has), a[has, 3]
+            obj[rows, pos], colour[rows, pos], size[rows, pos] = a[has, 0] + 1, a[has, 1], a[has, 2]
+        crops, obj, size, colour = crops.reshape(-1, 3, 16, 16), obj.ravel(), size.ravel(), colour.ravel()
+        full = obj > 0
+
+        def mlp():
+            return MLPClassifier(hidden_layer_sizes=(HIDDEN,), alpha=1e-3, max_iter=300, random_state=0)
+
+        self.object_model, self.size_model, self.colour_model = mlp(), mlp(), mlp()
+        # one BLAS thread: tiny matrices, reproducible fits (as for the digits classifier)
+        with warnings.catch_warnings(), threadpool_limits(1):
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sil = _silhouette(crops)
+            self.object_model.fit(sil, obj)
+            self.size_model.fit(sil[full], size[full])
+            self.colour_model.fit(crops[full].reshape(int(full.sum()), -1), colour[full])
+        test, unseen = make_shapes(None, "test", seed), make_shapes(None, "unseen", seed)
+        self.test_report = shapes_report(test.images, test.attributes, classifier=self)
+        self.unseen_report = shapes_report(unseen.images, unseen.attributes, classifier=self)
+
+    def predict(self, images) -> np.ndarray:
+        crops = _quadrants(images).reshape(-1, 3, 16, 16)  # (N·4, 3, 16, 16)
+        out = np.full((len(crops), 3), -1, dtype=np.int64)
+        out[:, 0] = self.object_model.predict(_silhouette(crops))
+        full = out[:, 0] > 0
+        if full.any():
+            out[full, 1] = self.size_model.predict(_silhouette(crops[full]))
+            out[full, 2] = self.colour_model.predict(crops[full].reshape(int(full.sum()), -1))
+        return out.reshape(-1, 4, 3)
+
+
+@lru_cache(maxsize=2)
+def shapes_classifier(seed: int = 0) -> ShapesClassifier:
+    """The shapes attribute classifiers, trained on first use and cached in-process."""
+    return ShapesClassifier(seed)
+
+
+def shapes_report(samples, attributes, classifier: ShapesClassifier | None = None) -> dict:
+    """How many of the asked-for attributes the images (N, 3, 32, 32) show.
+
+    ``attributes`` (N, 2, 4): what each image's caption asked for (ShapesData's format).
+    Per object (at its quadrant): ``shape_accuracy``, ``colour_accuracy``,
+    ``size_accuracy``, ``position_accuracy`` (an object is seen in that quadrant at all);
+    per image: ``count_accuracy`` (exactly the asked-for quadrants are occupied) and
+    ``all_correct`` (every attribute of every object right and nothing else drawn).
+    """
+    clf = shapes_classifier() if classifier is None else classifier
+    attributes = np.asarray(attributes)
+    if attributes.shape != (len(samples), 2, 4):
+        raise ValueError(f"attributes must have shape ({len(samples)}, 2, 4), got {attributes.shape}")
+    pred = clf.predict(samples)  # (N, 4, 3)
+    want_occupied = np.zeros((len(samples), 4), dtype=bool)
+    per_object = {"shape": [], "colour": [], "size": [], "position": []}
+    image_ok = np.ones(len(samples), dtype=bool)
+    for k in range(2):
+        a = attributes[:, k]
+        has = a[:, 0] >= 0
+        rows, pos = np.flatnonzero(has), a[has, 3]
+        want_occupied[rows, pos] = True
+        p = pred[rows, pos]  # (M, 3): object class, size, colour at the object's quadrant
+        ok = {"shape": p[:, 0] == a[has, 0] + 1, "size": p[:, 1] == a[has, 2], "colour": p[:, 2] == a[has, 1],
+              "position": p[:, 0] > 0}
+        for key, v in ok.items():
+            per_object[key].append(v)
+        image_ok[rows] &= ok["shape"] & ok["size"] & ok["colour"]
+    layout_ok = np.all((pred[:, :, 0] > 0) == want_occupied, axis=1)
+    report = {f"{key}_accuracy": float(np.mean(np.concatenate(v))) for key, v in per_object.items()}
+    report.update(count_accuracy=float(np.mean(layout_ok)), all_correct=float(np.mean(image_ok & layout_ok)),
+                  n_samples=int(len(samples)))
+    return report
 
 
 # ----------------------------------------------------------------------------
