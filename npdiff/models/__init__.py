@@ -1,12 +1,14 @@
-"""Models: the classic segmentation U-Net and diffusers-compatible diffusion U-Nets.
+"""Models: the classic segmentation U-Net, diffusers-compatible diffusion U-Nets, CLIP.
 
-``UNet2DModel`` (and its building blocks) mirror diffusers' constructor
-arguments, submodule names and state-dict keys; ``from_pretrained`` /
-``save_pretrained`` read and write diffusers' folder layout (safetensors only).
+``UNet2DModel``, ``UNet2DConditionModel`` (and their building blocks) mirror diffusers'
+constructor arguments, submodule names and state-dict keys; ``CLIPTextModel`` mirrors
+transformers'. ``from_pretrained`` / ``save_pretrained`` read and write their folder
+layouts (safetensors only). ``CLIPTokenizer`` reads CLIP's vocab.json + merges.txt.
 """
 
 from .activations import GEGLU, GELU
 from .attention import Attention, BasicTransformerBlock, FeedForward
+from .clip import CLIPImageEncoder, CLIPModel, contrastive_loss, zero_shot_classify
 from .clip_text import CLIPTextModel
 from .clip_tokenizer import CLIPTokenizer, build_clip_vocab
 from .classic_unet import ClassicUNet, DoubleConv, Down, OutConv, Up
@@ -20,10 +22,10 @@ from .unet_blocks import (AttnDownBlock2D, AttnUpBlock2D, CrossAttnDownBlock2D, 
                           UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D)
 
 __all__ = [
-    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D",
+    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPImageEncoder", "CLIPModel", "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D",
     "CrossAttnUpBlock2D", "DoubleConv", "Down", "DownBlock2D", "Downsample2D", "FeedForward", "GEGLU", "GELU",
     "ModelMixin", "OutConv", "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel",
     "UNet2DConditionModel", "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D",
-    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "build_clip_vocab", "get_timestep_embedding",
-    "register_to_config",
+    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "build_clip_vocab", "contrastive_loss", "get_timestep_embedding",
+    "register_to_config", "zero_shot_classify",
 ]
