@@ -1,12 +1,15 @@
-"""npdiff's UNet2DModel vs diffusers' UNet2DModel (PyTorch CPU) on the same weights.
+"""npdiff's UNet2DModel / UNet2DConditionModel vs diffusers' (PyTorch CPU) on the same weights.
 
     python benchmarks/unet.py [--only digits16] [--rounds 5 --iters 3] [--json out.json]
+    python benchmarks/unet.py --only latent8                    # the text-conditioned latent U-Net
     python benchmarks/unet.py --profile [digits16|cifar32]     # per-op profile of one npdiff training step
 
 Two passes per config, each side in its own process, alternating (benchmarks/harness.py):
   infer  forward without a tape (torch.no_grad / nd.no_grad)
   train  one DDPM training step: x_t from x_0 and noise at random timesteps,
          MSE(model(x_t, t), noise), backward, AdamW step
+``latent8`` is a text-to-image U-Net (UNet2DConditionModel) on 4×8×8 latents with
+cross-attention to 16 text tokens of width 64 (the same random text on both sides).
 Both sides get identical weights (npdiff's initialisation with seed 0, loaded into
 diffusers) and 2 threads. Prints median ms, images/s and the ratio npdiff / torch.
 
@@ -42,18 +45,39 @@ CONFIGS = {
                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                   up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_num_groups=32),
     ),
+    "latent8": dict(
+        batch=32,
+        text=(16, 64),  # (tokens, width) of encoder_hidden_states
+        unet=dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64, 128, 128), layers_per_block=1,
+                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+                  attention_head_dim=4, norm_num_groups=32),
+    ),
 }
 
 CASES = {f"{c} {p}": {"config": c, "pass": p, "batch": CONFIGS[c]["batch"], "flops": None}
          for c in CONFIGS for p in ("infer", "train")}
 
 
+def _model_class(config, module):
+    """UNet2DConditionModel for configs with text, else UNet2DModel, from npdiff.models or diffusers."""
+    return getattr(module, "UNet2DConditionModel" if "text" in CONFIGS[config] else "UNet2DModel")
+
+
 def _npdiff_model(config):
     import npdiff as nd
-    from npdiff.models import UNet2DModel
+    import npdiff.models
 
     nd.manual_seed(0)
-    return UNet2DModel(**CONFIGS[config]["unet"])
+    return _model_class(config, npdiff.models)(**CONFIGS[config]["unet"])
+
+
+def _text(config):
+    """The fixed encoder_hidden_states (B, tokens, width) of a text-conditioned config, else None."""
+    cfg = CONFIGS[config]
+    if "text" not in cfg:
+        return None
+    return np.random.default_rng(1).standard_normal((cfg["batch"], *cfg["text"])).astype(np.float32)
 
 
 def _batch(config, rng):
@@ -74,21 +98,23 @@ def build(side, case):
     config, train = info["config"], info["pass"] == "train"
     rng = np.random.default_rng(0)
     state = {k: np.array(v) for k, v in _npdiff_model(config).state_dict().items()}  # same weights on both sides
+    text = _text(config)
     if side == "torch":
+        import diffusers
         import torch
-        from diffusers import UNet2DModel
 
-        model = UNet2DModel(**CONFIGS[config]["unet"])
+        model = _model_class(config, diffusers)(**CONFIGS[config]["unet"])
         model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
         model.train(train)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        cond = () if text is None else (torch.from_numpy(text),)
 
         def run():
             xt, noise, t = (torch.from_numpy(a) for a in _batch(config, rng))
             if not train:
                 with torch.no_grad():
-                    return model(xt, t).sample
-            loss = torch.nn.functional.mse_loss(model(xt, t).sample, noise)
+                    return model(xt, t, *cond).sample
+            loss = torch.nn.functional.mse_loss(model(xt, t, *cond).sample, noise)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -101,13 +127,14 @@ def build(side, case):
 
     model = _npdiff_model(config).train(train)
     opt = AdamW(model.parameters(), lr=1e-4)
+    cond = () if text is None else (text,)
 
     def run():
         xt, noise, t = _batch(config, rng)
         if not train:
             with nd.no_grad():
-                return model(xt, t)
-        loss = F.mse_loss(model(xt, t), noise)
+                return model(xt, t, *cond)
+        loss = F.mse_loss(model(xt, t, *cond), noise)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -188,7 +215,7 @@ def main():
         i = sys.argv.index("--profile")
         config = sys.argv[i + 1] if i + 1 < len(sys.argv) and sys.argv[i + 1] in CONFIGS else "digits16"
         return profile(config)
-    records = harness.main(CASES, build, os.path.abspath(__file__), "npdiff vs diffusers UNet2DModel benchmark")
+    records = harness.main(CASES, build, os.path.abspath(__file__), "npdiff vs diffusers UNet benchmark")
     if not records:  # a worker process
         return None
     print()
