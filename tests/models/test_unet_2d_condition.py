@@ -86,3 +86,24 @@ def test_transformer_2d_refusals_and_shapes():
     x = np.random.default_rng(2).standard_normal((1, 8, 3, 5)).astype(np.float32)  # H != W
     text = np.zeros((1, 7, 6), np.float32)
     assert t(x, text).shape == (1, 8, 3, 5)
+
+
+def test_seed_parallel_attention_sum_is_not_the_transformer_block():
+    """Erratum E13: the block is sequential (x + SA, then + CA on that, then + FF); the seed's
+    `self_attention + cross_attention` from the same features is a different function. The
+    oracle tests pin the sequential form to diffusers; this shows the parallel one differs."""
+    from npdiff.models import BasicTransformerBlock
+
+    nd.manual_seed(3)
+    blk = BasicTransformerBlock(8, 2, 4, cross_attention_dim=6)
+    rng = np.random.default_rng(3)
+    x = nd.tensor(rng.standard_normal((2, 5, 8)).astype(np.float32))
+    c = nd.tensor(rng.standard_normal((2, 3, 6)).astype(np.float32))
+    with nd.no_grad():
+        seq = blk(x, encoder_hidden_states=c).numpy()
+        h = x + blk.attn1(blk.norm1(x))
+        h = h + blk.attn2(blk.norm2(h), c)
+        np.testing.assert_allclose(seq, (h + blk.ff(blk.norm3(h))).numpy(), rtol=1e-6, atol=1e-6)
+        par = x + blk.attn1(blk.norm1(x)) + blk.attn2(blk.norm1(x), c)  # the seed's parallel sum
+        par = (par + blk.ff(blk.norm3(par))).numpy()
+    assert np.abs(par - seq).max() > 1e-2 * np.abs(seq).max()
