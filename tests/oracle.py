@@ -39,3 +39,15 @@ def assert_grads_close(ours, ref, what):
     floor = 1e-3 * max(np.abs(g).max() for g in ref_grads.values())
     for k, p in ours.named_parameters():
         assert_close(p.grad.numpy(), ref_grads[k], f"{what}: d/d {k}", floor=floor)
+
+
+def diffusers_pair(ref_cls, ours_cls, config, folder, seed=0):
+    """A randomised diffusers model saved to ``folder`` and npdiff's ``from_pretrained`` of it."""
+    import torch
+
+    torch.manual_seed(seed)
+    ref = ref_cls(**config)
+    randomise(ref, seed)
+    ref.eval()
+    ref.save_pretrained(folder)
+    return ref, ours_cls.from_pretrained(folder)

@@ -22,10 +22,10 @@ from .unet_blocks import (AttnDownBlock2D, AttnUpBlock2D, CrossAttnDownBlock2D, 
                           UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D)
 
 __all__ = [
-    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPImageEncoder", "CLIPModel", "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D",
-    "CrossAttnUpBlock2D", "DoubleConv", "Down", "DownBlock2D", "Downsample2D", "FeedForward", "GEGLU", "GELU",
-    "ModelMixin", "OutConv", "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel",
-    "UNet2DConditionModel", "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D",
-    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "build_clip_vocab", "contrastive_loss", "get_timestep_embedding",
-    "register_to_config", "zero_shot_classify",
+    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPImageEncoder", "CLIPModel",
+    "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "DoubleConv",
+    "Down", "DownBlock2D", "Downsample2D", "FeedForward", "GEGLU", "GELU", "ModelMixin", "OutConv", "ResnetBlock2D",
+    "TimestepEmbedding", "Timesteps", "Transformer2DModel", "UNet2DConditionModel", "UNet2DConditionOutput",
+    "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D", "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D",
+    "build_clip_vocab", "contrastive_loss", "get_timestep_embedding", "register_to_config", "zero_shot_classify",
 ]

@@ -25,7 +25,6 @@ reads (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json).
 
 from __future__ import annotations
 
-import json
 import os
 import unicodedata
 from collections import Counter
@@ -33,6 +32,7 @@ from collections import Counter
 import numpy as np
 
 from .. import io as nd_io
+from .modeling_utils import _read_config as read_json_object
 
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"
@@ -311,18 +311,13 @@ class CLIPTokenizer:
         for p in (vocab_path, merges_path):
             if not os.path.isfile(p):
                 raise ValueError(f"tokenizer folder {folder!r} has no {os.path.basename(p)}")
-        with open(vocab_path, encoding="utf-8") as f:
-            try:
-                vocab = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{vocab_path}: invalid JSON ({e})") from None
-        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        vocab = read_json_object(vocab_path)
+        if not all(isinstance(v, int) for v in vocab.values()):
             raise ValueError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
         kwargs = {}
         cfg_path = os.path.join(folder, "tokenizer_config.json")
         if os.path.isfile(cfg_path):
-            with open(cfg_path, encoding="utf-8") as f:
-                cfg = json.load(f)
+            cfg = read_json_object(cfg_path)
             for k in ("unk_token", "bos_token", "eos_token", "pad_token"):
                 v = cfg.get(k)
                 if isinstance(v, dict):  # transformers' AddedToken form

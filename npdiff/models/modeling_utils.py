@@ -87,6 +87,7 @@ def register_to_config(init):
 
 
 def _read_config(path: str) -> dict:
+    """A JSON file holding one object (config.json, vocab.json …); every failure names the file."""
     if not os.path.isfile(path):
         raise ValueError(f"model config {path!r} does not exist")
     with open(path, encoding="utf-8") as f:

@@ -317,7 +317,7 @@ class UNet2DConditionModel(UNetBase):
         skips = (h,)
         for block in self.down_blocks:
             if getattr(block, "has_cross_attention", False):
-                h, block_skips = block(h, emb, text, encoder_attention_mask=mask)
+                h, block_skips = block(h, emb, encoder_hidden_states=text, encoder_attention_mask=mask)
             else:
                 h, block_skips = block(h, emb)
             skips += block_skips
@@ -338,7 +338,7 @@ class UNet2DConditionModel(UNetBase):
         for block in self.up_blocks:
             n = len(block.resnets)
             if getattr(block, "has_cross_attention", False):
-                h = block(h, skips[-n:], emb, text, encoder_attention_mask=mask)
+                h = block(h, skips[-n:], emb, encoder_hidden_states=text, encoder_attention_mask=mask)
             else:
                 h = block(h, skips[-n:], emb)
             skips = skips[:-n]

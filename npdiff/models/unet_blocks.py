@@ -59,10 +59,15 @@ class DownBlock2D(nn.Module):
                                                          padding=downsample_padding)])
                              if add_downsample else None)
 
-    def forward(self, hidden_states, temb=None):
+    def _layer(self, i, hidden_states, temb):
+        return self.resnets[i](hidden_states, temb)
+
+    def forward(self, hidden_states, temb=None, **cross):
+        """``cross``: ``encoder_hidden_states`` / ``encoder_attention_mask`` for the
+        cross-attention variant (passed on to each layer)."""
         skips = ()
-        for resnet in self.resnets:
-            hidden_states = resnet(hidden_states, temb)
+        for i in range(len(self.resnets)):
+            hidden_states = self._layer(i, hidden_states, temb, **cross)
             skips += (hidden_states,)
         if self.downsamplers is not None:
             hidden_states = self.downsamplers[0](hidden_states)
@@ -83,15 +88,8 @@ class AttnDownBlock2D(DownBlock2D):
                                          for _ in range(num_layers)])
         self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
 
-    def forward(self, hidden_states, temb=None):
-        skips = ()
-        for resnet, attn in zip(self.resnets, self.attentions):
-            hidden_states = attn(resnet(hidden_states, temb))
-            skips += (hidden_states,)
-        if self.downsamplers is not None:
-            hidden_states = self.downsamplers[0](hidden_states)
-            skips += (hidden_states,)
-        return hidden_states, skips
+    def _layer(self, i, hidden_states, temb):
+        return self.attentions[i](self.resnets[i](hidden_states, temb))
 
 
 class UNetMidBlock2D(nn.Module):
@@ -153,9 +151,11 @@ class UpBlock2D(nn.Module):
         hidden_states = cat([hidden_states, skips[-1 - i]], dim=1)  # (B, C_below + C_skip, H, W)
         return self.resnets[i](hidden_states, temb)
 
-    def forward(self, hidden_states, res_hidden_states_tuple, temb=None):
+    def forward(self, hidden_states, res_hidden_states_tuple, temb=None, **cross):
+        """``cross``: ``encoder_hidden_states`` / ``encoder_attention_mask`` for the
+        cross-attention variant (passed on to each step)."""
         for i in range(len(self.resnets)):
-            hidden_states = self._step(i, hidden_states, res_hidden_states_tuple, temb)
+            hidden_states = self._step(i, hidden_states, res_hidden_states_tuple, temb, **cross)
         if self.upsamplers is not None:
             hidden_states = self.upsamplers[0](hidden_states)
         return hidden_states
@@ -223,16 +223,9 @@ class CrossAttnDownBlock2D(DownBlock2D):
                                         only_cross_attention, upcast_attention)
         self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
 
-    def forward(self, hidden_states, temb=None, encoder_hidden_states=None, encoder_attention_mask=None):
-        skips = ()
-        for resnet, attn in zip(self.resnets, self.attentions):
-            hidden_states = attn(resnet(hidden_states, temb), encoder_hidden_states,
-                                 encoder_attention_mask=encoder_attention_mask)
-            skips += (hidden_states,)
-        if self.downsamplers is not None:
-            hidden_states = self.downsamplers[0](hidden_states)
-            skips += (hidden_states,)
-        return hidden_states, skips
+    def _layer(self, i, hidden_states, temb, encoder_hidden_states=None, encoder_attention_mask=None):
+        return self.attentions[i](self.resnets[i](hidden_states, temb), encoder_hidden_states,
+                                  encoder_attention_mask=encoder_attention_mask)
 
 
 class UNetMidBlock2DCrossAttn(nn.Module):
@@ -280,14 +273,9 @@ class CrossAttnUpBlock2D(UpBlock2D):
                                         only_cross_attention, upcast_attention)
         self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
 
-    def forward(self, hidden_states, res_hidden_states_tuple, temb=None, encoder_hidden_states=None,
-                encoder_attention_mask=None):
-        for i, attn in enumerate(self.attentions):
-            hidden_states = attn(self._step(i, hidden_states, res_hidden_states_tuple, temb), encoder_hidden_states,
-                                 encoder_attention_mask=encoder_attention_mask)
-        if self.upsamplers is not None:
-            hidden_states = self.upsamplers[0](hidden_states)
-        return hidden_states
+    def _step(self, i, hidden_states, skips, temb, encoder_hidden_states=None, encoder_attention_mask=None):
+        return self.attentions[i](UpBlock2D._step(self, i, hidden_states, skips, temb), encoder_hidden_states,
+                                  encoder_attention_mask=encoder_attention_mask)
 
 
 DOWN_BLOCKS = {"DownBlock2D": DownBlock2D, "AttnDownBlock2D": AttnDownBlock2D}

@@ -16,7 +16,7 @@ diffusers = pytest.importorskip("diffusers", reason="oracle tests need diffusers
 
 import npdiff as nd  # noqa: E402
 from npdiff.models import UNet2DConditionModel  # noqa: E402
-from tests.oracle import assert_close, assert_grads_close, assert_same_parameters, randomise  # noqa: E402
+from tests.oracle import assert_close, assert_grads_close, assert_same_parameters, diffusers_pair  # noqa: E402
 
 LK = 5  # text tokens
 
@@ -64,14 +64,8 @@ def _inputs(cfg, seed):
 
 
 def _pair(name, tmp_path, seed=0):
-    cfg = CONFIGS[name]
-    torch.manual_seed(seed)
-    ref = diffusers.UNet2DConditionModel(**cfg)
-    randomise(ref, seed)
-    ref.eval()
-    ref.save_pretrained(tmp_path / name)
-    ours = UNet2DConditionModel.from_pretrained(tmp_path / name)
-    return cfg, ref, ours
+    ref, ours = diffusers_pair(diffusers.UNet2DConditionModel, UNet2DConditionModel, CONFIGS[name], tmp_path / name, seed)
+    return CONFIGS[name], ref, ours
 
 
 def _t(a):

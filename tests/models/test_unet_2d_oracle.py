@@ -18,7 +18,7 @@ import npdiff as nd  # noqa: E402
 from npdiff.models import UNet2DModel  # noqa: E402
 from npdiff.optim import AdamW  # noqa: E402
 from tests.oracle import assert_close as _close  # noqa: E402
-from tests.oracle import assert_grads_close, assert_same_parameters, randomise  # noqa: E402
+from tests.oracle import assert_grads_close, assert_same_parameters, diffusers_pair, randomise  # noqa: E402
 
 CONFIGS = {
     "plain": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
@@ -66,14 +66,8 @@ def _inputs(cfg, seed):
 
 
 def _pair(name, tmp_path, seed=0):
-    cfg = CONFIGS[name]
-    torch.manual_seed(seed)
-    ref = diffusers.UNet2DModel(**cfg)
-    randomise(ref, seed)
-    ref.eval()
-    ref.save_pretrained(tmp_path / name)
-    ours = UNet2DModel.from_pretrained(tmp_path / name)
-    return cfg, ref, ours
+    ref, ours = diffusers_pair(diffusers.UNet2DModel, UNet2DModel, CONFIGS[name], tmp_path / name, seed)
+    return CONFIGS[name], ref, ours
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
