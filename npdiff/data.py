@@ -565,21 +565,22 @@ def shapes_caption(attributes) -> str:
     return " and ".join(parts)
 
 
-def _shape_coverage(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
-    """Fraction of each pixel of a 32×32 image inside the shape (sub-pixel average).
+def _shape_coverage(shape: str, cx: float, cy: float, r: float, top: int, left: int, size: int = 16) -> np.ndarray:
+    """Fraction of each pixel of the ``size``×``size`` window at (top, left) inside the shape
+    (sub-pixel average); the shape is centred at (cx, cy) in image pixel units.
 
     circle: (x−cx)² + (y−cy)² ≤ r²;  square: |x−cx|, |y−cy| ≤ 0.85 r (same area order);
     triangle: apex (cx, cy − r), base y = cy + r of half-width r (pointing up)."""
-    S, k = SHAPES_SIZE, _SHAPES_SUPERSAMPLE
-    t = (np.arange(S * k) + 0.5) / k  # sub-pixel centres in pixel units
-    y, x = t[:, None], t[None, :]  # (S·k, 1), (1, S·k)
+    k = _SHAPES_SUPERSAMPLE
+    t = (np.arange(size * k) + 0.5) / k  # sub-pixel centres in pixel units, from the window's corner
+    y, x = top + t[:, None], left + t[None, :]  # (size·k, 1), (1, size·k)
     if shape == "circle":
         inside = (x - cx) ** 2 + (y - cy) ** 2 <= r * r
     elif shape == "square":
         inside = (np.abs(x - cx) <= 0.85 * r) & (np.abs(y - cy) <= 0.85 * r)
     else:
         inside = (y >= cy - r) & (y <= cy + r) & (np.abs(x - cx) <= (y - (cy - r)) / 2.0)
-    return inside.reshape(S, k, S, k).mean(axis=(1, 3))  # (S, S)
+    return inside.reshape(size, k, size, k).mean(axis=(1, 3))  # (size, size)
 
 
 def _draw_object(rng, force_held_out: bool) -> list[int]:
@@ -607,12 +608,14 @@ def _render_shapes_image(rng, attrs: np.ndarray):
         if shape < 0:
             continue
         row, col = divmod(int(position), 2)
-        cx = 8.0 + 16.0 * col + rng.uniform(-1.0, 1.0)  # quadrant centre + jitter
-        cy = 8.0 + 16.0 * row + rng.uniform(-1.0, 1.0)
-        cov = _shape_coverage(SHAPE_NAMES[shape], cx, cy, _SHAPES_RADIUS[SIZE_NAMES[size]])
+        top, left = 16 * row, 16 * col  # the object's quadrant; it never leaves it
+        cx = left + 8.0 + rng.uniform(-1.0, 1.0)  # quadrant centre + jitter
+        cy = top + 8.0 + rng.uniform(-1.0, 1.0)
+        cov = _shape_coverage(SHAPE_NAMES[shape], cx, cy, _SHAPES_RADIUS[SIZE_NAMES[size]], top, left)
         rgb = np.clip(np.asarray(COLOURS[COLOUR_NAMES[colour]]) + rng.uniform(-0.05, 0.05, 3), 0.0, 1.0)
-        img = img * (1.0 - cov) + rgb[:, None, None] * cov  # (3, S, S): paint over the background
-        masks[k] = cov > 0.5
+        window = img[:, top:top + 16, left:left + 16]
+        img[:, top:top + 16, left:left + 16] = window * (1.0 - cov) + rgb[:, None, None] * cov  # paint over
+        masks[k, top:top + 16, left:left + 16] = cov > 0.5
     return img, masks
 
 

@@ -222,7 +222,7 @@ def digits_report(samples, labels=None, seed: int = 0) -> dict:
 # shapes: fixed attribute classifiers and what they measure
 # ----------------------------------------------------------------------------
 
-SHAPES_CLASSIFIER_TRAIN_N = 3000  # training images (× 4 quadrants) for the attribute classifiers
+SHAPES_CLASSIFIER_TRAIN_N = 1500  # training images (× 4 quadrants) for the attribute classifiers
 
 
 def _quadrants(images) -> np.ndarray:
