@@ -36,7 +36,7 @@ from .modeling_utils import register_to_config
 from .transformer_2d import mask_to_bias
 from .unet_2d import UNetBase, _block_type, _refuse
 from .unet_blocks import (CROSS_ATTN_DOWN_BLOCKS, CROSS_ATTN_UP_BLOCKS, CrossAttnDownBlock2D, CrossAttnUpBlock2D,
-                          UNetMidBlock2D, UNetMidBlock2DCrossAttn)
+                          UNetMidBlock2D, UNetMidBlock2DCrossAttn, per_entry)
 
 MODEL = "UNet2DConditionModel"
 
@@ -49,13 +49,8 @@ class UNet2DConditionOutput:
 
 
 def _per_block(value, n: int, key: str) -> list:
-    """A scalar for every block, or a list with one entry per down block."""
-    if value is None or isinstance(value, (bool, int, float)):
-        return [value] * n
-    value = list(value)
-    if len(value) != n:
-        raise ValueError(f"{key}: expected one value per down block ({n}), got {value}")
-    return value
+    """A config value for every down block (a scalar, or one per block)."""
+    return per_entry(value, n, key, entries="down block")
 
 
 class UNet2DConditionModel(UNetBase):
@@ -177,8 +172,7 @@ class UNet2DConditionModel(UNetBase):
                              f"positive int or one per block, got {attention_head_dim!r}")
         cross_dim = _per_block(cross_attention_dim, K, "cross_attention_dim")
         layers = _per_block(layers_per_block, K, "layers_per_block")
-        depth = (_per_block(transformer_layers_per_block, K, "transformer_layers_per_block")
-                 if not isinstance(transformer_layers_per_block, int) else [transformer_layers_per_block] * K)
+        depth = _per_block(transformer_layers_per_block, K, "transformer_layers_per_block")
         if any(not isinstance(d, int) for d in depth) and reverse_transformer_layers_per_block is None:
             raise ValueError("transformer_layers_per_block given per layer needs reverse_transformer_layers_per_block "
                              "(the up path's layer counts)")

@@ -178,35 +178,38 @@ class AttnUpBlock2D(UpBlock2D):
         return self.attentions[i](UpBlock2D._step(self, i, hidden_states, skips, temb))
 
 
-def _per_layer(value, num_layers: int, what: str) -> list:
-    """An int for every layer, or one per layer."""
-    if isinstance(value, int):
-        return [value] * num_layers
+def per_entry(value, n: int, what: str, entries: str = "layer") -> list:
+    """One scalar (None, bool, int, float) for all ``n`` entries, or a list of exactly ``n``."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return [value] * n
     value = list(value)
-    if len(value) != num_layers:
-        raise ValueError(f"{what}: expected one value per layer ({num_layers}), got {value}")
+    if len(value) != n:
+        raise ValueError(f"{what}: expected one value per {entries} ({n}), got {value}")
     return value
 
 
-def _transformers(channels, num_layers, transformer_layers_per_block, num_attention_heads, cross_attention_dim,
-                  groups, use_linear_projection, only_cross_attention, upcast_attention):
+def _attach_transformers(block, channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                         cross_attention_dim, groups, use_linear_projection, only_cross_attention, upcast_attention):
+    """Give ``block`` its ``attentions``: one Transformer2DModel per layer, registered before
+    the ResNets (diffusers' parameter order)."""
     if channels % num_attention_heads:
         raise ValueError(f"attention_head_dim (= number of heads in diffusers' naming) {num_attention_heads} must "
                          f"divide the block's channels {channels}")
-    depth = _per_layer(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
-    return nn.ModuleList([
+    depth = per_entry(transformer_layers_per_block, num_layers, "transformer_layers_per_block")
+    block.attentions = nn.ModuleList([
         Transformer2DModel(num_attention_heads, channels // num_attention_heads, in_channels=channels,
                            num_layers=depth[i], cross_attention_dim=cross_attention_dim, norm_num_groups=groups,
                            use_linear_projection=use_linear_projection, only_cross_attention=only_cross_attention,
                            upcast_attention=upcast_attention)
         for i in range(num_layers)])
+    block._modules.move_to_end("attentions", last=False)
 
 
 class CrossAttnDownBlock2D(DownBlock2D):
     """As ``DownBlock2D`` with a ``Transformer2DModel`` after every ResNet block.
 
-    forward(hidden_states, temb, encoder_hidden_states, encoder_attention_mask=None):
-    the mask is diffusers' additive bias (B, 1, Lk)."""
+    forward(hidden_states, temb, encoder_hidden_states=..., encoder_attention_mask=None):
+    the mask is a keep-mask (B, Lk) or diffusers' additive bias (B, 1, Lk)."""
 
     has_cross_attention = True
 
@@ -218,10 +221,9 @@ class CrossAttnDownBlock2D(DownBlock2D):
                  only_cross_attention: bool = False, upcast_attention: bool = False):
         super().__init__(in_channels, out_channels, temb_channels, dropout, num_layers, resnet_eps,
                          resnet_time_scale_shift, resnet_act_fn, resnet_groups, add_downsample, downsample_padding)
-        self.attentions = _transformers(out_channels, num_layers, transformer_layers_per_block, num_attention_heads,
-                                        cross_attention_dim, resnet_groups, use_linear_projection,
-                                        only_cross_attention, upcast_attention)
-        self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
+        _attach_transformers(self, out_channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                             cross_attention_dim, resnet_groups, use_linear_projection, only_cross_attention,
+                             upcast_attention)
 
     def _layer(self, i, hidden_states, temb, encoder_hidden_states=None, encoder_attention_mask=None):
         return self.attentions[i](self.resnets[i](hidden_states, temb), encoder_hidden_states,
@@ -239,9 +241,8 @@ class UNetMidBlock2DCrossAttn(nn.Module):
                  num_attention_heads: int = 1, output_scale_factor: float = 1.0, cross_attention_dim: int = 1280,
                  use_linear_projection: bool = False, upcast_attention: bool = False):
         super().__init__()
-        self.attentions = _transformers(in_channels, num_layers, transformer_layers_per_block, num_attention_heads,
-                                        cross_attention_dim, resnet_groups, use_linear_projection, False,
-                                        upcast_attention)
+        _attach_transformers(self, in_channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                             cross_attention_dim, resnet_groups, use_linear_projection, False, upcast_attention)
         self.resnets = nn.ModuleList([
             _resnet(in_channels, in_channels, temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn,
                     resnet_time_scale_shift, output_scale_factor)
@@ -268,10 +269,9 @@ class CrossAttnUpBlock2D(UpBlock2D):
                  upcast_attention: bool = False):
         super().__init__(in_channels, prev_output_channel, out_channels, temb_channels, dropout, num_layers,
                          resnet_eps, resnet_time_scale_shift, resnet_act_fn, resnet_groups, add_upsample)
-        self.attentions = _transformers(out_channels, num_layers, transformer_layers_per_block, num_attention_heads,
-                                        cross_attention_dim, resnet_groups, use_linear_projection,
-                                        only_cross_attention, upcast_attention)
-        self._modules.move_to_end("attentions", last=False)  # diffusers' parameter order: attentions first
+        _attach_transformers(self, out_channels, num_layers, transformer_layers_per_block, num_attention_heads,
+                             cross_attention_dim, resnet_groups, use_linear_projection, only_cross_attention,
+                             upcast_attention)
 
     def _step(self, i, hidden_states, skips, temb, encoder_hidden_states=None, encoder_attention_mask=None):
         return self.attentions[i](UpBlock2D._step(self, i, hidden_states, skips, temb), encoder_hidden_states,
