@@ -141,6 +141,20 @@ def bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     return symbols
 
 
+def _read_fast_tokenizer(path: str):
+    """(vocab, merges) of the BPE model in a ``tokenizer.json`` (merges as "a b" strings or [a, b] pairs)."""
+    model = read_json_object(path).get("model")
+    if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path}: expected a BPE model with a vocab (the 'model' entry)")
+    merges = []
+    for i, m in enumerate(model.get("merges", [])):
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise ValueError(f"{path}: merge {i} is not two symbols: {m!r}")
+        merges.append((pair[0], pair[1]))
+    return model["vocab"], merges
+
+
 def _read_merges(path: str) -> list[tuple[str, str]]:
     merges = []
     with open(path, encoding="utf-8") as f:
@@ -302,16 +316,20 @@ class CLIPTokenizer:
     # -- files -------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, folder: str, subfolder: str | None = None):
-        """Read ``vocab.json`` + ``merges.txt`` (+ special tokens and model_max_length from
-        ``tokenizer_config.json`` when present)."""
+        """Read ``vocab.json`` + ``merges.txt``, or the ``tokenizer.json`` that transformers 5
+        saves instead (+ special tokens and model_max_length from ``tokenizer_config.json``)."""
         folder = os.fspath(folder)
         if subfolder:
             folder = os.path.join(folder, subfolder)
         vocab_path, merges_path = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
-        for p in (vocab_path, merges_path):
-            if not os.path.isfile(p):
-                raise ValueError(f"tokenizer folder {folder!r} has no {os.path.basename(p)}")
-        vocab = read_json_object(vocab_path)
+        fast_path = os.path.join(folder, "tokenizer.json")
+        if os.path.isfile(vocab_path) and os.path.isfile(merges_path):
+            vocab, merges = read_json_object(vocab_path), _read_merges(merges_path)
+        elif os.path.isfile(fast_path):  # what transformers 5 writes: one file, the BPE model inside
+            vocab, merges = _read_fast_tokenizer(fast_path)
+            vocab_path = fast_path
+        else:
+            raise ValueError(f"tokenizer folder {folder!r} has neither vocab.json + merges.txt nor tokenizer.json")
         if not all(isinstance(v, int) for v in vocab.values()):
             raise ValueError(f"{vocab_path}: expected a JSON object mapping tokens to integer ids")
         kwargs = {}
@@ -326,7 +344,7 @@ class CLIPTokenizer:
                     kwargs[k] = v
             if isinstance(cfg.get("model_max_length"), int):
                 kwargs["model_max_length"] = cfg["model_max_length"]
-        return cls(vocab, _read_merges(merges_path), **kwargs)
+        return cls(vocab, merges, **kwargs)
 
     def save_pretrained(self, folder: str) -> None:
         """Write vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json."""

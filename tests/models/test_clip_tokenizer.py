@@ -120,3 +120,18 @@ def test_transformers_reads_our_special_tokens(hf, tmp_path):
     assert ref.bos_token_id == ours.bos_token_id and ref.eos_token_id == ours.eos_token_id
     assert ref.pad_token_id == ours.pad_token_id and ref.model_max_length == 16 == ours.model_max_length
     assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "CLIPTokenizer"
+
+
+def test_reads_the_folder_transformers_saves(hf, tmp_path):
+    """transformers 5 saves tokenizer.json (the BPE model inside), not vocab.json + merges.txt."""
+    vocab, merges = build_clip_vocab(CAPTIONS)
+    ours, ref = _pair(hf, tmp_path / "ours", vocab, merges, model_max_length=16)
+    ref.save_pretrained(tmp_path / "theirs")
+    back = CLIPTokenizer.from_pretrained(tmp_path / "theirs")
+    assert back.encoder == ours.encoder and back.merges == ours.merges and back.model_max_length == 16
+    _assert_same(back, ref, CAPTIONS, padding="max_length", truncation=True)
+    (tmp_path / "theirs" / "tokenizer.json").write_text('{"model": {"type": "WordPiece"}}')
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "theirs" / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="expected a BPE model"):
+        CLIPTokenizer.from_pretrained(tmp_path / "theirs")
