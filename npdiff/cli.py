@@ -75,8 +75,10 @@ def _add_train(sub) -> None:
     g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
                    "(default 8192)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("unet", "mlp"), default=None,
-                   help="denoiser: UNet2DModel for images, a residual MLP for 2-D points (default: by data)")
+    g.add_argument("--model", choices=("unet", "mlp", "classifier"), default=None,
+                   help="denoiser: UNet2DModel for images, a residual MLP for 2-D points (default: by data); "
+                        "'classifier': the noise-conditional classifier p(y | x_t, t) for classifier guidance "
+                        "(`npdiff sample --classifier DIR`)")
     g.add_argument("--channels", type=_channels, default=None,
                    help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64)")
     g.add_argument("--layers-per-block", type=int, default=None, help="UNet ResNet blocks per level (default 1)")
@@ -271,10 +273,12 @@ def _default_run_dir(data: str) -> str:
 
 def cmd_train(args) -> int:
     from .training import TrainConfig, Trainer, TrainingDiverged, toy_defaults
+    from .training.classifier import ClassifierTrainer, is_classifier_run
 
     progress = not args.quiet
     if args.resume is not None:
-        trainer = Trainer.resume(args.resume, steps=args.steps, progress=progress)
+        cls = ClassifierTrainer if is_classifier_run(args.resume) else Trainer
+        trainer = cls.resume(args.resume, steps=args.steps, progress=progress)
         print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}", file=sys.stderr)
     else:
         fields = toy_defaults(args.data) if args.data in TOY_DATASETS else {}
@@ -282,7 +286,7 @@ def cmd_train(args) -> int:
                        if getattr(args, dest) is not None})
         config = TrainConfig(**fields)
         run_dir = args.output or _default_run_dir(config.data)
-        trainer = Trainer(config, run_dir, progress=progress)
+        trainer = (ClassifierTrainer if config.model == "classifier" else Trainer)(config, run_dir, progress=progress)
         n_params = sum(int(p.data.size) for p in trainer.model.parameters())
         print(f"training {trainer.info.model_class} ({n_params:,} parameters) on {config.data!r} "
               f"({len(trainer.dataset)} items) for {config.steps} steps -> {run_dir}", file=sys.stderr)

@@ -8,6 +8,7 @@ layouts (safetensors only). ``CLIPTokenizer`` reads CLIP's vocab.json + merges.t
 
 from .activations import GEGLU, GELU
 from .attention import Attention, BasicTransformerBlock, FeedForward
+from .classifier import EncoderUNetModel
 from .clip import CLIPImageEncoder, CLIPModel, contrastive_loss, zero_shot_classify
 from .clip_text import CLIPTextModel
 from .clip_tokenizer import CLIPTokenizer, build_clip_vocab
@@ -24,8 +25,9 @@ from .unet_blocks import (AttnDownBlock2D, AttnUpBlock2D, CrossAttnDownBlock2D, 
 __all__ = [
     "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPImageEncoder", "CLIPModel",
     "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "DoubleConv",
-    "Down", "DownBlock2D", "Downsample2D", "FeedForward", "GEGLU", "GELU", "ModelMixin", "OutConv", "ResnetBlock2D",
-    "TimestepEmbedding", "Timesteps", "Transformer2DModel", "UNet2DConditionModel", "UNet2DConditionOutput",
-    "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D", "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D",
-    "build_clip_vocab", "contrastive_loss", "get_timestep_embedding", "register_to_config", "zero_shot_classify",
+    "Down", "DownBlock2D", "Downsample2D", "EncoderUNetModel", "FeedForward", "GEGLU", "GELU", "ModelMixin", "OutConv",
+    "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel", "UNet2DConditionModel",
+    "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D", "UNetMidBlock2DCrossAttn", "Up",
+    "UpBlock2D", "Upsample2D", "build_clip_vocab", "contrastive_loss", "get_timestep_embedding", "register_to_config",
+    "zero_shot_classify",
 ]

@@ -1,5 +1,14 @@
-"""Sampling loops: noise → data with any scheduler, classifier-free guidance, trajectories."""
+"""Sampling and editing loops on top of the schedulers: noise → data with classifier-free or
+classifier guidance, SDEdit image-to-image, inpainting with RePaint resampling, DDIM inversion."""
 
-from .sampling import DiffusionPipeline, SampleOutput, sample
+from .classifier_guidance import ClassifierGuidedPredictor, classifier_guided_sample, log_prob_grad
+from .img2img import Img2ImgPipeline, img2img
+from .inpaint import InpaintPipeline, inpaint, repaint_schedule
+from .inversion import ddim_edit, ddim_invert
+from .sampling import DiffusionPipeline, SampleOutput, denoise, denoiser, sample
 
-__all__ = ["DiffusionPipeline", "SampleOutput", "sample"]
+__all__ = [
+    "ClassifierGuidedPredictor", "DiffusionPipeline", "Img2ImgPipeline", "InpaintPipeline", "SampleOutput",
+    "classifier_guided_sample", "ddim_edit", "ddim_invert", "denoise", "denoiser", "img2img", "inpaint",
+    "log_prob_grad", "repaint_schedule", "sample",
+]

@@ -21,6 +21,7 @@ model output, which is valid for ε, x₀ and v alike (each is affine in ε at f
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -62,9 +63,119 @@ def _model_output(model, x, t, class_labels, guidance_scale, null_class):
     return classifier_free_guidance(out_uncond, out_cond, guidance_scale)
 
 
+def check_conditioning(b: int, class_labels, guidance_scale: float, null_class):
+    """(B,) int64 labels (or None) after checking them against the batch and the guidance settings."""
+    if class_labels is None:
+        if guidance_scale != 1.0:
+            raise ValueError(f"guidance_scale={guidance_scale} needs class_labels (an unconditional model has "
+                             "nothing to guide)")
+        return None
+    class_labels = np.asarray(class_labels, dtype=np.int64).reshape(-1)
+    if class_labels.shape != (b,):
+        raise ValueError(f"class_labels must have shape ({b},) for a batch of {b}, got {class_labels.shape}")
+    if guidance_scale != 1.0 and null_class is None:
+        raise ValueError("classifier-free guidance (guidance_scale != 1) needs null_class, the label index "
+                         "the model was trained with for 'no class'")
+    return class_labels
+
+
+def denoiser(model, class_labels=None, guidance_scale: float = 1.0, null_class: int | None = None):
+    """``predict(x_in, t) -> model output`` (plain arrays): ``model`` with classifier-free guidance.
+
+    Every loop in npdiff.pipelines asks its denoiser through this one signature, so a caller
+    may pass any callable instead (a text-conditioned model, classifier guidance, a closed-form
+    optimal predictor in tests).
+    """
+    def predict(x, t):
+        return _model_output(model, x, t, class_labels, guidance_scale, null_class)
+
+    return predict
+
+
+def _record_set(trajectory_steps, n: int) -> set:
+    if trajectory_steps is None:
+        return set()
+    if isinstance(trajectory_steps, (int, np.integer)):
+        return set(np.unique(np.round(np.linspace(0, n - 1, max(int(trajectory_steps), 1))).astype(int)).tolist())
+    record = {int(i) for i in trajectory_steps}
+    if any(i < 0 or i >= n for i in record):
+        raise ValueError(f"trajectory_steps must lie in 0 … {n - 1} for {n} scheduler steps, got {sorted(record)}")
+    return record
+
+
+def step_kwargs_for(scheduler, rng, scheduler_kwargs: dict | None = None) -> dict:
+    """Extra ``step`` arguments, with ``generator=rng`` for the stochastic samplers (they draw from our seed)."""
+    kwargs = dict(scheduler_kwargs or {})
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        kwargs["generator"] = rng
+    return kwargs
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """``model.eval()`` for the duration (no-op for plain callables), restoring training mode after."""
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()
+
+
+def denoise(predict, scheduler, x, timesteps, step_kwargs: dict | None = None, trajectory_steps=None,
+            progress: bool = False) -> SampleOutput:
+    """Run ``x ← scheduler.step(predict(scale_model_input(x, t), t), t, x)`` over ``timesteps``.
+
+    The loop shared by sampling from noise, SDEdit and DDIM editing. ``x`` (B, *S) is the
+    sample at the first timestep; ``trajectory_steps`` as in ``sample``. Runs without a tape
+    (``predict`` may re-enable it for a gradient, as classifier guidance does).
+    """
+    n = len(timesteps)
+    record = _record_set(trajectory_steps, n)
+    step_kwargs = step_kwargs or {}
+    x = np.asarray(x, dtype=np.float32)
+    kept_t, kept_x, kept_x0 = [], [], []
+    steps = range(n)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="sampling", unit="step", leave=False, disable=None)
+    with no_grad():
+        for i in steps:
+            t = timesteps[i]
+            out = predict(scheduler.scale_model_input(x, t), t)
+            step = scheduler.step(out, t, x, **step_kwargs)
+            if i in record:
+                kept_t.append(t.item() if hasattr(t, "item") else t)
+                kept_x.append(x.copy())
+                x0 = step.pred_original_sample
+                kept_x0.append(np.full_like(x, np.nan) if x0 is None else np.asarray(x0, dtype=np.float32))
+            x = np.asarray(step.prev_sample, dtype=np.float32)
+    return SampleOutput(samples=x, timesteps=kept_t,
+                        trajectory=np.stack(kept_x) if kept_x else None,
+                        pred_x0=np.stack(kept_x0) if kept_x0 else None)
+
+
+def scheduler_timesteps(scheduler, num_inference_steps: int | None) -> list:
+    """``set_timesteps(num_inference_steps)`` when given, then the scheduler's timesteps as a list."""
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(int(num_inference_steps))
+    timesteps = list(np.asarray(scheduler.timesteps))
+    if not timesteps:
+        raise ValueError("the scheduler has no timesteps; call set_timesteps or pass num_inference_steps")
+    return timesteps
+
+
+def as_generator(generator) -> np.random.Generator:
+    """A ``numpy.random.Generator`` from a Generator, an int seed or None."""
+    return generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+
+
 def sample(model, scheduler, shape, class_labels=None, guidance_scale: float = 1.0, generator=None,
            num_inference_steps: int | None = None, null_class: int | None = None, trajectory_steps=None,
-           progress: bool = False, scheduler_kwargs: dict | None = None) -> SampleOutput:
+           progress: bool = False, scheduler_kwargs: dict | None = None, predict=None) -> SampleOutput:
     """Draw ``shape[0]`` samples from ``model`` with ``scheduler``.
 
     model:               ``model(x, t, class_labels=None) -> Tensor`` (UNet2DModel, ToyMLPDenoiser).
@@ -79,66 +190,19 @@ def sample(model, scheduler, shape, class_labels=None, guidance_scale: float = 1
     trajectory_steps:    None, an int K (record K evenly spaced steps, first and last included)
                          or a list of step indices (0 … n−1) at which to record x_t and x̂₀.
     scheduler_kwargs:    extra keyword arguments for ``scheduler.step`` (e.g. ``eta`` for DDIM).
+    predict:             a ``predict(x_in, t) -> output`` callable used instead of ``model`` with
+                         ``class_labels`` / ``guidance_scale`` (e.g. classifier guidance).
     """
-    rng = generator if isinstance(generator, np.random.Generator) else np.random.default_rng(generator)
+    rng = as_generator(generator)
     shape = tuple(int(s) for s in shape)
-    b = shape[0]
-    if class_labels is not None:
-        class_labels = np.asarray(class_labels, dtype=np.int64).reshape(-1)
-        if class_labels.shape != (b,):
-            raise ValueError(f"class_labels must have shape ({b},) for samples of shape {shape}, got {class_labels.shape}")
-        if guidance_scale != 1.0 and null_class is None:
-            raise ValueError("classifier-free guidance (guidance_scale != 1) needs null_class, the label index "
-                             "the model was trained with for 'no class'")
-    elif guidance_scale != 1.0:
-        raise ValueError(f"guidance_scale={guidance_scale} needs class_labels (an unconditional model has nothing to guide)")
-    if num_inference_steps is not None:
-        scheduler.set_timesteps(int(num_inference_steps))
-    timesteps = list(np.asarray(scheduler.timesteps))
-    if not timesteps:
-        raise ValueError("the scheduler has no timesteps; call set_timesteps or pass num_inference_steps")
-    n = len(timesteps)
-    if trajectory_steps is None:
-        record = set()
-    elif isinstance(trajectory_steps, (int, np.integer)):
-        record = set(np.unique(np.round(np.linspace(0, n - 1, max(int(trajectory_steps), 1))).astype(int)).tolist())
-    else:
-        record = {int(i) for i in trajectory_steps}
-        if any(i < 0 or i >= n for i in record):
-            raise ValueError(f"trajectory_steps must lie in 0 … {n - 1} for {n} scheduler steps, got {sorted(record)}")
-
-    step_kwargs = dict(scheduler_kwargs or {})
-    if "generator" in inspect.signature(scheduler.step).parameters:  # stochastic samplers draw from our seed
-        step_kwargs["generator"] = rng
-
+    class_labels = check_conditioning(shape[0], class_labels, guidance_scale, null_class)
+    timesteps = scheduler_timesteps(scheduler, num_inference_steps)
+    _record_set(trajectory_steps, len(timesteps))  # bad indices fail before any work
+    step_kwargs = step_kwargs_for(scheduler, rng, scheduler_kwargs)
     x = (rng.standard_normal(shape) * float(scheduler.init_noise_sigma)).astype(np.float32)  # x_T
-    kept_t, kept_x, kept_x0 = [], [], []
-    steps = range(n)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="sampling", unit="step", leave=False, disable=None)
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        with no_grad():
-            for i in steps:
-                t = timesteps[i]
-                x_in = scheduler.scale_model_input(x, t)
-                out = _model_output(model, x_in, t, class_labels, guidance_scale, null_class)
-                step = scheduler.step(out, t, x, **step_kwargs)
-                if i in record:
-                    kept_t.append(t.item() if hasattr(t, "item") else t)
-                    kept_x.append(x.copy())
-                    x0 = step.pred_original_sample
-                    kept_x0.append(np.full_like(x, np.nan) if x0 is None else np.asarray(x0, dtype=np.float32))
-                x = np.asarray(step.prev_sample, dtype=np.float32)
-    finally:
-        if was_training:
-            model.train()
-    return SampleOutput(samples=x, timesteps=kept_t,
-                        trajectory=np.stack(kept_x) if kept_x else None,
-                        pred_x0=np.stack(kept_x0) if kept_x0 else None)
+    predict = predict or denoiser(model, class_labels, guidance_scale, null_class)
+    with eval_mode(model):
+        return denoise(predict, scheduler, x, timesteps, step_kwargs, trajectory_steps, progress)
 
 
 class DiffusionPipeline:

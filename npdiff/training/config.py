@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 
-MODEL_TYPES = ("unet", "mlp")
+MODEL_TYPES = ("unet", "mlp", "classifier")
 
 
 @dataclass
@@ -28,7 +28,8 @@ class TrainConfig:
       hflip             random horizontal flips (off for digits: a mirrored 2 is not a 2).
     Model
       model             "unet" (UNet2DModel, images) or "mlp" (ToyMLPDenoiser, 2-D points);
-                        None picks by the data.
+                        None picks by the data. "classifier": the noise-conditional classifier
+                        ``EncoderUNetModel`` for classifier guidance (training/classifier.py).
       block_out_channels, layers_per_block, attention, norm_num_groups
                         UNet size: channels per resolution level, ResNet blocks per level,
                         self-attention at the lowest resolution, GroupNorm groups.

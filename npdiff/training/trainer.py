@@ -69,10 +69,11 @@ class TrainingDiverged(RuntimeError):
 
 def model_classes() -> dict:
     """Model class names that may appear in a run's config.json."""
+    from ..models.classifier import EncoderUNetModel
     from ..models.toy import ToyMLPDenoiser
     from ..models.unet_2d import UNet2DModel
 
-    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser}
+    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser, "EncoderUNetModel": EncoderUNetModel}
 
 
 def unet_config(config: TrainConfig, channels: int, size: int, num_class_embeds: int | None) -> dict:
@@ -146,6 +147,10 @@ class RunInfo:
 
 def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
     """Decide model type, conditioning and shapes from the config and the data."""
+    if config.model == "classifier":
+        from .classifier import plan_classifier
+
+        return plan_classifier(config, dataset)
     kind = config.model or ("mlp" if dataset.is_toy else "unet")
     if kind == "mlp" and not dataset.is_toy:
         raise ValueError(f"model 'mlp' needs 2-D toy points, but {dataset.name!r} holds images {dataset.sample_shape}")
@@ -332,14 +337,18 @@ class Trainer:
         # 5. per-sample loss against the prediction target, optionally min-SNR-γ weighted
         out = self.model(Tensor(x_t), t, class_labels=y)
         loss = diffusion_loss(self.schedule, out, x0, noise, t, cfg.prediction_type, cfg.snr_gamma).mean()
+        return self._optimise(loss)
+
+    def _optimise(self, loss, **extra) -> dict:
+        """Stop on a NaN/Inf loss, then backward, clip, AdamW step, LR schedule step, EMA update.
+
+        ``extra`` (plain floats, e.g. the terms of the loss) joins the returned record."""
         loss_value = float(loss.item())
-        # 6. divergence check before anything is updated
-        if not math.isfinite(loss_value):
+        if not math.isfinite(loss_value):  # before anything is updated
             raise TrainingDiverged(f"loss is {loss_value} at step {self.step + 1}")
-        # 7. backward, clip, update
         self.optimizer.zero_grad()
         loss.backward()
-        grad_norm = clip_grad_norm_(self.optimizer.params, cfg.grad_clip)
+        grad_norm = clip_grad_norm_(self.optimizer.params, self.config.grad_clip)
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.step + 1}")
         lr = self.optimizer.lr
@@ -347,7 +356,7 @@ class Trainer:
         self.lr_schedule.step()
         self.ema.update()
         self.step += 1
-        return {"loss": loss_value, "grad_norm": grad_norm, "lr": lr}
+        return {"loss": loss_value, **extra, "grad_norm": grad_norm, "lr": lr}
 
     # -- the loop ------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
