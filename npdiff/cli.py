@@ -171,7 +171,31 @@ def _add_sample(sub) -> None:
     p.add_argument("--trajectory", type=int, default=None, metavar="K",
                    help="also save the trajectory at K evenly spaced steps: two rows per sample (x_t, then the "
                         "predicted x₀) for the first 4 samples (<out>_trajectory.png)")
+    _add_editing(p)
     p.set_defaults(func=cmd_sample)
+
+
+def _add_editing(p) -> None:
+    g = p.add_argument_group("editing and guidance (image runs; the output grid shows input | mask | results)")
+    src = g.add_mutually_exclusive_group()
+    src.add_argument("--inpaint", metavar="IMAGE", default=None,
+                     help="fill the part of IMAGE outside --mask (any trained model; --scheduler ddpm or ddim)")
+    src.add_argument("--img2img", metavar="IMAGE", default=None,
+                     help="SDEdit: noise IMAGE to --strength and denoise it (towards --class, if given)")
+    src.add_argument("--invert", metavar="IMAGE", default=None,
+                     help="DDIM inversion: invert IMAGE (as --source-class) to x_T, regenerate it as --class")
+    g.add_argument("--mask", default=None, help="for --inpaint: a mask image (white = keep, black = fill) or "
+                   "left/right/top/bottom, the half of the image that is kept")
+    g.add_argument("--strength", type=float, default=None,
+                   help="how far the input is noised: 1 = from pure noise (default 1 for --inpaint, 0.7 for "
+                        "--img2img)")
+    g.add_argument("--jump-length", type=int, default=10, help="RePaint: steps per jump back")
+    g.add_argument("--jump-n-sample", type=int, default=1, help="RePaint: passes over each jump (1 = no resampling)")
+    g.add_argument("--source-class", type=int, default=None, help="for --invert: the input's class")
+    g.add_argument("--classifier", metavar="DIR", default=None,
+                   help="classifier guidance of an unconditional run (or of a class-conditional run's null class) "
+                        "with the classifier trained by `npdiff train --model classifier -o DIR`")
+    g.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale s")
 
 
 def _add_eval(sub) -> None:
@@ -350,6 +374,8 @@ def cmd_sample(args) -> int:
     from . import io as nd_io
 
     run, steps, guidance = _open_run(args)
+    if args.inpaint or args.img2img or args.invert or args.classifier:
+        return _sample_edit(args, run, steps, guidance)
     info = run.info
     toy = len(info.sample_shape) == 1
     conditional = info.null_class is not None
@@ -388,6 +414,105 @@ def cmd_sample(args) -> int:
         nd_io.save_image_grid(path, strip, nrow=len(first.timesteps), scale=max(1, 64 // info.sample_shape[-1]))
         ts = ", ".join(f"{float(t):g}" for t in first.timesteps)
         print(f"wrote {path} (columns t = {ts}; rows: x_t, predicted x0, per sample)")
+    return 0
+
+
+def _input_image(path: str, shape) -> np.ndarray:
+    """An image file as (C, H, W) in [-1, 1] at the run's sample shape (resized bicubically)."""
+    from PIL import Image
+
+    from . import io as nd_io
+
+    c, h, w = shape
+    img = nd_io.load_image(path, mode="L" if c == 1 else "RGB")  # (C, H', W') in [-1, 1]
+    if c not in (1, 3):
+        raise ValueError(f"image inputs need a run with 1 or 3 channels, got {c}")
+    planes = []
+    for plane in img:  # resize each channel as an 8-bit picture
+        pil = Image.fromarray(np.round((plane + 1.0) * 127.5).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+        planes.append(np.asarray(pil, dtype=np.float32) / 127.5 - 1.0)
+    return np.stack(planes)
+
+
+def _input_mask(spec: str | None, shape) -> np.ndarray:
+    """--mask as a (1, H, W) {0, 1} array: a file (white = keep) or the name of the kept half."""
+    _, h, w = shape
+    halves = {"left": (slice(None), slice(0, w // 2)), "right": (slice(None), slice(w // 2, w)),
+              "top": (slice(0, h // 2), slice(None)), "bottom": (slice(h // 2, h), slice(None))}
+    if spec is None:
+        raise ValueError("--inpaint needs --mask (a mask image, white = keep, or left/right/top/bottom)")
+    if spec in halves:
+        m = np.zeros((1, h, w), np.float32)
+        m[(0, *halves[spec])] = 1.0
+        return m
+    return (_input_image(spec, (1, h, w)) > 0.0).astype(np.float32)  # threshold at mid-grey
+
+
+def _sample_edit(args, run, steps: int, guidance: float) -> int:
+    """npdiff sample --inpaint / --img2img / --invert / --classifier."""
+    from . import io as nd_io
+    from .pipelines import NullClassModel, classifier_guided_sample, ddim_edit, img2img, inpaint
+    from .schedulers import DDIMInverseScheduler
+    from .training import make_scheduler
+    from .training.classifier import load_classifier
+
+    info = run.info
+    if len(info.sample_shape) != 3:
+        raise ValueError("editing and classifier guidance need an image run")
+    conditional = info.null_class is not None
+    n = args.n or 8
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    labels = _labels_for(run, n, args.class_label) if args.class_label is not None or not args.classifier else None
+    scheduler = make_scheduler(args.scheduler, info.scheduler_config)
+    scale = max(1, 64 // info.sample_shape[-1])
+    cond = dict(class_labels=labels, guidance_scale=guidance if labels is not None else 1.0,
+                null_class=info.null_class)
+    if args.classifier:
+        if args.inpaint or args.img2img or args.invert:
+            raise ValueError("--classifier guides plain sampling; it cannot be combined with an edit")
+        if args.class_label is None:
+            raise ValueError("--classifier needs --class, the class to guide towards")
+        classifier = load_classifier(args.classifier)
+        model = run.model
+        if conditional:  # the class-conditional run's unconditional half: the null class
+            model = NullClassModel(run.model, info.null_class)
+        target = np.full(n, args.class_label, dtype=np.int64)
+        out = classifier_guided_sample(model, classifier, scheduler, target, args.classifier_scale,
+                                       shape=(n, *info.sample_shape), num_inference_steps=steps, generator=args.seed,
+                                       progress=True)
+        path = args.out or os.path.join(run.run_dir, f"classifier_guided_{args.class_label}_s{args.classifier_scale:g}.png")
+        nd_io.save_image_grid(path, np.clip(out.samples, -1, 1), nrow=int(np.ceil(np.sqrt(n))), scale=scale)
+        print(f"wrote {path}")
+        return 0
+    source = args.inpaint or args.img2img or args.invert
+    image = np.broadcast_to(_input_image(source, info.sample_shape), (n, *info.sample_shape)).copy()
+    rows = [image[:1]]
+    if args.inpaint:
+        mask = _input_mask(args.mask, info.sample_shape)
+        out = inpaint(run.model, scheduler, image, mask, num_inference_steps=steps,
+                      strength=1.0 if args.strength is None else args.strength, jump_length=args.jump_length,
+                      jump_n_sample=args.jump_n_sample, generator=args.seed, progress=True, **cond)
+        rows.append(np.broadcast_to(mask * 2.0 - 1.0, (1, *info.sample_shape)))
+        what = "inpaint"
+    elif args.img2img:
+        out = img2img(run.model, scheduler, image, 0.7 if args.strength is None else args.strength,
+                      num_inference_steps=steps, generator=args.seed, progress=True, **cond)
+        what = "img2img"
+    else:
+        if not conditional or args.class_label is None or args.source_class is None:
+            raise ValueError("--invert needs a class-conditional run, --source-class (the input's class) and "
+                             "--class (the class to regenerate it as)")
+        source_labels = np.full(n, args.source_class, dtype=np.int64)
+        inverse = DDIMInverseScheduler.from_config(info.scheduler_config)
+        out = ddim_edit(run.model, make_scheduler("ddim", info.scheduler_config), inverse, image[:1],
+                        num_inference_steps=steps, source_labels=source_labels[:1], target_labels=labels[:1],
+                        guidance_scale=guidance, null_class=info.null_class, progress=True)
+        what = "invert"
+    path = args.out or os.path.join(run.run_dir, f"{what}.png")
+    grid = np.concatenate(rows + [np.clip(out.samples, -1, 1)])
+    nd_io.save_image_grid(path, grid, nrow=len(grid), scale=scale)
+    print(f"wrote {path} (input{' | mask' if args.inpaint else ''} | {len(out.samples)} result(s))")
     return 0
 
 

@@ -28,12 +28,13 @@ from .sampling import SampleOutput, eval_mode, sample
 
 
 def log_prob_grad(classifier, x, t, labels) -> np.ndarray:
-    """∇_x log p_φ(y | x, t) for each sample: x (B, *S), labels (B,) ints -> (B, *S) float32.
+    """∇_x log p_φ(y | x, t) for each sample: x (B, *S), labels (B,) ints -> (B, *S) in x's float dtype.
 
     Σ_b log p_φ(y_b | x_b) is differentiated once; the samples do not interact in the
     classifier (GroupNorm, not BatchNorm), so row b of the gradient is sample b's own.
     """
-    xt = Tensor(np.asarray(x, dtype=np.float32), requires_grad=True)
+    x = np.asarray(x)
+    xt = Tensor(x if x.dtype in (np.float32, np.float64) else x.astype(np.float32), requires_grad=True)
     labels = np.asarray(labels, dtype=np.int64)
     params = [p for p in getattr(classifier, "parameters", lambda: [])() if p.requires_grad]
     for p in params:  # only ∂/∂x is wanted: leave the classifier's weights off the tape
@@ -53,7 +54,25 @@ def _log_prob_grad(classifier, xt, t, labels) -> np.ndarray:
                              f"{logits.shape}, got {labels.tolist()}")
         onehot = np.eye(logits.shape[1], dtype=np.float32)[labels]  # (B, K)
         (F.log_softmax(logits, dim=1) * onehot).sum().backward()
-    return np.asarray(xt.grad.data, dtype=np.float32)
+    return np.asarray(xt.grad.data)
+
+
+class NullClassModel:
+    """A class-conditional model always asked with the null class ∅: its unconditional half.
+
+    A model trained with label dropout (Ho & Salimans 2022, §3.2) learns p(x) at y = ∅, so it
+    can stand in for an unconditional model under classifier guidance: ``model(x, t)``.
+    """
+
+    def __init__(self, model, null_class: int):
+        self.model, self.null_class = model, int(null_class)
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def __call__(self, x, t, class_labels=None):
+        return self.model(x, t, class_labels=np.full((x.shape[0],), self.null_class, dtype=np.int64))
 
 
 class ClassifierGuidedPredictor:
