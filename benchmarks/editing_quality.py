@@ -47,7 +47,7 @@ def _batches(fn, n: int, batch: int):
 
 
 def part_inversion(run, args, test_x, test_y):
-    n = min(args.n, len(test_x))
+    n = min(args.n_inversion, len(test_x))
     x, y = test_x[:n], test_y[:n]
 
     def one(s):
@@ -154,6 +154,7 @@ def main(argv=None):
     p.add_argument("--classifier", default=None, help="classifier run folder (for the guidance part)")
     p.add_argument("--parts", nargs="+", default=["inversion", "inpaint", "sdedit", "guidance"])
     p.add_argument("--n", type=int, default=360, help="test digits per measurement (the test split has 360)")
+    p.add_argument("--n-inversion", type=int, default=100, help="test digits of the inversion round trip")
     p.add_argument("--n-guidance", type=int, default=200, help="samples per guidance scale")
     p.add_argument("--steps", type=int, default=25, help="DDIM steps (inversion always uses 50)")
     p.add_argument("--batch", type=int, default=200)

@@ -13,7 +13,7 @@ input noised to the level the step landed on:
 
 At the end (ᾱ = 1) the known region is x⁰ itself, so kept pixels equal the input exactly.
 
-The seed post's pseudo-code gets two things wrong (docs/math.md, errata E13 and E14):
+The seed post's pseudo-code gets two things wrong (docs/math.md, errata E16 and E17):
 it pastes the *clean* original into the known region at every step, so the model sees a
 clean region next to a noisy one, an input it never saw in training; and its loop calls
 ``denoise_step(x_noisy, ...)`` on the initial noisy image at every iteration instead of on
@@ -95,7 +95,7 @@ def landing_alpha_bars(scheduler, timesteps) -> np.ndarray:
 def known_region(image: np.ndarray, alpha_bar: float, rng: np.random.Generator) -> np.ndarray:
     """x_t^known = √ᾱ x⁰ + √(1 − ᾱ) z: the input at the noise level ᾱ (x⁰ itself, exactly, at ᾱ = 1).
 
-    The seed post pastes x⁰ at every level instead (errata E13)."""
+    The seed post pastes x⁰ at every level instead (errata E16)."""
     if alpha_bar == 1.0:
         return image
     return np.sqrt(alpha_bar) * image + np.sqrt(1.0 - alpha_bar) * rng.standard_normal(image.shape)

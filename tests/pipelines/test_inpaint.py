@@ -1,5 +1,5 @@
-"""Inpainting: kept pixels are exact, the known region is noised to each step's level (E13), the
-loop runs on the running x (E14), and RePaint's resampling moves the fill towards the exact
+"""Inpainting: kept pixels are exact, the known region is noised to each step's level (E16), the
+loop runs on the running x (E17), and RePaint's resampling moves the fill towards the exact
 conditional of Gaussian data."""
 
 import importlib
@@ -53,7 +53,7 @@ def test_kept_pixels_equal_input_exactly(make, jumps, strength):
 
 
 def test_model_sees_the_known_region_noised_to_each_level():
-    """E13: at the model call of timestep t the known coordinate is distributed as q(x_t | x⁰) =
+    """E16: at the model call of timestep t the known coordinate is distributed as q(x_t | x⁰) =
     N(√ᾱ_t a₀, 1 − ᾱ_t). The seed pastes the clean a₀ instead: variance 0, mean a₀."""
     sched = DDPMScheduler(clip_sample=False)
     eps = GaussianEps(np.zeros(2), COV, sched.alphas_cumprod)
@@ -85,7 +85,7 @@ def test_model_sees_the_known_region_noised_to_each_level():
 
 
 def test_seed_loop_that_denoises_x_noisy_every_iteration_discards_its_work():
-    """E14: the seed's ``x = denoise_step(x_noisy, t, ...)`` restarts from the initial noisy image
+    """E17: the seed's ``x = denoise_step(x_noisy, t, ...)`` restarts from the initial noisy image
     at every iteration, so its output is one denoising step of pure noise: b keeps the noise's
     unit spread and no correlation with a₀. The pipeline's fill has the conditional's statistics."""
     sched = DDPMScheduler(clip_sample=False)
