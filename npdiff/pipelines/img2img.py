@@ -64,6 +64,8 @@ class Img2ImgPipeline:
                  guidance_scale: float = 1.0, generator=None, progress: bool = False) -> SampleOutput:
         from .latents import decode_latents, encode_images
 
+        if strength == 0.0:  # no step is run: the input itself, not its VAE round trip
+            return SampleOutput(samples=np.asarray(image, dtype=np.float32).copy())
         out = img2img(self.model, self.scheduler, encode_images(self.vae, image), strength,
                       num_inference_steps=num_inference_steps, class_labels=class_labels,
                       guidance_scale=guidance_scale, null_class=self.null_class, generator=generator,

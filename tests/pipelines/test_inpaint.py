@@ -150,3 +150,45 @@ def test_strength_zero_returns_input_and_bad_arguments():
         inpaint(tiny_unet(), DDIMScheduler(timestep_spacing="linspace"), image, mask, num_inference_steps=7)
     with pytest.raises(ValueError, match="strength must be in"):
         inpaint(tiny_unet(), DDIMScheduler(), image, mask, num_inference_steps=4, strength=1.5)
+
+
+class PoolingVAE:
+    """A stand-in with the AutoencoderKL contract: 2×2 mean-pool encoder, nearest-neighbour decoder."""
+
+    class config:  # noqa: N801 - mirrors ``vae.config.scaling_factor``
+        scaling_factor = 0.5
+
+    class _Out:
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    def encode(self, x):
+        b, c, h, w = x.shape
+        z = x.data.reshape(b, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))  # (B, C, H/2, W/2)
+        return self._Out(latent_dist=self._Out(mode=lambda: nd.tensor(z)))
+
+    def decode(self, z):
+        return self._Out(sample=nd.tensor(z.data.repeat(2, axis=2).repeat(2, axis=3)))
+
+
+def test_latent_pipeline_keeps_pixels_and_runs_on_latents():
+    from npdiff.pipelines import Img2ImgPipeline
+
+    image = np.random.default_rng(3).uniform(-1, 1, (2, 1, 16, 16)).astype(np.float32)
+    mask = np.zeros((1, 16, 16), np.float32)
+    mask[:, :, :7] = 1.0  # 7 columns: latent column 3 mixes kept and filled pixels, so it is filled
+    seen = []
+    model = tiny_unet()
+
+    def spy(x, t, class_labels=None):
+        seen.append(x.shape)
+        return model(x, t)
+
+    out = InpaintPipeline(spy, DDIMScheduler(), vae=PoolingVAE())(image=image, mask_image=mask,
+                                                                 num_inference_steps=3, generator=0).samples
+    assert seen and all(s == (2, 1, 8, 8) for s in seen)  # the loop ran on 8×8 latents
+    np.testing.assert_array_equal(out[..., :7], image[..., :7])  # kept pixels pasted back exactly
+    assert out.shape == image.shape
+    pipe = Img2ImgPipeline(spy, DDIMScheduler(), vae=PoolingVAE())
+    np.testing.assert_array_equal(pipe(image=image, strength=0.0).samples, image)
+    assert pipe(image=image, strength=0.5, num_inference_steps=4, generator=0).samples.shape == image.shape
