@@ -76,24 +76,26 @@ def part_inpaint(run, args, test_x, test_y):
     uncond = NullClassModel(run.model, run.info.null_class)
     size = x.shape[-1]
     result, pictures = {}, []
-    for keep in ("left", "right"):
+    for keep in args.keep:
         mask = np.zeros((1, 1, size, size), np.float32)
         cols = slice(0, size // 2) if keep == "left" else slice(size // 2, size)
         mask[..., cols] = 1.0
-        for name, jumps in (("off", 1), ("on", args.jump_n_sample)):
+        for name, jumps in [("off", 1), ("on", args.jump_n_sample)][:2 if args.jump_n_sample > 1 else 1]:
             t0 = time.perf_counter()
-            out = _batches(lambda s: inpaint(uncond, make_scheduler("ddim", run.info.scheduler_config), x[s], mask,
+            out = _batches(lambda s: inpaint(uncond, make_scheduler(args.inpaint_scheduler, run.info.scheduler_config),
+                                             x[s], mask,
                                              num_inference_steps=args.steps, jump_length=args.jump_length,
                                              jump_n_sample=jumps, generator=[args.seed, s.start]).samples,
                            n, args.batch)
             exact = bool(np.array_equal(out[..., cols], x[..., cols]))
             acc = conditional_accuracy(np.clip(out, -1, 1), y)
-            key = f"inpaint_keep_{keep}_repaint_{name}"
+            key = f"inpaint_{args.inpaint_scheduler}_keep_{keep}_repaint_{name}"
             result[key] = {"accuracy": acc, "kept_pixels_exact": exact, "seconds": round(time.perf_counter() - t0, 1)}
-            print(f"inpaint keep {keep:5s} RePaint {name:3s}: accuracy {acc:.3f}, kept pixels exact: {exact}")
-            if name == "on":
-                pictures += [x[:8], np.broadcast_to(mask[0] * 2 - 1, (8, 1, size, size)), np.clip(out[:8], -1, 1)]
+            print(f"inpaint ({args.inpaint_scheduler}, {args.steps} steps) keep {keep:5s} RePaint {name:3s}: accuracy {acc:.3f}, kept pixels exact: {exact}")
+        # the last configuration's first 8: input | mask | result rows
+        pictures += [x[:8], np.broadcast_to(mask[0] * 2 - 1, (8, 1, size, size)), np.clip(out[:8], -1, 1)]
     result["inpaint_n"] = n
+    result["inpaint_scheduler"] = args.inpaint_scheduler
     result["inpaint_repaint"] = {"jump_length": args.jump_length, "jump_n_sample": args.jump_n_sample}
     nd_io.save_image_grid(os.path.join(IMAGES, "editing_inpaint.png"), np.concatenate(pictures), nrow=8, scale=3)
     return result
@@ -162,8 +164,11 @@ def main(argv=None):
     p.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
     p.add_argument("--classifier-scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 10.0])
     p.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    p.add_argument("--inpaint-scheduler", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--jump-length", type=int, default=5)
     p.add_argument("--jump-n-sample", type=int, default=3)
+    p.add_argument("--keep", nargs="+", choices=("left", "right"), default=["left", "right"],
+                   help="inpainting: which half is kept")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/editing_quality.json")
     args = p.parse_args(argv)
