@@ -13,8 +13,9 @@ Parts (each prints a table and merges its numbers into --out JSON, so a partial 
   guidance   classifier guidance of the null-class model over scales (accuracy, Fréchet ratio),
              beside classifier-free guidance of the conditional model at the same step count
 
-The run must be class-conditional with label dropout (the default `npdiff train`): its null
-class is the unconditional model that inpainting and classifier guidance use. This is a
+The run must be class-conditional with label dropout (the default `npdiff train`). Inpainting
+and classifier guidance use an unconditional model: ``--uncond-run`` (a run trained with
+``--unconditional``) or, without it, the conditional run's null class. This is a
 quality measurement, not a timing: speed is measured by the other scripts here.
 """
 
@@ -46,6 +47,16 @@ def _batches(fn, n: int, batch: int):
     return np.concatenate([fn(slice(i, min(n, i + batch))) for i in range(0, n, batch)])
 
 
+def _unconditional(run, args):
+    """The unconditional model: --uncond-run's (trained without labels), else the run's null class."""
+    if args.uncond_run:
+        uncond = load_run(args.uncond_run)
+        if uncond.info.null_class is not None:
+            raise SystemExit(f"--uncond-run {args.uncond_run} is class-conditional; train it with --unconditional")
+        return uncond.model
+    return NullClassModel(run.model, run.info.null_class)
+
+
 def part_inversion(run, args, test_x, test_y):
     n = min(args.n_inversion, len(test_x))
     x, y = test_x[:n], test_y[:n]
@@ -73,7 +84,7 @@ def part_inversion(run, args, test_x, test_y):
 def part_inpaint(run, args, test_x, test_y):
     n = min(args.n, len(test_x))
     x, y = test_x[:n], test_y[:n]
-    uncond = NullClassModel(run.model, run.info.null_class)
+    uncond = _unconditional(run, args)
     size = x.shape[-1]
     result, pictures = {}, []
     for keep in args.keep:
@@ -89,7 +100,7 @@ def part_inpaint(run, args, test_x, test_y):
                            n, args.batch)
             exact = bool(np.array_equal(out[..., cols], x[..., cols]))
             acc = conditional_accuracy(np.clip(out, -1, 1), y)
-            key = f"inpaint_{args.inpaint_scheduler}_keep_{keep}_repaint_{name}"
+            key = f"inpaint_{args.inpaint_scheduler}_keep_{keep}_repaint_{name}{'_uncond_run' if args.uncond_run else ''}"
             result[key] = {"accuracy": acc, "kept_pixels_exact": exact, "seconds": round(time.perf_counter() - t0, 1)}
             print(f"inpaint ({args.inpaint_scheduler}, {args.steps} steps) keep {keep:5s} RePaint {name:3s}: accuracy {acc:.3f}, kept pixels exact: {exact}")
         # the last configuration's first 8: input | mask | result rows
@@ -124,15 +135,15 @@ def part_sdedit(run, args, test_x, test_y):
 def part_guidance(run, args, classifier):
     n = args.n_guidance
     labels = np.arange(n) % 10
-    uncond = NullClassModel(run.model, run.info.null_class)
-    table, strip = {"classifier": {}, "cfg": {}}, []
+    uncond = _unconditional(run, args)
+    table, strip = {"classifier" + ("_uncond_run" if args.uncond_run else ""): {}, "cfg": {}}, []
     for scale in args.classifier_scales:
         out = _batches(lambda s: classifier_guided_sample(uncond, classifier, make_scheduler("ddim", run.info.scheduler_config),
                                                           labels[s], scale, shape=(s.stop - s.start, 1, 16, 16),
                                                           num_inference_steps=args.steps,
                                                           generator=[args.seed, s.start]).samples, n, args.batch)
         rep = digits_report(np.clip(out, -1, 1), labels)
-        table["classifier"][f"{scale:g}"] = {"accuracy": rep["conditional_accuracy"], "fd_ratio": rep["fd_ratio"]}
+        table["classifier" + ("_uncond_run" if args.uncond_run else "")][f"{scale:g}"] = {"accuracy": rep["conditional_accuracy"], "fd_ratio": rep["fd_ratio"]}
         strip.append(np.clip(out[:10], -1, 1))
         print(f"classifier guidance s={scale:<5g}: accuracy {rep['conditional_accuracy']:.3f}, "
               f"Fréchet ratio {rep['fd_ratio']:.2f}")
@@ -154,6 +165,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="class-conditional digits run folder")
     p.add_argument("--classifier", default=None, help="classifier run folder (for the guidance part)")
+    p.add_argument("--uncond-run", default=None, help="an unconditional run (`npdiff train --unconditional`) for "
+                   "inpainting and classifier guidance (default: the --run model's null class)")
     p.add_argument("--parts", nargs="+", default=["inversion", "inpaint", "sdedit", "guidance"])
     p.add_argument("--n", type=int, default=360, help="test digits per measurement (the test split has 360)")
     p.add_argument("--n-inversion", type=int, default=100, help="test digits of the inversion round trip")
@@ -163,7 +176,7 @@ def main(argv=None):
     p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale of SDEdit / edits")
     p.add_argument("--strengths", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
     p.add_argument("--classifier-scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 10.0])
-    p.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
+    p.add_argument("--cfg-scales", type=float, nargs="*", default=[1.0, 2.0, 3.0])
     p.add_argument("--inpaint-scheduler", choices=("ddim", "ddpm"), default="ddim")
     p.add_argument("--jump-length", type=int, default=5)
     p.add_argument("--jump-n-sample", type=int, default=3)
@@ -177,7 +190,7 @@ def main(argv=None):
         raise SystemExit("--run must be a class-conditional 16x16 digits run (the default `npdiff train`)")
     test_x, test_y = load_digits(16, "test")
     results = nd_io.load_json(args.out) if os.path.isfile(args.out) else {}
-    results.update({"run": args.run, "run_step": run.step, "steps": args.steps})
+    results.update({"run": args.run, "run_step": run.step, "steps": args.steps, "uncond_run": args.uncond_run})
     os.makedirs(IMAGES, exist_ok=True)
     for part in args.parts:
         t0 = time.perf_counter()
