@@ -463,9 +463,13 @@ def _sample_edit(args, run, steps: int, guidance: float) -> int:
     n = args.n or 8
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
-    labels = _labels_for(run, n, args.class_label) if args.class_label is not None or not args.classifier else None
     scheduler = make_scheduler(args.scheduler, info.scheduler_config)
     scale = max(1, 64 // info.sample_shape[-1])
+    # without --class (and for classifier guidance) the model runs unconditionally: a class-conditional
+    # run through its null class
+    unconditional = NullClassModel(run.model, info.null_class) if conditional else run.model
+    labels = None if args.classifier or args.class_label is None else _labels_for(run, n, args.class_label)
+    model = unconditional if labels is None else run.model
     cond = dict(class_labels=labels, guidance_scale=guidance if labels is not None else 1.0,
                 null_class=info.null_class)
     if args.classifier:
@@ -474,11 +478,8 @@ def _sample_edit(args, run, steps: int, guidance: float) -> int:
         if args.class_label is None:
             raise ValueError("--classifier needs --class, the class to guide towards")
         classifier = load_classifier(args.classifier)
-        model = run.model
-        if conditional:  # the class-conditional run's unconditional half: the null class
-            model = NullClassModel(run.model, info.null_class)
         target = np.full(n, args.class_label, dtype=np.int64)
-        out = classifier_guided_sample(model, classifier, scheduler, target, args.classifier_scale,
+        out = classifier_guided_sample(unconditional, classifier, scheduler, target, args.classifier_scale,
                                        shape=(n, *info.sample_shape), num_inference_steps=steps, generator=args.seed,
                                        progress=True)
         path = args.out or os.path.join(run.run_dir, f"classifier_guided_{args.class_label}_s{args.classifier_scale:g}.png")
@@ -490,13 +491,13 @@ def _sample_edit(args, run, steps: int, guidance: float) -> int:
     rows = [image[:1]]
     if args.inpaint:
         mask = _input_mask(args.mask, info.sample_shape)
-        out = inpaint(run.model, scheduler, image, mask, num_inference_steps=steps,
+        out = inpaint(model, scheduler, image, mask, num_inference_steps=steps,
                       strength=1.0 if args.strength is None else args.strength, jump_length=args.jump_length,
                       jump_n_sample=args.jump_n_sample, generator=args.seed, progress=True, **cond)
         rows.append(np.broadcast_to(mask * 2.0 - 1.0, (1, *info.sample_shape)))
         what = "inpaint"
     elif args.img2img:
-        out = img2img(run.model, scheduler, image, 0.7 if args.strength is None else args.strength,
+        out = img2img(model, scheduler, image, 0.7 if args.strength is None else args.strength,
                       num_inference_steps=steps, generator=args.seed, progress=True, **cond)
         what = "img2img"
     else:

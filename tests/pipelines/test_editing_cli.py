@@ -18,16 +18,17 @@ TINY = ["--channels", "8,16", "--norm-groups", "4", "--image-size", "8", "--batc
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("editing")
-    digits, clf = str(root / "digits"), str(root / "clf")
+    digits, clf, uncond = str(root / "digits"), str(root / "clf"), str(root / "uncond")
     assert main(["train", "--steps", "2", "--output", digits, *TINY]) == 0
+    assert main(["train", "--steps", "1", "--unconditional", "--output", uncond, *TINY]) == 0
     assert main(["train", "--model", "classifier", "--steps", "2", "--output", clf, *TINY]) == 0
     image = str(root / "digit.png")
     Image.fromarray(np.tile(np.linspace(0, 255, 8).astype(np.uint8), (8, 1))).save(image)
-    return digits, clf, image
+    return digits, clf, image, uncond
 
 
 def test_classifier_run_folder_and_resume(runs):
-    _, clf, _ = runs
+    _, clf, _, _ = runs
     for name in ("config.json", "checkpoint.safetensors", "log.jsonl", "accuracy.json", "ema_model"):
         assert os.path.exists(os.path.join(clf, name)), name
     report = json.load(open(os.path.join(clf, "accuracy.json")))
@@ -40,22 +41,27 @@ def test_classifier_run_folder_and_resume(runs):
 
 
 def test_sample_editing_options_write_pictures(runs, tmp_path):
-    digits, clf, image = runs
+    digits, clf, image, uncond = runs
     out = str(tmp_path / "inpaint.png")
     assert main(["sample", "--run", digits, "--inpaint", image, "--mask", "left", "--steps", "3", "--n", "2",
                  "--jump-length", "1", "--jump-n-sample", "2", "--out", out]) == 0
     assert Image.open(out).size[0] > Image.open(out).size[1]  # one row: input | mask | 2 results
-    for flags in (["--img2img", image, "--strength", "0.5", "--class", "3"],
-                  ["--invert", image, "--source-class", "1", "--class", "7"],
-                  ["--classifier", clf, "--class", "2", "--classifier-scale", "3"]):
+    for run, flags in ((uncond, ["--classifier", clf, "--class", "2"]),  # an unconditional run, guided
+                       (uncond, ["--inpaint", image, "--mask", "top"]),
+                       (digits, ["--img2img", image, "--strength", "0.5"]),  # no --class: the null class
+                       (digits, ["--img2img", image, "--strength", "0.5", "--class", "3"]),
+                       (digits, ["--invert", image, "--source-class", "1", "--class", "7"]),
+                       (digits, ["--classifier", clf, "--class", "2", "--classifier-scale", "3"])):
         path = str(tmp_path / "edit.png")
-        assert main(["sample", "--run", digits, "--steps", "3", "--n", "2", "--out", path, *flags]) == 0
+        assert main(["sample", "--run", run, "--steps", "3", "--n", "2", "--out", path, *flags]) == 0
         assert os.path.isfile(path)
         os.remove(path)
 
 
 def test_editing_errors(runs, capsys):
-    digits, clf, image = runs
+    digits, clf, image, uncond = runs
+    assert main(["sample", "--run", uncond, "--img2img", image, "--class", "1", "--steps", "2"]) == 2
+    assert "needs a class-conditional run" in capsys.readouterr().err
     assert main(["sample", "--run", digits, "--inpaint", image, "--steps", "2"]) == 2
     assert "needs --mask" in capsys.readouterr().err
     assert main(["sample", "--run", digits, "--classifier", clf, "--steps", "2"]) == 2
