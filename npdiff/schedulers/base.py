@@ -8,6 +8,7 @@ cast to the sample's dtype where they multiply it.
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -82,6 +83,30 @@ class SchedulerMixin:
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
+
+    # -- folders: diffusers' scheduler_config.json ---------------------------------
+    config_name = "scheduler_config.json"
+
+    def save_pretrained(self, save_directory) -> None:
+        """Write ``scheduler_config.json`` (atomically) as diffusers does: class name + arguments."""
+        from npdiff import io as nd_io
+
+        folder = os.fspath(save_directory)
+        os.makedirs(folder, exist_ok=True)
+        config = {"_class_name": type(self).__name__, "_diffusers_version": "0.42.1", **self.config}
+        nd_io.save_json(os.path.join(folder, self.config_name), config)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **overrides):
+        """Read ``scheduler_config.json`` from a local folder (``subfolder="scheduler"`` in a
+        pipeline folder) through ``from_config``: another scheduler's config loads too."""
+        from npdiff import io as nd_io
+
+        folder = os.fspath(pretrained_model_name_or_path)
+        path = os.path.join(folder, subfolder, cls.config_name) if subfolder else os.path.join(folder, cls.config_name)
+        if not os.path.isfile(path):
+            raise ValueError(f"scheduler config {path!r} does not exist")
+        return cls.from_config(nd_io.load_json(path), **overrides)
 
 
 def _all_scheduler_classes():

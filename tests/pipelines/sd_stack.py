@@ -1,0 +1,47 @@
+"""A tiny Stable Diffusion stack for the pipeline tests: 2-level VAE (f = 2), 2-level
+cross-attention U-Net, 2-layer CLIP text encoder, a vocabulary built from our captions."""
+
+import numpy as np
+
+import npdiff as nd
+from npdiff.models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel, build_clip_vocab
+from npdiff.pipelines import StableDiffusionPipeline
+from npdiff.schedulers import DDIMScheduler
+
+CAPTIONS = ["a small red circle at the top left", "a large blue square and a green triangle",
+            "a yellow triangle at the bottom right", "a purple circle and an orange square"]
+VAE = dict(in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
+           norm_num_groups=4, sample_size=16,
+           down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            norm_num_groups=8, cross_attention_dim=16, attention_head_dim=2,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+MAX_LEN = 12
+
+
+def _text(vocab_size):
+    return dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=MAX_LEN, hidden_act="quick_gelu",
+                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+
+
+def _perturb(model, seed, scale=0.05):
+    """Random-initialised npdiff weights plus noise, so zero-initialised layers matter too."""
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data += (scale * rng.standard_normal(p.shape)).astype(p.dtype)
+    return model.eval()
+
+
+def tiny_pipeline():
+    nd.manual_seed(0)
+    vocab, merges = build_clip_vocab(CAPTIONS * 3)
+    tok = CLIPTokenizer(vocab, merges, model_max_length=MAX_LEN)
+    return StableDiffusionPipeline(
+        vae=_perturb(AutoencoderKL(**VAE), 1), text_encoder=_perturb(CLIPTextModel(**_text(len(vocab))), 2),
+        tokenizer=tok, unet=_perturb(UNet2DConditionModel(**UNET), 3), scheduler=DDIMScheduler(clip_sample=False))
+
+
+def initial_latents(seed=4):
+    return np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)
