@@ -3,7 +3,7 @@ bad input. Agreement with diffusers' own pipeline is in ``test_stable_diffusion_
 
 import numpy as np
 import pytest
-from sd_stack import CAPTIONS, initial_latents, tiny_pipeline
+from tests.pipelines.sd_stack import CAPTIONS, initial_latents, tiny_pipeline
 
 from npdiff.pipelines import StableDiffusionPipeline
 from npdiff.schedulers import EulerDiscreteScheduler

@@ -5,7 +5,7 @@ diffusers saved loads in npdiff and draws the same image."""
 import numpy as np
 import pytest
 
-from sd_stack import CAPTIONS, initial_latents, tiny_pipeline
+from tests.pipelines.sd_stack import CAPTIONS, initial_latents, tiny_pipeline
 
 from npdiff.pipelines import StableDiffusionPipeline
 
