@@ -18,6 +18,9 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
 MAX_LEN = 12
+# Stable Diffusion v1's DDIM settings (diffusers' pipeline rewrites steps_offset != 1 to 1)
+SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                 set_alpha_to_one=False, steps_offset=1)
 
 
 def _text(vocab_size):
@@ -40,7 +43,7 @@ def tiny_pipeline():
     tok = CLIPTokenizer(vocab, merges, model_max_length=MAX_LEN)
     return StableDiffusionPipeline(
         vae=_perturb(AutoencoderKL(**VAE), 1), text_encoder=_perturb(CLIPTextModel(**_text(len(vocab))), 2),
-        tokenizer=tok, unet=_perturb(UNet2DConditionModel(**UNET), 3), scheduler=DDIMScheduler(clip_sample=False))
+        tokenizer=tok, unet=_perturb(UNet2DConditionModel(**UNET), 3), scheduler=DDIMScheduler(**SCHEDULER))
 
 
 def initial_latents(seed=4):
