@@ -75,16 +75,17 @@ def _add_train(sub) -> None:
     g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
                    "(default 8192)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("unet", "mlp"), default=None,
-                   help="denoiser: UNet2DModel for images, a residual MLP for 2-D points (default: by data)")
+    g.add_argument("--model", choices=("unet", "dit", "mlp"), default=None,
+                   help="denoiser: UNet2DModel or DiTTransformer2DModel (patch 2) for images, a residual MLP "
+                        "for 2-D points (default: UNet for images)")
     g.add_argument("--channels", type=_channels, default=None,
                    help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64)")
     g.add_argument("--layers-per-block", type=int, default=None, help="UNet ResNet blocks per level (default 1)")
     g.add_argument("--no-attention", dest="attention", action="store_false", default=None,
                    help="no self-attention at the UNet's lowest resolution")
     g.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups in the UNet (default 8)")
-    g.add_argument("--hidden-dim", type=int, default=None, help="MLP width (default 128)")
-    g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks (default 3)")
+    g.add_argument("--hidden-dim", type=int, default=None, help="MLP width; DiT token width (default 128)")
+    g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks; DiT transformer blocks (default 3)")
     g.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
                    help="ignore labels (default: class-conditional when the data has labels)")
     g.add_argument("--label-dropout", type=float, default=None,
