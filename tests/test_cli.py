@@ -127,5 +127,5 @@ def test_train_dit_on_digits_loss_decreases(tmp_path):
     with open(os.path.join(run, "log.jsonl")) as f:
         losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     assert len(losses) == 24
-    # the zero-initialised DiT starts at E‖ε‖²/d = 1; a few AdamW steps must bring the loss well below
+    # the zero-initialised DiT predicts 0 (loss = E‖v‖²/d); a few AdamW steps must bring it well below
     assert np.mean(losses[-6:]) < 0.85 * np.mean(losses[:6]), losses

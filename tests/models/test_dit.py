@@ -195,3 +195,36 @@ def test_folders_round_trip_both_ways(tmp_path):
     assert dict(again.config) == dict(ours.config)
     with nd.no_grad():
         np.testing.assert_array_equal(again(x, t, class_labels=y).numpy(), got)
+
+
+def test_erratum_E15_patch_size_is_small():
+    """E15: DiT's patches are p ∈ {2, 4, 8} latent pixels (DiT-XL/2: p = 2), not 16×16 pixels;
+    the default here, as in diffusers, is p = 2 on a 32×32 latent (256 tokens)."""
+    import inspect
+
+    params = inspect.signature(DiTTransformer2DModel.__init__).parameters
+    assert params["patch_size"].default == 2 and params["sample_size"].default == 32
+    torch, diffusers = _oracle()
+    theirs = inspect.signature(diffusers.DiTTransformer2DModel.__init__).parameters
+    assert {k: v.default for k, v in params.items() if k != "self"} == \
+        {k: v.default for k, v in theirs.items() if k != "self"}
+
+
+def test_erratum_E16_conditioning_modulates_and_adds_no_tokens():
+    """E16: t and y are not put into the token sequence (nor is any text): the blocks see
+    L = (H/p)² tokens only, and t, y act solely through the adaLN regression c -> (β, γ, α): with
+    its weight zero (its bias random, so the block is not the identity) the block output does
+    not depend on t or y at all."""
+    nd.manual_seed(0)
+    model = DiTTransformer2DModel(**CONFIGS["patch2"])
+    _perturb(model, 3)
+    for block in model.transformer_blocks:  # cut c out of the modulation; everything else random
+        block.norm1.linear.weight.data[...] = 0
+    x, t, y = _inputs("patch2", 0)
+    with nd.no_grad():
+        h = model.pos_embed(nd.tensor(x))
+        assert h.shape == (3, (8 // 2) ** 2, 16)
+        a = model.transformer_blocks[0](h, timestep=t, class_labels=y).numpy()
+        b = model.transformer_blocks[0](h, timestep=t[::-1].copy(), class_labels=np.array([5, 6, 7])).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - h.numpy()).max() > 1e-3  # the block does transform its input
