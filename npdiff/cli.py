@@ -6,7 +6,7 @@
     npdiff sample --run runs/digits --scheduler dpm++ --steps 20 --class 7
     npdiff eval --run runs/digits         sample-quality metrics, printed and saved as eval.json
     npdiff viz schedules | viz forward --digit 3
-    npdiff bench                          the kernel and UNet benchmarks against PyTorch
+    npdiff bench                          the kernel, UNet and DiT benchmarks against PyTorch
 
 Errors in the input (a missing folder, a run folder without a checkpoint, a bad
 value) print ``npdiff <command>: error: ...`` and exit with status 2; a diverged
@@ -75,18 +75,18 @@ def _add_train(sub) -> None:
     g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
                    "(default 8192)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("unet", "mlp", "classifier"), default=None,
-                   help="denoiser: UNet2DModel for images, a residual MLP for 2-D points (default: by data); "
-                        "'classifier': the noise-conditional classifier p(y | x_t, t) for classifier guidance "
-                        "(`npdiff sample --classifier DIR`)")
+    g.add_argument("--model", choices=("unet", "dit", "mlp", "classifier"), default=None,
+                   help="denoiser: UNet2DModel or DiTTransformer2DModel (patch 2) for images, a residual MLP "
+                        "for 2-D points (default: by data); 'classifier': the noise-conditional classifier "
+                        "p(y | x_t, t) for classifier guidance (`npdiff sample --classifier DIR`)")
     g.add_argument("--channels", type=_channels, default=None,
                    help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64)")
     g.add_argument("--layers-per-block", type=int, default=None, help="UNet ResNet blocks per level (default 1)")
     g.add_argument("--no-attention", dest="attention", action="store_false", default=None,
                    help="no self-attention at the UNet's lowest resolution")
     g.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups in the UNet (default 8)")
-    g.add_argument("--hidden-dim", type=int, default=None, help="MLP width (default 128)")
-    g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks (default 3)")
+    g.add_argument("--hidden-dim", type=int, default=None, help="MLP width; DiT token width (default 128)")
+    g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks; DiT transformer blocks (default 3)")
     g.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
                    help="ignore labels (default: class-conditional when the data has labels)")
     g.add_argument("--label-dropout", type=float, default=None,
@@ -241,9 +241,9 @@ def _add_viz(sub) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench",
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
-                       description="Runs benchmarks/kernels.py and benchmarks/unet.py from the source checkout "
+                       description="Runs benchmarks/kernels.py, unet.py and dit.py from the source checkout "
                                    "with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet"), default="all",
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -617,7 +617,7 @@ def cmd_viz_forward(args) -> int:
 
 def cmd_bench(args) -> int:
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    scripts = ["kernels", "unet"] if args.which == "all" else [args.which]
+    scripts = ["kernels", "unet", "dit"] if args.which == "all" else [args.which]
     status = 0
     for name in scripts:
         path = os.path.join(root, f"{name}.py")

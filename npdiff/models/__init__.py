@@ -1,4 +1,4 @@
-"""Models: the classic segmentation U-Net, diffusers-compatible diffusion U-Nets, CLIP.
+"""Models: the classic segmentation U-Net, diffusers-compatible diffusion U-Nets and DiT, CLIP.
 
 ``UNet2DModel``, ``UNet2DConditionModel`` (and their building blocks) mirror diffusers'
 constructor arguments, submodule names and state-dict keys; ``CLIPTextModel`` mirrors
@@ -13,8 +13,11 @@ from .clip import CLIPImageEncoder, CLIPModel, contrastive_loss, zero_shot_class
 from .clip_text import CLIPTextModel
 from .clip_tokenizer import CLIPTokenizer, build_clip_vocab
 from .classic_unet import ClassicUNet, DoubleConv, Down, OutConv, Up
-from .embeddings import TimestepEmbedding, Timesteps, get_timestep_embedding
+from .dit import DiTTransformer2DModel, PatchEmbed
+from .embeddings import (CombinedTimestepLabelEmbeddings, LabelEmbedding, TimestepEmbedding, Timesteps,
+                         get_timestep_embedding)
 from .modeling_utils import ModelMixin, register_to_config
+from .normalization import AdaLayerNormZero
 from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 from .unet_2d import UNet2DModel, UNet2DOutput
@@ -23,11 +26,12 @@ from .unet_blocks import (AttnDownBlock2D, AttnUpBlock2D, CrossAttnDownBlock2D, 
                           UNetMidBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D)
 
 __all__ = [
-    "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock", "CLIPImageEncoder", "CLIPModel",
-    "CLIPTextModel", "CLIPTokenizer", "ClassicUNet", "CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "DoubleConv",
-    "Down", "DownBlock2D", "Downsample2D", "EncoderUNetModel", "FeedForward", "GEGLU", "GELU", "ModelMixin", "OutConv",
-    "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel", "UNet2DConditionModel",
-    "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D", "UNetMidBlock2DCrossAttn", "Up",
-    "UpBlock2D", "Upsample2D", "build_clip_vocab", "contrastive_loss", "get_timestep_embedding", "register_to_config",
-    "zero_shot_classify",
+    "AdaLayerNormZero", "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "BasicTransformerBlock",
+    "CLIPImageEncoder", "CLIPModel", "CLIPTextModel", "CLIPTokenizer", "ClassicUNet",
+    "CombinedTimestepLabelEmbeddings", "CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "DiTTransformer2DModel",
+    "DoubleConv", "Down", "DownBlock2D", "Downsample2D", "EncoderUNetModel", "FeedForward", "GEGLU", "GELU", "LabelEmbedding",
+    "ModelMixin", "OutConv", "PatchEmbed", "ResnetBlock2D", "TimestepEmbedding", "Timesteps", "Transformer2DModel",
+    "UNet2DConditionModel", "UNet2DConditionOutput", "UNet2DModel", "UNet2DOutput", "UNetMidBlock2D",
+    "UNetMidBlock2DCrossAttn", "Up", "UpBlock2D", "Upsample2D", "build_clip_vocab", "contrastive_loss",
+    "get_timestep_embedding", "register_to_config", "zero_shot_classify",
 ]

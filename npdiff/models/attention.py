@@ -26,6 +26,7 @@ from .. import nn
 from ..autograd import Tensor
 from ..nn import functional as F
 from .activations import GEGLU, GELU
+from .normalization import AdaLayerNormZero, modulate
 
 
 class Attention(nn.Module):
@@ -155,24 +156,37 @@ class BasicTransformerBlock(nn.Module):
                                            is given or ``double_self_attention``)
         x = x + ff(norm3(x))               GEGLU feed-forward
 
-    Keys as diffusers: norm1, attn1, norm2, attn2, norm3, ff. Only ``norm_type="layer_norm"``
-    and ``attention_type="default"`` are built (others are refused by name)."""
+    Keys as diffusers: norm1, attn1, norm2, attn2, norm3, ff. ``norm_type`` is "layer_norm"
+    or "ada_norm_zero" (DiT: norm1 is ``AdaLayerNormZero`` conditioned on the timestep and
+    class label, ``num_embeds_ada_norm`` classes, and the attention and feed-forward
+    branches are gated, see ``normalization.py``); ``attention_type`` is "default"
+    (others are refused by name)."""
+
+    NORM_TYPES = ("layer_norm", "ada_norm_zero")
 
     def __init__(self, dim: int, num_attention_heads: int, attention_head_dim: int, dropout: float = 0.0,
                  cross_attention_dim: int | None = None, activation_fn: str = "geglu", attention_bias: bool = False,
                  only_cross_attention: bool = False, double_self_attention: bool = False,
                  upcast_attention: bool = False, norm_elementwise_affine: bool = True, norm_type: str = "layer_norm",
                  norm_eps: float = 1e-5, final_dropout: bool = False, attention_type: str = "default",
-                 ff_inner_dim: int | None = None, ff_bias: bool = True, attention_out_bias: bool = True):
+                 ff_inner_dim: int | None = None, ff_bias: bool = True, attention_out_bias: bool = True,
+                 num_embeds_ada_norm: int | None = None):
         super().__init__()
-        if norm_type != "layer_norm":
-            raise ValueError(f"norm_type={norm_type!r} is not supported by BasicTransformerBlock; only 'layer_norm'")
+        if norm_type not in self.NORM_TYPES:
+            raise ValueError(f"norm_type={norm_type!r} is not supported by BasicTransformerBlock; "
+                             f"choose from {list(self.NORM_TYPES)}")
+        if norm_type == "ada_norm_zero" and num_embeds_ada_norm is None:
+            raise ValueError("norm_type='ada_norm_zero' needs num_embeds_ada_norm (the number of classes)")
+        self.norm_type = norm_type
         if attention_type != "default":
             raise ValueError(f"attention_type={attention_type!r} is not supported; only 'default'")
         self.only_cross_attention = only_cross_attention
         attn = dict(heads=num_attention_heads, dim_head=attention_head_dim, dropout=dropout, bias=attention_bias,
                     upcast_attention=upcast_attention, out_bias=attention_out_bias)
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
+        if norm_type == "ada_norm_zero":
+            self.norm1 = AdaLayerNormZero(dim, num_embeds_ada_norm)
+        else:
+            self.norm1 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
         self.attn1 = Attention(dim, cross_attention_dim=cross_attention_dim if only_cross_attention else None, **attn)
         if cross_attention_dim is not None or double_self_attention:
             self.norm2 = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=norm_elementwise_affine)
@@ -184,11 +198,21 @@ class BasicTransformerBlock(nn.Module):
         self.ff = FeedForward(dim, dropout=dropout, activation_fn=activation_fn, final_dropout=final_dropout,
                               inner_dim=ff_inner_dim, bias=ff_bias)
 
-    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None):
-        """(B, L, C) -> (B, L, C); masks are additive biases (B, 1 or L, Lk) (see ``Attention``)."""
+    def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                timestep=None, class_labels=None):
+        """(B, L, C) -> (B, L, C); masks are additive biases (B, 1 or L, Lk) (see ``Attention``);
+        timestep and class_labels (B,) feed the adaLN-Zero norm (``norm_type="ada_norm_zero"``)."""
         x = hidden_states
-        x = x + self.attn1(self.norm1(x), encoder_hidden_states if self.only_cross_attention else None,
-                           attention_mask)
+        ada = self.norm_type == "ada_norm_zero"
+        if ada:
+            h, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(x, timestep, class_labels, hidden_dtype=x.dtype)
+        else:
+            h = self.norm1(x)
+        a = self.attn1(h, encoder_hidden_states if self.only_cross_attention else None, attention_mask)
+        x = x + (gate_msa.unsqueeze(1) * a if ada else a)  # α₁ (B, 1, C) gates the branch
         if self.attn2 is not None:
             x = x + self.attn2(self.norm2(x), encoder_hidden_states, encoder_attention_mask)
-        return x + self.ff(self.norm3(x))
+        h = self.norm3(x)
+        if ada:
+            return x + gate_mlp.unsqueeze(1) * self.ff(modulate(h, shift_mlp, scale_mlp))
+        return x + self.ff(h)

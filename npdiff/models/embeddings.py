@@ -97,3 +97,48 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, sample):
         return self.linear_2(self.act(self.linear_1(sample)))
+
+
+class LabelEmbedding(nn.Module):
+    """Class labels -> vectors (diffusers' ``LabelEmbedding``), key ``embedding_table``.
+
+    The table has ``num_classes + 1`` rows when ``dropout_prob > 0``: the last row
+    (index ``num_classes``) is the null class ∅ of classifier-free guidance (Ho &
+    Salimans 2022, §3.2). Diffusers also replaces labels by ∅ at random in training
+    mode; npdiff leaves that to the trainer's label dropout (one place for the
+    concept), so here labels are only dropped where ``force_drop_ids`` is 1."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes, self.dropout_prob = num_classes, dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), hidden_size)
+
+    def forward(self, labels, force_drop_ids=None):
+        y = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"class_labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}")
+        if force_drop_ids is not None:
+            y = np.where(np.asarray(force_drop_ids) == 1, self.num_classes, y)
+        rows = self.embedding_table.num_embeddings
+        if y.size and (y.min() < 0 or y.max() >= rows):
+            raise ValueError(f"class_labels must lie in [0, {rows - 1}] (index {self.num_classes} is the null "
+                             f"class), got values in [{y.min()}, {y.max()}]")
+        return self.embedding_table(y)
+
+
+class CombinedTimestepLabelEmbeddings(nn.Module):
+    """DiT's conditioning vector c = MLP(sinusoidal code of t) + embedding of y (Peebles &
+    Xie 2023, §3.2): (B,) timesteps, (B,) labels -> (B, E). The code is 256 wide, cos
+    first, s = 1; keys ``timestep_embedder.linear_{1,2}``, ``class_embedder.embedding_table``."""
+
+    def __init__(self, num_classes: int, embedding_dim: int, class_dropout_prob: float = 0.1):
+        super().__init__()
+        self.time_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=1)
+        self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=embedding_dim)
+        self.class_embedder = LabelEmbedding(num_classes, embedding_dim, class_dropout_prob)
+
+    def forward(self, timestep, class_labels, hidden_dtype=None):
+        code = self.time_proj(timestep)  # (B, 256), float32 as diffusers computes it
+        if hidden_dtype is not None:
+            code = code.astype(hidden_dtype)
+        return self.timestep_embedder(code) + self.class_embedder(class_labels)  # (B, E)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 
-MODEL_TYPES = ("unet", "mlp", "classifier")
+MODEL_TYPES = ("unet", "mlp", "dit", "classifier")
 
 
 @dataclass
@@ -27,13 +27,15 @@ class TrainConfig:
       toy_samples       how many points to draw for a toy dataset.
       hflip             random horizontal flips (off for digits: a mirrored 2 is not a 2).
     Model
-      model             "unet" (UNet2DModel, images) or "mlp" (ToyMLPDenoiser, 2-D points);
-                        None picks by the data. "classifier": the noise-conditional classifier
-                        ``EncoderUNetModel`` for classifier guidance (training/classifier.py).
+      model             "unet" (UNet2DModel, images), "dit" (DiTTransformer2DModel, images,
+                        patch 2) or "mlp" (ToyMLPDenoiser, 2-D points); None picks by the data.
+                        "classifier": the noise-conditional classifier ``EncoderUNetModel`` for
+                        classifier guidance (training/classifier.py).
       block_out_channels, layers_per_block, attention, norm_num_groups
                         UNet size: channels per resolution level, ResNet blocks per level,
                         self-attention at the lowest resolution, GroupNorm groups.
-      hidden_dim, num_blocks  MLP size.
+      hidden_dim, num_blocks  MLP size: width, residual blocks; for the DiT: token width
+                        (heads of 32), transformer blocks.
       class_conditional True: learn p(x | y) with label dropout (needs labelled data);
                         None: on when the data has labels.
       label_dropout     probability of replacing y by the null class (index num_classes),

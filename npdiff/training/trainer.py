@@ -70,10 +70,12 @@ class TrainingDiverged(RuntimeError):
 def model_classes() -> dict:
     """Model class names that may appear in a run's config.json."""
     from ..models.classifier import EncoderUNetModel
+    from ..models.dit import DiTTransformer2DModel
     from ..models.toy import ToyMLPDenoiser
     from ..models.unet_2d import UNet2DModel
 
-    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser, "EncoderUNetModel": EncoderUNetModel}
+    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser, "EncoderUNetModel": EncoderUNetModel,
+            "DiTTransformer2DModel": DiTTransformer2DModel}
 
 
 def unet_config(config: TrainConfig, channels: int, size: int, num_class_embeds: int | None) -> dict:
@@ -88,6 +90,15 @@ def unet_config(config: TrainConfig, channels: int, size: int, num_class_embeds:
         norm_num_groups=config.norm_num_groups, attention_head_dim=min(32, config.block_out_channels[-1]),
         num_class_embeds=num_class_embeds,
     )
+
+
+def dit_config(config: TrainConfig, channels: int, size: int, num_classes: int) -> dict:
+    """DiTTransformer2DModel keyword arguments: patch 2, width hidden_dim in heads of 32 (one
+    head if it is not a multiple of 32), num_blocks blocks; class ∅ = num_classes."""
+    heads = config.hidden_dim // 32 if config.hidden_dim % 32 == 0 else 1
+    return dict(sample_size=size, in_channels=channels, out_channels=channels, patch_size=2,
+                num_attention_heads=heads, attention_head_dim=config.hidden_dim // heads,
+                num_layers=config.num_blocks, num_embeds_ada_norm=num_classes)
 
 
 def scheduler_config(config: TrainConfig) -> dict:
@@ -154,8 +165,8 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
     kind = config.model or ("mlp" if dataset.is_toy else "unet")
     if kind == "mlp" and not dataset.is_toy:
         raise ValueError(f"model 'mlp' needs 2-D toy points, but {dataset.name!r} holds images {dataset.sample_shape}")
-    if kind == "unet" and dataset.is_toy:
-        raise ValueError(f"model 'unet' needs images, but {dataset.name!r} holds 2-D points; use --model mlp")
+    if kind in ("unet", "dit") and dataset.is_toy:
+        raise ValueError(f"model {kind!r} needs images, but {dataset.name!r} holds 2-D points; use --model mlp")
     conditional = config.class_conditional
     if conditional is None:
         conditional = dataset.labels is not None and dataset.num_classes > 1
@@ -172,6 +183,11 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
             raise ValueError(f"image size {h} must be divisible by {factor} for {len(config.block_out_channels)} "
                              f"UNet levels (block_out_channels={config.block_out_channels})")
         model_class, model_config = "UNet2DModel", unet_config(config, c, h, embeds)
+    elif kind == "dit":
+        c, h, w = dataset.sample_shape
+        if h != w or h % 2:
+            raise ValueError(f"the DiT needs square images of even size (patch 2), got {h}×{w}")
+        model_class, model_config = "DiTTransformer2DModel", dit_config(config, c, h, num_classes)
     else:
         model_class = "ToyMLPDenoiser"
         model_config = dict(in_dim=dataset.sample_shape[0], hidden_dim=config.hidden_dim,
