@@ -548,7 +548,7 @@ def cmd_eval(args) -> int:
         nd_io.save_image_grid(os.path.join(run.run_dir, "eval_samples.png"), samples[:100],
                               nrow=info.num_classes if conditional else 10, scale=2)
     else:
-        from .training.trainer import load_train_data
+        from .training import load_train_data
 
         train = load_train_data(run.config)
         report = {"nn_distance": nearest_neighbour_distance(samples, train.images), "n_samples": int(n)}
