@@ -7,7 +7,7 @@
     npdiff sample --run runs/digits --scheduler dpm++ --steps 20 --class 7
     npdiff eval --run runs/digits         sample-quality metrics (VAE runs: reconstruction), eval.json
     npdiff viz schedules | viz forward --digit 3 | viz latent --run runs/vae
-    npdiff bench                          the kernel and UNet benchmarks against PyTorch
+    npdiff bench                          the kernel, UNet and VAE benchmarks against PyTorch
 
 Errors in the input (a missing folder, a run folder without a checkpoint, a bad
 value) print ``npdiff <command>: error: ...`` and exit with status 2; a diverged
@@ -265,9 +265,9 @@ def _add_viz(sub) -> None:
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench",
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
-                       description="Runs benchmarks/kernels.py and benchmarks/unet.py from the source checkout "
+                       description="Runs benchmarks/kernels.py, unet.py and vae.py from the source checkout "
                                    "with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet"), default="all",
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "vae"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -717,7 +717,7 @@ def cmd_viz_latent(args) -> int:
 
 def cmd_bench(args) -> int:
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    scripts = ["kernels", "unet"] if args.which == "all" else [args.which]
+    scripts = ["kernels", "unet", "vae"] if args.which == "all" else [args.which]
     status = 0
     for name in scripts:
         path = os.path.join(root, f"{name}.py")
