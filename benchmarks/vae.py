@@ -57,15 +57,9 @@ def build(side, case):
     info = CASES[case]
     config, train = info["config"], info["pass"] == "train"
     rng = np.random.default_rng(0)
-    state = {k: np.array(v) for k, v in _npdiff_model(config).state_dict().items()}  # same weights on both sides
+    model, opt = harness.twin_model(side, _npdiff_model(config), "AutoencoderKL", CONFIGS[config]["vae"], train)
     if side == "torch":
         import torch
-        from diffusers import AutoencoderKL
-
-        model = AutoencoderKL(**CONFIGS[config]["vae"])
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-        model.train(train)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def run():
             x = torch.from_numpy(_images(config, rng))
@@ -82,11 +76,7 @@ def build(side, case):
         return run
 
     import npdiff as nd
-    from npdiff.optim import AdamW
     from npdiff.training.vae_trainer import vae_loss
-
-    model = _npdiff_model(config).train(train)
-    opt = AdamW(model.parameters(), lr=1e-4)
 
     def run():
         x = _images(config, rng)

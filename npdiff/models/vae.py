@@ -31,6 +31,14 @@ from .unet_blocks import UNetMidBlock2D
 VAE_EPS = 1e-6  # diffusers hard-codes this GroupNorm eps in the VAE (not the config's)
 
 
+def _resnets(in_channels, out_channels, num_layers, eps, groups, dropout, act_fn) -> nn.ModuleList:
+    """``num_layers`` ResNet blocks without time embedding; the first maps C_in -> C_out."""
+    return nn.ModuleList([
+        ResnetBlock2D(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
+                      temb_channels=None, eps=eps, groups=groups, dropout=dropout, non_linearity=act_fn)
+        for i in range(num_layers)])
+
+
 class DownEncoderBlock2D(nn.Module):
     """``num_layers`` ResNet blocks without time embedding, then an optional stride-2
     conv: (B, C_in, H, W) -> (B, C_out, H/2, W/2) (H, W when ``add_downsample`` is off)."""
@@ -39,11 +47,8 @@ class DownEncoderBlock2D(nn.Module):
                  resnet_eps: float = 1e-6, resnet_act_fn: str = "swish", resnet_groups: int = 32,
                  add_downsample: bool = True, downsample_padding: int = 1):
         super().__init__()
-        self.resnets = nn.ModuleList([
-            ResnetBlock2D(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
-                          temb_channels=None, eps=resnet_eps, groups=resnet_groups, dropout=dropout,
-                          non_linearity=resnet_act_fn)
-            for i in range(num_layers)])
+        self.resnets = _resnets(in_channels, out_channels, num_layers, resnet_eps, resnet_groups, dropout,
+                                resnet_act_fn)
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, out_channels=out_channels,
                                                          padding=downsample_padding)])
                              if add_downsample else None)
@@ -64,11 +69,8 @@ class UpDecoderBlock2D(nn.Module):
                  resnet_eps: float = 1e-6, resnet_act_fn: str = "swish", resnet_groups: int = 32,
                  add_upsample: bool = True):
         super().__init__()
-        self.resnets = nn.ModuleList([
-            ResnetBlock2D(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
-                          temb_channels=None, eps=resnet_eps, groups=resnet_groups, dropout=dropout,
-                          non_linearity=resnet_act_fn)
-            for i in range(num_layers)])
+        self.resnets = _resnets(in_channels, out_channels, num_layers, resnet_eps, resnet_groups, dropout,
+                                resnet_act_fn)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
 
     def forward(self, hidden_states):

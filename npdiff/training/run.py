@@ -180,13 +180,15 @@ def trainer_class(config: TrainConfig):
     return Trainer
 
 
-def _read_run_config(run_dir: str, what: str) -> dict:
+def read_run_config(run_dir: str, what: str) -> dict:
+    """A run folder's config.json; ValueError if the folder, its config or its checkpoint is missing."""
     run_dir = os.fspath(run_dir)
     if not os.path.isdir(run_dir):
         raise ValueError(f"run folder {run_dir!r} does not exist")
     for name in (CONFIG_NAME, CHECKPOINT_NAME):
         if not os.path.isfile(os.path.join(run_dir, name)):
-            raise ValueError(f"{run_dir!r} is not {what}: {name} is missing (expected a folder written by `npdiff train`)")
+            raise ValueError(f"{run_dir!r} is not {what}: {name} is missing "
+                             f"(expected a folder written by `npdiff train`)")
     saved = nd_io.load_json(os.path.join(run_dir, CONFIG_NAME))
     if not isinstance(saved, dict) or "train" not in saved or "model_class" not in saved:
         raise ValueError(f"{os.path.join(run_dir, CONFIG_NAME)} is not an npdiff run config")
@@ -195,7 +197,7 @@ def _read_run_config(run_dir: str, what: str) -> dict:
 
 def resume(run_dir: str, *, steps: int | None = None, progress: bool = True):
     """Reopen a run folder with the trainer of its model kind, exactly where it stopped."""
-    saved = _read_run_config(run_dir, "a resumable run folder")
+    saved = read_run_config(run_dir, "a resumable run folder")
     return trainer_class(TrainConfig.from_dict(saved["train"])).resume(run_dir, steps=steps, progress=progress)
 
 
@@ -218,7 +220,7 @@ class Run:
 def load_run(run_dir: str, use_ema: bool = True) -> Run:
     """Open a run folder written by ``npdiff train``; ValueError says what is missing."""
     run_dir = os.fspath(run_dir)
-    saved = _read_run_config(run_dir, "a run folder")
+    saved = read_run_config(run_dir, "a run folder")
     info = RunInfo.from_dict(saved)
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
     model = info.build_model()

@@ -43,7 +43,6 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,7 +64,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
-from .run import load_train_data, make_scheduler, plan_run, trainer_class
+from .run import load_train_data, make_scheduler, plan_run, read_run_config, trainer_class
 
 
 class TrainingDiverged(RuntimeError):
@@ -184,13 +183,7 @@ class BaseTrainer:
         the new total, so the result differs from a run started with that total.
         """
         run_dir = os.fspath(run_dir)
-        if not os.path.isdir(run_dir):
-            raise ValueError(f"run folder {run_dir!r} does not exist")
-        for name in (CONFIG_NAME, CHECKPOINT_NAME):
-            if not os.path.isfile(os.path.join(run_dir, name)):
-                raise ValueError(f"{run_dir!r} is not a resumable run folder: {name} is missing")
-        saved = nd_io.load_json(os.path.join(run_dir, CONFIG_NAME))
-        config = TrainConfig.from_dict(saved["train"])
+        config = TrainConfig.from_dict(read_run_config(run_dir, "a resumable run folder")["train"])
         if not issubclass(trainer_class(config), cls):
             raise ValueError(f"{run_dir!r} is a {config.model or 'diffusion'} run: resume it with "
                              f"{trainer_class(config).__name__}, not {cls.__name__}")

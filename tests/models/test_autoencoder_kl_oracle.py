@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch", reason="oracle tests need torch")
 diffusers = pytest.importorskip("diffusers", reason="oracle tests need diffusers")
 
 import npdiff as nd  # noqa: E402
+from tests.oracle import assert_close, assert_grads_close, randomise  # noqa: E402
 from npdiff.io import load_safetensors, save_safetensors  # noqa: E402
 from npdiff.models import AutoencoderKL  # noqa: E402
 from npdiff.models.modeling_utils import WEIGHTS_NAME  # noqa: E402
@@ -32,32 +33,14 @@ SD_V1 = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channel
              up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=512, act_fn="silu")
 
 
-def _randomise(model, seed):
-    """Perturb every parameter so that norms, biases and zero-initialised layers all matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-
-
 def _pair(name, tmp_path, seed=0):
     cfg = CONFIGS[name]
     torch.manual_seed(seed)
     ref = diffusers.AutoencoderKL(**cfg)
-    _randomise(ref, seed)
+    randomise(ref, seed)
     ref.eval()
     ref.save_pretrained(tmp_path / name)
     return cfg, ref, AutoencoderKL.from_pretrained(tmp_path / name)
-
-
-def _close(ours, theirs, what, tol=2e-4, floor=0.0):
-    """max |ours − theirs| <= tol · max(max |theirs|, floor); ``floor`` for quantities that are
-    zero in exact arithmetic (the key bias of softmax attention has gradient 0)."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
-    scale = max(np.abs(theirs).max(), floor) + 1e-12
-    err = np.abs(ours - theirs).max() / scale
-    assert err <= tol, f"{what}: max |diff| / max |ref| = {err:.2e}"
 
 
 def _image(cfg, seed, size=8):
@@ -89,7 +72,7 @@ def test_same_parameters_posterior_decode_and_gradients(name, tmp_path):
                "kl": post.kl(), "kl_other": post.kl(other), "nll": post.nll(post.mean + 0.5),
                "decode": ours.decode(post.mean).sample, "forward": ours(x).sample}
     for key in want:
-        _close(got[key].numpy(), want[key].numpy(), f"{name}: {key}")
+        assert_close(got[key].numpy(), want[key].numpy(), f"{name}: {key}")
 
     # gradients of  Σ R ⊙ decode(μ + σ ε) + Σ KL  with the same ε on both sides
     eps = np.random.default_rng(3).standard_normal(want["mean"].shape).astype(np.float32)
@@ -102,11 +85,8 @@ def test_same_parameters_posterior_decode_and_gradients(name, tmp_path):
     post = ours.encode(xn).latent_dist
     z = post.sample(generator=np.random.default_rng(3))  # the same ε: standard_normal of the same seed
     ((ours.decode(z).sample * R).sum() + post.kl().sum()).backward()
-    _close(xn.grad.numpy(), xt.grad.numpy(), f"{name}: d/d input")
-    ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
-    floor = 1e-3 * max(np.abs(g).max() for g in ref_grads.values())
-    for k, p in ours.named_parameters():
-        _close(p.grad.numpy(), ref_grads[k], f"{name}: d/d {k}", floor=floor)
+    assert_close(xn.grad.numpy(), xt.grad.numpy(), f"{name}: d/d input")
+    assert_grads_close(ours, ref, name)
 
 
 def test_diffusers_loads_what_npdiff_saves(tmp_path):
@@ -124,9 +104,9 @@ def test_diffusers_loads_what_npdiff_saves(tmp_path):
         want_rec = ref(torch.from_numpy(x)).sample.numpy()
     with nd.no_grad():
         post = ours.encode(x).latent_dist
-        _close(post.mean.numpy(), want_mean, "diffusers loading npdiff's folder: mean")
-        _close(post.logvar.numpy(), want_logvar, "diffusers loading npdiff's folder: logvar")
-        _close(ours(x).sample.numpy(), want_rec, "diffusers loading npdiff's folder: reconstruction")
+        assert_close(post.mean.numpy(), want_mean, "diffusers loading npdiff's folder: mean")
+        assert_close(post.logvar.numpy(), want_logvar, "diffusers loading npdiff's folder: logvar")
+        assert_close(ours(x).sample.numpy(), want_rec, "diffusers loading npdiff's folder: reconstruction")
 
 
 def test_legacy_attention_keys_are_renamed_on_load(tmp_path):
@@ -161,4 +141,4 @@ def test_full_sd_v1_vae_folder_decodes_like_diffusers(tmp_path):
     with nd.no_grad():
         got = ours.decode(z).sample.numpy()
     assert got.shape == (1, 3, 32, 32)
-    _close(got, want, "SD v1 VAE decode")
+    assert_close(got, want, "SD v1 VAE decode")
