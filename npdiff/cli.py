@@ -295,6 +295,10 @@ def _add_threads(p) -> None:
 @contextlib.contextmanager
 def _numba_threads(threads):
     """Run one command with ``threads`` Numba threads (None: leave the default)."""
+    # npdiff's kernel config first: it sets OMP_WAIT_POLICY=PASSIVE, which OpenMP reads once,
+    # when Numba's pool starts (get_num_threads below starts it). Started before, the pool's
+    # idle threads spin and a loaded 2-core machine ran `npdiff train` 10× slower.
+    from .kernels import config as _kernel_config  # noqa: F401
     import numba
 
     previous = numba.get_num_threads()
