@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="oracle tests need torch")
 diffusers = pytest.importorskip("diffusers", reason="oracle tests need diffusers")
 
 import npdiff as nd  # noqa: E402
-from tests.oracle import assert_close, assert_grads_close, randomise  # noqa: E402
+from tests.oracle import assert_close, assert_grads_close, assert_same_parameters, diffusers_pair  # noqa: E402
 from npdiff.io import load_safetensors, save_safetensors  # noqa: E402
 from npdiff.models import AutoencoderKL  # noqa: E402
 from npdiff.models.modeling_utils import WEIGHTS_NAME  # noqa: E402
@@ -34,13 +34,8 @@ SD_V1 = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channel
 
 
 def _pair(name, tmp_path, seed=0):
-    cfg = CONFIGS[name]
-    torch.manual_seed(seed)
-    ref = diffusers.AutoencoderKL(**cfg)
-    randomise(ref, seed)
-    ref.eval()
-    ref.save_pretrained(tmp_path / name)
-    return cfg, ref, AutoencoderKL.from_pretrained(tmp_path / name)
+    ref, ours = diffusers_pair(diffusers.AutoencoderKL, AutoencoderKL, CONFIGS[name], tmp_path / name, seed)
+    return CONFIGS[name], ref, ours
 
 
 def _image(cfg, seed, size=8):
@@ -50,8 +45,7 @@ def _image(cfg, seed, size=8):
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_same_parameters_posterior_decode_and_gradients(name, tmp_path):
     cfg, ref, ours = _pair(name, tmp_path)
-    ref_params = [(k, tuple(v.shape)) for k, v in ref.named_parameters()]
-    assert [(k, tuple(v.shape)) for k, v in ours.named_parameters()] == ref_params
+    assert_same_parameters(ours, ref)
     assert list(ours.state_dict()) == list(ref.state_dict())
 
     x = _image(cfg, 1)
