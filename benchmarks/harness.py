@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 
 def _worker(build, side: str, threads: int):
     """Serve timing requests on stdin/stdout until EOF."""
@@ -132,3 +134,21 @@ def main(cases: dict, build, script: str, title: str, describe=None):
             json.dump(records, f, indent=1)
         print(f"wrote {len(records)} records to {args.json}")
     return records
+
+
+def twin_model(side: str, npdiff_model, diffusers_class: str, config: dict, train: bool, lr: float = 1e-4):
+    """The model of one side with npdiff's weights (``npdiff_model`` was built with a fixed seed),
+    in train or eval mode, and an AdamW over its parameters: (model, optimizer)."""
+    if side == "torch":
+        import diffusers
+        import torch
+
+        state = {k: torch.from_numpy(np.array(v)) for k, v in npdiff_model.state_dict().items()}
+        model = getattr(diffusers, diffusers_class)(**config)
+        model.load_state_dict(state)
+        model.train(train)
+        return model, torch.optim.AdamW(model.parameters(), lr=lr)
+    from npdiff.optim import AdamW
+
+    model = npdiff_model.train(train)
+    return model, AdamW(model.parameters(), lr=lr)

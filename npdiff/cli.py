@@ -2,11 +2,12 @@
 
     npdiff train                          class-conditional digits UNet, run folder in runs/
     npdiff train --data moons             a 2-D toy with the MLP denoiser
+    npdiff train --model vae              the digits VAE (AutoencoderKL, f = 4), run folder with vae/
     npdiff train --resume runs/digits     continue a run exactly where it stopped
     npdiff sample --run runs/digits --scheduler dpm++ --steps 20 --class 7
-    npdiff eval --run runs/digits         sample-quality metrics, printed and saved as eval.json
-    npdiff viz schedules | viz forward --digit 3
-    npdiff bench                          the kernel, UNet and DiT benchmarks against PyTorch
+    npdiff eval --run runs/digits         sample-quality metrics (VAE runs: reconstruction), eval.json
+    npdiff viz schedules | viz forward --digit 3 | viz latent --run runs/vae
+    npdiff bench                          the kernel, UNet, DiT and VAE benchmarks against PyTorch
 
 Errors in the input (a missing folder, a run folder without a checkpoint, a bad
 value) print ``npdiff <command>: error: ...`` and exit with status 2; a diverged
@@ -58,11 +59,11 @@ def _channels(text: str) -> tuple:
 
 def _add_train(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a diffusion model (no arguments: class-conditional digits UNet)",
-        description="Train a DDPM and write a run folder: config.json, checkpoint.safetensors (model, EMA, "
-                    "optimizer, RNG states), log.jsonl, loss.png, samples/step_*.png and ema_model/ "
-                    "(diffusers layout). Flags left out keep the defaults of the dataset kind (digits/images "
-                    "or 2-D toys).",
+        "train", help="train a diffusion model or a VAE (no arguments: class-conditional digits UNet)",
+        description="Train a DDPM (or, with --model vae, an AutoencoderKL) and write a run folder: config.json, "
+                    "checkpoint.safetensors (model, EMA, optimizer, RNG states), log.jsonl, loss.png, "
+                    "samples/*.png and ema_model/ (VAE: vae/), both in the diffusers layout. Flags left out keep "
+                    "the defaults of the run kind (digits/images, 2-D toys, or the VAE).",
         formatter_class=_HelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits",
@@ -75,22 +76,31 @@ def _add_train(sub) -> None:
     g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
                    "(default 8192)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("unet", "dit", "mlp", "classifier"), default=None,
+    g.add_argument("--model", choices=("unet", "dit", "mlp", "classifier", "vae"), default=None,
                    help="denoiser: UNet2DModel or DiTTransformer2DModel (patch 2) for images, a residual MLP "
                         "for 2-D points (default: by data); 'classifier': the noise-conditional classifier "
-                        "p(y | x_t, t) for classifier guidance (`npdiff sample --classifier DIR`)")
+                        "p(y | x_t, t) for classifier guidance (`npdiff sample --classifier DIR`); 'vae': train "
+                        "an AutoencoderKL on the images instead")
     g.add_argument("--channels", type=_channels, default=None,
-                   help="UNet channels per resolution level, e.g. 32,64,64 (default 32,64)")
-    g.add_argument("--layers-per-block", type=int, default=None, help="UNet ResNet blocks per level (default 1)")
+                   help="UNet/VAE channels per resolution level, e.g. 32,64,64 (default 32,64; VAE 16,32,32: "
+                        "3 levels, downsampling factor 4)")
+    g.add_argument("--layers-per-block", type=int, default=None, help="UNet/VAE ResNet blocks per level (default 1)")
     g.add_argument("--no-attention", dest="attention", action="store_false", default=None,
-                   help="no self-attention at the UNet's lowest resolution")
-    g.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups in the UNet (default 8)")
+                   help="no self-attention at the UNet's lowest resolution (VAE: in its mid blocks)")
+    g.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups in the UNet/VAE (default 8)")
     g.add_argument("--hidden-dim", type=int, default=None, help="MLP width; DiT token width (default 128)")
     g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks; DiT transformer blocks (default 3)")
     g.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
                    help="ignore labels (default: class-conditional when the data has labels)")
     g.add_argument("--label-dropout", type=float, default=None,
                    help="probability of training with the null class, for classifier-free guidance (default 0.1)")
+    g = p.add_argument_group("VAE (--model vae)")
+    g.add_argument("--latent-channels", type=int, default=None, help="channels of the latent z (default 4)")
+    g.add_argument("--recon-loss", choices=("l1", "mse"), default=None,
+                   help="reconstruction term: mean absolute or squared error (default l1)")
+    g.add_argument("--kl-weight", type=float, default=None,
+                   help="β of recon + β·KL(q(z|x) ‖ N(0, I)), relative to per-image sums as SD's kl_weight "
+                        "(default 1e-6)")
     g = p.add_argument_group("diffusion")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="what the network predicts: the noise ε, the clean sample x₀, or the velocity v "
@@ -139,6 +149,7 @@ _TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "weight_decay": "weight_decay", "warmup_steps": "warmup_steps", "grad_clip": "grad_clip",
     "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every", "sample_every": "sample_every",
     "checkpoint_every": "checkpoint_every", "guidance_scale": "guidance_scale",
+    "latent_channels": "latent_channels", "recon_loss": "recon_loss", "kl_weight": "kl_weight",
 }
 
 
@@ -204,18 +215,21 @@ def _add_eval(sub) -> None:
                                    "Fréchet distance of its features vs the train-test floor, mean nearest-"
                                    "neighbour distance to the training set. 2-D toys: MMD² and energy distance "
                                    "to fresh data vs the fresh-vs-fresh floor. Other image data: nearest-"
-                                   "neighbour distance only.",
+                                   "neighbour distance only. VAE runs: reconstruction PSNR and SSIM on the held-"
+                                   "out split, KL per latent dimension, and (digits) the classifier's accuracy on "
+                                   "the reconstructions (psnr, ssim, kl_per_dim, recon_accuracy).",
                        formatter_class=_HelpFormatter)
-    _add_run_sampling(p, "samples to generate (default: 50 per class for digits, 2000 for toys, 256 otherwise)")
+    _add_run_sampling(p, "samples to generate (default: 50 per class for digits, 2000 for toys, 256 otherwise; "
+                         "VAE runs: held-out images to reconstruct, default all)")
     p.add_argument("--out", default=None, help="output JSON (default: DIR/eval.json)")
     p.add_argument("--batch", type=int, default=100, help="samples per sampling batch (memory vs speed)")
     p.set_defaults(func=cmd_eval)
 
 
 def _add_viz(sub) -> None:
-    p = sub.add_parser("viz", help="pictures: noise schedules, forward noising strips",
+    p = sub.add_parser("viz", help="pictures: noise schedules, forward noising strips, a VAE's latent space",
                        description="Draw the pictures that explain diffusion.")
-    vs = p.add_subparsers(dest="what", required=True, metavar="{schedules,forward}")
+    vs = p.add_subparsers(dest="what", required=True, metavar="{schedules,forward,latent}")
     s = vs.add_parser("schedules", help="ᾱ_t and log-SNR(t) of every beta schedule",
                       formatter_class=_HelpFormatter)
     s.add_argument("--timesteps", type=int, default=1000, help="number of diffusion steps T")
@@ -236,14 +250,25 @@ def _add_viz(sub) -> None:
     f.add_argument("--seed", type=int, default=0, help="seed of the noise")
     f.add_argument("--out", default="viz/forward.png", help="output PNG")
     f.set_defaults(func=cmd_viz_forward)
+    lat = vs.add_parser("latent", help="a VAE run's held-out posterior means, coloured by class",
+                        description="Scatter the posterior means μ(x) of the held-out split of a VAE run "
+                                    "(`npdiff train --model vae`), one colour per class: a 2-D latent is "
+                                    "drawn as it is (e.g. --latent-channels 2 with --channels 16,32,32,32,32 "
+                                    "on 16×16 digits: f = 16, a 1×1×2 latent), a larger one by its first two "
+                                    "principal components.",
+                        formatter_class=_HelpFormatter)
+    lat.add_argument("--run", required=True, metavar="DIR", help="VAE run folder written by `npdiff train --model vae`")
+    lat.add_argument("--out", default=None, help="output PNG (default: DIR/latent.png)")
+    lat.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights instead of the EMA")
+    lat.set_defaults(func=cmd_viz_latent)
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser("bench",
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
-                       description="Runs benchmarks/kernels.py, unet.py and dit.py from the source checkout "
-                                   "with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit"), default="all",
+                       description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
+                                   "checkout with this Python; extra arguments are passed on to each script.")
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -271,6 +296,10 @@ def _add_threads(p) -> None:
 @contextlib.contextmanager
 def _numba_threads(threads):
     """Run one command with ``threads`` Numba threads (None: leave the default)."""
+    # npdiff's kernel config first: it sets OMP_WAIT_POLICY=PASSIVE, which OpenMP reads once,
+    # when Numba's pool starts (get_num_threads below starts it). Started before, the pool's
+    # idle threads spin and a loaded 2-core machine ran `npdiff train` 10× slower.
+    from .kernels import config as _kernel_config  # noqa: F401
     import numba
 
     previous = numba.get_num_threads()
@@ -296,21 +325,22 @@ def _default_run_dir(data: str) -> str:
 
 
 def cmd_train(args) -> int:
-    from .training import TrainConfig, Trainer, TrainingDiverged, toy_defaults
-    from .training.classifier import ClassifierTrainer, is_classifier_run
+    from .training import TrainConfig, TrainingDiverged, resume, toy_defaults, trainer_class, vae_defaults
 
     progress = not args.quiet
     if args.resume is not None:
-        cls = ClassifierTrainer if is_classifier_run(args.resume) else Trainer
-        trainer = cls.resume(args.resume, steps=args.steps, progress=progress)
+        trainer = resume(args.resume, steps=args.steps, progress=progress)
         print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}", file=sys.stderr)
     else:
-        fields = toy_defaults(args.data) if args.data in TOY_DATASETS else {}
+        if args.model == "vae":
+            fields = vae_defaults()
+        else:
+            fields = toy_defaults(args.data) if args.data in TOY_DATASETS else {}
         fields.update({field: getattr(args, dest) for dest, field in _TRAIN_FLAGS.items()
                        if getattr(args, dest) is not None})
         config = TrainConfig(**fields)
         run_dir = args.output or _default_run_dir(config.data)
-        trainer = (ClassifierTrainer if config.model == "classifier" else Trainer)(config, run_dir, progress=progress)
+        trainer = trainer_class(config)(config, run_dir, progress=progress)
         n_params = sum(int(p.data.size) for p in trainer.model.parameters())
         print(f"training {trainer.info.model_class} ({n_params:,} parameters) on {config.data!r} "
               f"({len(trainer.dataset)} items) for {config.steps} steps -> {run_dir}", file=sys.stderr)
@@ -323,10 +353,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _open_run(args):
+def _open_run(args, run=None):
     from .training import load_run
 
-    run = load_run(args.run, use_ema=args.ema)
+    run = run or load_run(args.run, use_ema=args.ema)
+    if run.info.model_class == "AutoencoderKL":
+        raise ValueError(f"{run.run_dir!r} is a VAE run: it has no sampler (its reconstructions, prior samples "
+                         f"and interpolations are in {os.path.join(run.run_dir, 'samples')}); use "
+                         f"`npdiff eval --run` or `npdiff viz latent --run`")
     steps = args.steps if args.steps is not None else (1000 if args.scheduler == "ddpm" else 50)
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
@@ -520,8 +554,12 @@ def _sample_edit(args, run, steps: int, guidance: float) -> int:
 def cmd_eval(args) -> int:
     from . import io as nd_io
     from .metrics import digits_report, nearest_neighbour_distance, toy_report
+    from .training import load_run
 
-    run, steps, guidance = _open_run(args)
+    run = load_run(args.run, use_ema=args.ema)
+    if run.info.model_class == "AutoencoderKL":
+        return _eval_vae(run, args)
+    run, steps, guidance = _open_run(args, run)
     info, data = run.info, run.config.data
     toy = len(info.sample_shape) == 1
     conditional = info.null_class is not None
@@ -548,18 +586,59 @@ def cmd_eval(args) -> int:
         nd_io.save_image_grid(os.path.join(run.run_dir, "eval_samples.png"), samples[:100],
                               nrow=info.num_classes if conditional else 10, scale=2)
     else:
-        from .training.trainer import load_train_data
+        from .training import load_train_data
 
         train = load_train_data(run.config)
         report = {"nn_distance": nearest_neighbour_distance(samples, train.images), "n_samples": int(n)}
     report.update({"run": run.run_dir, "step": run.step, "scheduler": args.scheduler, "steps": steps,
                    "guidance_scale": guidance if conditional else None, "ema": args.ema, "seed": args.seed,
                    "sampling_seconds": round(seconds, 2)})
-    out = args.out or os.path.join(run.run_dir, "eval.json")
+    _write_report(report, args.out or os.path.join(run.run_dir, "eval.json"))
+    return 0
+
+
+def _write_report(report: dict, out: str) -> None:
+    from . import io as nd_io
+
     nd_io.save_json(out, report)
     for k, v in report.items():
         print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
     print(f"wrote {out}")
+
+
+def _held_out_split(run):
+    """The run's held-out images (and labels): the test split of its data."""
+    from .training import load_train_data
+
+    return load_train_data(run.config, "test")
+
+
+def _eval_vae(run, args) -> int:
+    """Reconstruction metrics of a VAE run on the held-out split (decode of the posterior mean)."""
+    from .metrics import reconstruction_report
+    from .training.vae_trainer import reconstruct
+
+    test = _held_out_split(run)
+    n = len(test) if args.n is None else min(args.n, len(test))
+    if n < 1 or args.batch < 1:
+        raise ValueError(f"--n and --batch must be >= 1, got {args.n} and {args.batch}")
+    x = test.images[:n]
+    t0 = time.perf_counter()
+    recon, kl = reconstruct(run.model, x, batch=args.batch)
+    digits = run.config.data == "digits" and run.info.sample_shape[0] == 1
+    report = reconstruction_report(x, recon, test.labels[:n] if digits and test.labels is not None else None)
+    f = run.model.downsampling_factor
+    latent_shape = [run.model.config.latent_channels, x.shape[2] // f, x.shape[3] // f]  # (c, h, w)
+    report = {"psnr": report.pop("psnr"), "ssim": report.pop("ssim"),
+              "kl_per_dim": float(kl.mean() / np.prod(latent_shape)), **report, "latent_shape": latent_shape,
+              "run": run.run_dir, "step": run.step, "ema": args.ema, "split": "test",
+              "seconds": round(time.perf_counter() - t0, 2)}
+    from . import io as nd_io
+
+    pairs = np.stack([x[:32], np.clip(recon[:32], -1, 1)], axis=1).reshape(-1, *x.shape[1:])  # (2n, C, H, W)
+    nd_io.save_image_grid(os.path.join(run.run_dir, "eval_reconstructions.png"), pairs, nrow=8,
+                          scale=max(1, 64 // x.shape[-1]))
+    _write_report(report, args.out or os.path.join(run.run_dir, "eval.json"))
     return 0
 
 
@@ -615,9 +694,35 @@ def cmd_viz_forward(args) -> int:
     return 0
 
 
+def cmd_viz_latent(args) -> int:
+    from . import io as nd_io
+    from .training import load_run
+    from .training.vae_trainer import encode_means
+
+    run = load_run(args.run, use_ema=args.ema)
+    if run.info.model_class != "AutoencoderKL":
+        raise ValueError(f"{run.run_dir!r} is a {run.info.model_class} run; `viz latent` needs a VAE run "
+                         "(npdiff train --model vae)")
+    test = _held_out_split(run)
+    mu = encode_means(run.model, test.images).reshape(len(test), -1)  # (N, c·h·w)
+    if mu.shape[1] == 2:
+        points, axes = mu, ("z₁", "z₂")
+    else:  # first two principal components of the means
+        centred = mu - mu.mean(0)
+        _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+        points = centred @ vt[:2].T  # (N, 2)
+        share = sv[:2] ** 2 / np.sum(sv**2)
+        axes = (f"PC 1 ({share[0]:.0%} of the variance)", f"PC 2 ({share[1]:.0%})")
+    out = args.out or os.path.join(run.run_dir, "latent.png")
+    nd_io.save_class_scatter(out, points, test.labels, test.class_names, xlabel=axes[0], ylabel=axes[1],
+                             title=f"posterior means of {len(test)} held-out images ({mu.shape[1]}-D latent)")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    scripts = ["kernels", "unet", "dit"] if args.which == "all" else [args.which]
+    scripts = ["kernels", "unet", "dit", "vae"] if args.which == "all" else [args.which]
     status = 0
     for name in scripts:
         path = os.path.join(root, f"{name}.py")

@@ -375,3 +375,34 @@ def save_scatter(path: str, points, reference=None, *, title: str = "", lim: flo
     if title:
         ax.set_title(title)
     _save_figure(path, fig)
+
+
+def save_class_scatter(path: str, points, labels=None, class_names=None, *, xlabel: str = "", ylabel: str = "",
+                       title: str = "", figsize=(6.0, 5.5)) -> None:
+    """Scatter plot of (N, 2) points, one colour per class of ``labels`` (N,) (e.g. a VAE's latent means)."""
+    pts = _host(points).astype(np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"points must have shape (N, 2), got {pts.shape}")
+    fig = _new_figure(figsize)
+    ax = fig.add_subplot(1, 1, 1)
+    if labels is None:
+        ax.scatter(pts[:, 0], pts[:, 1], s=4, c="C0")
+    else:
+        labels = np.asarray(labels)
+        if labels.shape != (len(pts),):
+            raise ValueError(f"labels must have shape ({len(pts)},), got {labels.shape}")
+        from matplotlib import colormaps
+
+        classes = np.unique(labels)
+        cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for k, c in enumerate(classes):
+            name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+            sel = labels == c
+            ax.scatter(pts[sel, 0], pts[sel, 1], s=6, color=cmap(k % cmap.N), label=name)
+        ax.legend(loc="best", markerscale=2, fontsize="small", ncol=2 if len(classes) > 5 else 1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    _save_figure(path, fig)

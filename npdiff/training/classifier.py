@@ -27,7 +27,8 @@ from .. import io as nd_io
 from ..autograd import Tensor, no_grad
 from ..data import DataLoader, Dataset, load_dataset
 from .config import TrainConfig
-from .trainer import RunInfo, Trainer, scheduler_config
+from .run import RunInfo, scheduler_config
+from .trainer import Trainer
 
 ACCURACY_NAME = "accuracy.json"
 REPORT_TIMESTEPS = (0, 100, 250, 500, 750)

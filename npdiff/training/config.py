@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 
-MODEL_TYPES = ("unet", "mlp", "dit", "classifier")
+MODEL_TYPES = ("unet", "mlp", "dit", "classifier", "vae")
+RECON_LOSSES = ("l1", "mse")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a DDPM training run needs (defaults: the class-conditional digits UNet).
+    """Everything a DDPM or VAE training run needs (defaults: the class-conditional digits UNet).
 
     Data
       data              ``npdiff.data.load_dataset`` name or path: "digits", a toy name
@@ -28,12 +29,14 @@ class TrainConfig:
       hflip             random horizontal flips (off for digits: a mirrored 2 is not a 2).
     Model
       model             "unet" (UNet2DModel, images), "dit" (DiTTransformer2DModel, images,
-                        patch 2) or "mlp" (ToyMLPDenoiser, 2-D points); None picks by the data.
+                        patch 2), "mlp" (ToyMLPDenoiser, 2-D points) or "vae" (AutoencoderKL,
+                        images: see ``vae_defaults``); None picks by the data.
                         "classifier": the noise-conditional classifier ``EncoderUNetModel`` for
                         classifier guidance (training/classifier.py).
       block_out_channels, layers_per_block, attention, norm_num_groups
-                        UNet size: channels per resolution level, ResNet blocks per level,
-                        self-attention at the lowest resolution, GroupNorm groups.
+                        UNet / VAE size: channels per resolution level, ResNet blocks per level,
+                        self-attention at the lowest resolution, GroupNorm groups. A VAE with
+                        K levels downsamples by f = 2^(K−1).
       hidden_dim, num_blocks  MLP size: width, residual blocks; for the DiT: token width
                         (heads of 32), transformer blocks.
       class_conditional True: learn p(x | y) with label dropout (needs labelled data);
@@ -41,6 +44,11 @@ class TrainConfig:
       label_dropout     probability of replacing y by the null class (index num_classes),
                         so one model also learns p(x) for classifier-free guidance
                         (Ho & Salimans 2022, §3.2).
+    VAE
+      latent_channels   channels of the latent z (B, c, H/f, W/f).
+      recon_loss        "l1" or "mse": the reconstruction term, a mean over pixels.
+      kl_weight         β of L = recon + β · KL(q(z|x) ‖ N(0, I)) / (C·H·W) (β relative to the
+                        per-image sums, as the LDM/SD VAE's kl_weight).
     Diffusion
       num_train_timesteps, beta_schedule, beta_start, beta_end   the forward process.
       prediction_type   "epsilon", "sample" (x₀) or "v_prediction" (default for images: at high
@@ -73,6 +81,10 @@ class TrainConfig:
     num_blocks: int = 3
     class_conditional: bool | None = None
     label_dropout: float = 0.1
+    # VAE
+    latent_channels: int = 4
+    recon_loss: str = "l1"
+    kl_weight: float = 1e-6
     # diffusion
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
@@ -107,13 +119,17 @@ class TrainConfig:
         bad = []
         if self.model is not None and self.model not in MODEL_TYPES:
             bad.append(f"model={self.model!r} (expected one of {MODEL_TYPES} or None)")
+        if self.recon_loss not in RECON_LOSSES:
+            bad.append(f"recon_loss={self.recon_loss!r} (expected one of {RECON_LOSSES})")
+        if self.kl_weight < 0:
+            bad.append(f"kl_weight={self.kl_weight} (expected >= 0)")
         if self.beta_schedule not in BETA_SCHEDULES:
             bad.append(f"beta_schedule={self.beta_schedule!r} (expected one of {BETA_SCHEDULES})")
         if self.prediction_type not in PREDICTION_TYPES:
             bad.append(f"prediction_type={self.prediction_type!r} (expected one of {PREDICTION_TYPES})")
         for name in ("steps", "batch_size", "num_train_timesteps", "log_every", "sample_every",
                      "checkpoint_every", "sample_steps", "layers_per_block", "norm_num_groups", "hidden_dim",
-                     "toy_samples"):
+                     "toy_samples", "latent_channels"):
             if int(getattr(self, name)) < 1:
                 bad.append(f"{name}={getattr(self, name)!r} (expected >= 1)")
         for name in ("warmup_steps", "num_blocks"):
@@ -162,4 +178,15 @@ def toy_defaults(data: str) -> dict:
                 checkpoint_every=1000)
 
 
-__all__ = ["MODEL_TYPES", "TrainConfig", "toy_defaults"]
+def vae_defaults() -> dict:
+    """Settings of ``npdiff train --model vae``: the digits VAE, f = 4, 16×16 → 4×4×4.
+
+    Three levels (16, 32, 32) with one ResNet per level (two in the decoder), attention
+    in the mid blocks, L1 reconstruction and β = 1e-6 (SD's VAE weight); 350 steps of
+    batch 32 (about 8 epochs of the digits training split)."""
+    return dict(model="vae", block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8,
+                latent_channels=4, recon_loss="l1", kl_weight=1e-6, class_conditional=False, steps=350,
+                batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.99, sample_every=100, checkpoint_every=250)
+
+
+__all__ = ["MODEL_TYPES", "RECON_LOSSES", "TrainConfig", "toy_defaults", "vae_defaults"]

@@ -1,4 +1,13 @@
-"""The DDPM trainer: data → noisy samples → denoiser → loss → AdamW, with EMA, logs and checkpoints.
+"""The training loop shared by every trainer, and the DDPM trainer built on it.
+
+``BaseTrainer`` owns what every run needs: AdamW with linear warm-up and cosine decay,
+EMA weights, global-norm gradient clipping, the NaN/Inf stop, atomic safetensors
+checkpoints with every RNG state (bit-exact ``resume``), Ctrl-C saving, the JSONL log,
+the loss curve and the exported diffusers-layout model folder. A subclass supplies
+``train_step`` (the loss of one batch, handed to ``_optimise``) and ``sample_grid``
+(the pictures); ``VAETrainer`` (vae_trainer.py) is the other one.
+
+The DDPM ``Trainer``: data → noisy samples → denoiser → loss → AdamW.
 
 One training step (Ho et al. 2020, Alg. 1, with the usual modern additions):
 
@@ -34,14 +43,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from .. import backend
 from .. import io as nd_io
 from ..autograd import Tensor
-from ..data import DataLoader, Dataset, load_dataset
+from ..data import DataLoader
 from ..diffusion import NoiseSchedule, diffusion_loss
 from ..optim import EMA, AdamW, clip_grad_norm_, cosine_with_warmup
 from .checkpoint import (
@@ -56,149 +64,11 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .run import load_train_data, make_scheduler, plan_run, read_run_config, trainer_class
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN/Inf; the last good checkpoint is kept."""
-
-
-# ----------------------------------------------------------------------------
-# building blocks shared by training and sampling
-# ----------------------------------------------------------------------------
-
-
-def model_classes() -> dict:
-    """Model class names that may appear in a run's config.json."""
-    from ..models.classifier import EncoderUNetModel
-    from ..models.dit import DiTTransformer2DModel
-    from ..models.toy import ToyMLPDenoiser
-    from ..models.unet_2d import UNet2DModel
-
-    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser, "EncoderUNetModel": EncoderUNetModel,
-            "DiTTransformer2DModel": DiTTransformer2DModel}
-
-
-def unet_config(config: TrainConfig, channels: int, size: int, num_class_embeds: int | None) -> dict:
-    """UNet2DModel keyword arguments for a TrainConfig: plain ResNet levels, attention at the lowest one."""
-    n = len(config.block_out_channels)
-    lowest = "AttnDownBlock2D" if config.attention else "DownBlock2D"
-    return dict(
-        sample_size=size, in_channels=channels, out_channels=channels,
-        block_out_channels=list(config.block_out_channels), layers_per_block=config.layers_per_block,
-        down_block_types=["DownBlock2D"] * (n - 1) + [lowest],
-        up_block_types=[lowest.replace("Down", "Up")] + ["UpBlock2D"] * (n - 1),
-        norm_num_groups=config.norm_num_groups, attention_head_dim=min(32, config.block_out_channels[-1]),
-        num_class_embeds=num_class_embeds,
-    )
-
-
-def dit_config(config: TrainConfig, channels: int, size: int, num_classes: int) -> dict:
-    """DiTTransformer2DModel keyword arguments: patch 2, width hidden_dim in heads of 32 (one
-    head if it is not a multiple of 32), num_blocks blocks; class ∅ = num_classes."""
-    heads = config.hidden_dim // 32 if config.hidden_dim % 32 == 0 else 1
-    return dict(sample_size=size, in_channels=channels, out_channels=channels, patch_size=2,
-                num_attention_heads=heads, attention_head_dim=config.hidden_dim // heads,
-                num_layers=config.num_blocks, num_embeds_ada_norm=num_classes)
-
-
-def scheduler_config(config: TrainConfig) -> dict:
-    """The diffusers-style scheduler config matching the training noise schedule.
-
-    ``clip_sample`` is off: with classifier-free guidance the guided x̂₀ leaves [-1, 1] at
-    high noise, and DDIM clips x̂₀ without recomputing ε̂ (diffusers semantics), so its
-    update mixes an x̂₀ and an ε̂ that no longer fit together and the samples come out
-    blotchy. Images are clipped once, when they are saved or scored.
-    """
-    return dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                beta_start=config.beta_start, beta_end=config.beta_end, prediction_type=config.prediction_type,
-                clip_sample=False)
-
-
-def make_scheduler(name: str, sched_config: dict):
-    """A scheduler by short name ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++") from a config dict."""
-    from ..schedulers import SCHEDULERS
-
-    if name not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}: expected one of {sorted(SCHEDULERS)}")
-    import warnings
-
-    with warnings.catch_warnings():  # e.g. clip_sample is a DDPM/DDIM option that Euler ignores
-        warnings.simplefilter("ignore")
-        return SCHEDULERS[name].from_config(sched_config)
-
-
-@dataclass
-class RunInfo:
-    """What ``config.json`` holds besides the TrainConfig: how to rebuild the model and scheduler."""
-
-    model_class: str
-    model_config: dict
-    scheduler_config: dict
-    sample_shape: tuple
-    num_classes: int
-    null_class: int | None
-    class_names: list | None
-
-    def to_dict(self) -> dict:
-        return {"model_class": self.model_class, "model_config": dict(self.model_config),
-                "scheduler_config": self.scheduler_config, "sample_shape": list(self.sample_shape),
-                "num_classes": self.num_classes, "null_class": self.null_class, "class_names": self.class_names}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunInfo":
-        return cls(d["model_class"], d["model_config"], d["scheduler_config"], tuple(d["sample_shape"]),
-                   int(d["num_classes"]), d["null_class"], d.get("class_names"))
-
-    def build_model(self):
-        classes = model_classes()
-        if self.model_class not in classes:
-            raise ValueError(f"unknown model class {self.model_class!r} in run config; expected one of {sorted(classes)}")
-        return classes[self.model_class].from_config(self.model_config)
-
-
-def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
-    """Decide model type, conditioning and shapes from the config and the data."""
-    if config.model == "classifier":
-        from .classifier import plan_classifier
-
-        return plan_classifier(config, dataset)
-    kind = config.model or ("mlp" if dataset.is_toy else "unet")
-    if kind == "mlp" and not dataset.is_toy:
-        raise ValueError(f"model 'mlp' needs 2-D toy points, but {dataset.name!r} holds images {dataset.sample_shape}")
-    if kind in ("unet", "dit") and dataset.is_toy:
-        raise ValueError(f"model {kind!r} needs images, but {dataset.name!r} holds 2-D points; use --model mlp")
-    conditional = config.class_conditional
-    if conditional is None:
-        conditional = dataset.labels is not None and dataset.num_classes > 1
-    if conditional and (dataset.labels is None or dataset.num_classes < 1):
-        raise ValueError(f"class_conditional=True but dataset {dataset.name!r} has no labels")
-    num_classes = dataset.num_classes if conditional else 0
-    embeds = num_classes + 1 if conditional else None  # the extra index is the null class ∅
-    if kind == "unet":
-        c, h, w = dataset.sample_shape
-        if h != w:
-            raise ValueError(f"the UNet needs square images, got {h}×{w}")
-        factor = 2 ** (len(config.block_out_channels) - 1)
-        if h % factor:
-            raise ValueError(f"image size {h} must be divisible by {factor} for {len(config.block_out_channels)} "
-                             f"UNet levels (block_out_channels={config.block_out_channels})")
-        model_class, model_config = "UNet2DModel", unet_config(config, c, h, embeds)
-    elif kind == "dit":
-        c, h, w = dataset.sample_shape
-        if h != w or h % 2:
-            raise ValueError(f"the DiT needs square images of even size (patch 2), got {h}×{w}")
-        model_class, model_config = "DiTTransformer2DModel", dit_config(config, c, h, num_classes)
-    else:
-        model_class = "ToyMLPDenoiser"
-        model_config = dict(in_dim=dataset.sample_shape[0], hidden_dim=config.hidden_dim,
-                            num_blocks=config.num_blocks, num_class_embeds=embeds)
-    return RunInfo(model_class, model_config, scheduler_config(config), dataset.sample_shape,
-                   num_classes, num_classes if conditional else None,
-                   dataset.class_names if conditional else None)
-
-
-def load_train_data(config: TrainConfig) -> Dataset:
-    return load_dataset(config.data, "train", size=config.image_size, n=config.toy_samples, seed=config.seed)
 
 
 class _Progress:
@@ -234,13 +104,17 @@ class _Progress:
 # ----------------------------------------------------------------------------
 
 
-class Trainer:
-    """Trains a denoiser as described by a ``TrainConfig`` and writes a run folder.
+class BaseTrainer:
+    """Trains ``plan_run``'s model as described by a ``TrainConfig`` and writes a run folder.
 
-    ``Trainer(config, run_dir)`` starts a new run (refusing a folder that already holds a
-    checkpoint); ``Trainer.resume(run_dir)`` continues one exactly. ``train()`` runs until
+    ``Cls(config, run_dir)`` starts a new run (refusing a folder that already holds a
+    checkpoint); ``Cls.resume(run_dir)`` continues one exactly. ``train()`` runs until
     ``config.steps`` (or ``stop_after`` more steps), writing logs, grids and checkpoints.
+    Subclasses implement ``train_step(x, y) -> record`` and ``sample_grid()``.
     """
+
+    model_folder = "ema_model"  # the EMA weights as a diffusers-layout folder, in the run folder
+    divergence_hint = "Try a lower --lr or a smaller --grad-clip."
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
         self.config, self.run_dir, self.progress = config, os.fspath(run_dir), progress
@@ -249,8 +123,6 @@ class Trainer:
                              f"or choose another --output folder")
         self.dataset = load_train_data(config)
         self.info = plan_run(config, self.dataset)
-        self.schedule = NoiseSchedule(config.num_train_timesteps, config.beta_start, config.beta_end,
-                                      config.beta_schedule)
         backend.manual_seed(config.seed)  # parameter init (and dropout) draw from npdiff's global generator
         self.model = self.info.build_model()
         self.model.train()
@@ -262,7 +134,7 @@ class Trainer:
         labels = self.dataset.labels if self.info.null_class is not None else None
         self.loader = DataLoader(self.dataset.images, labels, min(config.batch_size, len(self.dataset)),
                                  shuffle=True, drop_last=True, hflip=config.hflip, seed=config.seed)
-        self.rng = np.random.default_rng([config.seed, 1])  # timesteps, noise, label dropout
+        self.rng = np.random.default_rng([config.seed, 1])  # the step's random draws (noise, t, dropout)
         self.step = 0
         self._stop_requested = False
 
@@ -283,7 +155,7 @@ class Trainer:
             "global_rng": backend.get_rng_state(),
         }
         save_checkpoint(self.path(CHECKPOINT_NAME), model=self.model, ema=self.ema, optimizer=self.optimizer, meta=meta)
-        self.export_ema_model(self.path("ema_model"))
+        self.export_ema_model(self.path(self.model_folder))
         self.plot_loss()
 
     def export_ema_model(self, folder: str) -> None:
@@ -298,23 +170,23 @@ class Trainer:
         records = [r for r in nd_io.read_jsonl(self.path(LOG_NAME)) if "loss" in r]
         if len(records) >= 2:
             nd_io.save_loss_curve(self.path("loss.png"), [r["step"] for r in records], [r["loss"] for r in records],
-                                  smoothing=0.9, title=f"training loss ({self.config.prediction_type})")
+                                  smoothing=0.9, title=self.loss_title())
+
+    def loss_title(self) -> str:
+        return "training loss"
 
     @classmethod
-    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True) -> "Trainer":
+    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True) -> "BaseTrainer":
         """Rebuild a trainer from a run folder and its checkpoint, exactly where it stopped.
 
         ``steps`` may raise the total step count; the cosine LR schedule then stretches to
         the new total, so the result differs from a run started with that total.
         """
         run_dir = os.fspath(run_dir)
-        if not os.path.isdir(run_dir):
-            raise ValueError(f"run folder {run_dir!r} does not exist")
-        for name in (CONFIG_NAME, CHECKPOINT_NAME):
-            if not os.path.isfile(os.path.join(run_dir, name)):
-                raise ValueError(f"{run_dir!r} is not a resumable run folder: {name} is missing")
-        saved = nd_io.load_json(os.path.join(run_dir, CONFIG_NAME))
-        config = TrainConfig.from_dict(saved["train"])
+        config = TrainConfig.from_dict(read_run_config(run_dir, "a resumable run folder")["train"])
+        if not issubclass(trainer_class(config), cls):
+            raise ValueError(f"{run_dir!r} is a {config.model or 'diffusion'} run: resume it with "
+                             f"{trainer_class(config).__name__}, not {cls.__name__}")
         if steps is not None:
             config = config.replace(steps=int(steps))
         trainer = cls(config, run_dir, progress=progress, _resuming=True)
@@ -339,21 +211,8 @@ class Trainer:
 
     # -- one step ----------------------------------------------------------------
     def train_step(self, x0: np.ndarray, y: np.ndarray | None) -> dict:
-        """One optimisation step on a batch (steps 2-7 of the module docstring)."""
-        cfg, b = self.config, len(x0)
-        # 2. timesteps and noise
-        t = self.rng.integers(0, cfg.num_train_timesteps, size=b)
-        noise = self.rng.standard_normal(x0.shape, dtype=np.float32)
-        # 3. label dropout: y ← ∅ (index num_classes) with probability p
-        if y is not None:
-            drop = self.rng.random(b) < cfg.label_dropout
-            y = np.where(drop, self.info.null_class, y)
-        # 4. forward process
-        x_t = self.schedule.q_sample(x0, t, noise).astype(np.float32)
-        # 5. per-sample loss against the prediction target, optionally min-SNR-γ weighted
-        out = self.model(Tensor(x_t), t, class_labels=y)
-        loss = diffusion_loss(self.schedule, out, x0, noise, t, cfg.prediction_type, cfg.snr_gamma).mean()
-        return self._optimise(loss)
+        """One optimisation step on a batch; returns at least loss, grad_norm and lr."""
+        raise NotImplementedError
 
     def _optimise(self, loss, **extra) -> dict:
         """Stop on a NaN/Inf loss, then backward, clip, AdamW step, LR schedule step, EMA update.
@@ -400,7 +259,7 @@ class Trainer:
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        window = {"loss": [], "grad_norm": [], "time": []}
+        window = {}
         t_start = time.perf_counter()
         batches = self.loader.infinite()
         try:
@@ -415,16 +274,15 @@ class Trainer:
                     set_rng_state(self.rng, snapshot[0])
                     self.loader.load_state_dict(snapshot[1])
                     raise
-                window["loss"].append(record["loss"])
-                window["grad_norm"].append(record["grad_norm"])
-                window["time"].append(time.perf_counter() - t0)
+                for key, value in {**record, "step_time": time.perf_counter() - t0}.items():
+                    window.setdefault(key, []).append(value)
                 bar.update(self.step, record["loss"], record["lr"])
                 if self.step % cfg.log_every == 0 or self.step == end:
-                    nd_io.append_jsonl(self.path(LOG_NAME), {
-                        "step": self.step, "loss": float(np.mean(window["loss"])),
-                        "grad_norm": float(np.mean(window["grad_norm"])), "lr": record["lr"],
-                        "step_time": float(np.mean(window["time"])), "elapsed": time.perf_counter() - t_start})
-                    window = {"loss": [], "grad_norm": [], "time": []}
+                    # window means of every term (the learning rate: its last value)
+                    means = {k: float(np.mean(v)) for k, v in window.items() if k != "lr"}
+                    nd_io.append_jsonl(self.path(LOG_NAME), {"step": self.step, **means, "lr": record["lr"],
+                                                             "elapsed": time.perf_counter() - t_start})
+                    window = {}
                 if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0:
@@ -435,7 +293,7 @@ class Trainer:
             bar.close()
             raise TrainingDiverged(
                 f"{e}; training stopped. The last good checkpoint (step {self._checkpoint_step()}) is kept in "
-                f"{self.path(CHECKPOINT_NAME)}. Try a lower --lr, a smaller --grad-clip or another --prediction-type."
+                f"{self.path(CHECKPOINT_NAME)}. {self.divergence_hint}"
             ) from None
         except KeyboardInterrupt:
             bar.close()
@@ -466,6 +324,42 @@ class Trainer:
         model = self.info.build_model()
         model.load_state_dict(ema_model_state_dict(self.model, self.ema))
         return model.eval()
+
+    def sample_grid(self) -> str:
+        """Draw the run's pictures with the EMA weights; returns the main PNG's path."""
+        raise NotImplementedError
+
+
+class Trainer(BaseTrainer):
+    """The DDPM trainer (steps 1-7 of the module docstring) on a UNet2DModel or the toy MLP."""
+
+    divergence_hint = "Try a lower --lr, a smaller --grad-clip or another --prediction-type."
+
+    def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
+        super().__init__(config, run_dir, progress=progress, _resuming=_resuming)
+        self.schedule = NoiseSchedule(config.num_train_timesteps, config.beta_start, config.beta_end,
+                                      config.beta_schedule)
+
+    def loss_title(self) -> str:
+        return f"training loss ({self.config.prediction_type})"
+
+    def train_step(self, x0: np.ndarray, y: np.ndarray | None) -> dict:
+        """One optimisation step on a batch (steps 2-7 of the module docstring)."""
+        cfg, b = self.config, len(x0)
+        # 2. timesteps and noise
+        t = self.rng.integers(0, cfg.num_train_timesteps, size=b)
+        noise = self.rng.standard_normal(x0.shape, dtype=np.float32)
+        # 3. label dropout: y ← ∅ (index num_classes) with probability p
+        if y is not None:
+            drop = self.rng.random(b) < cfg.label_dropout
+            y = np.where(drop, self.info.null_class, y)
+        # 4. forward process
+        x_t = self.schedule.q_sample(x0, t, noise).astype(np.float32)
+        # 5. per-sample loss against the prediction target, optionally min-SNR-γ weighted
+        out = self.model(Tensor(x_t), t, class_labels=y)
+        loss = diffusion_loss(self.schedule, out, x0, noise, t, cfg.prediction_type, cfg.snr_gamma).mean()
+        # 6.-7. NaN/Inf stop, backward, clip, update
+        return self._optimise(loss)
 
     def sample_grid(self, rows: int = 4) -> str:
         """Sample with the EMA weights (fixed seed) and save ``samples/step_XXXXXX.png``.
@@ -499,45 +393,8 @@ class Trainer:
         return path
 
 
-def train(config: TrainConfig, run_dir: str, progress: bool = True, stop_after: int | None = None) -> Trainer:
-    """Start a new run and train it; returns the trainer."""
-    trainer = Trainer(config, run_dir, progress=progress)
+def train(config: TrainConfig, run_dir: str, progress: bool = True, stop_after: int | None = None) -> BaseTrainer:
+    """Start a new run with the trainer of its model kind and train it; returns the trainer."""
+    trainer = trainer_class(config)(config, run_dir, progress=progress)
     trainer.train(stop_after=stop_after)
     return trainer
-
-
-# ----------------------------------------------------------------------------
-# loading a finished (or interrupted) run for sampling and evaluation
-# ----------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    """A run folder opened for sampling: the model (EMA weights by default), its plan and config."""
-
-    model: object
-    info: RunInfo
-    config: TrainConfig
-    step: int
-    run_dir: str
-
-
-def load_run(run_dir: str, use_ema: bool = True) -> Run:
-    """Open a run folder written by ``npdiff train``; ValueError says what is missing."""
-    run_dir = os.fspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise ValueError(f"run folder {run_dir!r} does not exist")
-    for name in (CONFIG_NAME, CHECKPOINT_NAME):
-        if not os.path.isfile(os.path.join(run_dir, name)):
-            raise ValueError(f"{run_dir!r} is not a run folder: {name} is missing "
-                             f"(expected a folder written by `npdiff train`)")
-    saved = nd_io.load_json(os.path.join(run_dir, CONFIG_NAME))
-    if not isinstance(saved, dict) or "train" not in saved or "model_class" not in saved:
-        raise ValueError(f"{os.path.join(run_dir, CONFIG_NAME)} is not an npdiff run config")
-    info = RunInfo.from_dict(saved)
-    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
-    model = info.build_model()
-    model.load_state_dict(state.model)
-    if use_ema:
-        model.load_state_dict({**state.model, **state.ema})
-    return Run(model.eval(), info, TrainConfig.from_dict(saved["train"]), state.step, run_dir)
