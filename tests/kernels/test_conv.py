@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 import npdiff as nd
 import npdiff.nn as nn
 import npdiff.nn.functional as F
+from npdiff import kernels as KT
 from npdiff.kernels import conv as K
+from npdiff.kernels.checks import pair
 from tests.gradcheck import check_gradients
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-10, atol=1e-10)}
@@ -67,14 +69,14 @@ def conv_case(draw, transposed=False, dtype=np.float64):
 def test_conv2d_fast_and_xp_match_reference(c):
     x, w, b, g, s, p, G = c["x"], c["w"], c["b"], c["g"], c["stride"], c["padding"], c["groups"]
     want = K.conv2d_forward_reference(x, w, b, s, p, G)
-    close(K.conv2d_forward(x, w, b, s, p, G), want)
+    close(KT.conv2d_forward(x, w, b, s, p, G), want)
     if G == 1:
-        close(K.conv2d_forward_xp(x, w, b, s, p), want)
+        close(K.conv2d_forward_xp(x, w, b, s, p, 1), want)
     gwant = K.conv2d_backward_reference(x, w, g, s, p, G)
-    for got, ref in zip(K.conv2d_backward(x, w, g, s, p, G), gwant):
+    for got, ref in zip(KT.conv2d_backward(x, w, g, s, p, G), gwant):
         close(got, ref)
     if G == 1:
-        for got, ref in zip(K.conv2d_backward_xp(x, w, g, s, p), gwant):
+        for got, ref in zip(K.conv2d_backward_xp(x, w, g, s, p, 1, True, True, True), gwant):
             close(got, ref)
 
 
@@ -82,14 +84,14 @@ def test_conv2d_fast_and_xp_match_reference(c):
 def test_conv_transpose2d_fast_and_xp_match_reference(c):
     x, w, b, g, s, p, op, G = c["x"], c["w"], c["b"], c["g"], c["stride"], c["padding"], c["op"], c["groups"]
     want = K.conv_transpose2d_forward_reference(x, w, b, s, p, op, G)
-    close(K.conv_transpose2d_forward(x, w, b, s, p, op, G), want)
+    close(KT.conv_transpose2d_forward(x, w, b, s, p, op, G), want)
     if G == 1:
-        close(K.conv_transpose2d_forward_xp(x, w, b, s, p, op), want)
+        close(K.conv_transpose2d_forward_xp(x, w, b, s, p, op, 1), want)
     gwant = K.conv_transpose2d_backward_reference(x, w, g, s, p, op, G)
-    for got, ref in zip(K.conv_transpose2d_backward(x, w, g, s, p, op, G), gwant):
+    for got, ref in zip(KT.conv_transpose2d_backward(x, w, g, s, p, op, G), gwant):
         close(got, ref)
     if G == 1:
-        for got, ref in zip(K.conv_transpose2d_backward_xp(x, w, g, s, p, op), gwant):
+        for got, ref in zip(K.conv_transpose2d_backward_xp(x, w, g, s, p, op, 1, True, True, True), gwant):
             close(got, ref)
 
 
@@ -103,13 +105,13 @@ def test_chunking_row_bands_and_image_batches(monkeypatch, chunk_bytes, stride, 
     w = rng.standard_normal((4, 2, 3, 3))
     b = rng.standard_normal(4)
     want = K.conv2d_forward_reference(x, w, b, (stride,) * 2, (padding,) * 2)
-    close(K.conv2d_forward(x, w, b, stride, padding), want)
+    close(KT.conv2d_forward(x, w, b, stride, padding), want)
     g = rng.standard_normal(want.shape)
-    for got, ref in zip(K.conv2d_backward(x, w, g, stride, padding),
+    for got, ref in zip(KT.conv2d_backward(x, w, g, stride, padding),
                         K.conv2d_backward_reference(x, w, g, (stride,) * 2, (padding,) * 2)):
         close(got, ref)
     wt = rng.standard_normal((2, 4, 3, 3))
-    close(K.conv_transpose2d_forward(x, wt, b, stride, padding),
+    close(KT.conv_transpose2d_forward(x, wt, b, stride, padding),
           K.conv_transpose2d_forward_reference(x, wt, b, (stride,) * 2, (padding,) * 2))
 
 
@@ -123,21 +125,21 @@ def test_thread_partition_row_bands_halo_and_idle_threads(monkeypatch, threads, 
     recompute their halo of g rows and write only their own gx rows, zeros where no window reaches)."""
     monkeypatch.setattr(K, "num_threads", lambda: threads)
     rng = np.random.default_rng(11)
-    s, p = K._pair(stride, "s"), K._pair(padding, "p")
-    kh, kw = K._pair(k, "k")
+    s, p = pair(stride, "s"), pair(padding, "p")
+    kh, kw = pair(k, "k")
     x = rng.standard_normal((N, 3, 11, 6))
     w = rng.standard_normal((4, 3, kh, kw))
     b = rng.standard_normal(4)
     want = K.conv2d_forward_reference(x, w, b, s, p)
-    close(K.conv2d_forward(x, w, b, stride, padding), want)
+    close(KT.conv2d_forward(x, w, b, stride, padding), want)
     g = rng.standard_normal(want.shape)
-    for got, ref in zip(K.conv2d_backward(x, w, g, stride, padding), K.conv2d_backward_reference(x, w, g, s, p)):
+    for got, ref in zip(KT.conv2d_backward(x, w, g, stride, padding), K.conv2d_backward_reference(x, w, g, s, p)):
         close(got, ref)
     wt = rng.standard_normal((3, 2, kh, kw))
     yt = K.conv_transpose2d_forward_reference(x, wt, b[:2], s, p)
-    close(K.conv_transpose2d_forward(x, wt, b[:2], stride, padding), yt)
+    close(KT.conv_transpose2d_forward(x, wt, b[:2], stride, padding), yt)
     gt = rng.standard_normal(yt.shape)
-    for got, ref in zip(K.conv_transpose2d_backward(x, wt, gt, stride, padding),
+    for got, ref in zip(KT.conv_transpose2d_backward(x, wt, gt, stride, padding),
                         K.conv_transpose2d_backward_reference(x, wt, gt, s, p)):
         close(got, ref)
 
@@ -167,12 +169,12 @@ def test_float32_fast_path_matches_float64_reference():
     x = rng.standard_normal((4, 6, 10, 12)).astype(np.float32)
     w = rng.standard_normal((5, 6, 3, 3)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
-    out = K.conv2d_forward(x, w, b, 1, 1)
+    out = KT.conv2d_forward(x, w, b, 1, 1)
     assert out.dtype == np.float32 and out.flags.c_contiguous
     close(out, K.conv2d_forward_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                                           (1, 1), (1, 1)), np.float32)
     g = rng.standard_normal(out.shape).astype(np.float32)
-    got = K.conv2d_backward(x, w, g, 1, 1)
+    got = KT.conv2d_backward(x, w, g, 1, 1)
     ref = K.conv2d_backward_reference(*(a.astype(np.float64) for a in (x, w, g)), (1, 1), (1, 1))
     for a, r in zip(got, ref):
         assert a.dtype == np.float32
@@ -182,16 +184,16 @@ def test_float32_fast_path_matches_float64_reference():
 def test_pointwise_conv_skips_im2col_and_matches_reference():
     rng = np.random.default_rng(3)
     x, w, b = rng.standard_normal((2, 5, 4, 3)), rng.standard_normal((7, 5, 1, 1)), rng.standard_normal(7)
-    close(K.conv2d_forward(x, w, b), K.conv2d_forward_reference(x, w, b))
+    close(KT.conv2d_forward(x, w, b), K.conv2d_forward_reference(x, w, b))
     g = rng.standard_normal((2, 7, 4, 3))
-    for got, ref in zip(K.conv2d_backward(x, w, g), K.conv2d_backward_reference(x, w, g)):
+    for got, ref in zip(KT.conv2d_backward(x, w, g), K.conv2d_backward_reference(x, w, g)):
         close(got, ref)
 
 
 def test_backward_skips_unneeded_gradients():
     rng = np.random.default_rng(4)
     x, w, g = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal((1, 3, 5, 5))
-    gx, gw, gb = K.conv2d_backward(x, w, g, 1, 1, need_x=False, need_b=False)
+    gx, gw, gb = KT.conv2d_backward(x, w, g, 1, 1, need_x=False, need_b=False)
     assert gx is None and gb is None
     close(gw, K.conv2d_backward_reference(x, w, g, (1, 1), (1, 1))[1])
 
@@ -232,7 +234,7 @@ CASES_2D = [  # (N, C, O, H, W, k, stride, padding, groups)
 def test_conv2d_matches_torch(case):
     torch = pytest.importorskip("torch", reason="torch is the oracle for conv2d")
     N, C, O, H, W, k, s, p, groups = case
-    kh, kw = K._pair(k, "k")
+    kh, kw = pair(k, "k")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((O, C // groups, kh, kw)).astype(np.float32)
@@ -260,7 +262,7 @@ CASES_T = [  # (N, C, O, H, W, k, stride, padding, output_padding, groups)
 def test_conv_transpose2d_matches_torch(case):
     torch = pytest.importorskip("torch", reason="torch is the oracle for conv_transpose2d")
     N, C, O, H, W, k, s, p, op, groups = case
-    kh, kw = K._pair(k, "k")
+    kh, kw = pair(k, "k")
     rng = np.random.default_rng(8)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
     w = rng.standard_normal((C, O // groups, kh, kw)).astype(np.float32)
