@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import checks
 from . import conv as _conv
+from . import norm as _norm
 from .dispatch import OPS, register
 
 
@@ -24,5 +25,11 @@ conv2d_forward = _row("conv2d_forward", _conv)
 conv2d_backward = _row("conv2d_backward", _conv)
 conv_transpose2d_forward = _row("conv_transpose2d_forward", _conv)
 conv_transpose2d_backward = _row("conv_transpose2d_backward", _conv)
+group_norm_forward = _row("group_norm_forward", _norm)
+group_norm_backward = _row("group_norm_backward", _norm)
+layer_norm_forward = _row("layer_norm_forward", _norm)
+layer_norm_backward = _row("layer_norm_backward", _norm)
+batch_norm_forward = _row("batch_norm_forward", _norm)
+batch_norm_backward = _row("batch_norm_backward", _norm)
 
 __all__ = list(OPS)  # the op names: ``from npdiff.kernels import conv2d_forward``

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 import npdiff as nd
 import npdiff.nn as nn
 import npdiff.nn.functional as F
+from npdiff import kernels as KT
 from npdiff.kernels import norm as K
 from tests.gradcheck import check_gradients
 
@@ -49,27 +50,27 @@ def test_group_norm_fast_and_xp_match_reference(case, affine):
     x, g, w, b, G = case
     w, b = (w, b) if affine else (None, None)
     ref = K.group_norm_forward_reference(x, G, w, b)
-    for impl in (K.group_norm_forward, K.group_norm_forward_xp):
+    for impl in (KT.group_norm_forward, K.group_norm_forward_xp):
         for got, want in zip(impl(x, G, w, b), ref):
             assert got.dtype == x.dtype
             close(got, want, x.dtype.type)
     mean, rstd = ref[1], ref[2]
     bref = K.group_norm_backward_reference(g, x, mean, rstd, G, w)
-    for impl in (K.group_norm_backward, K.group_norm_backward_xp):
+    for impl in (KT.group_norm_backward, K.group_norm_backward_xp):
         for got, want in zip(impl(g, x, mean, rstd, G, w), bref):
             close(got, want, x.dtype.type)
 
 
 def test_group_norm_constant_and_offset_input_stay_finite_and_accurate():
     c = np.full((2, 4, 3, 3), 7.25, np.float32)
-    y, mean, rstd = K.group_norm_forward(c, 2)
+    y, mean, rstd = KT.group_norm_forward(c, 2)
     assert np.all(y == 0) and np.all(np.isfinite(rstd)) and np.allclose(mean, 7.25)
-    dx, dw, db = K.group_norm_backward(np.ones_like(c), c, mean, rstd, 2)
+    dx, dw, db = KT.group_norm_backward(np.ones_like(c), c, mean, rstd, 2)
     assert np.all(np.isfinite(dx)) and np.all(np.isfinite(dw))
     # a large common offset must not destroy the variance (two-pass float64 statistics)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 4, 8, 8))
-    y_off = K.group_norm_forward((x + 1e4).astype(np.float32), 2)[0]
+    y_off = KT.group_norm_forward((x + 1e4).astype(np.float32), 2)[0]
     y_ref = K.group_norm_forward_reference(x, 2)[0]
     np.testing.assert_allclose(y_off, y_ref, atol=5e-3)
 
@@ -96,11 +97,11 @@ def test_layer_norm_fast_and_xp_match_reference(case, k, affine):
     rng = np.random.default_rng(0)
     w, b = ((1 + 0.3 * rng.standard_normal((2,) + ns)).astype(x.dtype)) if affine else (None, None)
     ref = K.layer_norm_forward_reference(x, ns, w, b)
-    for impl in (K.layer_norm_forward, K.layer_norm_forward_xp):
+    for impl in (KT.layer_norm_forward, K.layer_norm_forward_xp):
         for got, want in zip(impl(x, ns, w, b), ref):
             close(got, want, x.dtype.type)
     bref = K.layer_norm_backward_reference(g, x, ref[1], ref[2], ns, w)
-    for impl in (K.layer_norm_backward, K.layer_norm_backward_xp):
+    for impl in (KT.layer_norm_backward, K.layer_norm_backward_xp):
         for got, want in zip(impl(g, x, ref[1], ref[2], ns, w), bref):
             close(got, want, x.dtype.type)
 
@@ -123,12 +124,12 @@ def test_batch_norm_fast_and_xp_match_reference(case, training, affine):
     C = x.shape[1]
     rng = np.random.default_rng(3)
     rm, rv = (None, None) if training else (rng.standard_normal(C).astype(x.dtype), rng.random(C).astype(x.dtype) + 0.5)
-    ref = K.batch_norm_forward_reference(x, w, b, 1e-5, rm, rv)
-    for impl in (K.batch_norm_forward, K.batch_norm_forward_xp):
-        for got, want in zip(impl(x, w, b, 1e-5, rm, rv), ref):
+    ref = K.batch_norm_forward_reference(x, w, b, rm, rv, training, 1e-5)
+    for impl in (KT.batch_norm_forward, K.batch_norm_forward_xp):
+        for got, want in zip(impl(x, w, b, rm, rv, training, 1e-5), ref):
             close(got, want, x.dtype.type)
     bref = K.batch_norm_backward_reference(g, x, ref[1], ref[2], w, training)
-    for impl in (K.batch_norm_backward, K.batch_norm_backward_xp):
+    for impl in (KT.batch_norm_backward, K.batch_norm_backward_xp):
         for got, want in zip(impl(g, x, ref[1], ref[2], w, training), bref):
             close(got, want, x.dtype.type)
 
