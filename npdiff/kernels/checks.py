@@ -383,13 +383,14 @@ def interpolate_forward(x, size=None, scale_factor=None, mode="nearest", align_c
 
 
 def interpolate_backward(g, x_shape, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    """dx (x_shape) for upstream g; same arguments as the forward."""
+    """dx (x_shape) for upstream g; same arguments as the forward; canonical form (g, x_shape, mode,
+    align_corners, scales)."""
     ac = _mode(mode, align_corners)
     x_shape = tuple(int(s) for s in x_shape)
     out, scales = interpolate_size(x_shape, size, scale_factor)
     if tuple(g.shape) != x_shape[:2] + out:
         raise ValueError(f"interpolate backward: grad shape {tuple(g.shape)}, expected {x_shape[:2] + out}")
-    return _c(g), x_shape, out, mode, ac, scales
+    return _c(g), x_shape, mode, ac, scales  # the output size is g's
 
 
 # ---------------------------------------------------------------------------
