@@ -472,7 +472,7 @@ CASES = [(spec, col) for spec in SPECS for col in columns(spec)]
 def test_every_row_of_the_table_is_covered():
     covered = {row for spec in SPECS for row in spec.rows}
     assert covered == set(K.OPS), sorted(set(K.OPS) ^ covered)
-    assert all(set(op.columns) == {"reference", "numba", "xp"} for op in K.OPS.values())
+    assert all({"reference", "numba", "xp"} <= set(op.columns) for op in K.OPS.values())
 
 
 def _run(spec, case, column):
