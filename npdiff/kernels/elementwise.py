@@ -33,7 +33,7 @@ import types
 import numpy as np
 
 from ..backend import get_array_module, special
-from .config import jit_parallel, jit_serial, prange
+from .config import jit_parallel, jit_scalar, prange
 from .vexp import exp_constants, exp_inplace
 
 CHUNK = 16384
@@ -172,77 +172,77 @@ def dropout_forward_reference(x, mask, p):
 # tanh(|u|) = (1 − e)/(1 + e) for e = e^{−2|u|}: no exp ever overflows.
 
 
-@jit_serial
+@jit_scalar
 def neg_abs(v):
     """The exp argument of the σ-based ops: e = e^{−|x|}."""
     return -abs(v)
 
 
-@jit_serial
+@jit_scalar
 def relu(v, e, one):
     return v if v > 0 else 0.0
 
 
-@jit_serial
+@jit_scalar
 def relu_grad(v, e, one):
     return 1.0 if v > 0 else 0.0  # 0 at x = 0, as torch
 
 
-@jit_serial
+@jit_scalar
 def sigmoid(v, e, one):
     return (one if v >= 0 else e) / (one + e)  # σ(x), stable in both tails
 
 
-@jit_serial
+@jit_scalar
 def sigmoid_grad(v, e, one):
     s = sigmoid(v, e, one)
     return s * (one - s)  # σ(1 − σ)
 
 
-@jit_serial
+@jit_scalar
 def silu(v, e, one):
     return v * sigmoid(v, e, one)  # x σ(x)
 
 
-@jit_serial
+@jit_scalar
 def silu_grad(v, e, one):
     s = sigmoid(v, e, one)
     return s * (one + v * (one - s))  # σ(1 + x(1 − σ))
 
 
-@jit_serial
+@jit_scalar
 def gelu(v, e, one):
     return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))  # x Φ(x)
 
 
-@jit_serial
+@jit_scalar
 def gelu_grad(v, e, one):
     return 0.5 * (1.0 + math.erf(v * 0.7071067811865476)) + v * math.exp(-0.5 * v * v) * 0.3989422804014327  # Φ + xφ
 
 
-@jit_serial
+@jit_scalar
 def _tanh_u(v):
     return 0.7978845608028654 * (v + 0.044715 * v * v * v)  # u = √(2/π)(x + 0.044715x³)
 
 
-@jit_serial
+@jit_scalar
 def neg_abs_2u(v):
     """The exp argument of the tanh GELU: e = e^{−2|u|}."""
     return -abs(2 * _tanh_u(v))
 
 
-@jit_serial
+@jit_scalar
 def _tanh_from_e(v, e, one):
     th = (one - e) / (one + e)  # tanh(|u|)
     return th if v >= 0 else -th  # u has the sign of x
 
 
-@jit_serial
+@jit_scalar
 def gelu_tanh(v, e, one):
     return 0.5 * v * (one + _tanh_from_e(v, e, one))  # ½x(1 + tanh u)
 
 
-@jit_serial
+@jit_scalar
 def gelu_tanh_grad(v, e, one):
     th = _tanh_from_e(v, e, one)
     du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v)
@@ -262,37 +262,41 @@ ACTIVATIONS = {
 def _map_template(x, out, C, fast):
     """out[t] = f(x[t], e_t): prange over chunks; e for the chunk by one vectorised exp."""
     n = x.shape[0]
+    one = C.one
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo = c * CHUNK
         m = min(n, lo + CHUNK) - lo
-        buf = np.empty(m, x.dtype)
         if USES_EXP:  # noqa: F821 (bound by _specialise)
+            buf = np.empty(m, x.dtype)
             ib = np.empty(m, np.int32)
             for i in range(m):
                 buf[i] = ARG(x[lo + i])  # noqa: F821
             exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
+            for i in range(m):
+                out[lo + i] = F(x[lo + i], buf[i], one)  # noqa: F821
         else:
-            buf[:] = 0
-        for i in range(m):
-            out[lo + i] = F(x[lo + i], buf[i], C.one)  # noqa: F821
+            for i in range(m):
+                out[lo + i] = F(x[lo + i], one, one)  # noqa: F821 (no exp: e unused)
 
 
 def _zip_template(g, x, out, C, fast):
     """out[t] = g[t]·df(x[t], e_t), the same chunks and exp as the map."""
     n = x.shape[0]
+    one = C.one
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo = c * CHUNK
         m = min(n, lo + CHUNK) - lo
-        buf = np.empty(m, x.dtype)
-        if USES_EXP:  # noqa: F821 (bound by _specialise)
+        if USES_EXP:  # noqa: F821
+            buf = np.empty(m, x.dtype)
             ib = np.empty(m, np.int32)
             for i in range(m):
                 buf[i] = ARG(x[lo + i])  # noqa: F821
             exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
+            for i in range(m):
+                out[lo + i] = g[lo + i] * F(x[lo + i], buf[i], one)  # noqa: F821
         else:
-            buf[:] = 0
-        for i in range(m):
-            out[lo + i] = g[lo + i] * F(x[lo + i], buf[i], C.one)  # noqa: F821
+            for i in range(m):
+                out[lo + i] = g[lo + i] * F(x[lo + i], one, one)  # noqa: F821
 
 
 def _specialise(template, name, arg, f):
