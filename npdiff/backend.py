@@ -46,6 +46,22 @@ def get_array_module(*arrays):
     return np
 
 
+def broadcast_coef(values, x):
+    """Per-sample coefficients (B,) as a (B, 1, …, 1) array in x's dtype and array module, so that
+    they broadcast against x (B, …). Computed on the CPU in float64 first (schedules live there)."""
+    v = np.asarray(to_device(values, "cpu"), dtype=np.float64)
+    return get_array_module(x).asarray(v.reshape(v.shape + (1,) * (x.ndim - v.ndim)), dtype=x.dtype)  # (B, 1, …, 1)
+
+
+def special(xp):
+    """The special-function module for arrays of ``xp``: ``scipy.special`` on numpy, ``cupyx.scipy.special`` on cupy."""
+    if xp is np:
+        import scipy.special as sp
+    else:  # pragma: no cover - GPU only
+        import cupyx.scipy.special as sp
+    return sp
+
+
 def is_gpu_array(x) -> bool:
     return _cupy is not None and isinstance(x, _cupy.ndarray)
 

@@ -668,12 +668,7 @@ def cmd_viz_forward(args) -> int:
     if args.columns < 2 or args.size < 4:
         raise ValueError(f"--columns must be >= 2 and --size >= 4, got {args.columns} and {args.size}")
     if args.image is not None:
-        from PIL import Image
-
-        gray = nd_io.load_image(args.image, mode="L")[0]  # (H, W) in [-1, 1]; ValueError if unreadable
-        pil = Image.fromarray(np.round((gray + 1.0) * 127.5).astype(np.uint8)).resize((args.size, args.size),
-                                                                                      Image.BICUBIC)
-        x0 = (np.asarray(pil, dtype=np.float32) / 127.5 - 1.0)[None, None]  # (1, 1, S, S)
+        x0 = nd_io.load_image(args.image, mode="L", size=args.size)[None]  # (1, 1, S, S) in [-1, 1]
         what = os.path.basename(args.image)
     else:
         digit = 3 if args.digit is None else args.digit

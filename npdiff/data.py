@@ -37,14 +37,11 @@ from typing import Iterator
 
 import numpy as np
 
+from .io import decode_image
+
 TOY_DATASETS = ("moons", "swiss_roll", "8gaussians", "checkerboard")
 SPLITS = ("train", "test", "all")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-# Pillow modes that hold 8 bits per channel and convert losslessly (up to
-# dropping alpha) to "L" or "RGB". Higher bit depths ("I", "I;16", "F") are
-# refused: Pillow's convert() clips them to 0..255 instead of rescaling.
-_CONVERTIBLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La")
 
 
 @dataclass
@@ -227,34 +224,6 @@ def _is_image_file(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _load_image(path: str, size: int, mode: str) -> np.ndarray:
-    """One image file -> (C, size, size) uint8: shorter side resized to ``size``, then centre-cropped."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = ImageOps.exif_transpose(img)  # camera photos: apply the EXIF rotation
-            if img.mode not in _CONVERTIBLE_MODES:
-                raise ValueError(
-                    f"{path}: image mode {img.mode!r} is not supported; expected an 8-bit image "
-                    f"(one of {_CONVERTIBLE_MODES}); convert it to 8-bit grayscale or RGB first"
-                )
-            if img.mode in ("P", "PA"):  # palette: expand through RGBA so transparency is honoured
-                img = img.convert("RGBA")
-            img = img.convert(mode)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from e
-    w, h = img.size
-    scale = size / min(w, h)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((new_w, new_h), Image.BICUBIC)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    img = img.crop((left, top, left + size, top + size))
-    arr = np.asarray(img, dtype=np.uint8)
-    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, size, size)
-
-
 class ImageFolder:
     """All images under ``path``, loaded into memory as (N, C, size, size) float32 in [-1, 1].
 
@@ -283,7 +252,7 @@ class ImageFolder:
         self.files = files
         self.classes = classes
         self.class_to_idx = {c: i for i, c in enumerate(classes)} if classes else {}
-        stack = np.stack([_load_image(f, self.size, mode) for f in files])  # (N, C, size, size)
+        stack = np.stack([decode_image(f, mode, self.size) for f in files])  # (N, C, size, size)
         self.images = _uint8_to_unit(stack)
         self.labels = None if classes is None else np.asarray(labels, dtype=np.int64)
 

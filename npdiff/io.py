@@ -255,9 +255,21 @@ def save_image_strip(path: str, images, padding: int = 2, pad_value: float = 1.0
     return save_image_grid(path, images, len(images), padding, pad_value, value_range, scale)
 
 
-def load_image(path: str, mode: str = "RGB", value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """A PNG/JPEG file as a (C, H, W) float32 array in ``value_range`` (mode "L" or "RGB")."""
-    from PIL import Image, UnidentifiedImageError
+# Pillow modes that hold 8 bits per channel and convert losslessly (up to
+# dropping alpha) to "L" or "RGB". Higher bit depths ("I", "I;16", "F") are
+# refused: Pillow's convert() clips them to 0..255 instead of rescaling.
+CONVERTIBLE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "La")
+
+
+def decode_image(path: str, mode: str = "RGB", size: int | None = None) -> np.ndarray:
+    """One image file -> (C, H, W) uint8 in ``mode`` ("L": C = 1, "RGB": C = 3); the one decoder.
+
+    The EXIF rotation of camera photos is applied; palette images go through RGBA so
+    transparency is honoured; modes that are not 8-bit (``CONVERTIBLE_MODES``) are refused.
+    With ``size``: the shorter side is resized to ``size`` (bicubic), then centre-cropped to
+    size × size.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be 'L' or 'RGB', got {mode!r}")
@@ -265,10 +277,33 @@ def load_image(path: str, mode: str = "RGB", value_range: tuple[float, float] = 
         raise ValueError(f"image file {path!r} does not exist")
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+            img.load()
+            img = ImageOps.exif_transpose(img)  # camera photos: apply the EXIF rotation
+            if img.mode not in CONVERTIBLE_MODES:
+                raise ValueError(
+                    f"{path}: image mode {img.mode!r} is not supported; expected an 8-bit image "
+                    f"(one of {CONVERTIBLE_MODES}); convert it to 8-bit grayscale or RGB first"
+                )
+            if img.mode in ("P", "PA"):  # palette: expand through RGBA so transparency is honoured
+                img = img.convert("RGBA")
+            img = img.convert(mode)
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: cannot read image ({e})") from e
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+    if size is not None:
+        w, h = img.size
+        scale = size / min(w, h)
+        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W)
+
+
+def load_image(path: str, mode: str = "RGB", value_range: tuple[float, float] = (-1.0, 1.0),
+               size: int | None = None) -> np.ndarray:
+    """A PNG/JPEG file as a (C, H, W) float32 array in ``value_range`` (``decode_image``, then scaled)."""
+    arr = decode_image(str(path), mode, size).astype(np.float32) / 255.0
     lo, hi = value_range
     return (arr * (hi - lo) + lo).astype(np.float32)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npdiff.backend import get_array_module, to_device
+from npdiff.backend import broadcast_coef, to_device
 
 #: Values accepted by ``prediction_type`` (documented in docs/math.md and the schedulers).
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -28,11 +28,7 @@ def _coefs(alpha_bar, x):
     ab = np.asarray(to_device(alpha_bar, "cpu"), dtype=np.float64)
     if ab.ndim == 0:
         return float(np.sqrt(ab)), float(np.sqrt(1.0 - ab))
-    xp = get_array_module(x)
-    shape = ab.shape + (1,) * (x.ndim - ab.ndim)  # (B, 1, …, 1)
-    a = xp.asarray(np.sqrt(ab).reshape(shape), dtype=x.dtype)
-    b = xp.asarray(np.sqrt(1.0 - ab).reshape(shape), dtype=x.dtype)
-    return a, b
+    return broadcast_coef(np.sqrt(ab), x), broadcast_coef(np.sqrt(1.0 - ab), x)
 
 
 def predict_x0_from_eps(x_t, eps, alpha_bar):

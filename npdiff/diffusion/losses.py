@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npdiff.backend import get_array_module
+from npdiff.backend import get_array_module, special
 from npdiff.diffusion.conversions import PREDICTION_TYPES, model_output_to_x0_eps, training_target
 from npdiff.diffusion.schedules import NoiseSchedule, _gather
 
@@ -83,14 +83,6 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
     return 0.5 * (-1.0 + logvar2 - logvar1 + xp.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * xp.exp(-logvar2))
 
 
-def _ndtr_fns(xp):
-    if xp is np:
-        from scipy.special import log_ndtr, ndtr
-    else:  # pragma: no cover - GPU only
-        from cupyx.scipy.special import log_ndtr, ndtr
-    return ndtr, log_ndtr
-
-
 def discretized_gaussian_log_likelihood(x, means, log_scales, num_bins: int = 256):
     """log p(x) of data in [−1, 1] quantised to ``num_bins`` levels under N(means, exp(log_scales)²).
 
@@ -100,7 +92,7 @@ def discretized_gaussian_log_likelihood(x, means, log_scales, num_bins: int = 25
     Tails use log Φ directly for accuracy. Shapes: all (B, …); returns (B, …) in nats.
     """
     xp = get_array_module(x, means)
-    ndtr, log_ndtr = _ndtr_fns(xp)
+    ndtr, log_ndtr = special(xp).ndtr, special(xp).log_ndtr
     delta = 1.0 / (num_bins - 1)
     centered = x - means
     inv_std = xp.exp(-log_scales)

@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from npdiff.backend import get_array_module, to_device
+from npdiff.backend import broadcast_coef, to_device
 
 #: Values accepted by ``beta_schedule`` (documented in docs/math.md and the schedulers).
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
@@ -98,12 +98,10 @@ def _gather(coef: np.ndarray, t, x):
 
     Shapes: coef (T,), t () or (B,), x (B, …).
     """
-    xp = get_array_module(x)
     t = np.asarray(to_device(t, "cpu"))
     if t.ndim == 0:
         return float(coef[int(t)])
-    out = xp.asarray(coef[t.astype(np.int64)], dtype=x.dtype)
-    return out.reshape(out.shape + (1,) * (x.ndim - out.ndim))  # (B, 1, …, 1)
+    return broadcast_coef(coef[t.astype(np.int64)], x)
 
 
 class NoiseSchedule:

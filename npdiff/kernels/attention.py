@@ -18,9 +18,11 @@ Max subtraction makes every exp argument ≤ 0, so huge logits (1e30) are exact.
 keys are all masked (every S_ij = −∞) gives O_i = 0, lse_i = −∞ and zero gradients (torch's
 convention).
 
-Layout used by every version here: q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv); the mask as
-``bias`` (M, Lq, Lk) plus ``bias_index`` (N,) naming which of the M bias planes row-block n
-uses (so a (B, 1, Lq, Lk) mask shared by all heads is never copied h times).
+Layout taken by every column (reference, numba, xp; registered in ``table.py``, validated once
+by ``checks.attention_forward``): q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv), flattened
+inside to N = prod(...) row blocks; the mask as ``bias`` (M, Lq, Lk) plus ``bias_index`` (N,)
+naming which of the M bias planes row-block n uses (so a (B, 1, Lq, Lk) mask shared by all
+heads is never copied h times).
 
 Fast CPU path — why tiles and not "one big batched GEMM": materialising S for all heads is
 N·Lq·Lk floats (134 MB for B=32, h=16, L=256; fresh buffers that large page-fault) and
@@ -69,25 +71,32 @@ SMALL_HEAD_DIM = 16
 # reference (plain loops: the version to read)
 
 
-def attention_forward_reference(q, k, v, bias=None, scale=None):
+def _flat3(a):
+    """(..., L, c) -> (N, L, c), N = prod(...) (a view of a contiguous array)."""
+    return a.reshape((-1,) + a.shape[-2:])
+
+
+def attention_forward_reference(q, k, v, bias=None, bias_index=None, scale=None):
     """Reference forward.
 
-    Shapes: q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv), bias None or (N, Lq, Lk) -> out (N, Lq, dv),
-    lse (N, Lq).
+    Shapes: q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); bias None or (M, Lq, Lk) with
+    bias_index (N,) naming the plane each of the N = prod(...) rows uses -> out (..., Lq, dv),
+    lse (..., Lq).
     Definition: S_ij = s·Σ_c q_ic k_jc + b_ij; O_ic = Σ_j exp(S_ij − lse_i) v_jc.
     Loop: for each (n, i) form the score row, subtract its max, exponentiate, normalise,
     and take the weighted sum of value rows.
     """
-    N, Lq, d = q.shape
-    Lk, dv = k.shape[1], v.shape[2]
+    q3, k3, v3 = _flat3(q), _flat3(k), _flat3(v)
+    N, Lq, d = q3.shape
+    Lk, dv = k3.shape[1], v3.shape[2]
     s = 1.0 / math.sqrt(d) if scale is None else scale
     out = np.zeros((N, Lq, dv), dtype=q.dtype)
     lse = np.full((N, Lq), -np.inf, dtype=q.dtype)
     for n in range(N):
         for i in range(Lq):
-            row = np.array([s * sum(q[n, i, c] * k[n, j, c] for c in range(d)) for j in range(Lk)])
+            row = np.array([s * sum(q3[n, i, c] * k3[n, j, c] for c in range(d)) for j in range(Lk)])
             if bias is not None:
-                row = row + bias[n, i]
+                row = row + bias[bias_index[n], i]
             m = row.max()
             if m == -np.inf:  # every key masked: O_i = 0
                 continue
@@ -95,35 +104,58 @@ def attention_forward_reference(q, k, v, bias=None, scale=None):
             l = p.sum()
             lse[n, i] = m + np.log(l)
             for c in range(dv):
-                out[n, i, c] = sum(p[j] * v[n, j, c] for j in range(Lk)) / l
-    return out, lse
+                out[n, i, c] = sum(p[j] * v3[n, j, c] for j in range(Lk)) / l
+    return out.reshape(q.shape[:-1] + (dv,)), lse.reshape(q.shape[:-1])
 
 
-def attention_backward_reference(g, q, k, v, out, lse, bias=None, scale=None):
-    """Reference backward: (dq, dk, dv) for upstream gradient ``g`` (N, Lq, dv).
+def attention_backward_reference(g, q, k, v, out, lse, bias=None, bias_index=None, scale=None):
+    """Reference backward: (dq, dk, dv) for upstream gradient ``g`` (..., Lq, dv).
 
-    Definition: P_ij = exp(S_ij − lse_i); dV_j = Σ_i P_ij g_i; dP_ij = g_i·v_j;
-    D_i = g_i·O_i; dS_ij = P_ij (dP_ij − D_i); dq_i = s Σ_j dS_ij k_j; dk_j = s Σ_i dS_ij q_i.
-    Loop: per (n, i) rebuild the probability row from lse, then scatter into dk, dv.
+    Derived by the chain rule over the reference forward's loops, recomputing that forward
+    (``out`` and ``lse`` are not used): an independent route to the fast paths'
+    FlashAttention closed form dS = P∘(dP − D), D_i = g_i·O_i. Per row (n, i), forward:
+        S_j = s Σ_c q_ic k_jc + b_ij,  m = max_j S_j,  p_j = e^{S_j − m},  l = Σ_j p_j,
+        O_c = Σ_j p_j v_jc / l,
+    and backwards, node by node:
+        v̄_jc += g_c p_j / l                    (O through v)
+        p̄_j   = Σ_c g_c v_jc / l               (O through p_j)
+        l̄     = −Σ_c g_c Σ_j p_j v_jc / l²      (O through l)
+        p̄_j  += l̄                             (l = Σ p)
+        S̄_j   = p̄_j p_j,   m̄ = −Σ_j p̄_j p_j   (p_j = e^{S_j − m})
+        S̄_j* += m̄ for the first arg-max j*    (m = max S; m̄ is 0 in exact arithmetic)
+        q̄_ic += s Σ_j S̄_j k_jc,   k̄_jc += s S̄_j q_ic.
+    A fully masked row (m = −∞) has O = 0 whatever q, k, v: no gradient.
     """
-    N, Lq, d = q.shape
-    Lk = k.shape[1]
+    q3, k3, v3, g3 = _flat3(q), _flat3(k), _flat3(v), _flat3(g)
+    N, Lq, d = q3.shape
+    Lk, dvw = k3.shape[1], v3.shape[2]
     s = 1.0 / math.sqrt(d) if scale is None else scale
-    dq, dk, dvv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    dq, dk, dv = (np.zeros(a.shape, np.float64) for a in (q3, k3, v3))
     for n in range(N):
         for i in range(Lq):
-            if lse[n, i] == -np.inf:
+            S = [s * sum(float(q3[n, i, c]) * float(k3[n, j, c]) for c in range(d))
+                 + (0.0 if bias is None else float(bias[bias_index[n], i, j])) for j in range(Lk)]
+            m = max(S)
+            if m == -math.inf:
                 continue
-            D = sum(g[n, i, c] * out[n, i, c] for c in range(v.shape[2]))
+            jstar = S.index(m)
+            p = [math.exp(Sj - m) for Sj in S]
+            l = sum(p)
+            gi = [float(a) for a in g3[n, i]]
+            pbar = [0.0] * Lk
+            lbar = 0.0
             for j in range(Lk):
-                b = 0.0 if bias is None else bias[n, i, j]
-                p = math.exp(s * np.dot(q[n, i], k[n, j]) + b - lse[n, i])
-                dp = np.dot(g[n, i], v[n, j])
-                ds = p * (dp - D)
-                dvv[n, j] += p * g[n, i]
-                dq[n, i] += s * ds * k[n, j]
-                dk[n, j] += s * ds * q[n, i]
-    return dq, dk, dvv
+                for c in range(dvw):
+                    dv[n, j, c] += gi[c] * p[j] / l
+                    pbar[j] += gi[c] * v3[n, j, c] / l
+                    lbar -= gi[c] * p[j] * v3[n, j, c] / (l * l)
+            Sbar = [(pbar[j] + lbar) * p[j] for j in range(Lk)]
+            Sbar[jstar] += -sum((pbar[j] + lbar) * p[j] for j in range(Lk))
+            for j in range(Lk):
+                for c in range(d):
+                    dq[n, i, c] += s * Sbar[j] * k3[n, j, c]
+                    dk[n, j, c] += s * Sbar[j] * q3[n, i, c]
+    return tuple(a.astype(q.dtype).reshape(shape) for a, shape in ((dq, q.shape), (dk, k.shape), (dv, v.shape)))
 
 
 # ---------------------------------------------------------------------------
@@ -473,6 +505,8 @@ def attention_forward_xp(q, k, v, bias=None, bias_index=None, scale=None):
     """Whole-matrix version: S = s·Q Kᵀ + B (N, Lq, Lk) with batched matmul, then a
     max-subtracted softmax and P V. Materialises S — fine on a GPU, the tiled kernel is
     the CPU path."""
+    lead = q.shape[:-1]
+    q, k, v = _flat3(q), _flat3(k), _flat3(v)  # (N, L, d)
     xp = get_array_module(q)
     s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     S = xp.matmul(q * q.dtype.type(s), xp.swapaxes(k, 1, 2))  # (N, Lq, Lk)
@@ -486,11 +520,14 @@ def attention_forward_xp(q, k, v, bias=None, bias_index=None, scale=None):
     out = xp.matmul(P / safe, v)
     with np.errstate(divide="ignore"):
         lse = xp.where(l > 0, m + xp.log(safe), -xp.inf)[..., 0]
-    return out.astype(q.dtype, copy=False), lse.astype(q.dtype, copy=False)
+    return out.astype(q.dtype, copy=False).reshape(lead + (v.shape[2],)), lse.astype(q.dtype, copy=False).reshape(lead)
 
 
 def attention_backward_xp(g, q, k, v, out, lse, bias=None, bias_index=None, scale=None):
     """Whole-matrix backward from the saved lse (same formulas as the tiled kernel)."""
+    shapes = q.shape, k.shape, v.shape
+    g, q, k, v, out = (_flat3(a) for a in (g, q, k, v, out))  # (N, L, ·)
+    lse = lse.reshape(q.shape[:2])  # (N, Lq)
     xp = get_array_module(q)
     s = q.dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     S = xp.matmul(q * s, xp.swapaxes(k, 1, 2))  # (N, Lq, Lk)
@@ -504,68 +541,42 @@ def attention_backward_xp(g, q, k, v, out, lse, bias=None, bias_index=None, scal
     dS = P * (dP - D)
     dq = xp.matmul(dS, k) * s
     dk = xp.matmul(xp.swapaxes(dS, 1, 2), q) * s
-    return dq.astype(q.dtype, copy=False), dk.astype(q.dtype, copy=False), dv.astype(q.dtype, copy=False)
+    return tuple(a.astype(q.dtype, copy=False).reshape(shape) for a, shape in zip((dq, dk, dv), shapes))
 
 
 # ---------------------------------------------------------------------------
-# dispatch
-
-
-def _check(q, k, v, bias, bias_index):
-    if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
-        raise ValueError(f"attention kernels take (N, L, d) arrays, got q {q.shape}, k {k.shape}, v {v.shape}")
-    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0] or k.shape[2] != q.shape[2] or v.shape[1] != k.shape[1]:
-        raise ValueError(f"attention shapes do not match: q {q.shape}, k {k.shape}, v {v.shape}")
-    if min(q.shape) == 0 or min(k.shape) == 0 or min(v.shape) == 0:
-        raise ValueError(f"attention needs non-empty arrays, got q {q.shape}, k {k.shape}, v {v.shape}")
-    if bias is not None:
-        if bias.ndim != 3 or bias.shape[1:] != (q.shape[1], k.shape[1]):
-            raise ValueError(f"attention bias must be (M, Lq, Lk) = (M, {q.shape[1]}, {k.shape[1]}), got {bias.shape}")
-        if bias_index is None or len(bias_index) != q.shape[0]:
-            raise ValueError(f"attention bias_index must have N = {q.shape[0]} entries")
+# the numba column (the arguments arrive checked and C-contiguous, scale a float)
 
 
 def _bias_args(q, bias, bias_index):
     if bias is None:
         return np.zeros((1, 1, 1), q.dtype), np.zeros(q.shape[0], np.int64), False
-    return np.ascontiguousarray(bias, dtype=q.dtype), np.ascontiguousarray(bias_index, dtype=np.int64), True
+    return bias, bias_index, True
 
 
-def attention_forward(q, k, v, bias=None, bias_index=None, scale=None):
-    """Scaled dot-product attention forward -> (out (N, Lq, dv), lse (N, Lq)).
-
-    q (N, Lq, d), k (N, Lk, d), v (N, Lk, dv); bias (M, Lq, Lk) additive (−∞ = masked) with
-    bias_index (N,) into M. numpy -> tiled Numba kernel, cupy -> xp version.
-    """
-    _check(q, k, v, bias, bias_index)
-    xp = get_array_module(q, k, v)
-    if xp is not np:
-        return attention_forward_xp(q, k, v, bias, bias_index, scale)
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
-    s = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
+    """Tiled Numba forward -> (out (..., Lq, dv), lse (..., Lq)); d ≤ SMALL_HEAD_DIM takes the direct kernel."""
+    lead = q.shape[:-1]
+    q, k, v = _flat3(q), _flat3(k), _flat3(v)  # (N, L, d)
     out = np.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
     lse = np.empty(q.shape[:2], q.dtype)
     b, bi, has_b = _bias_args(q, bias, bias_index)
     kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
     with blas_single_thread():
-        kernel(q, k, v, b, bi, has_b, q.dtype.type(s), out, lse, TILE_Q, TILE_K, _exp_constants(q.dtype),
+        kernel(q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, TILE_Q, TILE_K, _exp_constants(q.dtype),
                q.dtype == np.float32)
-    return out, lse
+    return out.reshape(lead + (v.shape[2],)), lse.reshape(lead)
 
 
-def attention_backward(g, q, k, v, out, lse, bias=None, bias_index=None, scale=None):
-    """Backward of ``attention_forward`` -> (dq, dk, dv), recomputing P from ``lse``."""
-    _check(q, k, v, bias, bias_index)
-    xp = get_array_module(g, q, k, v)
-    if xp is not np:
-        return attention_backward_xp(g, q, k, v, out, lse, bias, bias_index, scale)
-    g, q, k, v, out = (np.ascontiguousarray(a, dtype=q.dtype) for a in (g, q, k, v, out))
-    s = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
+def attention_backward_numba(g, q, k, v, out, lse, bias=None, bias_index=None, scale=None):
+    """Tiled Numba backward -> (dq, dk, dv), recomputing P from ``lse``."""
+    shapes = q.shape, k.shape, v.shape
+    g, q, k, v, out = (_flat3(a) for a in (g, q, k, v, out))  # (N, L, ·)
     D = np.einsum("nic,nic->ni", g, out)  # (N, Lq): D_i = dO_i · O_i
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     b, bi, has_b = _bias_args(q, bias, bias_index)
     use_blas = q.shape[2] > SMALL_HEAD_DIM
     with blas_single_thread():
-        attention_backward_tiled(g, q, k, v, D, np.ascontiguousarray(lse), b, bi, has_b, q.dtype.type(s), dq, dk, dv,
-                                 TILE_Q, TILE_K, use_blas, _exp_constants(q.dtype), q.dtype == np.float32)
-    return dq, dk, dv
+        attention_backward_tiled(g, q, k, v, D, lse.reshape(q.shape[:2]), b, bi, has_b, q.dtype.type(scale), dq, dk,
+                                 dv, TILE_Q, TILE_K, use_blas, _exp_constants(q.dtype), q.dtype == np.float32)
+    return tuple(a.reshape(shape) for a, shape in zip((dq, dk, dv), shapes))

@@ -43,6 +43,9 @@ FASTMATH = False
 
 jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True)
 jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True)
+# scalar functions mapped by a kernel factory: inlined into the caller's loop (Numba IR level),
+# so the loop sees straight-line arithmetic and vectorises as if it were written there
+jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always")
 prange = numba.prange
 
 

@@ -24,8 +24,9 @@ Backward, read off the definitions:
 
 The file reads top to bottom: reference loops (the oracle), the fast CPU path
 (one Numba parallel region per call: per-thread im2col + one-thread BLAS sgemm),
-the xp-vectorised path (numpy or cupy), then the dispatch functions the rest of
-npdiff calls.
+the xp-vectorised path (numpy or cupy), then the columns of the kernel table
+(``table.py``; groups split here, once for both fast columns). Validation and the
+choice of column are the one dispatch's (``dispatch.py``, ``checks.py``).
 """
 
 from __future__ import annotations
@@ -35,32 +36,8 @@ import threading
 import numpy as np
 
 from ..backend import get_array_module
+from .checks import conv2d_output_size, conv_transpose2d_output_size
 from .config import blas_single_thread, jit_parallel, jit_serial, num_threads, prange
-
-# ---------------------------------------------------------------------------
-# sizes
-
-
-def _pair(v, name):
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    v = tuple(int(a) for a in v)
-    if len(v) != 2:
-        raise ValueError(f"{name} must be an int or a pair (h, w), got {v}")
-    return v
-
-
-def conv2d_output_size(H, W, kh, kw, stride, padding):
-    """(Ho, Wo) of a conv2d: ⌊(H + 2ph − kh)/sh⌋ + 1 per axis."""
-    (sh, sw), (ph, pw) = stride, padding
-    return (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-
-
-def conv_transpose2d_output_size(H, W, kh, kw, stride, padding, output_padding):
-    """(Ho, Wo) of a conv_transpose2d: (H − 1)·sh − 2ph + kh + oph per axis."""
-    (sh, sw), (ph, pw), (oh, ow) = stride, padding, output_padding
-    return (H - 1) * sh - 2 * ph + kh + oh, (W - 1) * sw - 2 * pw + kw + ow
-
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -92,7 +69,13 @@ def conv2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 0), groups
     return out
 
 
-def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), groups=1):
+def _needed(grads, need):
+    """(gx, gw, gb) with None where the caller did not ask for a gradient."""
+    return tuple(a if n else None for a, n in zip(grads, need))
+
+
+def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), groups=1, need_x=True, need_w=True,
+                              need_b=True):
     """Gradients (gx, gw, gb) of conv2d by the chain rule, one output element at a time.
 
     Each out[n,o,i,j] was Σ window·w[o]; so g[n,o,i,j] flows back as
@@ -118,7 +101,7 @@ def conv2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), groups=1):
                     gxpad[n, chans, rows, cols] += gnoij * w[o]
                     gw[o] += gnoij * xpad[n, chans, rows, cols]
                     gb[o] += gnoij
-    return gxpad[:, :, ph : ph + H, pw : pw + W].copy(), gw, gb
+    return _needed((gxpad[:, :, ph : ph + H, pw : pw + W].copy(), gw, gb), (need_x, need_w, need_b))
 
 
 def conv_transpose2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
@@ -151,7 +134,7 @@ def conv_transpose2d_forward_reference(x, w, b=None, stride=(1, 1), padding=(0, 
 
 
 def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
-                                        groups=1):
+                                        groups=1, need_x=True, need_w=True, need_b=True):
     """Gradients (gx, gw, gb) of conv_transpose2d, one input pixel at a time.
 
     x[n,c,i,j] added x·w[c] into a kh×kw window of the canvas, so it receives
@@ -174,7 +157,7 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
                     window = gfull[n, outs, sh * i : sh * i + kh, sw * j : sw * j + kw]  # (Og, kh, kw)
                     gx[n, c, i, j] = np.sum(window * w[c])
                     gw[c] += x[n, c, i, j] * window
-    return gx, gw, g.sum(axis=(0, 2, 3))
+    return _needed((gx, gw, g.sum(axis=(0, 2, 3))), (need_x, need_w, need_b))
 
 
 # ---------------------------------------------------------------------------
@@ -602,7 +585,7 @@ def _col2im_xp(xp, cols, H, W, stride, padding):
     return gpad[:, :, ph : ph + H, pw : pw + W]
 
 
-def conv2d_forward_xp(x, w, b=None, stride=(1, 1), padding=(0, 0)):
+def _conv2d_forward_xp_one(x, w, b=None, stride=(1, 1), padding=(0, 0)):
     """conv2d with array-module ops only (runs on numpy and cupy)."""
     xp = get_array_module(x, w)
     O, _, kh, kw = w.shape
@@ -615,7 +598,7 @@ def conv2d_forward_xp(x, w, b=None, stride=(1, 1), padding=(0, 0)):
     return out
 
 
-def conv2d_backward_xp(x, w, g, stride=(1, 1), padding=(0, 0), need_x=True, need_w=True, need_b=True):
+def _conv2d_backward_xp_one(x, w, g, stride=(1, 1), padding=(0, 0), need_x=True, need_w=True, need_b=True):
     """conv2d gradients (gx, gw, gb) with array-module ops only."""
     xp = get_array_module(x, w, g)
     O, _, kh, kw = w.shape
@@ -633,7 +616,7 @@ def conv2d_backward_xp(x, w, g, stride=(1, 1), padding=(0, 0), need_x=True, need
     return gx, gw, gb
 
 
-def conv_transpose2d_forward_xp(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
+def _conv_transpose2d_forward_xp_one(x, w, b=None, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
     """conv_transpose2d with array-module ops only: col2im(wᵀ x)."""
     xp = get_array_module(x, w)
     _, O, kh, kw = w.shape
@@ -646,7 +629,7 @@ def conv_transpose2d_forward_xp(x, w, b=None, stride=(1, 1), padding=(0, 0), out
     return out
 
 
-def conv_transpose2d_backward_xp(x, w, g, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
+def _conv_transpose2d_backward_xp_one(x, w, g, stride=(1, 1), padding=(0, 0), output_padding=(0, 0),
                                  need_x=True, need_w=True, need_b=True):
     """conv_transpose2d gradients (gx, gw, gb) with array-module ops only (im2col of g)."""
     xp = get_array_module(x, w, g)
@@ -666,158 +649,99 @@ def conv_transpose2d_backward_xp(x, w, g, stride=(1, 1), padding=(0, 0), output_
 
 
 # ---------------------------------------------------------------------------
-# dispatch: validation, then numpy -> fast CPU path, cupy -> xp path
+# the columns of the table: groups, then one group at a time on numba or xp
 
 
-def _check(op, x, w, b, stride, padding, groups, transposed, output_padding=0):
-    """Validate shapes and arguments; return (stride, padding, output_padding, (Ho, Wo))."""
-    stride, padding = _pair(stride, "stride"), _pair(padding, "padding")
-    output_padding = _pair(output_padding, "output_padding")
-    if x.ndim != 4:
-        raise ValueError(f"{op}: input must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if w.ndim != 4:
-        raise ValueError(f"{op}: weight must be 4-D, got shape {tuple(w.shape)}")
-    if min(x.shape) <= 0 or min(w.shape) <= 0:
-        raise ValueError(f"{op}: sizes must be positive, got input {tuple(x.shape)}, weight {tuple(w.shape)}")
-    if not isinstance(groups, (int, np.integer)) or groups <= 0:
-        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
-    C = x.shape[1]
-    if transposed:  # w: (C, O/groups, kh, kw)
-        c_expect, O = w.shape[0], w.shape[1] * groups
-        wshape = "(C_in, C_out/groups, kh, kw)"
-    else:  # w: (O, C/groups, kh, kw)
-        c_expect, O = w.shape[1] * groups, w.shape[0]
-        wshape = "(C_out, C_in/groups, kh, kw)"
-    if C % groups or (w.shape[0] % groups):
-        raise ValueError(f"{op}: groups={groups} must divide the input channels of input shape {tuple(x.shape)} "
-                         f"and weight shape {tuple(w.shape)} axis 0")
-    if C != c_expect:
-        raise ValueError(f"{op}: input shape {tuple(x.shape)} has {C} channels but weight shape {tuple(w.shape)} "
-                         f"{wshape} with groups={groups} expects {c_expect}")
-    if b is not None and tuple(b.shape) != (O,):
-        raise ValueError(f"{op}: bias shape {tuple(b.shape)} != ({O},) for weight shape {tuple(w.shape)}")
-    if min(stride) <= 0 or min(padding) < 0 or min(output_padding) < 0:
-        raise ValueError(f"{op}: need stride > 0, padding >= 0, output_padding >= 0; got "
-                         f"stride={stride}, padding={padding}, output_padding={output_padding}")
-    if output_padding[0] >= stride[0] or output_padding[1] >= stride[1]:
-        raise ValueError(f"{op}: output_padding {output_padding} must be smaller than stride {stride}")
-    if x.dtype.kind != "f":
-        raise ValueError(f"{op}: floating input required, got dtype {x.dtype}")
-    for a in (w, b):
-        if a is not None and a.dtype != x.dtype:
-            raise ValueError(f"{op}: input dtype {x.dtype} and parameter dtype {a.dtype} differ")
-    kh, kw = w.shape[2], w.shape[3]
-    size = (conv_transpose2d_output_size(x.shape[2], x.shape[3], kh, kw, stride, padding, output_padding)
-            if transposed else conv2d_output_size(x.shape[2], x.shape[3], kh, kw, stride, padding))
-    if min(size) <= 0:
-        raise ValueError(f"{op}: output size {size} is not positive for input {tuple(x.shape)}, "
-                         f"weight {tuple(w.shape)}, stride {stride}, padding {padding}")
-    return stride, padding, output_padding, size
+def _group_slices(groups, x, w, transposed):
+    """Per group k: (its input channels, its weight rows, its output channels) as slices."""
+    Cg, Wg = x.shape[1] // groups, w.shape[0] // groups  # w rows: O/groups (conv), C/groups (transposed)
+    Og = w.shape[1] if transposed else Wg
+    return [(slice(k * Cg, (k + 1) * Cg), slice(k * Wg, (k + 1) * Wg), slice(k * Og, (k + 1) * Og))
+            for k in range(groups)]
+
+
+def _grouped_forward(one, x, w, b, groups, transposed, *args):
+    """``one`` over each of ``groups`` independent channel groups, outputs side by side on C."""
+    if groups == 1:
+        return one(x, w, b, *args)
+    outs = [one(x[:, ci], w[wi], None if b is None else b[oi], *args)
+            for ci, wi, oi in _group_slices(groups, x, w, transposed)]
+    return get_array_module(x).concatenate(outs, axis=1)
+
+
+def _grouped_backward(one, x, w, g, groups, transposed, *args):
+    """(gx, gw, gb) of a grouped op: ``one`` per group; gx joined on C, gw and gb on axis 0."""
+    if groups == 1:
+        return one(x, w, g, *args)
+    parts = [one(x[:, ci], w[wi], g[:, oi], *args) for ci, wi, oi in _group_slices(groups, x, w, transposed)]
+    xp = get_array_module(x)
+    return tuple(None if p[0] is None else xp.concatenate(p, axis=a) for p, a in zip(zip(*parts), (1, 0, 0)))
 
 
 def _contig(*arrays):
     return [None if a is None else np.ascontiguousarray(a) for a in arrays]
 
 
-def _conv2d_forward_one(x, w, b, stride, padding, size):
-    if get_array_module(x, w, b) is not np:
-        return conv2d_forward_xp(x, w, b, stride, padding)
+def _conv2d_forward_numba_one(x, w, b, stride, padding):
     x, w, b = _contig(x, w, b)
-    out = np.empty((x.shape[0], w.shape[0]) + size, dtype=x.dtype)
-    return conv2d_forward_cpu(x, w, b, stride, padding, out)
+    size = conv2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding)
+    return conv2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + size, x.dtype))
 
 
-def _conv2d_backward_one(x, w, g, stride, padding, need):
-    if get_array_module(x, w, g) is not np:
-        return conv2d_backward_xp(x, w, g, stride, padding, *need)
-    x, w, g = _contig(x, w, g)
-    return conv2d_backward_cpu(x, w, g, stride, padding, *need)
+def _conv2d_backward_numba_one(x, w, g, stride, padding, need_x, need_w, need_b):
+    return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b)
 
 
-def _conv_transpose2d_forward_one(x, w, b, stride, padding, output_padding, size):
-    if get_array_module(x, w, b) is not np:
-        return conv_transpose2d_forward_xp(x, w, b, stride, padding, output_padding)
+def _conv_transpose2d_forward_numba_one(x, w, b, stride, padding, output_padding):
     x, w, b = _contig(x, w, b)
-    out = np.empty((x.shape[0], w.shape[1]) + size, dtype=x.dtype)
-    return conv_transpose2d_forward_cpu(x, w, b, stride, padding, out)
+    size = conv_transpose2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding,
+                                        output_padding)
+    return conv_transpose2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[1]) + size, x.dtype))
 
 
-def _conv_transpose2d_backward_one(x, w, g, stride, padding, output_padding, need):
-    if get_array_module(x, w, g) is not np:
-        return conv_transpose2d_backward_xp(x, w, g, stride, padding, output_padding, *need)
-    x, w, g = _contig(x, w, g)
-    return conv_transpose2d_backward_cpu(x, w, g, stride, padding, *need)
+def _conv_transpose2d_backward_numba_one(x, w, g, stride, padding, output_padding, need_x, need_w, need_b):
+    return conv_transpose2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b)
 
 
-def _group_slices(groups, *sizes):
-    """For each group, one slice per size: [k·size, (k+1)·size)."""
-    return [[slice(k * s, (k + 1) * s) for s in sizes] for k in range(groups)]
+def conv2d_forward_numba(x, w, b, stride, padding, groups):
+    """numba column of conv2d_forward (fast path: ``conv2d_forward_cpu``)."""
+    return _grouped_forward(_conv2d_forward_numba_one, x, w, b, groups, False, stride, padding)
 
 
-def _join(xp, parts, axis):
-    return None if parts[0] is None else xp.concatenate(parts, axis=axis)
+def conv2d_backward_numba(x, w, g, stride, padding, groups, need_x, need_w, need_b):
+    """numba column of conv2d_backward (``conv2d_backward_cpu``)."""
+    return _grouped_backward(_conv2d_backward_numba_one, x, w, g, groups, False, stride, padding, need_x, need_w,
+                             need_b)
 
 
-def conv2d_forward(x, w, b=None, stride=1, padding=0, groups=1):
-    """conv2d (definition in the module docstring) -> (N, O, Ho, Wo).
-
-    numpy arrays take conv2d_forward_cpu, cupy arrays conv2d_forward_xp. With
-    groups > 1 each group is an independent conv over its channel slice.
-    """
-    stride, padding, _, size = _check("conv2d", x, w, b, stride, padding, groups, transposed=False)
-    if groups == 1:
-        return _conv2d_forward_one(x, w, b, stride, padding, size)
-    Cg, Og = x.shape[1] // groups, w.shape[0] // groups
-    outs = [_conv2d_forward_one(x[:, ci], w[oi], None if b is None else b[oi], stride, padding, size)
-            for ci, oi in _group_slices(groups, Cg, Og)]
-    return get_array_module(x).concatenate(outs, axis=1)
+def conv_transpose2d_forward_numba(x, w, b, stride, padding, output_padding, groups):
+    """numba column of conv_transpose2d_forward (``conv_transpose2d_forward_cpu``)."""
+    return _grouped_forward(_conv_transpose2d_forward_numba_one, x, w, b, groups, True, stride, padding,
+                            output_padding)
 
 
-def conv2d_backward(x, w, g, stride=1, padding=0, groups=1, need_x=True, need_w=True, need_b=True):
-    """(gx, gw, gb) of conv2d for upstream g (N, O, Ho, Wo); None where not needed."""
-    stride, padding, _, size = _check("conv2d", x, w, None, stride, padding, groups, transposed=False)
-    if tuple(g.shape) != (x.shape[0], w.shape[0]) + size:
-        raise ValueError(f"conv2d backward: grad shape {tuple(g.shape)} != output shape "
-                         f"{(x.shape[0], w.shape[0]) + size}")
-    need = (need_x, need_w, need_b)
-    if groups == 1:
-        return _conv2d_backward_one(x, w, g, stride, padding, need)
-    Cg, Og = x.shape[1] // groups, w.shape[0] // groups
-    parts = [_conv2d_backward_one(x[:, ci], w[oi], g[:, oi], stride, padding, need)
-             for ci, oi in _group_slices(groups, Cg, Og)]
-    xp = get_array_module(x)
-    gx, gw, gb = zip(*parts)
-    return _join(xp, gx, 1), _join(xp, gw, 0), _join(xp, gb, 0)
+def conv_transpose2d_backward_numba(x, w, g, stride, padding, output_padding, groups, need_x, need_w, need_b):
+    """numba column of conv_transpose2d_backward (``conv_transpose2d_backward_cpu``)."""
+    return _grouped_backward(_conv_transpose2d_backward_numba_one, x, w, g, groups, True, stride, padding,
+                             output_padding, need_x, need_w, need_b)
 
 
-def conv_transpose2d_forward(x, w, b=None, stride=1, padding=0, output_padding=0, groups=1):
-    """conv_transpose2d -> (N, O, Ho, Wo); numpy -> the fast CPU path, cupy -> the xp path."""
-    stride, padding, output_padding, size = _check(
-        "conv_transpose2d", x, w, b, stride, padding, groups, transposed=True, output_padding=output_padding)
-    if groups == 1:
-        return _conv_transpose2d_forward_one(x, w, b, stride, padding, output_padding, size)
-    Cg, Og = x.shape[1] // groups, w.shape[1]
-    outs = [_conv_transpose2d_forward_one(x[:, ci], w[ci], None if b is None else b[oi], stride, padding,
-                                          output_padding, size)
-            for ci, oi in _group_slices(groups, Cg, Og)]
-    return get_array_module(x).concatenate(outs, axis=1)
+def conv2d_forward_xp(x, w, b, stride, padding, groups):
+    """xp column of conv2d_forward."""
+    return _grouped_forward(_conv2d_forward_xp_one, x, w, b, groups, False, stride, padding)
 
 
-def conv_transpose2d_backward(x, w, g, stride=1, padding=0, output_padding=0, groups=1, need_x=True, need_w=True,
-                              need_b=True):
-    """(gx, gw, gb) of conv_transpose2d for upstream g (N, O, Ho, Wo); None where not needed."""
-    stride, padding, output_padding, size = _check(
-        "conv_transpose2d", x, w, None, stride, padding, groups, transposed=True, output_padding=output_padding)
-    O = w.shape[1] * groups
-    if tuple(g.shape) != (x.shape[0], O) + size:
-        raise ValueError(f"conv_transpose2d backward: grad shape {tuple(g.shape)} != output shape "
-                         f"{(x.shape[0], O) + size}")
-    need = (need_x, need_w, need_b)
-    if groups == 1:
-        return _conv_transpose2d_backward_one(x, w, g, stride, padding, output_padding, need)
-    Cg, Og = x.shape[1] // groups, w.shape[1]
-    parts = [_conv_transpose2d_backward_one(x[:, ci], w[ci], g[:, oi], stride, padding, output_padding, need)
-             for ci, oi in _group_slices(groups, Cg, Og)]
-    xp = get_array_module(x)
-    gx, gw, gb = zip(*parts)
-    return _join(xp, gx, 1), _join(xp, gw, 0), _join(xp, gb, 0)
+def conv2d_backward_xp(x, w, g, stride, padding, groups, need_x, need_w, need_b):
+    """xp column of conv2d_backward."""
+    return _grouped_backward(_conv2d_backward_xp_one, x, w, g, groups, False, stride, padding, need_x, need_w, need_b)
+
+
+def conv_transpose2d_forward_xp(x, w, b, stride, padding, output_padding, groups):
+    """xp column of conv_transpose2d_forward."""
+    return _grouped_forward(_conv_transpose2d_forward_xp_one, x, w, b, groups, True, stride, padding, output_padding)
+
+
+def conv_transpose2d_backward_xp(x, w, g, stride, padding, output_padding, groups, need_x, need_w, need_b):
+    """xp column of conv_transpose2d_backward."""
+    return _grouped_backward(_conv_transpose2d_backward_xp_one, x, w, g, groups, True, stride, padding,
+                             output_padding, need_x, need_w, need_b)

@@ -18,20 +18,22 @@ Notation: x input, y output, g = ∂L/∂y (upstream gradient), σ(x) = 1 / (1 +
 σ is evaluated in the stable form (e^{x}/(1 + e^{x}) for x < 0), so no exp overflows;
 softmax subtracts the row max, so logits of 1e30 are exact.
 
-Each op: reference (a Python loop over elements / rows, the formula visible), fast CPU
-(Numba, ``prange`` over flat chunks of CHUNK elements or over softmax rows, writing into a
-preallocated ``out``), xp-generic (numpy or cupy ufuncs), and a dispatch function by array
-type. Fast kernels take flat (or (rows, cols)) C-contiguous arrays; the dispatch makes them.
+Each op: reference (a Python loop over elements / rows, the formula visible), numba (each
+activation a named pair of scalar functions, value and derivative, mapped by one parallel
+kernel factory over flat chunks of CHUNK elements; softmax ``prange`` over rows; all writing
+into a preallocated ``out``), xp-generic (numpy or cupy ufuncs). The columns are registered
+in ``table.py``; the one dispatch validates (``checks.py``) and makes the arrays contiguous.
 """
 
 from __future__ import annotations
 
 import math
+import types
 
 import numpy as np
 
-from ..backend import get_array_module
-from .config import jit_parallel, jit_serial, prange
+from ..backend import get_array_module, special
+from .config import jit_parallel, jit_scalar, prange
 from .vexp import exp_constants, exp_inplace
 
 CHUNK = 16384
@@ -83,7 +85,8 @@ _REFERENCE_GRAD = {  # ∂y/∂x as a function of x
 
 
 def unary_forward_reference(op, x):
-    """y[idx] = f(x[idx]) for every element; ``op`` in relu, sigmoid, silu, gelu, gelu_tanh."""
+    """y[idx] = f(x[idx]) for every element; ``op`` in relu, sigmoid, silu, gelu, gelu_tanh
+    (the formulas with libm's exp, erf, tanh: independent of the fast path's scalar pairs)."""
     out = np.empty_like(x)
     for idx in np.ndindex(x.shape):
         out[idx] = _REFERENCE_FORWARD[op](float(x[idx]))
@@ -156,99 +159,166 @@ def dropout_forward_reference(x, mask, p):
 
 
 # ---------------------------------------------------------------------------
-# fast CPU path (Numba): prange over flat chunks; each chunk a straight loop
+# fast CPU path (Numba): named scalar pairs, mapped by one parallel kernel factory
+#
+# Each activation is three scalar functions (minitorch's operators.py + fast_ops.tensor_map):
+#   arg(x) ≤ 0      the argument of the one exponential it needs (None: it needs none),
+#   f(x, e, one)    the value, with e = exp(arg(x)),
+#   df(x, e, one)   the derivative ∂f/∂x, from the same e.
+# ``one`` is 1 in the data's dtype (a Python literal would promote float32 arithmetic to
+# float64). The map computes e for a chunk of CHUNK elements with the vectorised exp
+# (vexp.py) — a libm call per element would cost 8x — then applies f (or g·df) element by
+# element. With e = e^{−|x|} ≤ 1, σ(x) = (1 if x ≥ 0 else e)/(1 + e) and
+# tanh(|u|) = (1 − e)/(1 + e) for e = e^{−2|u|}: no exp ever overflows.
 
 
-@jit_serial
-def _tanh_arg(v):
-    return 0.7978845608028654 * (v + 0.044715 * v * v * v)  # √(2/π)(x + 0.044715x³)
+@jit_scalar
+def neg_abs(v):
+    """The exp argument of the σ-based ops: e = e^{−|x|}."""
+    return -abs(v)
 
 
-@jit_serial
-def _exp_neg_abs(code, x, lo, m, buf, ib, fb, C, fast):
-    """buf[i] = e^{−|a|} for the chunk x[lo:lo+m], a = x (σ-based ops) or 2u (tanh GELU).
+@jit_scalar
+def relu(v, e, one):
+    return v if v > 0 else 0.0
 
-    σ(x) = (1 if x ≥ 0 else e)/(1 + e) and tanh(|u|) = (1 − e)/(1 + e) with e = e^{−|a|} ≤ 1:
-    no exp ever overflows, and the vector exp (vexp.py) replaces one libm call per element.
+
+@jit_scalar
+def relu_grad(v, e, one):
+    return 1.0 if v > 0 else 0.0  # 0 at x = 0, as torch
+
+
+@jit_scalar
+def sigmoid(v, e, one):
+    return (one if v >= 0 else e) / (one + e)  # σ(x), stable in both tails
+
+
+@jit_scalar
+def sigmoid_grad(v, e, one):
+    s = sigmoid(v, e, one)
+    return s * (one - s)  # σ(1 − σ)
+
+
+@jit_scalar
+def silu(v, e, one):
+    return v * sigmoid(v, e, one)  # x σ(x)
+
+
+@jit_scalar
+def silu_grad(v, e, one):
+    s = sigmoid(v, e, one)
+    return s * (one + v * (one - s))  # σ(1 + x(1 − σ))
+
+
+@jit_scalar
+def gelu(v, e, one):
+    return 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))  # x Φ(x)
+
+
+@jit_scalar
+def gelu_grad(v, e, one):
+    return 0.5 * (1.0 + math.erf(v * 0.7071067811865476)) + v * math.exp(-0.5 * v * v) * 0.3989422804014327  # Φ + xφ
+
+
+@jit_scalar
+def _tanh_u(v):
+    return 0.7978845608028654 * (v + 0.044715 * v * v * v)  # u = √(2/π)(x + 0.044715x³)
+
+
+@jit_scalar
+def neg_abs_2u(v):
+    """The exp argument of the tanh GELU: e = e^{−2|u|}."""
+    return -abs(2 * _tanh_u(v))
+
+
+@jit_scalar
+def _tanh_from_e(v, e, one):
+    th = (one - e) / (one + e)  # tanh(|u|)
+    return th if v >= 0 else -th  # u has the sign of x
+
+
+@jit_scalar
+def gelu_tanh(v, e, one):
+    return 0.5 * v * (one + _tanh_from_e(v, e, one))  # ½x(1 + tanh u)
+
+
+@jit_scalar
+def gelu_tanh_grad(v, e, one):
+    th = _tanh_from_e(v, e, one)
+    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v)
+    return 0.5 * (one + th) + 0.5 * v * (one - th * th) * du
+
+
+# name -> (exp argument or None, f, df): the table of activations
+ACTIVATIONS = {
+    "relu": (None, relu, relu_grad),
+    "sigmoid": (neg_abs, sigmoid, sigmoid_grad),
+    "silu": (neg_abs, silu, silu_grad),
+    "gelu": (None, gelu, gelu_grad),
+    "gelu_tanh": (neg_abs_2u, gelu_tanh, gelu_tanh_grad),
+}
+
+
+def _map_template(x, out, C, fast):
+    """out[t] = f(x[t], e_t): prange over chunks; e for the chunk by one vectorised exp."""
+    n = x.shape[0]
+    one = C.one
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo = c * CHUNK
+        m = min(n, lo + CHUNK) - lo
+        if USES_EXP:  # noqa: F821 (bound by _specialise)
+            buf = np.empty(m, x.dtype)
+            ib = np.empty(m, np.int32)
+            for i in range(m):
+                buf[i] = ARG(x[lo + i])  # noqa: F821
+            exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
+            for i in range(m):
+                out[lo + i] = F(x[lo + i], buf[i], one)  # noqa: F821
+        else:
+            for i in range(m):
+                out[lo + i] = F(x[lo + i], one, one)  # noqa: F821 (no exp: e unused)
+
+
+def _zip_template(g, x, out, C, fast):
+    """out[t] = g[t]·df(x[t], e_t), the same chunks and exp as the map."""
+    n = x.shape[0]
+    one = C.one
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo = c * CHUNK
+        m = min(n, lo + CHUNK) - lo
+        if USES_EXP:  # noqa: F821
+            buf = np.empty(m, x.dtype)
+            ib = np.empty(m, np.int32)
+            for i in range(m):
+                buf[i] = ARG(x[lo + i])  # noqa: F821
+            exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
+            for i in range(m):
+                out[lo + i] = g[lo + i] * F(x[lo + i], buf[i], one)  # noqa: F821
+        else:
+            for i in range(m):
+                out[lo + i] = g[lo + i] * F(x[lo + i], one, one)  # noqa: F821
+
+
+def _specialise(template, name, arg, f):
+    """A parallel Numba kernel: ``template`` with ARG, F, USES_EXP bound to this activation's scalars.
+
+    A Python closure would do the same but Numba cannot cache closures to disk; a copy of the
+    template's code with its own globals and its own name (the cache key) can be.
     """
-    for i in range(m):
-        v = x[lo + i]
-        a = 2 * _tanh_arg(v) if code == 4 else v
-        buf[i] = -abs(a)
-    exp_inplace(buf, m, ib, fb, C, fast)
+    scope = dict(globals(), ARG=arg if arg is not None else neg_abs, F=f, USES_EXP=arg is not None)
+    fn = types.FunctionType(template.__code__, scope, name)
+    fn.__qualname__ = name
+    fn.__doc__ = template.__doc__
+    return jit_parallel(fn)
+
+
+# the kernels: MAPS[name] fills f(x), GRADS[name] fills g·f'(x) (flat contiguous arrays)
+MAPS = {name: _specialise(_map_template, f"map_{name}", arg, f) for name, (arg, f, _) in ACTIVATIONS.items()}
+GRADS = {name: _specialise(_zip_template, f"grad_{name}", arg, df) for name, (arg, _, df) in ACTIVATIONS.items()}
 
 
 @jit_parallel
-def unary_forward_numba(code, x, out, C, fast):
-    """out[t] = f(x[t]); code 0 relu, 1 sigmoid, 2 silu, 3 gelu (erf), 4 gelu (tanh)."""
-    n = x.shape[0]
-    one = C[8]
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo = c * CHUNK
-        m = min(n, lo + CHUNK) - lo
-        if code == 0:
-            for t in range(lo, lo + m):
-                v = x[t]
-                out[t] = v if v > 0 else 0
-        elif code == 3:
-            for t in range(lo, lo + m):
-                v = x[t]
-                out[t] = 0.5 * v * (1.0 + math.erf(v * 0.7071067811865476))
-        else:
-            buf = np.empty(m, x.dtype)
-            ib = np.empty(m, np.int32)
-            _exp_neg_abs(code, x, lo, m, buf, ib, ib.view(np.float32), C, fast)
-            for i in range(m):
-                v = x[lo + i]
-                e = buf[i]
-                if code == 4:
-                    th = (one - e) / (one + e)  # tanh(|u|)
-                    th = th if v >= 0 else -th  # u has the sign of x
-                    out[lo + i] = 0.5 * v * (one + th)
-                else:
-                    s = (one if v >= 0 else e) / (one + e)  # σ(x), stable form
-                    out[lo + i] = s if code == 1 else v * s
-
-
-@jit_parallel
-def unary_backward_numba(code, g, x, out, C, fast):
-    """out[t] = g[t]·f'(x[t]) (same codes as the forward)."""
-    n = x.shape[0]
-    one = C[8]
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo = c * CHUNK
-        m = min(n, lo + CHUNK) - lo
-        if code == 0:
-            for t in range(lo, lo + m):
-                out[t] = g[t] if x[t] > 0 else 0
-        elif code == 3:
-            for t in range(lo, lo + m):
-                v = x[t]
-                cdf = 0.5 * (1.0 + math.erf(v * 0.7071067811865476))
-                out[t] = g[t] * (cdf + v * math.exp(-0.5 * v * v) * 0.3989422804014327)
-        else:
-            buf = np.empty(m, x.dtype)
-            ib = np.empty(m, np.int32)
-            _exp_neg_abs(code, x, lo, m, buf, ib, ib.view(np.float32), C, fast)
-            for i in range(m):
-                t = lo + i
-                v = x[t]
-                e = buf[i]
-                if code == 4:
-                    th = (one - e) / (one + e)
-                    th = th if v >= 0 else -th
-                    du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v)
-                    out[t] = g[t] * (0.5 * (one + th) + 0.5 * v * (one - th * th) * du)
-                else:
-                    s = (one if v >= 0 else e) / (one + e)
-                    if code == 1:
-                        out[t] = g[t] * s * (one - s)
-                    else:
-                        out[t] = g[t] * s * (one + v * (one - s))
-
-
-@jit_parallel
-def softmax_forward_numba(x, out, log):
+def _softmax_forward_rows(x, out, log):
     """Rows of x (R, C): m = max, s = Σ e^{x−m}; out = e^{x−m}/s or x − m − log s."""
     R, C = x.shape
     for r in prange(R):
@@ -272,7 +342,7 @@ def softmax_forward_numba(x, out, log):
 
 
 @jit_parallel
-def softmax_backward_numba(g, y, out, log):
+def _softmax_backward_rows(g, y, out, log):
     """softmax: out = y(g − Σ g y); log_softmax: out = g − e^{y} Σ g (rows of (R, C))."""
     R, C = g.shape
     for r in prange(R):
@@ -287,7 +357,7 @@ def softmax_backward_numba(g, y, out, log):
 
 
 @jit_parallel
-def squared_error_numba(x, t, out, partial):
+def _squared_error(x, t, out, partial):
     """out[i] = (x[i] − t[i])²; partial[c] = Σ over chunk c (one slot per chunk: no race)."""
     n = x.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
@@ -300,7 +370,7 @@ def squared_error_numba(x, t, out, partial):
 
 
 @jit_parallel
-def scale_diff_numba(x, t, g, scale, out):
+def _scale_diff(x, t, g, scale, out):
     """out[i] = scale·(x[i] − t[i])·g[i]  (g has one element when broadcast)."""
     n = x.shape[0]
     one = g.shape[0] == 1
@@ -310,7 +380,7 @@ def scale_diff_numba(x, t, g, scale, out):
 
 
 @jit_parallel
-def masked_scale_numba(x, mask, scale, out):
+def _masked_scale(x, mask, scale, out):
     """out[i] = x[i]·mask[i]·scale (dropout forward and backward)."""
     n = x.shape[0]
     for c in prange((n + CHUNK - 1) // CHUNK):
@@ -322,48 +392,27 @@ def masked_scale_numba(x, mask, scale, out):
 # xp-generic vectorised versions (numpy or cupy)
 
 
-def _erf(xp, a):
-    if xp is np:
-        from scipy.special import erf
-    else:  # pragma: no cover - GPU only
-        from cupyx.scipy.special import erf
-    return erf(a)
-
-
 def _sigmoid_xp(xp, x):
     e = xp.exp(-xp.abs(x))  # ≤ 1: never overflows
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def unary_forward_xp(op, x):
-    xp = get_array_module(x)
-    if op == "relu":
-        return xp.maximum(x, 0)
-    if op == "sigmoid":
-        return _sigmoid_xp(xp, x).astype(x.dtype, copy=False)
-    if op == "silu":
-        return (x * _sigmoid_xp(xp, x)).astype(x.dtype, copy=False)
-    if op == "gelu":
-        return (0.5 * x * (1 + _erf(xp, x * _SQRT_HALF))).astype(x.dtype, copy=False)
-    return (0.5 * x * (1 + xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3)))).astype(x.dtype, copy=False)
+def _tanh_xp(xp, x):
+    return xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
 
 
-def unary_backward_xp(op, g, x):
-    xp = get_array_module(x)
-    if op == "relu":
-        d = (x > 0).astype(x.dtype)
-    elif op == "sigmoid":
-        s = _sigmoid_xp(xp, x)
-        d = s * (1 - s)
-    elif op == "silu":
-        s = _sigmoid_xp(xp, x)
-        d = s * (1 + x * (1 - s))
-    elif op == "gelu":
-        d = 0.5 * (1 + _erf(xp, x * _SQRT_HALF)) + x * xp.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    else:
-        th = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3))
-        d = 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_C * x * x)
-    return (g * d).astype(x.dtype, copy=False)
+# name -> (f(xp, x), f'(xp, x)) as array expressions
+_XP = {
+    "relu": (lambda xp, x: xp.maximum(x, 0), lambda xp, x: (x > 0).astype(x.dtype)),
+    "sigmoid": (_sigmoid_xp, lambda xp, x: _sigmoid_xp(xp, x) * (1 - _sigmoid_xp(xp, x))),
+    "silu": (lambda xp, x: x * _sigmoid_xp(xp, x),
+             lambda xp, x: _sigmoid_xp(xp, x) * (1 + x * (1 - _sigmoid_xp(xp, x)))),
+    "gelu": (lambda xp, x: 0.5 * x * (1 + special(xp).erf(x * _SQRT_HALF)),
+             lambda xp, x: 0.5 * (1 + special(xp).erf(x * _SQRT_HALF)) + x * xp.exp(-0.5 * x * x) * _INV_SQRT_2PI),
+    "gelu_tanh": (lambda xp, x: 0.5 * x * (1 + _tanh_xp(xp, x)),
+                  lambda xp, x: 0.5 * (1 + _tanh_xp(xp, x)) + 0.5 * x * (1 - _tanh_xp(xp, x) ** 2) * _SQRT_2_OVER_PI
+                  * (1 + 3 * _GELU_C * x * x)),
+}
 
 
 def softmax_forward_xp(x, dim, log=False):
@@ -395,35 +444,38 @@ def mse_loss_backward_xp(g, x, t, reduction="mean"):
     return gx, -gx
 
 
+def dropout_forward_xp(x, mask, p):
+    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    return (x * mask * scale).astype(x.dtype, copy=False)
+
+
 # ---------------------------------------------------------------------------
-# dispatch (numpy -> Numba, cupy -> xp)
-
-_CODES = {"relu": 0, "sigmoid": 1, "silu": 2, "gelu": 3, "gelu_tanh": 4}
+# the columns of the kernel table (arguments arrive checked and C-contiguous)
 
 
-def _flat(a, dtype=None):
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+def activation_columns(name):
+    """{column: (forward(x), backward(g, x))} of activation ``name`` for the kernel table."""
+    fast_map, fast_grad = MAPS[name], GRADS[name]
+    f_xp, df_xp = _XP[name]
 
+    def forward_numba(x):
+        out = np.empty(x.shape, x.dtype)
+        fast_map(x.reshape(-1), out.reshape(-1), exp_constants(x.dtype), x.dtype == np.float32)
+        return out
 
-def unary_forward(op, x):
-    """y = f(x) for op in relu, sigmoid, silu, gelu (exact erf), gelu_tanh."""
-    if op not in _CODES:
-        raise ValueError(f"unknown activation {op!r}; expected one of {sorted(_CODES)}")
-    if get_array_module(x) is not np:
-        return unary_forward_xp(op, x)
-    out = np.empty(x.shape, x.dtype)
-    unary_forward_numba(_CODES[op], _flat(x), out.reshape(-1), exp_constants(x.dtype), x.dtype == np.float32)
-    return out
+    def backward_numba(g, x):
+        out = np.empty(x.shape, x.dtype)
+        fast_grad(g.reshape(-1), x.reshape(-1), out.reshape(-1), exp_constants(x.dtype), x.dtype == np.float32)
+        return out
 
+    def forward_xp(x):
+        return f_xp(get_array_module(x), x).astype(x.dtype, copy=False)
 
-def unary_backward(op, g, x):
-    """gx = g·f'(x)."""
-    if get_array_module(x) is not np:
-        return unary_backward_xp(op, g, x)
-    out = np.empty(x.shape, x.dtype)
-    unary_backward_numba(_CODES[op], _flat(g, x.dtype), _flat(x), out.reshape(-1), exp_constants(x.dtype),
-                         x.dtype == np.float32)
-    return out
+    def backward_xp(g, x):
+        return (g * df_xp(get_array_module(x), x)).astype(x.dtype, copy=False)
+
+    return dict(reference=(lambda x: unary_forward_reference(name, x), lambda g, x: unary_backward_reference(name, g, x)),
+                numba=(forward_numba, backward_numba), xp=(forward_xp, backward_xp))
 
 
 def _rows(a, dim, dtype=None):
@@ -431,50 +483,50 @@ def _rows(a, dim, dtype=None):
     return np.ascontiguousarray(am, dtype=dtype).reshape(-1, am.shape[-1]), am.shape  # (R, C)
 
 
-def softmax_forward(x, dim, log=False):
-    """Softmax (or log-softmax) along ``dim``, max-subtracted."""
-    if get_array_module(x) is not np:
-        return softmax_forward_xp(x, dim, log)
+def softmax_forward_numba(x, dim, log=False):
+    """Softmax (or log-softmax) along ``dim``, max-subtracted: rows moved last, prange over rows."""
     rows, shape = _rows(x, dim)
     out = np.empty_like(rows)
     if rows.size:
-        softmax_forward_numba(rows, out, log)
+        _softmax_forward_rows(rows, out, log)
     return np.moveaxis(out.reshape(shape), -1, dim)
 
 
-def softmax_backward(g, y, dim, log=False):
+def softmax_backward_numba(g, y, dim, log=False):
     """Gradient of softmax / log-softmax from the saved output ``y``."""
-    if get_array_module(y) is not np:
-        return softmax_backward_xp(g, y, dim, log)
     gr, shape = _rows(g, dim, y.dtype)
     yr, _ = _rows(y, dim)
     out = np.empty_like(yr)
     if yr.size:
-        softmax_backward_numba(gr, yr, out, log)
+        _softmax_backward_rows(gr, yr, out, log)
     return np.moveaxis(out.reshape(shape), -1, dim)
 
 
-def mse_loss_forward(x, t, reduction="mean"):
-    """Squared error (x − t)², reduced by "mean", "sum" or "none"."""
-    if get_array_module(x, t) is not np:
-        return mse_loss_forward_xp(x, t, reduction)
+def mse_loss_forward_numba(x, t, reduction="mean"):
+    """Squared error (x − t)², reduced by "mean", "sum" or "none"; per-chunk float64 partial sums."""
     e = np.empty(x.shape, x.dtype)
     partial = np.zeros(max(1, -(-x.size // CHUNK)), np.float64)
-    squared_error_numba(_flat(x), _flat(t, x.dtype), e.reshape(-1), partial)
+    _squared_error(x.reshape(-1), t.reshape(-1), e.reshape(-1), partial)
     if reduction == "none":
         return e
     total = partial.sum()
     return np.asarray(total / x.size if reduction == "mean" else total, dtype=x.dtype)
 
 
-def mse_loss_backward(g, x, t, reduction="mean"):
+def mse_loss_backward_numba(g, x, t, reduction="mean"):
     """(gx, gt) = (2(x − t)g/n, −gx) for "mean"; without /n for "sum"; g elementwise for "none"."""
-    if get_array_module(x, t) is not np:
-        return mse_loss_backward_xp(g, x, t, reduction)
     k = 2.0 / x.size if reduction == "mean" else 2.0
     gx = np.empty(x.shape, x.dtype)
-    scale_diff_numba(_flat(x), _flat(t, x.dtype), _flat(g, x.dtype), x.dtype.type(k), gx.reshape(-1))
+    _scale_diff(x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k), gx.reshape(-1))
     return gx, -gx
+
+
+def dropout_forward_numba(x, mask, p):
+    """x·mask/(1 − p) — the forward, and (applied to g) the backward; p = 1 gives zeros."""
+    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    out = np.empty(x.shape, x.dtype)
+    _masked_scale(x.reshape(-1), mask.reshape(-1), x.dtype.type(scale), out.reshape(-1))
+    return out
 
 
 def dropout_mask(shape, p, generator=None, xp=np):
@@ -484,13 +536,3 @@ def dropout_mask(shape, p, generator=None, xp=np):
     rng = default_generator() if generator is None else generator
     keep = rng.random(shape) >= p
     return keep if xp is np else xp.asarray(keep)
-
-
-def dropout_apply(x, mask, p):
-    """x·mask/(1 − p) — the forward, and (applied to g) the backward; p = 1 gives zeros."""
-    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    if get_array_module(x) is not np:
-        return (x * mask * scale).astype(x.dtype, copy=False)
-    out = np.empty(x.shape, x.dtype)
-    masked_scale_numba(_flat(x), _flat(mask), x.dtype.type(scale), out.reshape(-1))
-    return out

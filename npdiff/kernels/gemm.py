@@ -12,7 +12,8 @@ The reference version is the triple loop above. The fast CPU version is BLAS
 sgemm — already near the machine's peak, nothing for hand-written loops to win —
 but run npdiff's way (see config.py): BLAS stays single-threaded and ``matmul``
 splits the rows of the output over Numba threads, each thread one sgemm on its
-rows (``np.dot`` inside Numba). On a GPU, ``xp.matmul`` is cuBLAS.
+rows (``np.dot`` inside Numba). On a GPU, ``xp.matmul`` is cuBLAS (the xp column). The
+columns are registered in ``table.py``; the one dispatch validates (``checks.py``).
 """
 
 from __future__ import annotations
@@ -85,34 +86,39 @@ def matmul(a, b):
 
 
 def linear_forward_reference(x, w, b=None):
-    M, K = x.shape
+    """y[m, n] = b[n] + Σ_k x[m, k]·w[n, k] by the triple loop; x (..., K), the leading axes are the rows m."""
+    x2 = x.reshape(-1, x.shape[-1])  # (M, K)
+    M, K = x2.shape
     N = w.shape[0]
     y = np.zeros((M, N), dtype=x.dtype)
     for m in range(M):
         for n in range(N):
             acc = 0.0
             for k in range(K):
-                acc += x[m, k] * w[n, k]
+                acc += x2[m, k] * w[n, k]
             y[m, n] = acc + (b[n] if b is not None else 0.0)
-    return y
+    return y.reshape(x.shape[:-1] + (N,))
 
 
-def linear_backward_reference(g, x, w):
-    M, K = x.shape
+def linear_backward_reference(g, x, w, need_x=True, need_w=True, need_b=True):
+    """(gx, gw, gb) by the chain rule over the forward's loop: each y[m, n] sends g[m, n]·w[n, k]
+    to x[m, k], g[m, n]·x[m, k] to w[n, k] and g[m, n] to b[n]; None where not needed."""
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])  # (M, K), (M, N)
+    M, K = x2.shape
     N = w.shape[0]
-    gx = np.zeros_like(x)
+    gx = np.zeros_like(x2)
     gw = np.zeros_like(w)
     gb = np.zeros(N, dtype=g.dtype)
     for m in range(M):
         for n in range(N):
-            gb[n] += g[m, n]
+            gb[n] += g2[m, n]
             for k in range(K):
-                gx[m, k] += g[m, n] * w[n, k]
-                gw[n, k] += g[m, n] * x[m, k]
-    return gx, gw, gb
+                gx[m, k] += g2[m, n] * w[n, k]
+                gw[n, k] += g2[m, n] * x2[m, k]
+    return gx.reshape(x.shape) if need_x else None, gw if need_w else None, gb if need_b else None
 
 
-def linear_forward(x, w, b=None):
+def linear_forward_numba(x, w, b=None):
     """y = x wᵀ (+ b) for x of shape (..., K); the leading axes are batched into one GEMM."""
     lead = x.shape[:-1]
     y = matmul(x.reshape(-1, x.shape[-1]), w.T)  # (M, N)
@@ -121,11 +127,27 @@ def linear_forward(x, w, b=None):
     return y.reshape(lead + (w.shape[0],))
 
 
-def linear_backward(g, x, w, need_x=True, need_w=True, need_b=True):
+def linear_backward_numba(g, x, w, need_x=True, need_w=True, need_b=True):
     """Gradients of ``linear_forward`` for upstream ``g`` of shape (..., N)."""
     g2 = g.reshape(-1, g.shape[-1])  # (M, N)
     x2 = x.reshape(-1, x.shape[-1])  # (M, K)
     gx = matmul(g2, w).reshape(x.shape) if need_x else None
     gw = matmul_tn(g2, x2) if need_w else None  # (N, K) = gᵀx
+    gb = g2.sum(axis=0) if need_b else None
+    return gx, gw, gb
+
+
+def linear_forward_xp(x, w, b=None):
+    """y = x wᵀ (+ b) with xp.matmul (cuBLAS on a GPU)."""
+    y = get_array_module(x).matmul(x, w.T)  # (..., N)
+    return y if b is None else y + b
+
+
+def linear_backward_xp(g, x, w, need_x=True, need_w=True, need_b=True):
+    """(gx, gw, gb) of linear with xp.matmul."""
+    xp = get_array_module(x)
+    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (M, N), (M, K)
+    gx = xp.matmul(g, w) if need_x else None
+    gw = xp.matmul(g2.T, x2) if need_w else None
     gb = g2.sum(axis=0) if need_b else None
     return gx, gw, gb

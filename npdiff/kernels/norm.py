@@ -28,9 +28,10 @@ channel of a set, Σg and Σg(x − μ) — one read of g and x, one write of dx
 Batch norm in eval mode uses fixed (running) statistics, so mean(ĝ) and
 mean(ĝx̂) drop out (B = C = 0).
 
-File layout: reference (loops) → fast (Numba, CPU) → xp-vectorised (numpy or
-cupy) → dispatch (``group_norm_forward`` ... the functions the rest of npdiff
-calls; they validate shapes and choose by array type).
+File layout: reference (loops; their backwards follow from the forward by the chain
+rule written out, an independent route to the closed form above) → numba (CPU) →
+xp-vectorised (numpy or cupy). Each op's columns are registered in ``table.py``; the
+one dispatch validates (``checks.py``) and picks the column.
 
 Statistics are accumulated in float64 whatever the input dtype, in two passes
 (mean, then Σ(x − μ)²): a constant input gives σ² = 0 exactly and ρ = 1/√ε,
@@ -44,59 +45,8 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from .checks import normalized_shape as _normalized_shape
 from .config import jit_parallel, jit_serial, num_threads, prange
-
-# ---------------------------------------------------------------------------
-# shared helpers: validation
-
-
-def _check_affine(name, arr, shape, x_shape):
-    if arr is not None and tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)} for input of shape {tuple(x_shape)}, got {tuple(arr.shape)}")
-
-
-def _check_group_norm(x, num_groups, weight, bias, eps):
-    if x.ndim < 2:
-        raise ValueError(f"group_norm: expected x of shape (N, C, *), got {tuple(x.shape)}")
-    C = x.shape[1]
-    if not isinstance(num_groups, (int, np.integer)) or num_groups <= 0 or C % num_groups:
-        raise ValueError(f"group_norm: num_groups={num_groups} must be positive and divide C={C} (x shape {tuple(x.shape)})")
-    if x.size == 0:
-        raise ValueError(f"group_norm: empty input of shape {tuple(x.shape)}")
-    _check_affine("group_norm weight", weight, (C,), x.shape)
-    _check_affine("group_norm bias", bias, (C,), x.shape)
-    if eps < 0:
-        raise ValueError(f"group_norm: eps must be >= 0, got {eps}")
-
-
-def _normalized_shape(normalized_shape):
-    if isinstance(normalized_shape, (int, np.integer)):
-        return (int(normalized_shape),)
-    return tuple(int(s) for s in normalized_shape)
-
-
-def _check_layer_norm(x, normalized_shape, weight, bias, eps):
-    ns = _normalized_shape(normalized_shape)
-    if len(ns) == 0 or len(ns) > x.ndim or tuple(x.shape[x.ndim - len(ns):]) != ns:
-        raise ValueError(f"layer_norm: normalized_shape {ns} does not match the trailing dims of x shape {tuple(x.shape)}")
-    if x.size == 0:
-        raise ValueError(f"layer_norm: empty input of shape {tuple(x.shape)}")
-    _check_affine("layer_norm weight", weight, ns, x.shape)
-    _check_affine("layer_norm bias", bias, ns, x.shape)
-    if eps < 0:
-        raise ValueError(f"layer_norm: eps must be >= 0, got {eps}")
-    return ns
-
-
-def _check_batch_norm(x, mean, var, weight, bias):
-    if x.ndim < 2:
-        raise ValueError(f"batch_norm: expected x of shape (N, C, *), got {tuple(x.shape)}")
-    if x.size == 0:
-        raise ValueError(f"batch_norm: empty input of shape {tuple(x.shape)}")
-    C = x.shape[1]
-    for name, arr in (("running_mean", mean), ("running_var", var), ("weight", weight), ("bias", bias)):
-        _check_affine(f"batch_norm {name}", arr, (C,), x.shape)
-
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -132,18 +82,59 @@ def group_norm_forward_reference(x, num_groups, weight=None, bias=None, eps=1e-5
     return y.reshape(x.shape).astype(x.dtype), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
+def _set_backward_by_chain_rule(x, g, w, mu, rho, stats_depend_on_x=True):
+    """Reverse mode over the forward's loops for ONE statistics set; returns dx (float64, like x).
+
+    Derived from the forward graph, not from the closed form (which the fast paths use):
+        μ = Σ_i x_i / M,   d_i = x_i − μ,   σ² = Σ_i d_i² / M,   ρ = (σ² + ε)^(−1/2),   y_i = d_i ρ w_i + b_i
+    walked backwards one node at a time:
+        d̄_i = g_i w_i ρ                 (y_i through d_i)
+        ρ̄   = Σ_i g_i w_i d_i            (y_i through ρ)
+        σ̄²  = ρ̄ · (−½) ρ³                (dρ/dσ² = −½ (σ² + ε)^(−3/2) = −½ ρ³)
+        d̄_i += σ̄² · 2 d_i / M           (σ² through d_i)
+        μ̄   = −Σ_i d̄_i                   (d_i = x_i − μ)
+        x̄_i = d̄_i + μ̄ / M               (x_i directly and through μ)
+    With fixed statistics (batch norm in eval mode) only the first line remains.
+    x, g, w: 1-D float64 over the set (w[i] = the weight that element i is scaled by).
+    """
+    M = x.shape[0]
+    dd = np.empty(M)
+    rho_bar = 0.0
+    for i in range(M):
+        d = x[i] - mu
+        dd[i] = g[i] * w[i] * rho
+        rho_bar += g[i] * w[i] * d
+    if not stats_depend_on_x:
+        return dd
+    var_bar = rho_bar * -0.5 * rho**3
+    for i in range(M):
+        dd[i] += var_bar * 2.0 * (x[i] - mu) / M
+    mu_bar = -sum(dd[i] for i in range(M))
+    return np.array([dd[i] + mu_bar / M for i in range(M)])
+
+
+def _affine_grads_by_loops(g, x, mu, rho):
+    """Σ over a set of g·x̂ and of g: the weight and bias gradients' contributions (y = x̂·w + b)."""
+    dw = db = 0.0
+    for i in range(x.shape[0]):
+        dw += g[i] * (x[i] - mu) * rho
+        db += g[i]
+    return dw, db
+
+
 def group_norm_backward_reference(g, x, mean, rstd, num_groups, weight=None):
-    """Gradients of group norm, by loops over (n, group).
+    """Gradients of group norm by the chain rule over the forward's loops, one (n, group) set at a time.
 
     Shapes: g, x (N, C, *); mean, rstd (N, G); weight (C,) or None
     → dx like x, dw (C,), db (C,) (dw/db are returned even without weight).
-    Definition (per group, M = C/G · |*| elements; ĝ = g·w, x̂ = (x − μ)ρ):
-        dx = ρ (ĝ − mean(ĝ) − x̂ mean(ĝ x̂)),  dw[c] = Σ_{n,s} g x̂,  db[c] = Σ_{n,s} g.
+    Derivation: ``_set_backward_by_chain_rule`` (independent of the closed form
+    dx = ρ(ĝ − mean ĝ − x̂ mean(ĝx̂)) that the fast paths use, which the tests compare it with).
     """
     N, C = x.shape[:2]
     G, Cg = num_groups, C // num_groups
-    xs = x.reshape(N, C, -1).astype(np.float64)
+    xs = x.reshape(N, C, -1).astype(np.float64)  # (N, C, S)
     gs = g.reshape(N, C, -1).astype(np.float64)
+    S = xs.shape[2]
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     dx = np.empty(xs.shape)
     dw, db = np.zeros(C), np.zeros(C)
@@ -151,14 +142,12 @@ def group_norm_backward_reference(g, x, mean, rstd, num_groups, weight=None):
         for grp in range(G):
             cs = slice(grp * Cg, (grp + 1) * Cg)
             mu, rho = float(mean[n, grp]), float(rstd[n, grp])
-            xhat = (xs[n, cs] - mu) * rho  # (Cg, S)
-            ghat = gs[n, cs] * w[cs, None]  # (Cg, S)
-            m1, m2 = ghat.mean(), (ghat * xhat).mean()
-            for j, c in enumerate(range(cs.start, cs.stop)):
-                for s in range(xs.shape[2]):
-                    dx[n, c, s] = rho * (ghat[j, s] - m1 - xhat[j, s] * m2)
-                    dw[c] += gs[n, c, s] * xhat[j, s]
-                    db[c] += gs[n, c, s]
+            wset = np.repeat(w[cs], S)  # the weight of each element of the set, (Cg·S,)
+            dx[n, cs] = _set_backward_by_chain_rule(xs[n, cs].ravel(), gs[n, cs].ravel(), wset, mu, rho).reshape(Cg, S)
+            for c in range(cs.start, cs.stop):
+                a, b = _affine_grads_by_loops(gs[n, c], xs[n, c], mu, rho)
+                dw[c] += a
+                db[c] += b
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(wdt), db.astype(wdt)
 
@@ -189,40 +178,39 @@ def layer_norm_forward_reference(x, normalized_shape, weight=None, bias=None, ep
 
 
 def layer_norm_backward_reference(g, x, mean, rstd, normalized_shape, weight=None):
-    """Gradients of layer norm, by loops over rows (same closed form as group norm,
-    one statistics set per row, with a weight per position d).
+    """Gradients of layer norm by the chain rule over the forward's loops (one statistics set
+    per row, a weight per position d): ``_set_backward_by_chain_rule``.
 
     Shapes: g, x (..., *D); mean, rstd x.shape[:-len(D)] → dx like x, dw D, db D.
     """
     ns = _normalized_shape(normalized_shape)
     D = int(np.prod(ns))
-    xs = x.reshape(-1, D).astype(np.float64)
+    xs = x.reshape(-1, D).astype(np.float64)  # (R, D)
     gs = g.reshape(-1, D).astype(np.float64)
     mu_all, rho_all = mean.reshape(-1).astype(np.float64), rstd.reshape(-1).astype(np.float64)
     w = np.ones(D) if weight is None else weight.reshape(D).astype(np.float64)
     dx = np.empty(xs.shape)
     dw, db = np.zeros(D), np.zeros(D)
     for r in range(len(xs)):
-        xhat = (xs[r] - mu_all[r]) * rho_all[r]
-        ghat = gs[r] * w
-        m1, m2 = ghat.mean(), (ghat * xhat).mean()
+        dx[r] = _set_backward_by_chain_rule(xs[r], gs[r], w, mu_all[r], rho_all[r])
         for d in range(D):
-            dx[r, d] = rho_all[r] * (ghat[d] - m1 - xhat[d] * m2)
-            dw[d] += gs[r, d] * xhat[d]
+            dw[d] += gs[r, d] * (xs[r, d] - mu_all[r]) * rho_all[r]
             db[d] += gs[r, d]
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape).astype(x.dtype), dw.reshape(ns).astype(wdt), db.reshape(ns).astype(wdt)
 
 
-def batch_norm_forward_reference(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+def batch_norm_forward_reference(x, weight=None, bias=None, running_mean=None, running_var=None, training=True,
+                                 eps=1e-5):
     """Batch norm (Ioffe & Szegedy 2015, Alg. 1), by loops over channels.
 
     Shapes: x (N, C, *); weight/bias/mean/var (C,) or None → y like x, mean (C,), rstd (C,),
     var (C,) (biased batch variance; the given ``var`` in eval mode).
-    Training (mean, var None): μ_c = mean of x[n, c, s] over n and s, σ²_c = mean (x − μ_c)².
-    Eval: μ_c, σ²_c are the given running statistics.
+    Training: μ_c = mean of x[n, c, s] over n and s, σ²_c = mean (x − μ_c)² (the running
+    statistics are not read). Eval: μ_c, σ²_c are the given running statistics.
         y[n, c, s] = (x[n, c, s] − μ_c)/√(σ²_c + ε) · w[c] + b[c].
     """
+    mean, var = (None, None) if training else (running_mean, running_var)
     N, C = x.shape[:2]
     xs = x.reshape(N, C, -1).astype(np.float64)
     y = np.empty(xs.shape)
@@ -246,28 +234,24 @@ def batch_norm_forward_reference(x, weight=None, bias=None, eps=1e-5, mean=None,
 
 
 def batch_norm_backward_reference(g, x, mean, rstd, weight=None, training=True):
-    """Gradients of batch norm, by loops over channels.
+    """Gradients of batch norm by the chain rule over the forward's loops, one channel at a time.
 
     Shapes: g, x (N, C, *); mean, rstd (C,) → dx like x, dw (C,), db (C,).
-    Training: the closed form with the statistics set = (all n, all s) of channel c.
-    Eval: the statistics are constants, so dx = g·w·ρ.
+    Training: the statistics set of channel c is (all n, all s) (``_set_backward_by_chain_rule``).
+    Eval: the statistics are constants, so only y's direct dependence on x remains: dx = g·w·ρ.
     """
     N, C = x.shape[:2]
-    xs = x.reshape(N, C, -1).astype(np.float64)
+    xs = x.reshape(N, C, -1).astype(np.float64)  # (N, C, S)
     gs = g.reshape(N, C, -1).astype(np.float64)
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     dx = np.empty(xs.shape)
     dw, db = np.zeros(C), np.zeros(C)
     for c in range(C):
-        rho = float(rstd[c])
-        xhat = (xs[:, c] - float(mean[c])) * rho  # (N, S)
-        ghat = gs[:, c] * w[c]
-        m1, m2 = (ghat.mean(), (ghat * xhat).mean()) if training else (0.0, 0.0)
-        for n in range(N):
-            for s in range(xs.shape[2]):
-                dx[n, c, s] = rho * (ghat[n, s] - m1 - xhat[n, s] * m2)
-                dw[c] += gs[n, c, s] * xhat[n, s]
-                db[c] += gs[n, c, s]
+        mu, rho = float(mean[c]), float(rstd[c])
+        col_x, col_g = xs[:, c].ravel(), gs[:, c].ravel()  # (N·S,)
+        dx[:, c] = _set_backward_by_chain_rule(col_x, col_g, np.full(col_x.size, w[c]), mu, rho,
+                                               stats_depend_on_x=training).reshape(N, -1)
+        dw[c], db[c] = _affine_grads_by_loops(col_g, col_x, mu, rho)
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(wdt), db.astype(wdt)
 
@@ -517,7 +501,7 @@ def _ones_zeros(weight, bias, n, dtype):
     return w, b
 
 
-def group_norm_forward_fast(x, num_groups, weight=None, bias=None, eps=1e-5):
+def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
     """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
 
     Fast path: x is viewed as (N, G, C/G, S); prange over the N·G (n, group)
@@ -539,7 +523,7 @@ def group_norm_forward_fast(x, num_groups, weight=None, bias=None, eps=1e-5):
     return out.reshape(x.shape), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
-def group_norm_backward_fast(g, x, mean, rstd, num_groups, weight=None):
+def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None):
     """Group norm gradients on the CPU; contract of ``group_norm_backward_reference``.
 
     Fast path: prange over (n, group) slabs; per channel of the slab one pass
@@ -560,7 +544,7 @@ def group_norm_backward_fast(g, x, mean, rstd, num_groups, weight=None):
     return dx.reshape(x.shape), sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
 
 
-def layer_norm_forward_fast(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+def layer_norm_forward_numba(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer norm on the CPU; contract of ``layer_norm_forward_reference``.
 
     Fast path: x viewed as (R, D); prange over rows, two-pass float64 statistics
@@ -578,7 +562,7 @@ def layer_norm_forward_fast(x, normalized_shape, weight=None, bias=None, eps=1e-
     return out.reshape(x.shape), mean.reshape(lead).astype(x.dtype), rstd.reshape(lead).astype(x.dtype)
 
 
-def layer_norm_backward_fast(g, x, mean, rstd, normalized_shape, weight=None):
+def layer_norm_backward_numba(g, x, mean, rstd, normalized_shape, weight=None):
     """Layer norm gradients on the CPU; contract of ``layer_norm_backward_reference``.
 
     Fast path: rows split into one chunk per thread (prange over chunks); each
@@ -602,7 +586,7 @@ def layer_norm_backward_fast(g, x, mean, rstd, normalized_shape, weight=None):
     return dx.reshape(x.shape), dw_part.sum(0).reshape(ns).astype(wdt), db_part.sum(0).reshape(ns).astype(wdt)
 
 
-def batch_norm_forward_fast(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+def batch_norm_forward_numba(x, weight, bias, running_mean, running_var, training, eps):
     """Batch norm on the CPU; contract of ``batch_norm_forward_reference``.
 
     Fast path: training statistics with prange over channels (two float64
@@ -611,6 +595,7 @@ def batch_norm_forward_fast(x, weight=None, bias=None, eps=1e-5, mean=None, var=
     N, C = x.shape[:2]
     x3 = np.ascontiguousarray(x).reshape(N, C, -1)  # (N, C, S)
     w, b = _ones_zeros(weight, bias, C, np.float64)
+    mean, var = (None, None) if training else (running_mean, running_var)
     if mean is None:
         mu = np.empty(C)
         v = np.empty(C)
@@ -625,7 +610,7 @@ def batch_norm_forward_fast(x, weight=None, bias=None, eps=1e-5, mean=None, var=
     return out.reshape(x.shape), mu.astype(dt), rho.astype(dt), v.astype(dt)
 
 
-def batch_norm_backward_fast(g, x, mean, rstd, weight=None, training=True):
+def batch_norm_backward_numba(g, x, mean, rstd, weight=None, training=True):
     """Batch norm gradients on the CPU; contract of ``batch_norm_backward_reference``.
 
     Fast path: prange over channels; each channel's Σg and Σg(x − μ) over its N
@@ -716,9 +701,10 @@ def layer_norm_backward_xp(g, x, mean, rstd, normalized_shape, weight=None):
     return dx.astype(x.dtype), (g * xhat).sum(lead_axes).astype(wdt), g.sum(lead_axes).astype(wdt)
 
 
-def batch_norm_forward_xp(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
+def batch_norm_forward_xp(x, weight, bias, running_mean, running_var, training, eps):
     """Vectorised batch norm; contract of the reference."""
     xp = get_array_module(x)
+    mean, var = (None, None) if training else (running_mean, running_var)
     C = x.shape[1]
     red = (0,) + tuple(range(2, x.ndim))
     bshape = (1, C) + (1,) * (x.ndim - 2)
@@ -747,59 +733,3 @@ def batch_norm_backward_xp(g, x, mean, rstd, weight=None, training=True):
         dx = rho * ghat
     wdt = x.dtype if weight is None else weight.dtype
     return dx.astype(x.dtype), (g * xhat).sum(red).astype(wdt), g.sum(red).astype(wdt)
-
-
-# ---------------------------------------------------------------------------
-# dispatch: validate, then numpy → Numba, cupy → xp
-
-
-def _is_numpy(*arrays):
-    return get_array_module(*arrays) is np
-
-
-def group_norm_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
-    """Group norm forward → (y, mean, rstd). See ``group_norm_forward_reference``."""
-    _check_group_norm(x, num_groups, weight, bias, eps)
-    f = group_norm_forward_fast if _is_numpy(x) else group_norm_forward_xp
-    return f(x, int(num_groups), weight, bias, eps)
-
-
-def group_norm_backward(g, x, mean, rstd, num_groups, weight=None):
-    """Group norm backward → (dx, dw, db). See ``group_norm_backward_reference``."""
-    if g.shape != x.shape:
-        raise ValueError(f"group_norm backward: grad shape {tuple(g.shape)} != input shape {tuple(x.shape)}")
-    f = group_norm_backward_fast if _is_numpy(x) else group_norm_backward_xp
-    return f(g, x, mean, rstd, int(num_groups), weight)
-
-
-def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
-    """Layer norm forward → (y, mean, rstd). See ``layer_norm_forward_reference``."""
-    ns = _check_layer_norm(x, normalized_shape, weight, bias, eps)
-    f = layer_norm_forward_fast if _is_numpy(x) else layer_norm_forward_xp
-    return f(x, ns, weight, bias, eps)
-
-
-def layer_norm_backward(g, x, mean, rstd, normalized_shape, weight=None):
-    """Layer norm backward → (dx, dw, db). See ``layer_norm_backward_reference``."""
-    if g.shape != x.shape:
-        raise ValueError(f"layer_norm backward: grad shape {tuple(g.shape)} != input shape {tuple(x.shape)}")
-    f = layer_norm_backward_fast if _is_numpy(x) else layer_norm_backward_xp
-    return f(g, x, mean, rstd, _normalized_shape(normalized_shape), weight)
-
-
-def batch_norm_forward(x, weight=None, bias=None, eps=1e-5, mean=None, var=None):
-    """Batch norm forward → (y, mean, rstd, biased var). Training statistics when
-    ``mean``/``var`` are None, else the given (running) ones. See the reference."""
-    if (mean is None) != (var is None):
-        raise ValueError("batch_norm: give both mean and var (eval) or neither (training)")
-    _check_batch_norm(x, mean, var, weight, bias)
-    f = batch_norm_forward_fast if _is_numpy(x) else batch_norm_forward_xp
-    return f(x, weight, bias, eps, mean, var)
-
-
-def batch_norm_backward(g, x, mean, rstd, weight=None, training=True):
-    """Batch norm backward → (dx, dw, db). See ``batch_norm_backward_reference``."""
-    if g.shape != x.shape:
-        raise ValueError(f"batch_norm backward: grad shape {tuple(g.shape)} != input shape {tuple(x.shape)}")
-    f = batch_norm_backward_fast if _is_numpy(x) else batch_norm_backward_xp
-    return f(g, x, mean, rstd, weight, training)

@@ -14,53 +14,17 @@ Every op here is independent per (n, c) plane, so the fast Numba kernels use
 upsampling's many-to-one reads) accumulates into its own plane only, so threads
 never write the same element.
 
-File layout: reference (loops) → fast (Numba) → xp-vectorised (numpy/cupy) →
-dispatch (``max_pool2d_forward`` ..., which validate and choose by array type).
+File layout: reference (loops) → numba → xp-vectorised (numpy/cupy). The columns are
+registered in ``table.py``; the one dispatch validates (``checks.py``) and picks one.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..backend import get_array_module
+from .checks import pool_output_size
 from .config import jit_parallel, prange
-
-# ---------------------------------------------------------------------------
-# sizes and validation
-
-
-def _pair(v, name):
-    if isinstance(v, (int, np.integer)):
-        return (int(v), int(v))
-    v = tuple(int(a) for a in v)
-    if len(v) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {v}")
-    return v
-
-
-def pool_output_size(H, W, kernel, stride, padding):
-    """(Ho, Wo) = (⌊(H + 2ph − kh)/sh⌋ + 1, ⌊(W + 2pw − kw)/sw⌋ + 1)."""
-    return (H + 2 * padding[0] - kernel[0]) // stride[0] + 1, (W + 2 * padding[1] - kernel[1]) // stride[1] + 1
-
-
-def _check_pool(name, x, kernel_size, stride, padding):
-    """Normalise kernel/stride/padding to pairs and validate them against x's shape."""
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected x of shape (N, C, H, W), got {tuple(x.shape)}")
-    k = _pair(kernel_size, "kernel_size")
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride, "stride")
-    p = _pair(padding, "padding")
-    if min(k) <= 0 or min(s) <= 0 or min(p) < 0:
-        raise ValueError(f"{name}: kernel {k} and stride {s} must be positive, padding {p} non-negative (x {tuple(x.shape)})")
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"{name}: padding {p} must be at most half the kernel size {k}")
-    Ho, Wo = pool_output_size(x.shape[2], x.shape[3], k, s, p)
-    if Ho <= 0 or Wo <= 0 or x.size == 0:
-        raise ValueError(f"{name}: input {tuple(x.shape)} is too small for kernel {k}, stride {s}, padding {p}")
-    return k, s, p
-
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -403,7 +367,7 @@ def _planes(x):
     return np.ascontiguousarray(x).reshape(-1, x.shape[-2], x.shape[-1])  # (P, H, W)
 
 
-def max_pool2d_forward_fast(x, kernel_size, stride, padding):
+def max_pool2d_forward_numba(x, kernel_size, stride, padding):
     """Max pooling on the CPU; contract of ``max_pool2d_forward_reference``.
 
     Fast path: prange over N·C planes; each window's bounds are clipped to the
@@ -418,7 +382,7 @@ def max_pool2d_forward_fast(x, kernel_size, stride, padding):
     return out.reshape(N, C, Ho, Wo), arg.reshape(N, C, Ho, Wo)
 
 
-def max_pool2d_backward_fast(g, argmax, x_shape):
+def max_pool2d_backward_numba(g, argmax, x_shape):
     """Scatter of g to the argmax positions; prange over planes (each thread owns its plane)."""
     N, C, H, W = x_shape
     dx = np.empty((N * C, H * W), g.dtype)
@@ -426,7 +390,7 @@ def max_pool2d_backward_fast(g, argmax, x_shape):
     return dx.reshape(x_shape)
 
 
-def avg_pool2d_forward_fast(x, kernel_size, stride, padding, count_include_pad=True):
+def avg_pool2d_forward_numba(x, kernel_size, stride, padding, count_include_pad=True):
     """Average pooling on the CPU (prange over planes, clipped windows, float64 sums)."""
     N, C, H, W = x.shape
     Ho, Wo = pool_output_size(H, W, kernel_size, stride, padding)
@@ -435,7 +399,7 @@ def avg_pool2d_forward_fast(x, kernel_size, stride, padding, count_include_pad=T
     return out.reshape(N, C, Ho, Wo)
 
 
-def avg_pool2d_backward_fast(g, x_shape, kernel_size, stride, padding, count_include_pad=True):
+def avg_pool2d_backward_numba(g, x_shape, kernel_size, stride, padding, count_include_pad=True):
     """Each window spreads g/divisor over its real elements; prange over planes."""
     N, C, H, W = x_shape
     dx = np.empty((N * C, H, W), g.dtype)
@@ -443,7 +407,7 @@ def avg_pool2d_backward_fast(g, x_shape, kernel_size, stride, padding, count_inc
     return dx.reshape(x_shape)
 
 
-def interpolate_forward_fast(x, size, mode="nearest", align_corners=False, scale_factor=(None, None)):
+def interpolate_forward_numba(x, size, mode="nearest", align_corners=False, scale_factor=(None, None)):
     """Interpolation on the CPU: source indices/weights per axis computed once
     (small arrays), then a gather per plane, prange over planes."""
     N, C, H, W = x.shape
@@ -459,7 +423,7 @@ def interpolate_forward_fast(x, size, mode="nearest", align_corners=False, scale
     return out.reshape(N, C, Ho, Wo)
 
 
-def interpolate_backward_fast(g, x_shape, mode="nearest", align_corners=False, scale_factor=(None, None)):
+def interpolate_backward_numba(g, x_shape, mode="nearest", align_corners=False, scale_factor=(None, None)):
     """Adjoint of the forward: scatter-add per plane (prange over planes)."""
     N, C, H, W = x_shape
     Ho, Wo = g.shape[2:]
@@ -581,94 +545,3 @@ def interpolate_backward_xp(g, x_shape, mode="nearest", align_corners=False, sca
     Mh = _interp_matrix(xp, x_shape[2], g.shape[2], mode, align_corners, scale_factor[0], g.dtype)
     Mw = _interp_matrix(xp, x_shape[3], g.shape[3], mode, align_corners, scale_factor[1], g.dtype)
     return xp.matmul(xp.matmul(Mh.T, g), Mw)  # (N, C, H, Wo) → (N, C, H, W)
-
-
-# ---------------------------------------------------------------------------
-# dispatch
-
-
-def _is_numpy(x):
-    return get_array_module(x) is np
-
-
-def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
-    """Max pooling → (out, argmax). See ``max_pool2d_forward_reference``. stride None = kernel."""
-    k, s, p = _check_pool("max_pool2d", x, kernel_size, stride, padding)
-    f = max_pool2d_forward_fast if _is_numpy(x) else max_pool2d_forward_xp
-    return f(x, k, s, p)
-
-
-def max_pool2d_backward(g, argmax, x_shape):
-    """Max pooling backward → dx. See ``max_pool2d_backward_reference``."""
-    if g.shape != argmax.shape:
-        raise ValueError(f"max_pool2d backward: grad shape {tuple(g.shape)} != argmax shape {tuple(argmax.shape)}")
-    f = max_pool2d_backward_fast if _is_numpy(g) else max_pool2d_backward_xp
-    return f(g, argmax, tuple(x_shape))
-
-
-def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
-    """Average pooling → out. See ``avg_pool2d_forward_reference``."""
-    k, s, p = _check_pool("avg_pool2d", x, kernel_size, stride, padding)
-    f = avg_pool2d_forward_fast if _is_numpy(x) else avg_pool2d_forward_xp
-    return f(x, k, s, p, count_include_pad)
-
-
-def avg_pool2d_backward(g, x_shape, kernel_size, stride=None, padding=0, count_include_pad=True):
-    """Average pooling backward → dx. See ``avg_pool2d_backward_reference``."""
-    x_like = np.empty((1, 1) + tuple(x_shape[2:]))
-    k, s, p = _check_pool("avg_pool2d", x_like, kernel_size, stride, padding)
-    expect = tuple(x_shape[:2]) + pool_output_size(x_shape[2], x_shape[3], k, s, p)
-    if tuple(g.shape) != expect:
-        raise ValueError(f"avg_pool2d backward: grad shape {tuple(g.shape)}, expected {expect}")
-    f = avg_pool2d_backward_fast if _is_numpy(g) else avg_pool2d_backward_xp
-    return f(g, tuple(x_shape), k, s, p, count_include_pad)
-
-
-def interpolate_size(x_shape, size=None, scale_factor=None):
-    """Output (Ho, Wo) and the per-axis scale factors the index maths should use.
-
-    Exactly one of ``size`` (int or pair) and ``scale_factor`` (float or pair) is given;
-    with a scale factor the output is ⌊in · scale⌋ and the kernels use 1/scale (torch's
-    rule when recompute_scale_factor is not set); with a size they use in/out.
-    """
-    if len(x_shape) != 4:
-        raise ValueError(f"interpolate: expected x of shape (N, C, H, W), got {tuple(x_shape)}")
-    if (size is None) == (scale_factor is None):
-        raise ValueError("interpolate: give exactly one of size and scale_factor")
-    if size is not None:
-        out = _pair(size, "size")
-        scales = (None, None)
-    else:
-        scales = tuple(float(s) for s in scale_factor) if isinstance(scale_factor, (tuple, list)) else (float(scale_factor),) * 2
-        if len(scales) != 2 or min(scales) <= 0:
-            raise ValueError(f"interpolate: scale_factor {scale_factor} must be positive (one or two values)")
-        out = (int(math.floor(x_shape[2] * scales[0])), int(math.floor(x_shape[3] * scales[1])))
-    if min(out) <= 0 or min(x_shape) <= 0:
-        raise ValueError(f"interpolate: output size {out} from input {tuple(x_shape)} must be positive")
-    return out, scales
-
-
-def _check_mode(mode, align_corners):
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"interpolate: mode {mode!r} is not supported (expected 'nearest' or 'bilinear')")
-    if mode == "nearest" and align_corners is not None:
-        raise ValueError("interpolate: align_corners can only be set with mode='bilinear'")
-    return bool(align_corners)
-
-
-def interpolate_forward(x, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    """Resize x (N, C, H, W) → out. See ``interpolate_forward_reference`` for the conventions."""
-    ac = _check_mode(mode, align_corners)
-    out_size, scales = interpolate_size(x.shape, size, scale_factor)
-    f = interpolate_forward_fast if _is_numpy(x) else interpolate_forward_xp
-    return f(x, out_size, mode, ac, scales)
-
-
-def interpolate_backward(g, x_shape, size=None, scale_factor=None, mode="nearest", align_corners=None):
-    """Interpolation backward → dx (N, C, H, W); same arguments as the forward."""
-    ac = _check_mode(mode, align_corners)
-    out_size, scales = interpolate_size(tuple(x_shape), size, scale_factor)
-    if tuple(g.shape) != tuple(x_shape[:2]) + out_size:
-        raise ValueError(f"interpolate backward: grad shape {tuple(g.shape)}, expected {tuple(x_shape[:2]) + out_size}")
-    f = interpolate_backward_fast if _is_numpy(g) else interpolate_backward_xp
-    return f(g, tuple(x_shape), mode, ac, scales)

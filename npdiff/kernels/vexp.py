@@ -15,28 +15,45 @@ it falls back to ``math.exp``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 from .config import jit_serial
 
 
-def exp_constants(dtype):
+class ExpConstants(NamedTuple):
     """Constants of the vector exp, in the data's dtype (numba would promote a Python float
-    literal to float64 and lose the float32 vector width): log2(e), ln2 split hi/lo
-    (Cody–Waite), underflow cut, 1.5·2²³ (adding and subtracting it rounds a float32 to the
-    nearest integer without a libm call, so the loop vectorises), 2²³, 127, 0, 1, then 1/k!
-    for k = 2..7."""
-    return np.array(
-        [1.4426950408889634, 0.693359375, -2.12194440e-4, -87.0, 12582912.0, 8388608.0, 127.0, 0.0, 1.0,
-         1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040],
-        dtype=dtype,
-    )
+    literal to float64 and lose the float32 vector width). Numba passes a NamedTuple to a
+    kernel by value and reads its fields by name."""
+
+    log2e: float  # log₂ e
+    ln2_hi: float  # ln 2 = ln2_hi + ln2_lo (Cody–Waite split: k·ln2_hi is exact)
+    ln2_lo: float
+    cut: float  # below this exp underflows to 0
+    magic: float  # 1.5·2²³: adding and subtracting it rounds a float32 to the nearest integer
+    two23: float  # 2²³, the shift of the exponent field
+    bias: float  # 127, the exponent bias
+    zero: float
+    one: float
+    c2: float  # 1/k! for k = 2..7: the Taylor coefficients
+    c3: float
+    c4: float
+    c5: float
+    c6: float
+    c7: float
+
+
+def exp_constants(dtype) -> ExpConstants:
+    """The ``ExpConstants`` in ``dtype``."""
+    t = np.dtype(dtype).type
+    return ExpConstants(*(t(c) for c in (1.4426950408889634, 0.693359375, -2.12194440e-4, -87.0, 12582912.0,
+                                          8388608.0, 127.0, 0.0, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040)))
 
 
 @jit_serial
 def exp_inplace(x, n, ib, fb, C, fast):
-    """x[t] = exp(x[t]) for t < n, in place (arguments must be ≤ 0).
+    """x[t] = exp(x[t]) for t < n, in place (arguments must be ≤ 0); C: ``ExpConstants`` of x's dtype.
 
     fast (float32): exp(y) = 2^k · p(r), k = round(y·log2 e), r = y − k·ln2, p = Taylor to r⁷
     (|r| ≤ ln2/2 so the error is < 1e-7 relative); 2^k is built from its bit pattern in the
@@ -46,16 +63,14 @@ def exp_inplace(x, n, ib, fb, C, fast):
         for t in range(n):
             x[t] = math.exp(x[t])
         return
-    log2e, hi, lo2, cut, magic, two23, b127, zero, one = C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8]
-    c2, c3, c4, c5, c6, c7 = C[9], C[10], C[11], C[12], C[13], C[14]
     for t in range(n):
         y = x[t]
-        yc = y if y > cut else cut
-        kf = (yc * log2e + magic) - magic  # round(y·log2 e)
-        r = yc - kf * hi - kf * lo2
-        p = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + one) * r + one
-        ib[t] = np.int32((kf + b127) * two23)
-        x[t] = p if y > cut else zero
+        yc = y if y > C.cut else C.cut
+        kf = (yc * C.log2e + C.magic) - C.magic  # k = round(y·log2 e)
+        r = yc - kf * C.ln2_hi - kf * C.ln2_lo  # r = y − k·ln2
+        p = ((((((C.c7 * r + C.c6) * r + C.c5) * r + C.c4) * r + C.c3) * r + C.c2) * r + C.one) * r + C.one
+        ib[t] = np.int32((kf + C.bias) * C.two23)  # the bit pattern of 2^k
+        x[t] = p if y > C.cut else C.zero
     for t in range(n):
         x[t] = x[t] * fb[t]
 

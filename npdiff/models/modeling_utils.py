@@ -36,6 +36,7 @@ import numpy as np
 from .. import __version__ as _npdiff_version
 from .. import io as nd_io
 from .. import nn
+from ..configuration_utils import FrozenConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -43,20 +44,6 @@ WEIGHTS_INDEX_NAME = WEIGHTS_NAME + ".index.json"
 # the diffusers version whose layout and key names we follow (written into config.json)
 DIFFUSERS_LAYOUT_VERSION = "0.42.1"
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
-
-
-class FrozenConfig(dict):
-    """The constructor arguments of a model: a dict that also reads as attributes
-    (``model.config.block_out_channels``), like diffusers' ``FrozenDict``."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"config has no key {name!r}") from None
-
-    def __setattr__(self, name, value):
-        raise AttributeError("a model config is read-only; build a new model to change it")
 
 
 def _jsonable(value):

@@ -26,8 +26,9 @@ from .resnet import Downsample2D, ResnetBlock2D, Upsample2D
 from .transformer_2d import Transformer2DModel
 
 
-def _resnet(in_channels, out_channels, temb_channels, eps, groups, dropout, act_fn, time_scale_shift,
+def _resnet(*, in_channels, out_channels, temb_channels, eps, groups, dropout, act_fn, time_scale_shift,
             output_scale_factor=1.0):
+    """A block's ResnetBlock2D, from the block's argument names (keywords only: nine of them)."""
     return ResnetBlock2D(in_channels=in_channels, out_channels=out_channels, temb_channels=temb_channels, eps=eps,
                          groups=groups, dropout=dropout, non_linearity=act_fn, time_embedding_norm=time_scale_shift,
                          output_scale_factor=output_scale_factor)
@@ -52,8 +53,9 @@ class DownBlock2D(nn.Module):
                  downsample_padding: int = 1):
         super().__init__()
         self.resnets = nn.ModuleList([
-            _resnet(in_channels if i == 0 else out_channels, out_channels, temb_channels, resnet_eps, resnet_groups,
-                    dropout, resnet_act_fn, resnet_time_scale_shift)
+            _resnet(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels,
+                    temb_channels=temb_channels, eps=resnet_eps, groups=resnet_groups, dropout=dropout,
+                    act_fn=resnet_act_fn, time_scale_shift=resnet_time_scale_shift)
             for i in range(num_layers)])
         self.downsamplers = (nn.ModuleList([Downsample2D(out_channels, out_channels=out_channels,
                                                          padding=downsample_padding)])
@@ -111,8 +113,9 @@ class UNetMidBlock2D(nn.Module):
             _attention(in_channels, attention_head_dim, resnet_eps, attn_groups, output_scale_factor)
             if add_attention else None for _ in range(num_layers)])
         self.resnets = nn.ModuleList([
-            _resnet(in_channels, in_channels, temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn,
-                    resnet_time_scale_shift, output_scale_factor)
+            _resnet(in_channels=in_channels, out_channels=in_channels, temb_channels=temb_channels, eps=resnet_eps,
+                    groups=resnet_groups, dropout=dropout, act_fn=resnet_act_fn,
+                    time_scale_shift=resnet_time_scale_shift, output_scale_factor=output_scale_factor)
             for _ in range(num_layers + 1)])
 
     def forward(self, hidden_states, temb=None):
@@ -142,8 +145,9 @@ class UpBlock2D(nn.Module):
         for i in range(num_layers):
             skip_channels = in_channels if i == num_layers - 1 else out_channels
             below_channels = prev_output_channel if i == 0 else out_channels
-            resnets.append(_resnet(below_channels + skip_channels, out_channels, temb_channels, resnet_eps,
-                                   resnet_groups, dropout, resnet_act_fn, resnet_time_scale_shift))
+            resnets.append(_resnet(in_channels=below_channels + skip_channels, out_channels=out_channels,
+                                   temb_channels=temb_channels, eps=resnet_eps, groups=resnet_groups, dropout=dropout,
+                                   act_fn=resnet_act_fn, time_scale_shift=resnet_time_scale_shift))
         self.resnets = nn.ModuleList(resnets)
         self.upsamplers = nn.ModuleList([Upsample2D(out_channels, out_channels=out_channels)]) if add_upsample else None
 
@@ -244,8 +248,9 @@ class UNetMidBlock2DCrossAttn(nn.Module):
         _attach_transformers(self, in_channels, num_layers, transformer_layers_per_block, num_attention_heads,
                              cross_attention_dim, resnet_groups, use_linear_projection, False, upcast_attention)
         self.resnets = nn.ModuleList([
-            _resnet(in_channels, in_channels, temb_channels, resnet_eps, resnet_groups, dropout, resnet_act_fn,
-                    resnet_time_scale_shift, output_scale_factor)
+            _resnet(in_channels=in_channels, out_channels=in_channels, temb_channels=temb_channels, eps=resnet_eps,
+                    groups=resnet_groups, dropout=dropout, act_fn=resnet_act_fn,
+                    time_scale_shift=resnet_time_scale_shift, output_scale_factor=output_scale_factor)
             for _ in range(num_layers + 1)])
 
     def forward(self, hidden_states, temb=None, encoder_hidden_states=None, encoder_attention_mask=None):

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from npdiff.backend import get_array_module, to_device
-from npdiff.diffusion import NoiseSchedule
+from npdiff.configuration_utils import FrozenConfig
+from npdiff.diffusion import NoiseSchedule, predict_v
 
 #: Values accepted by ``timestep_spacing`` (documented in docs/math.md and the schedulers).
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
@@ -27,19 +28,6 @@ class SchedulerOutput:
 
     prev_sample: object
     pred_original_sample: object = None
-
-
-class Config(dict):
-    """A read-only dict whose keys are also attributes (``scheduler.config.num_train_timesteps``)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __setitem__(self, key, value):
-        raise TypeError("scheduler config is read-only; build a new scheduler with from_config")
 
 
 class SchedulerMixin:
@@ -59,7 +47,7 @@ class SchedulerMixin:
     def _register_config(self, local_vars: dict) -> None:
         """Store the constructor arguments (defaults included) as ``self.config``."""
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        self.config = Config({n: local_vars[n] for n in names})
+        self.config = FrozenConfig({n: local_vars[n] for n in names})
 
     @classmethod
     def from_config(cls, config: dict, **overrides):
@@ -107,6 +95,20 @@ class SchedulerMixin:
         if not os.path.isfile(path):
             raise ValueError(f"scheduler config {path!r} does not exist")
         return cls.from_config(nd_io.load_json(path), **overrides)
+
+    # Defaults for the ᾱ-table (VP) schedulers; the σ-schedulers (sigmas.py) and the VE one override them.
+
+    def scale_model_input(self, sample, timestep=None):
+        """The model sees x_t unscaled (DDPM, DDIM; σ-schedulers divide by √(σ² + 1))."""
+        return sample
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε (Ho et al. 2020, eq. 4). timesteps: (B,) integers."""
+        return self.schedule.q_sample(original_samples, np.asarray(timesteps).reshape(-1), noise)
+
+    def get_velocity(self, sample, noise, timesteps):
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022, §4), the v-prediction target."""
+        return predict_v(sample, noise, self.alphas_cumprod[np.asarray(timesteps).reshape(-1)])
 
 
 def _all_scheduler_classes():
@@ -192,9 +194,3 @@ def as_scalar(t):
         raise ValueError(f"timestep must be a scalar, got shape {a.shape}")
     return a.reshape(()).item()
 
-
-def broadcast_coef(values, x):
-    """A (B,) float64 array shaped (B, 1, …, 1) in x's dtype and array module."""
-    xp = get_array_module(x)
-    v = np.asarray(values, dtype=np.float64)
-    return xp.asarray(v.reshape(v.shape + (1,) * (x.ndim - v.ndim)), dtype=x.dtype)  # (B, 1, …, 1)

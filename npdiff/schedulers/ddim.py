@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npdiff.diffusion import PREDICTION_TYPES, model_output_to_x0_eps, predict_eps_from_x0, predict_v
+from npdiff.diffusion import PREDICTION_TYPES, model_output_to_x0_eps, predict_eps_from_x0
 from npdiff.schedulers.base import (
     SchedulerMixin,
     SchedulerOutput,
@@ -58,9 +58,6 @@ class DDIMScheduler(SchedulerMixin):
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = np.arange(num_train_timesteps)[::-1].astype(np.int64)
-
-    def scale_model_input(self, sample, timestep=None):
-        return sample
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         self.num_inference_steps = num_inference_steps
@@ -110,14 +107,6 @@ class DDIMScheduler(SchedulerMixin):
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
-    def add_noise(self, original_samples, noise, timesteps):
-        """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε (Ho et al. 2020, eq. 4)."""
-        return self.schedule.q_sample(original_samples, np.asarray(timesteps).reshape(-1), noise)
-
-    def get_velocity(self, sample, noise, timesteps):
-        """v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022, §4), the v-prediction target."""
-        return predict_v(sample, noise, self.alphas_cumprod[np.asarray(timesteps).reshape(-1)])
-
 
 class DDIMInverseScheduler(SchedulerMixin):
     """DDIM inversion: the η = 0 DDIM step run from x_{t'} up to x_t (Song et al. 2021a, eq. 13;
@@ -150,9 +139,6 @@ class DDIMInverseScheduler(SchedulerMixin):
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
         self.timesteps = np.arange(num_train_timesteps).astype(np.int64)
-
-    def scale_model_input(self, sample, timestep=None):
-        return sample
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         self.num_inference_steps = num_inference_steps

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff.backend import get_array_module
-from npdiff.diffusion import PREDICTION_TYPES, VARIANCE_TYPES, model_output_to_x0_eps, predict_v
+from npdiff.diffusion import PREDICTION_TYPES, VARIANCE_TYPES, model_output_to_x0_eps
 from npdiff.schedulers.base import (
     SchedulerMixin,
     SchedulerOutput,
@@ -61,10 +61,6 @@ class DDPMScheduler(SchedulerMixin):
         self.custom_timesteps = False
         self.num_inference_steps = None
         self.timesteps = np.arange(num_train_timesteps)[::-1].astype(np.int64)
-
-    def scale_model_input(self, sample, timestep=None):
-        """DDPM's model sees x_t unscaled."""
-        return sample
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None):
         """Choose the inference timesteps: ``num_inference_steps`` spaced by the config, or a custom descending list."""
@@ -158,11 +154,3 @@ class DDPMScheduler(SchedulerMixin):
         if not return_dict:
             return prev_sample, x0
         return SchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
-
-    def add_noise(self, original_samples, noise, timesteps):
-        """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε (Ho et al. 2020, eq. 4). timesteps: (B,) integers."""
-        return self.schedule.q_sample(original_samples, np.asarray(timesteps).reshape(-1), noise)
-
-    def get_velocity(self, sample, noise, timesteps):
-        """v = √ᾱ_t ε − √(1−ᾱ_t) x₀ (Salimans & Ho 2022, §4), the v-prediction target."""
-        return predict_v(sample, noise, self.alphas_cumprod[np.asarray(timesteps).reshape(-1)])

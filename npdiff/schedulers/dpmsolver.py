@@ -25,11 +25,11 @@ import math
 
 import numpy as np
 
+from npdiff.backend import broadcast_coef
 from npdiff.diffusion import PREDICTION_TYPES
 from npdiff.schedulers.base import (
     SchedulerOutput,
     TIMESTEP_SPACINGS,
-    broadcast_coef,
     check_choice,
     randn_like,
     threshold_sample,

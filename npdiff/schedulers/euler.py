@@ -18,14 +18,12 @@ from npdiff.schedulers.base import (
     TIMESTEP_SPACINGS,
     check_choice,
     randn_like,
-    spaced_timesteps,
 )
 from npdiff.schedulers.sigmas import (
     SigmaSchedulerMixin,
     check_same_shape,
     karras_sigmas,
     sigma_to_t,
-    train_sigmas,
     x0_from_sigma_output,
 )
 
@@ -68,12 +66,7 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
     def set_timesteps(self, num_inference_steps: int, device=None):
         """σ at the spaced timesteps (linear interpolation in t), or Karras σ's mapped back to fractional t."""
         cfg = self.config
-        self.num_inference_steps = num_inference_steps
-        ts = spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, cfg.steps_offset,
-                              round_linspace=False)
-        ts = ts.astype(np.float32)
-        sig_train = train_sigmas(self.alphas_cumprod)
-        sigmas = np.interp(ts, np.arange(len(sig_train)), sig_train)
+        ts, sigmas, sig_train = self._spaced_sigmas(num_inference_steps)
         if cfg.use_karras_sigmas:
             lo = cfg.sigma_min if cfg.sigma_min is not None else sigmas[-1]
             hi = cfg.sigma_max if cfg.sigma_max is not None else sigmas[0]
@@ -82,8 +75,6 @@ class EulerDiscreteScheduler(SigmaSchedulerMixin):
         last = sig_train[0] if cfg.final_sigmas_type == "sigma_min" else 0.0
         self.sigmas = np.concatenate([sigmas, [last]])
         self.timesteps = ts
-        self._step_index = None
-        self._begin_index = None
 
     def step(self, model_output, timestep, sample, s_churn: float = 0.0, s_tmin: float = 0.0,
              s_tmax: float = float("inf"), s_noise: float = 1.0, generator: np.random.Generator | None = None,
@@ -136,16 +127,10 @@ class EulerAncestralDiscreteScheduler(SigmaSchedulerMixin):
         self._init_train_sigmas(num_train_timesteps, rescale_betas_zero_snr)
 
     def set_timesteps(self, num_inference_steps: int, device=None):
-        cfg = self.config
-        self.num_inference_steps = num_inference_steps
-        ts = spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, cfg.steps_offset,
-                              round_linspace=False)
-        ts = ts.astype(np.float32)
-        sig_train = train_sigmas(self.alphas_cumprod)
-        self.sigmas = np.concatenate([np.interp(ts, np.arange(len(sig_train)), sig_train), [0.0]])
+        """σ at the spaced timesteps (linear interpolation in t), then a final 0."""
+        ts, sigmas, _ = self._spaced_sigmas(num_inference_steps)
+        self.sigmas = np.concatenate([sigmas, [0.0]])
         self.timesteps = ts
-        self._step_index = None
-        self._begin_index = None
 
     def step(self, model_output, timestep, sample, generator: np.random.Generator | None = None,
              variance_noise=None, return_dict: bool = True):

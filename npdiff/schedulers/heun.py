@@ -16,13 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from npdiff.diffusion import PREDICTION_TYPES
-from npdiff.schedulers.base import SchedulerOutput, TIMESTEP_SPACINGS, check_choice, spaced_timesteps
+from npdiff.schedulers.base import SchedulerOutput, TIMESTEP_SPACINGS, check_choice
 from npdiff.schedulers.sigmas import (
     SigmaSchedulerMixin,
     check_same_shape,
     karras_sigmas,
     sigma_to_t,
-    train_sigmas,
     x0_from_sigma_output,
 )
 
@@ -60,12 +59,7 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin):
 
     def set_timesteps(self, num_inference_steps: int, device=None):
         cfg = self.config
-        self.num_inference_steps = num_inference_steps
-        ts = spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, cfg.steps_offset,
-                              round_linspace=False)
-        ts = ts.astype(np.float32)
-        sig_train = train_sigmas(self.alphas_cumprod)
-        sigmas = np.interp(ts, np.arange(len(sig_train)), sig_train)
+        ts, sigmas, sig_train = self._spaced_sigmas(num_inference_steps)
         if cfg.use_karras_sigmas:
             sigmas = karras_sigmas(sigmas[-1], sigmas[0], num_inference_steps)
             ts = sigma_to_t(sigmas, np.log(sig_train)).astype(np.float32)
@@ -76,8 +70,6 @@ class HeunDiscreteScheduler(SigmaSchedulerMixin):
         self.prev_derivative = None
         self.dt = None
         self.sample = None
-        self._step_index = None
-        self._begin_index = None
 
     def step(self, model_output, timestep, sample, return_dict: bool = True):
         """One of the two evaluations of a Heun interval (see the module docstring)."""

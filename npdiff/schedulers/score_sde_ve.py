@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from npdiff.backend import get_array_module
+from npdiff.backend import broadcast_coef, get_array_module
 from npdiff.diffusion import langevin_step
-from npdiff.schedulers.base import SchedulerMixin, SchedulerOutput, as_scalar, broadcast_coef, randn_like
+from npdiff.schedulers.base import SchedulerMixin, SchedulerOutput, as_scalar, randn_like
 
 
 @dataclass
@@ -51,9 +51,6 @@ class ScoreSdeVeScheduler(SchedulerMixin):
         self.init_noise_sigma = sigma_max
         self.timesteps = None
         self.set_sigmas(num_train_timesteps, sigma_min, sigma_max, sampling_eps)
-
-    def scale_model_input(self, sample, timestep=None):
-        return sample
 
     def set_timesteps(self, num_inference_steps: int, sampling_eps: float | None = None, device=None):
         """Continuous times t from 1 down to ``sampling_eps`` (float32, as diffusers)."""
@@ -147,9 +144,6 @@ class AnnealedLangevinDynamics(SchedulerMixin):
 
     def set_timesteps(self, steps_per_level: int, device=None):
         self.timesteps = np.repeat(np.arange(len(self.sigmas)), steps_per_level).astype(np.int64)
-
-    def scale_model_input(self, sample, timestep=None):
-        return sample
 
     def step(self, model_output, timestep, sample, generator: np.random.Generator | None = None,
              variance_noise=None, return_dict: bool = True):

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from npdiff.backend import get_array_module
-from npdiff.schedulers.base import SchedulerMixin, as_scalar, broadcast_coef
+from npdiff.backend import broadcast_coef, get_array_module
+from npdiff.schedulers.base import SchedulerMixin, as_scalar, spaced_timesteps
 
 
 def sigma_to_t(sigmas, log_sigmas_train: np.ndarray) -> np.ndarray:
@@ -65,6 +65,19 @@ class SigmaSchedulerMixin(SchedulerMixin):
         self.is_scale_input_called = False
         self.timesteps = np.arange(num_train_timesteps)[::-1].astype(np.float32)
         self.sigmas = np.concatenate([train_sigmas(self.alphas_cumprod)[::-1], [0.0]])
+
+    def _spaced_sigmas(self, num_inference_steps: int):
+        """The start of every σ-scheduler's ``set_timesteps``: the config's spaced timesteps
+        (fractional, float32), σ at them by linear interpolation in t, and the training σ's.
+        Also resets the step bookkeeping."""
+        cfg = self.config
+        self.num_inference_steps = num_inference_steps
+        self._step_index = None
+        self._begin_index = None
+        ts = spaced_timesteps(cfg.timestep_spacing, num_inference_steps, cfg.num_train_timesteps, cfg.steps_offset,
+                              round_linspace=False).astype(np.float32)
+        sig_train = train_sigmas(self.alphas_cumprod)
+        return ts, np.interp(ts, np.arange(len(sig_train)), sig_train), sig_train
 
     @property
     def step_index(self):

@@ -1,6 +1,6 @@
 """Differentiable activations, softmax, mse_loss and dropout (torch.nn.functional names).
 
-Each Function calls the kernels in ``npdiff.kernels.elementwise`` (Numba on CPU, xp on GPU)
+Each Function calls its rows of the kernel table (``npdiff.kernels``, which validates)
 and saves what its analytic backward needs: the input for the activations, the output for
 softmax / log_softmax / sigmoid-free forms, the keep-mask for dropout.
 """
@@ -8,10 +8,10 @@ softmax / log_softmax / sigmoid-free forms, the keep-mask for dropout.
 from __future__ import annotations
 
 from ... import backend
+from ... import kernels as K
 from ...autograd import Function, Tensor, _wrap
-from ...kernels import elementwise as K
-
-MSE_REDUCTIONS = ("mean", "sum", "none")
+from ...kernels.checks import MSE_REDUCTIONS  # noqa: F401  (the documented option list, kept importable here)
+from ...kernels.elementwise import GELU_APPROXIMATIONS, dropout_mask
 
 
 class UnaryFn(Function):
@@ -21,12 +21,12 @@ class UnaryFn(Function):
     def forward(ctx, x, op):
         ctx.save_for_backward(x)
         ctx.op = op
-        return K.unary_forward(op, x)
+        return K.OPS[op + "_forward"](x)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return K.unary_backward(ctx.op, g, x), None
+        return K.OPS[ctx.op + "_backward"](g, x), None
 
 
 def relu(input) -> Tensor:
@@ -44,8 +44,8 @@ def silu(input) -> Tensor:
 
 def gelu(input, approximate: str = "none") -> Tensor:
     """x·Φ(x) with the exact erf ("none") or the tanh approximation ("tanh")."""
-    if approximate not in K.GELU_APPROXIMATIONS:
-        raise ValueError(f"gelu: approximate must be one of {K.GELU_APPROXIMATIONS}, got {approximate!r}")
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"gelu: approximate must be one of {GELU_APPROXIMATIONS}, got {approximate!r}")
     return UnaryFn.apply(_wrap(input), "gelu" if approximate == "none" else "gelu_tanh")
 
 
@@ -64,24 +64,14 @@ class SoftmaxFn(Function):
         return K.softmax_backward(g, y, dim, log), None, None
 
 
-def _softmax_dim(x, dim, name):
-    if dim is None:
-        raise ValueError(f"{name}: dim must be given (tensor shape {x.shape})")
-    if not -x.ndim <= dim < max(x.ndim, 1):
-        raise ValueError(f"{name}: dim {dim} out of range for shape {x.shape}")
-    return dim % x.ndim
-
-
 def softmax(input, dim=None) -> Tensor:
     """exp(x − max) / Σ exp(x − max) along ``dim``."""
-    x = _wrap(input)
-    return SoftmaxFn.apply(x, _softmax_dim(x, dim, "softmax"), False)
+    return SoftmaxFn.apply(_wrap(input), dim, False)
 
 
 def log_softmax(input, dim=None) -> Tensor:
     """x − max − log Σ exp(x − max) along ``dim``."""
-    x = _wrap(input)
-    return SoftmaxFn.apply(x, _softmax_dim(x, dim, "log_softmax"), True)
+    return SoftmaxFn.apply(_wrap(input), dim, True)
 
 
 class MSELossFn(Function):
@@ -100,24 +90,19 @@ class MSELossFn(Function):
 
 def mse_loss(input, target, reduction: str = "mean") -> Tensor:
     """Mean-squared error; input and target must have the same shape."""
-    x, t = _wrap(input), _wrap(target)
-    if reduction not in MSE_REDUCTIONS:
-        raise ValueError(f"mse_loss: reduction must be one of {MSE_REDUCTIONS}, got {reduction!r}")
-    if x.shape != t.shape:
-        raise ValueError(f"mse_loss: input shape {x.shape} and target shape {t.shape} differ")
-    return MSELossFn.apply(x, t, reduction)
+    return MSELossFn.apply(_wrap(input), _wrap(target), reduction)
 
 
 class DropoutFn(Function):
     @staticmethod
     def forward(ctx, x, mask, p):
         ctx.info = (mask, p)
-        return K.dropout_apply(x, mask, p)
+        return K.dropout_forward(x, mask, p)
 
     @staticmethod
     def backward(ctx, g):
         mask, p = ctx.info
-        return K.dropout_apply(g, mask, p), None, None
+        return K.dropout_forward(g, mask, p), None, None
 
 
 def dropout(input, p: float = 0.5, training: bool = True, generator=None) -> Tensor:
@@ -131,5 +116,5 @@ def dropout(input, p: float = 0.5, training: bool = True, generator=None) -> Ten
         raise ValueError(f"dropout: probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    mask = K.dropout_mask(x.shape, p, generator, backend.get_array_module(x.data))
+    mask = dropout_mask(x.shape, p, generator, backend.get_array_module(x.data))
     return DropoutFn.apply(x, mask, p)

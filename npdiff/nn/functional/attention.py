@@ -1,41 +1,34 @@
 """Scaled dot-product attention (torch.nn.functional.scaled_dot_product_attention).
 
-The Function flattens the leading axes to N = prod(batch dims), turns the mask into an
+The Function turns the mask into an
 additive bias plane per distinct mask (bool: True = take part -> 0, False -> −∞; float:
 added to the scores) plus an index from each of the N rows to its plane, and calls
-``npdiff.kernels.attention``. The mask gets no gradient.
+the attention rows of the kernel table (which validate q, k, v and take any leading axes).
+The mask gets no gradient.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ... import backend
+from ... import kernels as K
 from ...autograd import Function, Tensor, _wrap
-from ...kernels import attention as K
 
 
 class ScaledDotProductAttentionFn(Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, bias_index, scale):
-        batch = q.shape[:-2]
-        q3 = q.reshape((-1,) + q.shape[-2:])  # (N, Lq, d)
-        k3 = k.reshape((-1,) + k.shape[-2:])  # (N, Lk, d)
-        v3 = v.reshape((-1,) + v.shape[-2:])  # (N, Lk, dv)
-        out, lse = K.attention_forward(q3, k3, v3, bias, bias_index, scale)
-        ctx.save_for_backward(q3, k3, v3, out, lse)
-        ctx.info = (q.shape, k.shape, v.shape, bias, bias_index, scale)
-        return out.reshape(batch + out.shape[1:])  # (..., Lq, dv)
+        out, lse = K.attention_forward(q, k, v, bias, bias_index, scale)  # (..., Lq, dv), (..., Lq)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.info = (bias, bias_index, scale)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        q3, k3, v3, out, lse = ctx.saved_tensors
-        qs, ks, vs, bias, bias_index, scale = ctx.info
-        g3 = g.reshape(out.shape)  # (N, Lq, dv)
-        dq, dk, dv = K.attention_backward(g3, q3, k3, v3, out, lse, bias, bias_index, scale)
-        return dq.reshape(qs), dk.reshape(ks), dv.reshape(vs), None, None, None
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = K.attention_backward(g, q, k, v, out, lse, *ctx.info)
+        return dq, dk, dv, None, None, None
 
 
 def _mask_to_bias(mask, batch, Lq, Lk, dtype, xp):
@@ -69,24 +62,10 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, scale=None) 
     scale defaults to 1/√d. A query whose keys are all masked gets a zero output.
     """
     q, k, v = _wrap(query), _wrap(key), _wrap(value)
-    if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
-        raise ValueError(f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} must share a rank >= 2")
-    if q.shape[:-2] != k.shape[:-2] or q.shape[:-2] != v.shape[:-2]:
-        raise ValueError(f"scaled_dot_product_attention: batch dims differ: q {q.shape}, k {k.shape}, v {v.shape}")
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
-        raise ValueError(
-            f"scaled_dot_product_attention: need q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); "
-            f"got q {q.shape}, k {k.shape}, v {v.shape}"
-        )
-    if 0 in q.shape or 0 in k.shape or 0 in v.shape:
-        raise ValueError(f"scaled_dot_product_attention: empty input q {q.shape}, k {k.shape}, v {v.shape}")
-    dtype = np.result_type(q.dtype, k.dtype, v.dtype)
-    if dtype.kind != "f":
-        raise ValueError(f"scaled_dot_product_attention needs floating inputs, got {dtype}")
+    dtype = np.result_type(q.dtype, k.dtype, v.dtype)  # mixed float widths promote (differentiably)
     q, k, v = (t if t.dtype == dtype else t.astype(dtype) for t in (q, k, v))
-    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     bias = index = None
-    if attn_mask is not None:
+    if attn_mask is not None and min(q.ndim, k.ndim) >= 2:  # shapes are the kernel check's; the mask's own broadcast is checked here
         xp = backend.get_array_module(q.data)
         bias, index = _mask_to_bias(attn_mask, q.shape[:-2], q.shape[-2], k.shape[-2], dtype, xp)
-    return ScaledDotProductAttentionFn.apply(q, k, v, bias, index, s)
+    return ScaledDotProductAttentionFn.apply(q, k, v, bias, index, scale)

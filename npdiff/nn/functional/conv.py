@@ -1,6 +1,7 @@
 """Differentiable 2-D convolution and transposed convolution (NCHW).
 
-Both are autograd ``Function``s over the kernels in ``npdiff.kernels.conv``:
+Both are autograd ``Function``s over the conv rows of the kernel table (``npdiff.kernels``,
+which validates the arguments):
 the backward of conv2d computes grad-input as a transposed convolution of the
 upstream gradient, and the backward of conv_transpose2d computes grad-input as
 a convolution, exactly as the kernel docstrings derive.
@@ -13,7 +14,8 @@ dilation != 1 (raises ValueError).
 from __future__ import annotations
 
 from ...autograd import Function, Tensor, _wrap
-from ...kernels import conv as K
+from ... import kernels as K
+from ...kernels.checks import pair
 
 
 def _grads(ctx, gx, gw, gb, n_extra):
@@ -54,7 +56,7 @@ class ConvTranspose2dFn(Function):
 
 
 def _no_dilation(op, dilation):
-    if K._pair(dilation, "dilation") != (1, 1):
+    if pair(dilation, "dilation") != (1, 1):
         raise ValueError(f"{op}: dilation {dilation} is not supported (only dilation=1)")
 
 
@@ -64,7 +66,7 @@ def _string_padding(padding, weight_shape, stride):
         return 0
     if padding == "same":
         kh, kw = weight_shape[2], weight_shape[3]
-        if K._pair(stride, "stride") != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
+        if pair(stride, "stride") != (1, 1) or kh % 2 == 0 or kw % 2 == 0:
             raise ValueError(f"conv2d: padding='same' needs stride 1 and an odd kernel, got stride {stride} "
                              f"and weight shape {tuple(weight_shape)}")
         return (kh - 1) // 2, (kw - 1) // 2
@@ -82,7 +84,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1) 
     b = None if bias is None else _wrap(bias)
     if isinstance(padding, str):
         padding = _string_padding(padding, w.shape, stride)
-    K._check("conv2d", x.data, w.data, None if b is None else b.data, stride, padding, groups, transposed=False)
     return Conv2dFn.apply(x, w, b, stride, padding, groups)
 
 
@@ -96,6 +97,4 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     _no_dilation("conv_transpose2d", dilation)
     x, w = _wrap(input), _wrap(weight)
     b = None if bias is None else _wrap(bias)
-    K._check("conv_transpose2d", x.data, w.data, None if b is None else b.data, stride, padding, groups,
-             transposed=True, output_padding=output_padding)
     return ConvTranspose2dFn.apply(x, w, b, stride, padding, output_padding, groups)

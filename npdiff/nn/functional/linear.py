@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from ... import kernels as K
 from ...autograd import Function, Tensor, _wrap, getitem
-from ...kernels import gemm
 
 
 class LinearFn(Function):
@@ -11,13 +11,13 @@ class LinearFn(Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return gemm.linear_forward(x, w, b)
+        return K.linear_forward(x, w, b)
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need = ctx.needs_input_grad
-        gx, gw, gb = gemm.linear_backward(g, x, w, need[0], need[1], ctx.has_bias and need[2])
+        gx, gw, gb = K.linear_backward(g, x, w, need[0], need[1], ctx.has_bias and need[2])
         return gx, gw, gb
 
 
@@ -26,16 +26,7 @@ def linear(input, weight, bias=None) -> Tensor:
 
     input: (..., in_features), weight: (out_features, in_features), bias: (out_features,).
     """
-    x, w = _wrap(input), _wrap(weight)
-    if w.ndim != 2:
-        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {w.shape}")
-    if x.ndim < 1 or x.shape[-1] != w.shape[1]:
-        raise ValueError(f"linear: input shape {x.shape} does not end in in_features={w.shape[1]} (weight shape {w.shape})")
-    if bias is not None:
-        bias = _wrap(bias)
-        if bias.shape != (w.shape[0],):
-            raise ValueError(f"linear: bias shape {bias.shape} != ({w.shape[0]},) for weight shape {w.shape}")
-    return LinearFn.apply(x, w, bias)
+    return LinearFn.apply(_wrap(input), _wrap(weight), None if bias is None else _wrap(bias))
 
 
 def embedding(input, weight) -> Tensor:

@@ -2,13 +2,15 @@
 
 Each is an autograd ``Function`` whose forward saves the statistics (mean and
 reciprocal standard deviation ρ = 1/√(σ² + ε)) and whose backward is the closed
-form in ``npdiff.kernels.norm`` — never a chain of elementary ops.
+form in ``npdiff.kernels.norm`` (through the kernel table, which validates) — never a chain
+of elementary ops.
 """
 
 from __future__ import annotations
 
 from ...autograd import Function, Tensor, _wrap
-from ...kernels import norm as K
+from ... import kernels as K
+from ...kernels.checks import normalized_shape as _normalized_shape
 
 
 def _grads(ctx, dx, dw, db, n_extra):
@@ -53,16 +55,13 @@ class BatchNormFn(Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
-        if training:
-            y, mean, rstd, var = K.batch_norm_forward(x, weight, bias, eps)
-            if running_mean is not None:
-                m = x.size // x.shape[1]
-                running_mean *= 1 - momentum
-                running_mean += momentum * mean.astype(running_mean.dtype)
-                running_var *= 1 - momentum
-                running_var += momentum * (var * (m / (m - 1))).astype(running_var.dtype)
-        else:
-            y, mean, rstd, _ = K.batch_norm_forward(x, weight, bias, eps, running_mean, running_var)
+        y, mean, rstd, var = K.batch_norm_forward(x, weight, bias, running_mean, running_var, training, eps)
+        if training and running_mean is not None:
+            m = x.size // x.shape[1]
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean.astype(running_mean.dtype)
+            running_var *= 1 - momentum
+            running_var += momentum * (var * (m / (m - 1))).astype(running_var.dtype)
         ctx.save_for_backward(x, weight, mean, rstd)
         ctx.training = training
         return y
@@ -87,7 +86,7 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:
     """torch.nn.functional.layer_norm: normalise over the trailing ``normalized_shape`` dims;
     weight, bias of shape normalized_shape."""
-    ns = K._normalized_shape(normalized_shape)
+    ns = _normalized_shape(normalized_shape)
     return LayerNormFn.apply(_wrap(input), _opt(weight), _opt(bias), ns, float(eps))
 
 
@@ -101,13 +100,4 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     x = _wrap(input)
     rm = running_mean.data if isinstance(running_mean, Tensor) else running_mean
     rv = running_var.data if isinstance(running_var, Tensor) else running_var
-    if not training and (rm is None or rv is None):
-        raise ValueError("batch_norm: running_mean and running_var are required when training=False")
-    if training:
-        if x.ndim < 2 or x.numel() // max(x.shape[1], 1) <= 1:
-            raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input {x.shape}")
-        if (rm is None) != (rv is None):
-            raise ValueError("batch_norm: give both running_mean and running_var, or neither")
-        if rm is not None:
-            K._check_batch_norm(x.data, rm, rv, None, None)
     return BatchNormFn.apply(x, _opt(weight), _opt(bias), rm, rv, bool(training), float(momentum), float(eps))

@@ -1,13 +1,13 @@
 """Differentiable pooling and upsampling: max_pool2d, avg_pool2d, interpolate (NCHW).
 
-Each is an autograd ``Function`` over the kernels in ``npdiff.kernels.pooling``;
+Each is an autograd ``Function`` over the pooling rows of the kernel table (``npdiff.kernels``);
 max pooling saves the argmax of each window so its backward is a scatter.
 """
 
 from __future__ import annotations
 
 from ...autograd import Function, Tensor, _wrap
-from ...kernels import pooling as K
+from ... import kernels as K
 
 
 class MaxPool2dFn(Function):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import backend
-from ...kernels.conv import _pair
+from ...kernels.checks import pair as _pair
 from .. import functional as F
 from .. import init
 from .module import Module, Parameter

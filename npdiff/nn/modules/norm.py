@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import backend
-from ...kernels.norm import _normalized_shape
+from ...kernels.checks import normalized_shape as _normalized_shape
 from .. import functional as F
 from .. import init
 from .module import Module, Parameter

@@ -1,0 +1,62 @@
+"""The kernel table: every op, its argument check and its implementations, in one place.
+
+One row per op; the columns are ``reference`` (plain loops from the definition: the living
+spec), ``numba`` (fast CPU) and ``xp`` (array-module generic: numpy, or cupy on a GPU).
+All columns of a row take the canonical arguments that the row's check (``checks.py``)
+returns; ``dispatch.Op`` validates once and picks the column. Adding an implementation
+(say ``cuda``) is one keyword per row here.
+"""
+
+from __future__ import annotations
+
+from . import checks
+from . import attention as _attention
+from . import conv as _conv
+from . import elementwise as _elementwise
+from . import gemm as _gemm
+from . import norm as _norm
+from . import pooling as _pooling
+from .dispatch import OPS, register
+
+
+def _row(name, module, check=None):
+    """Register op ``name`` with the columns ``module.{name}_reference/_numba/_xp``."""
+    return register(name, check or getattr(checks, name), reference=getattr(module, f"{name}_reference"),
+                    numba=getattr(module, f"{name}_numba"), xp=getattr(module, f"{name}_xp"))
+
+
+conv2d_forward = _row("conv2d_forward", _conv)
+conv2d_backward = _row("conv2d_backward", _conv)
+conv_transpose2d_forward = _row("conv_transpose2d_forward", _conv)
+conv_transpose2d_backward = _row("conv_transpose2d_backward", _conv)
+group_norm_forward = _row("group_norm_forward", _norm)
+group_norm_backward = _row("group_norm_backward", _norm)
+layer_norm_forward = _row("layer_norm_forward", _norm)
+layer_norm_backward = _row("layer_norm_backward", _norm)
+batch_norm_forward = _row("batch_norm_forward", _norm)
+batch_norm_backward = _row("batch_norm_backward", _norm)
+attention_forward = _row("attention_forward", _attention)
+attention_backward = _row("attention_backward", _attention)
+max_pool2d_forward = _row("max_pool2d_forward", _pooling)
+max_pool2d_backward = _row("max_pool2d_backward", _pooling)
+avg_pool2d_forward = _row("avg_pool2d_forward", _pooling)
+avg_pool2d_backward = _row("avg_pool2d_backward", _pooling)
+interpolate_forward = _row("interpolate_forward", _pooling)
+interpolate_backward = _row("interpolate_backward", _pooling)
+softmax_forward = _row("softmax_forward", _elementwise)
+softmax_backward = _row("softmax_backward", _elementwise)
+mse_loss_forward = _row("mse_loss_forward", _elementwise)
+mse_loss_backward = _row("mse_loss_backward", _elementwise)
+dropout_forward = _row("dropout_forward", _elementwise)
+linear_forward = _row("linear_forward", _gemm)
+linear_backward = _row("linear_backward", _gemm)
+
+# one row pair per activation: relu_forward(x), relu_backward(g, x), ... (scalar pairs in elementwise.py)
+for _name in _elementwise.ACTIVATIONS:
+    _cols = _elementwise.activation_columns(_name)
+    globals()[f"{_name}_forward"] = register(f"{_name}_forward", checks.unary_forward,
+                                             **{c: fb[0] for c, fb in _cols.items()})
+    globals()[f"{_name}_backward"] = register(f"{_name}_backward", checks.unary_backward,
+                                              **{c: fb[1] for c, fb in _cols.items()})
+
+__all__ = list(OPS)  # the op names: ``from npdiff.kernels import conv2d_forward``
