@@ -27,3 +27,34 @@ def test_large_arrays_use_several_chunks():
             close(KT.silu_backward(x, x), K.unary_backward_reference("silu", x, x.astype(np.float64)), np.float32, 8)
             close(KT.mse_loss_forward(x, x * 0.5, "sum"), np.sum((x * 0.5) ** 2, dtype=np.float64), np.float32,
                   x.size)
+
+
+def _gelu_exact(x, approximate):
+    """GELU and its derivative in float64, from forms that do not cancel in the negative tail."""
+    from scipy.special import erfc
+
+    x = x.astype(np.float64)
+    if approximate == "none":
+        cdf = 0.5 * erfc(-x / np.sqrt(2.0))
+        return x * cdf, cdf + x * np.exp(-0.5 * x * x) / np.sqrt(2.0 * np.pi)
+    u = np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)
+    s, s_neg = 1.0 / (1.0 + np.exp(-2.0 * u)), 1.0 / (1.0 + np.exp(2.0 * u))  # ½(1 ± tanh u)
+    return x * s, s + 2.0 * x * s * s_neg * np.sqrt(2.0 / np.pi) * (1.0 + 3 * 0.044715 * x * x)
+
+
+def test_gelu_tails_are_accurate_to_a_few_ulps():
+    """Relative accuracy where GELU is tiny (x ≪ 0): ½(1 + erf) and ½(1 + tanh) written as sums
+    cancel there (float32: 0.1 % error at x = −4 for erf, 30 % at x = −5 for tanh), so the
+    columns use ½ erfc(−x/√2) and σ(2u). Bound: 32 float32 ulps of the exact value (erfc's
+    own error is a few ulps; the float32 input is exact)."""
+    x = np.concatenate([-np.geomspace(0.01, 9.0, 200), np.geomspace(0.01, 9.0, 50)]).astype(np.float32)
+    rtol = 32 * np.finfo(np.float32).eps
+    for approximate, name in (("none", "gelu"), ("tanh", "gelu_tanh")):
+        y, dy = _gelu_exact(x, approximate)
+        keep = np.abs(y) > np.finfo(np.float32).tiny * 1e3  # away from float32 underflow
+        for column in ("numba", "xp"):
+            with KT.use(column):
+                got = getattr(KT, f"{name}_forward")(x)
+                grad = getattr(KT, f"{name}_backward")(np.ones_like(x), x)
+            np.testing.assert_allclose(got[keep], y[keep], rtol=rtol, atol=0, err_msg=f"{name} {column}")
+            np.testing.assert_allclose(grad, dy, rtol=rtol, atol=rtol, err_msg=f"{name}' {column}")
