@@ -411,9 +411,9 @@ def cmd_sample(args) -> int:
     if args.inpaint or args.img2img or args.invert or args.classifier:
         return _sample_edit(args, run, steps, guidance)
     info = run.info
-    toy = len(info.sample_shape) == 1
+    toy = info.is_points
     conditional = info.null_class is not None
-    n = args.n or (2000 if toy else (10 * info.num_classes if conditional and args.class_label is None else 64))
+    n = args.n or info.default_sample_count(10 if args.class_label is None else None, 64)
     if n < 1:
         raise ValueError(f"--n must be >= 1, got {n}")
     labels = _labels_for(run, n, args.class_label)
@@ -561,14 +561,9 @@ def cmd_eval(args) -> int:
         return _eval_vae(run, args)
     run, steps, guidance = _open_run(args, run)
     info, data = run.info, run.config.data
-    toy = len(info.sample_shape) == 1
+    toy = info.is_points
     conditional = info.null_class is not None
-    if args.n is not None:
-        n = args.n
-    elif toy:
-        n = 2000
-    else:
-        n = 50 * info.num_classes if conditional else 256
+    n = args.n if args.n is not None else info.default_sample_count(50, 256)
     if n < 2 or args.batch < 1:
         raise ValueError(f"--n must be >= 2 and --batch >= 1, got {n} and {args.batch}")
     labels = _labels_for(run, n, None)

@@ -107,6 +107,21 @@ class RunInfo:
     null_class: int | None
     class_names: list | None
 
+    @property
+    def is_points(self) -> bool:
+        """A 2-D toy run: samples are points (scatter plots, MMD), not images."""
+        return len(self.sample_shape) == 1
+
+    def default_sample_count(self, per_class: int | None, otherwise: int) -> int:
+        """How many samples a command draws when not told: 2,000 points for a toy run (its
+        scatter plots and distances need many), ``per_class`` of each class for a
+        class-conditional image run (None: not by class), else ``otherwise``."""
+        if self.is_points:
+            return 2000
+        if per_class is not None and self.null_class is not None:
+            return per_class * self.num_classes
+        return otherwise
+
     def to_dict(self) -> dict:
         return {"model_class": self.model_class, "model_config": dict(self.model_config),
                 "scheduler_config": self.scheduler_config, "sample_shape": list(self.sample_shape),

@@ -375,8 +375,8 @@ class Trainer(BaseTrainer):
         path = self.path(os.path.join("samples", f"step_{self.step:06d}.png"))
         model = self.ema_model()
         conditional = info.null_class is not None
-        if len(info.sample_shape) == 1:
-            n = 2000
+        if info.is_points:
+            n = info.default_sample_count(None, 0)
             labels = np.arange(n) % info.num_classes if conditional else None
             out = sample(model, scheduler, (n, *info.sample_shape), class_labels=labels,
                          guidance_scale=cfg.guidance_scale if conditional else 1.0, null_class=info.null_class,
