@@ -18,8 +18,8 @@ f = 2^(levels − 1) the VAE's downsampling factor, h = H/f, w = W/f.
     x     = vae.decode(z / scaling_factor).sample                         (B, 3, H, W) in [−1, 1]
 
 As in diffusers: guidance runs only when ``guidance_scale > 1``; the unconditional half
-comes first in the batch; ``scaling_factor`` (and ``shift_factor`` when set) is the VAE's
-configuration, applied here and nowhere else.
+comes first in the batch; ``scaling_factor`` is the VAE's configuration, applied by the
+pipelines' shared ``latents.decode_latents`` (Stable Diffusion v1 has no ``shift_factor``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 from .. import io as nd_io
 from ..autograd import Tensor, no_grad
 from ..diffusion import classifier_free_guidance
+from .latents import decode_latents
 from .sampling import as_generator, denoise, eval_mode, scheduler_timesteps, step_kwargs_for
 
 MODEL_INDEX = "model_index.json"
@@ -128,15 +129,6 @@ class StableDiffusionPipeline:
             raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
         return (latents * np.float32(self.scheduler.init_noise_sigma)).astype(np.float32)
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        """x = D(z / scaling_factor + shift_factor), (B, 3, H, W) in about [−1, 1]."""
-        cfg = self.vae.config
-        z = latents / np.float32(cfg.scaling_factor)
-        if cfg.get("shift_factor") is not None:
-            z = z + np.float32(cfg.shift_factor)
-        with no_grad():
-            return np.asarray(self.vae.decode(Tensor(z.astype(np.float32))).sample.data)
-
     def __call__(self, prompt=None, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt=None,
                  num_images_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None,
@@ -165,7 +157,7 @@ class StableDiffusionPipeline:
         with eval_mode(self.unet):
             z = denoise(predict, self.scheduler, z, timesteps, step_kwargs_for(self.scheduler, rng, extra),
                         progress=progress).samples
-        images = z if output_type == "latent" else to_output(self.decode_latents(z), output_type)
+        images = z if output_type == "latent" else to_output(decode_latents(self.vae, z), output_type)
         return StableDiffusionPipelineOutput(images=images) if return_dict else (images, None)
 
     # -- folders -----------------------------------------------------------------
