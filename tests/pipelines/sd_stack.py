@@ -75,3 +75,12 @@ def control_masks(n=2, seed=8):
         r, c = rng.integers(0, 8, size=2)
         masks[i, 0, r:r + 8, c:c + 8] = 1.0
     return masks
+
+
+def tiny_pipeline_32():
+    """The tiny stack at the ``shapes`` size: 32×32 images, 16×16 latents (the U-Net is the same)."""
+    pipe = tiny_pipeline()
+    nd.manual_seed(0)
+    unet = _perturb(UNet2DConditionModel(**{**UNET, "sample_size": 16}), 3)
+    return StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                   unet=unet, scheduler=pipe.scheduler)
