@@ -8,6 +8,7 @@
     npdiff eval --run runs/digits         sample-quality metrics (VAE runs: reconstruction), eval.json
     npdiff viz schedules | viz forward --digit 3 | viz latent --run runs/vae
     npdiff bench                          the kernel, UNet, DiT and VAE benchmarks against PyTorch
+    npdiff adapt controlnet|lora --base DIR   ControlNet / LoRA on a locked text-to-image model (cli_adapters.py)
 
 Errors in the input (a missing folder, a run folder without a checkpoint, a bad
 value) print ``npdiff <command>: error: ...`` and exit with status 2; a diverged
@@ -25,6 +26,8 @@ import time
 
 import numpy as np
 
+from .cli_adapters import (add_adapt, add_sample_flags, cmd_eval_adapter, cmd_sample_adapted, is_adapter_run,
+                           wants_adapters)
 from .data import TOY_DATASETS
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++")
@@ -183,6 +186,7 @@ def _add_sample(sub) -> None:
                    help="also save the trajectory at K evenly spaced steps: two rows per sample (x_t, then the "
                         "predicted x₀) for the first 4 samples (<out>_trajectory.png)")
     _add_editing(p)
+    add_sample_flags(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -278,12 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npdiff", description="Diffusion models from scratch in NumPy and Numba: train, sample, evaluate, "
                                    "visualise. Run `npdiff <command> --help` for each command's flags.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,viz,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,viz,bench,adapt}")
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
     _add_viz(sub)
     _add_bench(sub)
+    add_adapt(sub, _HelpFormatter)
     return parser
 
 
@@ -407,6 +412,8 @@ def _labels_for(run, n: int, class_label):
 def cmd_sample(args) -> int:
     from . import io as nd_io
 
+    if wants_adapters(args):  # text-to-image with a ControlNet or LoRA (cli_adapters.py)
+        return cmd_sample_adapted(args)
     run, steps, guidance = _open_run(args)
     if args.inpaint or args.img2img or args.invert or args.classifier:
         return _sample_edit(args, run, steps, guidance)
@@ -556,6 +563,8 @@ def cmd_eval(args) -> int:
     from .metrics import digits_report, nearest_neighbour_distance, toy_report
     from .training import load_run
 
+    if is_adapter_run(args.run):  # ControlNet / LoRA targets (cli_adapters.py)
+        return cmd_eval_adapter(args)
     run = load_run(args.run, use_ema=args.ema)
     if run.info.model_class == "AutoencoderKL":
         return _eval_vae(run, args)
