@@ -39,7 +39,8 @@ def add_adapt(sub, formatter_class) -> None:
                    help="the condition image: object mask, its outline, or a Sobel edge map (default mask)")
     g.add_argument("--train-examples", type=int, default=None, help="shapes training images (default 2000)")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--concept", choices=("pink", "cyan", "white"), default=None, help="the new colour word (default pink)")
+    g.add_argument("--concept", choices=("pink", "cyan", "white"), default=None,
+                   help="the new colour word (default pink)")
     g.add_argument("--replaces", default=None, help="the colour whose objects the concept repaints (default red)")
     g.add_argument("--examples", type=int, default=None, help="concept images (default 300)")
     g.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8)")

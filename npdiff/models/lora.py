@@ -178,7 +178,8 @@ def remove_lora(model: nn.Module) -> nn.Module:
 
 
 def set_lora_scale(model: nn.Module, scale: float) -> nn.Module:
-    """y = W x + b + scale · (α/r) · B A x in every adapted layer (diffusers' ``cross_attention_kwargs={"scale": s}``)."""
+    """y = W x + b + scale · (α/r) · B A x in every adapted layer (diffusers'
+    ``cross_attention_kwargs={"scale": s}``)."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("set_lora_scale: the model has no LoRA adapters")

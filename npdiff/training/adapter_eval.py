@@ -70,7 +70,8 @@ def controlnet_report(base, controlnet, control: str = "mask", n: int = 100, see
                                              base.scheduler)
     with_cn = _draw(pipe, test.captions, batch, seed, steps, guidance, image=cond)
     without = _draw(base, test.captions, batch, seed, steps, guidance)
-    return {"control": control, "n_conditions": n, "iou_controlnet": float(mask_iou(foreground(with_cn), target).mean()),
+    return {"control": control, "n_conditions": n,
+            "iou_controlnet": float(mask_iou(foreground(with_cn), target).mean()),
             "iou_baseline": float(mask_iou(foreground(without), target).mean()),
             "colour_accuracy_controlnet": shapes_report(with_cn, test.attributes)["colour_accuracy"],
             "colour_accuracy_baseline": shapes_report(without, test.attributes)["colour_accuracy"],
@@ -123,9 +124,11 @@ def _quadrant_masks(attributes: np.ndarray, images: np.ndarray) -> np.ndarray:
 
 
 def lora_report(base, lora_file: str, n: int = 100, seed: int = 0, steps: int = 20, guidance: float = 3.0,
-                batch: int = 25, concept: str = "pink", replaces: str = "red", scale: float = 1.0) -> dict:
+                batch: int = 25, concept: str = "pink", replaces: str = "red", scale: float = 1.0,
+                centroids: "ColourCentroids | None" = None) -> dict:
     """Concept accuracy, the old prompts' accuracy without / with the LoRA, file ratio, merged vs
-    unmerged agreement (module docstring). ``base``'s models get the adapters (then merged)."""
+    unmerged agreement (module docstring). ``base``'s models get the adapters (then merged).
+    ``centroids``: the colour classifier (default: fitted here on 600 + 200 ground-truth images)."""
     from ..models.lora import load_lora_weights, merge_lora, set_lora_scale
 
     old = make_shapes(n, "test", seed)
@@ -137,7 +140,7 @@ def lora_report(base, lora_file: str, n: int = 100, seed: int = 0, steps: int = 
     after = shapes_report(_draw(base, old.captions, batch, seed, steps, guidance), old.attributes)["all_correct"]
     test = make_concept_shapes(n, "test", seed, concept, replaces)
     drawn = _draw(base, test.captions, batch, seed, steps, guidance)
-    centroids = ColourCentroids(concept, replaces, seed)
+    centroids = centroids or ColourCentroids(concept, replaces, seed)
     predicted = centroids.predict(object_colours(drawn, _quadrant_masks(test.attributes, drawn)))  # (N, 2)
     asked = test.attributes[:, :, 1]
     concept_acc = float(np.mean(predicted[asked == CONCEPT_INDEX] == CONCEPT_INDEX))

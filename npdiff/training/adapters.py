@@ -48,7 +48,8 @@ from ..data import DataLoader, make_shapes
 from ..diffusion import NoiseSchedule, diffusion_loss
 from ..optim import EMA, AdamW, cosine_with_warmup
 from ..pipelines.latents import encode_images
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore_ema, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore_ema, rng_state, save_checkpoint,
+                         set_rng_state)
 from .trainer import BaseTrainer
 
 ADAPTER_KINDS = ("controlnet", "lora")

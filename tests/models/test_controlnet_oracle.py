@@ -20,7 +20,8 @@ from tests.oracle import (assert_close, assert_grads_close, assert_same_paramete
 
 LK, TEXT = 5, 12
 UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=TEXT, attention_head_dim=2, norm_num_groups=4)
 CONFIGS = {
     "sd_like": dict(in_channels=4, conditioning_channels=3, block_out_channels=(8, 16), layers_per_block=1,

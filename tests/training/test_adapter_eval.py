@@ -39,6 +39,6 @@ def test_reports_run_on_a_tiny_stack(tmp_path):
     assert 0 <= r["iou_baseline"] <= 1 and r["iou_controlnet"] == r["iou_baseline"]  # a fresh ControlNet: no change
     add_lora(base.unet, rank=2)
     path = save_lora_weights(tmp_path / "l.safetensors", unet=base.unet)
-    r = lora_report(tiny_pipeline_32(), path, n=2, steps=1, batch=2)
+    r = lora_report(tiny_pipeline_32(), path, n=2, steps=1, batch=2, centroids=ColourCentroids(n=60))
     assert r["old_accuracy_drop_points"] == 0.0 and r["merged_vs_unmerged"] == 0.0  # B = 0: the base model
     assert 0 < r["file_ratio"] < 0.2

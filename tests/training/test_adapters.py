@@ -71,8 +71,8 @@ def test_lora_training_locks_the_base_and_trains_the_text_encoder(tmp_path):
 @pytest.mark.parametrize("kind", ["controlnet", "lora"])
 def test_resume_is_exact(kind, tmp_path):
     _, _, straight = _train(kind, tmp_path / "a", steps=4)
-    half = AdapterTrainer(AdapterConfig(kind=kind, **{**SMALL, "steps": 4}), tmp_path / "b", pipeline=tiny_pipeline_32(),
-                          progress=False)
+    half = AdapterTrainer(AdapterConfig(kind=kind, **{**SMALL, "steps": 4}), tmp_path / "b",
+                          pipeline=tiny_pipeline_32(), progress=False)
     half.train(stop_after=2)
     resumed = AdapterTrainer.resume(tmp_path / "b", pipeline=tiny_pipeline_32(), progress=False)
     assert resumed.step == 2
