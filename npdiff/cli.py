@@ -272,7 +272,7 @@ def _add_bench(sub) -> None:
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
                        description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
                                    "checkout with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae"), default="all",
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -721,7 +721,7 @@ def cmd_viz_latent(args) -> int:
 
 def cmd_bench(args) -> int:
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    scripts = ["kernels", "unet", "dit", "vae"] if args.which == "all" else [args.which]
+    scripts = ["kernels", "unet", "dit", "vae", "adapters"] if args.which == "all" else [args.which]
     status = 0
     for name in scripts:
         path = os.path.join(root, f"{name}.py")

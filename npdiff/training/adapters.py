@@ -8,7 +8,9 @@ image (the target's mask, outline or Sobel edge map, ``npdiff.conditions``) and 
 residuals to the locked U-Net's skips. One step:
 
     1. x₀, i ← next batch; caption_i, cond_i                 (seeded, resumable DataLoader over indices)
-    2. z₀ = s · mode q(z | x₀)                                (locked VAE; s = scaling_factor)
+    2. z₀ = s · mode q(z | x₀)                                (locked VAE; s = scaling_factor; computed
+                                                               once for the whole set, as is the locked
+                                                               text encoder's output)
     3. t ~ U{0…T−1}, ε ~ N(0, I); caption ← "" with prob. p   (the trainer's generator)
     4. z_t = √ᾱ_t z₀ + √(1−ᾱ_t) ε;  e = text_encoder(caption) (locked)
     5. r = controlnet(z_t, t, e, cond);  ŷ = unet(z_t, t, e, + r)   (U-Net locked: gradients flow
@@ -198,6 +200,14 @@ class AdapterTrainer(BaseTrainer):
         self.data = data
         self.ids = self._tokens(list(data.captions))
         self.empty_ids = self._tokens([""])[0]
+        # the locked VAE's latents (posterior mode, deterministic) once, not every step; the same for
+        # the text when the text encoder is locked
+        self.latents = np.concatenate([encode_images(pipe.vae, data.images[i:i + 256])
+                                       for i in range(0, len(data), 256)])  # (N, c, h, w)
+        self.text = None
+        if not (config.kind == "lora" and config.text_encoder):
+            self.text = np.concatenate([self._embed(self.ids[i:i + 256]) for i in range(0, len(data), 256)])
+            self.empty_text = self._embed(self.empty_ids[None])[0]  # (Lk, D)
         # 3. the adapter
         backend.manual_seed(config.seed)
         if config.kind == "controlnet":
@@ -228,6 +238,10 @@ class AdapterTrainer(BaseTrainer):
         self.rng = np.random.default_rng([config.seed, 1])
         self.step = 0
         self._stop_requested = False
+
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        with no_grad():
+            return np.asarray(self.pipe.text_encoder(ids).last_hidden_state.data)
 
     def _tokens(self, texts: list[str]) -> np.ndarray:
         tok = self.pipe.tokenizer
@@ -305,20 +319,19 @@ class AdapterTrainer(BaseTrainer):
     def train_step(self, x0: np.ndarray, index: np.ndarray) -> dict:
         """Steps 2-7 of the module docstring on one batch (``index``: the items' dataset indices)."""
         cfg, pipe, b = self.config, self.pipe, len(index)
-        # 2. latents of the locked VAE
-        z0 = encode_images(pipe.vae, x0)  # (b, c, h, w)
+        # 2. latents of the locked VAE (computed once in __init__: z₀ = s · mode q(z | x₀))
+        z0 = self.latents[index]  # (b, c, h, w)
         # 3. timesteps, noise, caption dropout
         t = self.rng.integers(0, self.schedule.num_train_timesteps, size=b)
         noise = self.rng.standard_normal(z0.shape, dtype=np.float32)
         drop = self.rng.random(b) < cfg.caption_dropout
-        ids = np.where(drop[:, None], self.empty_ids[None], self.ids[index])  # (b, Lk)
         # 4. forward process and text
         z_t = Tensor(self.schedule.q_sample(z0, t, noise).astype(np.float32))
-        if cfg.kind == "lora" and cfg.text_encoder:
-            text = pipe.text_encoder(ids).last_hidden_state  # on the tape: its adapters train
-        else:
-            with no_grad():
-                text = Tensor(np.asarray(pipe.text_encoder(ids).last_hidden_state.data))
+        if self.text is None:  # LoRA on the text encoder: on the tape, its adapters train
+            ids = np.where(drop[:, None], self.empty_ids[None], self.ids[index])  # (b, Lk)
+            text = pipe.text_encoder(ids).last_hidden_state
+        else:  # locked text encoder: its precomputed output
+            text = Tensor(np.where(drop[:, None, None], self.empty_text[None], self.text[index]))  # (b, Lk, D)
         # 5. prediction through the locked U-Net
         if cfg.kind == "controlnet":
             down, mid = self.controlnet(z_t, t, text, self.conditions[index])
