@@ -31,7 +31,8 @@ UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32
 EMBED = (16, 32, 64)  # conditioning embedding: 32×32 masks → 8×8
 RANK = 8
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-CASES = {f"{kind} step (batch {BATCH})": {"kind": kind, "batch": BATCH, "flops": None} for kind in ("controlnet", "lora")}
+CASES = {f"{kind} step (batch {BATCH})": {"kind": kind, "batch": BATCH, "flops": None}
+         for kind in ("controlnet", "lora")}
 
 
 def _inputs(rng):

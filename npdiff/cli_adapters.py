@@ -109,8 +109,11 @@ def is_adapter_run(path: str) -> bool:
 
 
 def wants_adapters(args) -> bool:
-    """Whether ``npdiff sample`` goes the text-to-image adapter way."""
-    return bool(getattr(args, "control", None) or getattr(args, "lora", None)) or is_adapter_run(args.run)
+    """Whether ``npdiff sample`` goes the text-to-image way here: a ControlNet or LoRA is asked
+    for, ``--run`` is an adapter run, or it is a diffusers pipeline folder and ``--prompt`` is given."""
+    if getattr(args, "control", None) or getattr(args, "lora", None) or is_adapter_run(args.run):
+        return True
+    return bool(getattr(args, "prompt", None)) and os.path.isfile(os.path.join(args.run, "model_index.json"))
 
 
 def _open(args):

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import npdiff as nd
 from npdiff import nn
@@ -154,3 +156,41 @@ def test_files_with_text_encoder(tmp_path):
         np.testing.assert_array_equal(te2(ids).last_hidden_state.numpy(), te(ids).last_hidden_state.numpy())
     with pytest.raises(ValueError, match="no text_encoder= was given"):
         load_lora_weights(path, unet=_unet(5))
+
+
+@settings(deadline=None, max_examples=15)
+@given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 4), st.floats(0.25, 8.0), st.floats(-2.0, 2.0))
+def test_merge_equals_adapter_on_any_linear(n_in, n_out, rank, alpha, scale):
+    """float64: W x + b + s(α/r) B A x = (W + s(α/r) B A) x + b to rounding, for any sizes, α and scale."""
+    rng = np.random.default_rng(n_in * 100 + n_out * 10 + rank)
+    m = nn.Module()
+    m.layer = nn.Linear(n_in, n_out, dtype=np.float64)
+    add_lora(m, rank=rank, alpha=alpha, target_modules="layer")
+    m.layer.lora_B.weight.data = rng.standard_normal((n_out, rank))
+    set_lora_scale(m, scale)
+    x = nd.tensor(rng.standard_normal((3, n_in)))
+    adapted = m.layer(x).numpy()
+    merge_lora(m)
+    merged = m.layer(x).numpy()
+    # two re-associated sums of n_in + rank terms each: (n_in + rank) · ε · magnitude, with margin
+    tol = 64 * np.finfo(np.float64).eps * (n_in + rank) * (1 + np.abs(adapted).max())
+    np.testing.assert_allclose(merged, adapted, rtol=0, atol=tol)
+
+
+def test_any_model_with_attention_projections():
+    """add_lora finds the projections of UNet2DModel's attention and DiT's transformer blocks too;
+    merging gives back their own state-dict keys."""
+    from npdiff.models import DiTTransformer2DModel, UNet2DModel
+
+    nd.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=8)
+    dit = DiTTransformer2DModel(sample_size=8, in_channels=1, out_channels=1, patch_size=2, num_attention_heads=2,
+                                attention_head_dim=8, num_layers=2, num_embeds_ada_norm=3)
+    for model in (unet, dit):
+        keys = list(model.state_dict())
+        add_lora(model, rank=2)
+        assert len(lora_layers(model)) >= 4
+        merge_lora(model)
+        assert list(model.state_dict()) == keys

@@ -58,3 +58,20 @@ def test_diffusers_draws_the_same_image(options, tmp_path):
     got = ours(CAPTIONS[:2], image=masks, latents=initial_latents(), **KW, **options).images
     # images in [0, 1]: float32 rounding through three steps of ControlNet + U-Net and the decoder
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-4)
+
+
+def test_control_image_layouts():
+    """(H, W), (H, W, c), (B, H, W, c), (B, c, H, W) arrays, PIL images and lists become (B, c, H, W) in [0, 1]."""
+    from PIL import Image
+
+    from npdiff.pipelines import prepare_control_image
+
+    m = control_masks(2)  # (2, 1, 16, 16)
+    np.testing.assert_array_equal(prepare_control_image(m[0, 0], 1), m[:1])
+    np.testing.assert_array_equal(prepare_control_image(m[0].transpose(1, 2, 0), 1), m[:1])
+    np.testing.assert_array_equal(prepare_control_image(m.transpose(0, 2, 3, 1), 1), m)
+    np.testing.assert_array_equal(prepare_control_image(m, 3), np.repeat(m, 3, axis=1))  # grey → RGB
+    pil = [Image.fromarray((a[0] * 255).astype(np.uint8)) for a in m]
+    np.testing.assert_array_equal(prepare_control_image(pil, 1), m)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        prepare_control_image(m * 2 - 1, 1)
