@@ -287,16 +287,19 @@ class ControlNetModel(UNetBase):
         if c.ndim != 3 or c.shape[0] != B or c.shape[2] != self.config.cross_attention_dim:
             raise ValueError(f"encoder_hidden_states must have shape ({B}, Lk, "
                              f"{self.config.cross_attention_dim}), got {c.shape}")
+        f = 2 ** (len(self.config.conditioning_embedding_out_channels) - 1)
+        want = (B, self.config.conditioning_channels, x.shape[2] * f, x.shape[3] * f)
+        if tuple(controlnet_cond.shape) != want:
+            raise ValueError(f"controlnet_cond must have shape {want} (the conditioning embedding downsamples by "
+                             f"{f} to the sample's {x.shape[2]}×{x.shape[3]}), got {tuple(controlnet_cond.shape)}")
+        bgr = self.config.controlnet_conditioning_channel_order == "bgr"
+        if isinstance(controlnet_cond, Tensor) and not bgr:
+            return c, controlnet_cond  # kept on the tape: gradients reach the condition
         cond = controlnet_cond.data if isinstance(controlnet_cond, Tensor) else controlnet_cond
         xp = get_array_module(x.data)
         cond = xp.asarray(cond, dtype=self.dtype)
-        f = 2 ** (len(self.config.conditioning_embedding_out_channels) - 1)
-        want = (B, self.config.conditioning_channels, x.shape[2] * f, x.shape[3] * f)
-        if cond.shape != want:
-            raise ValueError(f"controlnet_cond must have shape {want} (the conditioning embedding downsamples by "
-                             f"{f} to the sample's {x.shape[2]}×{x.shape[3]}), got {tuple(cond.shape)}")
-        if self.config.controlnet_conditioning_channel_order == "bgr":
-            cond = cond[:, ::-1]
+        if bgr:
+            cond = cond[:, ::-1]  # diffusers flips to RGB (without a gradient path here)
         return c, Tensor(xp.ascontiguousarray(cond))
 
     def residual_scales(self, conditioning_scale: float = 1.0, guess_mode: bool = False) -> np.ndarray:

@@ -78,14 +78,16 @@ def test_same_parameters_residuals_and_gradients(name, guess_mode, tmp_path):
     xt, ct = _t(x).requires_grad_(True), _t(cond).requires_grad_(True)
     out = ref(xt, _t(t), _t(text), ct, class_labels=_t(labels))
     sum((r * _t(w)).sum() for r, w in zip((*out.down_block_res_samples, out.mid_block_res_sample), R)).backward()
-    xn = nd.tensor(x, requires_grad=True)
-    out = ours(xn, t, text, cond, class_labels=labels)
+    xn, cn = nd.tensor(x, requires_grad=True), nd.tensor(cond, requires_grad=True)
+    out = ours(xn, t, text, cn, class_labels=labels)
     loss = None
     for r, w in zip((*out.down_block_res_samples, out.mid_block_res_sample), R):
         term = (r * w).sum()
         loss = term if loss is None else loss + term
     loss.backward()
     assert_close(xn.grad.numpy(), xt.grad.numpy(), f"{name}: d/d sample")
+    if cfg.get("controlnet_conditioning_channel_order", "rgb") == "rgb":
+        assert_close(cn.grad.numpy(), ct.grad.numpy(), f"{name}: d/d controlnet_cond")
     assert_grads_close(ours, ref, name)
 
 
