@@ -6,8 +6,8 @@
     npdiff sample --run RUN|DIR --prompt "..." [--control PATH] [--lora FILE [--lora-scale S]]
     npdiff eval --run RUN                                                       the targets (eval.json)
 
-``DIR`` is the base: a StableDiffusionPipeline folder (model_index.json) or a run folder with
-``pipeline/``. ``RUN`` is an adapter run folder (its config names the base). cli.py registers
+``DIR`` is the base: a StableDiffusionPipeline folder (model_index.json) or a run / stack folder
+with ``pipeline/`` or ``unet/pipeline/`` (``npdiff train --data shapes``). ``RUN`` is an adapter run folder (its config names the base). cli.py registers
 the ``adapt`` command and hands ``sample`` / ``eval`` here when an adapter is involved.
 """
 
@@ -167,7 +167,7 @@ def cmd_sample_adapted(args) -> int:
     pipe, controlnet, _ = _open(args)
     if not args.prompt:
         raise ValueError("--prompt is required for a text-to-image run (repeat it for several prompts)")
-    prompts = list(args.prompt)
+    prompts = [args.prompt] if isinstance(args.prompt, str) else list(args.prompt)
     n = args.n or 1
     steps = args.steps or 50
     guidance = 3.0 if args.guidance_scale is None else args.guidance_scale
@@ -175,6 +175,9 @@ def cmd_sample_adapted(args) -> int:
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     kw = dict(num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=n, generator=args.seed,
               output_type="np")
+    negative = getattr(args, "negative_prompt", None)  # cli.py's flag, when it has one
+    if negative:
+        kw["negative_prompt"] = [negative] * len(prompts)
     if args.control:
         if controlnet is None:
             raise ValueError(f"--control needs a ControlNet: {args.run!r} is neither a ControlNet run nor a pipeline "

@@ -64,8 +64,8 @@ class AdapterConfig:
     """A ControlNet or LoRA run on a locked base pipeline.
 
       kind               "controlnet" or "lora".
-      base               the base's pipeline folder (``model_index.json``), or a run folder
-                         holding one in ``pipeline/``.
+      base               the base: a pipeline folder (``model_index.json``), or a run / stack
+                         folder holding one in ``pipeline/`` or ``unet/pipeline/``.
     ControlNet
       control            the condition: "mask", "outline" or "edge" (``npdiff.conditions``).
       train_examples     shapes training images used.
@@ -141,15 +141,16 @@ class AdapterConfig:
 
 
 def load_base_pipeline(path: str):
-    """The base ``StableDiffusionPipeline`` from a pipeline folder or a run folder with ``pipeline/``."""
+    """The base ``StableDiffusionPipeline`` from a pipeline folder, a latent-diffusion run folder
+    (``pipeline/``) or a text-to-image stack folder (``unet/pipeline/``)."""
     from ..pipelines import StableDiffusionPipeline
 
     path = os.fspath(path)
-    for folder in (path, os.path.join(path, "pipeline")):
+    for folder in (path, os.path.join(path, "pipeline"), os.path.join(path, "unet", "pipeline")):
         if os.path.isfile(os.path.join(folder, "model_index.json")):
             return StableDiffusionPipeline.from_pretrained(folder)
-    raise ValueError(f"{path!r} is neither a pipeline folder (model_index.json) nor a run folder with pipeline/: "
-                     "train a text-to-image model first (npdiff train --data shapes)")
+    raise ValueError(f"{path!r} holds no pipeline folder (model_index.json in it, in pipeline/ or in "
+                     "unet/pipeline/): train a text-to-image model first (npdiff train --data shapes)")
 
 
 class AdapterParameters(nn.Module):
