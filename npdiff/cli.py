@@ -26,8 +26,7 @@ import time
 
 import numpy as np
 
-from .cli_adapters import (add_adapt, add_sample_flags, cmd_eval_adapter, cmd_sample_adapted, is_adapter_run,
-                           wants_adapters)
+from .cli_adapters import add_adapt, add_sample_flags, adapter_route
 from .data import TOY_DATASETS
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++")
@@ -412,8 +411,6 @@ def _labels_for(run, n: int, class_label):
 def cmd_sample(args) -> int:
     from . import io as nd_io
 
-    if wants_adapters(args):  # text-to-image with a ControlNet or LoRA (cli_adapters.py)
-        return cmd_sample_adapted(args)
     run, steps, guidance = _open_run(args)
     if args.inpaint or args.img2img or args.invert or args.classifier:
         return _sample_edit(args, run, steps, guidance)
@@ -563,8 +560,6 @@ def cmd_eval(args) -> int:
     from .metrics import digits_report, nearest_neighbour_distance, toy_report
     from .training import load_run
 
-    if is_adapter_run(args.run):  # ControlNet / LoRA targets (cli_adapters.py)
-        return cmd_eval_adapter(args)
     run = load_run(args.run, use_ema=args.ema)
     if run.info.model_class == "AutoencoderKL":
         return _eval_vae(run, args)
@@ -738,7 +733,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         with _numba_threads(getattr(args, "threads", None)):
-            return int(args.func(args) or 0)
+            return int(adapter_route(args)(args) or 0)  # sample / eval with a ControlNet or LoRA: cli_adapters
     except ValueError as e:
         print(f"npdiff {args.command}: error: {e}", file=sys.stderr)
         return 2

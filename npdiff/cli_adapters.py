@@ -7,8 +7,9 @@
     npdiff eval --run RUN                                                       the targets (eval.json)
 
 ``DIR`` is the base: a StableDiffusionPipeline folder (model_index.json) or a run / stack folder
-with ``pipeline/`` or ``unet/pipeline/`` (``npdiff train --data shapes``). ``RUN`` is an adapter run folder (its config names the base). cli.py registers
-the ``adapt`` command and hands ``sample`` / ``eval`` here when an adapter is involved.
+with ``pipeline/`` or ``unet/pipeline/`` (``npdiff train --data shapes``). ``RUN`` is an adapter
+run folder (its config names the base). cli.py registers the ``adapt`` command and, through
+``adapter_route`` in ``main``, hands ``sample`` / ``eval`` here when an adapter is involved.
 """
 
 from __future__ import annotations
@@ -114,6 +115,16 @@ def wants_adapters(args) -> bool:
     if getattr(args, "control", None) or getattr(args, "lora", None) or is_adapter_run(args.run):
         return True
     return bool(getattr(args, "prompt", None)) and os.path.isfile(os.path.join(args.run, "model_index.json"))
+
+
+def adapter_route(args):
+    """The command function for ``args``: ``sample`` / ``eval`` come here when an adapter is involved
+    (``wants_adapters``, an adapter run), everything else keeps ``args.func``."""
+    if args.command == "sample" and wants_adapters(args):
+        return cmd_sample_adapted
+    if args.command == "eval" and is_adapter_run(args.run):
+        return cmd_eval_adapter
+    return args.func
 
 
 def _open(args):
