@@ -2,7 +2,7 @@
 
     npdiff adapt controlnet --base DIR [--control mask|outline|edge] [-o RUN]   train a ControlNet
     npdiff adapt lora --base DIR [--concept pink] [--rank 8] [-o RUN]           train LoRA adapters
-    npdiff adapt --resume RUN                                                   continue either
+    npdiff adapt --resume RUN   (or npdiff train --resume RUN)                  continue either
     npdiff sample --run RUN|DIR --prompt "..." [--control PATH] [--lora FILE [--lora-scale S]]
     npdiff eval --run RUN                                                       the targets (eval.json)
 
@@ -124,7 +124,19 @@ def adapter_route(args):
         return cmd_sample_adapted
     if args.command == "eval" and is_adapter_run(args.run):
         return cmd_eval_adapter
+    if args.command == "train" and args.resume and is_adapter_run(args.resume):  # the trainer's Ctrl-C hint
+        return _resume_adapter_run
     return args.func
+
+
+def _resume_adapter_run(args) -> int:
+    """``npdiff train --resume RUN`` on an adapter run: as ``npdiff adapt --resume RUN``."""
+    from .training.adapters import AdapterTrainer
+
+    trainer = AdapterTrainer.resume(args.resume, steps=args.steps, progress=not args.quiet)
+    summary = trainer.train(stop_after=args.stop_after)
+    print(f"trained {trainer.config.kind} to step {summary['step']} in {summary['seconds']:.0f} s: {trainer.run_dir}")
+    return 0
 
 
 def _open(args):

@@ -37,6 +37,8 @@ def test_controlnet_train_sample_eval(base, tmp_path):
     report = json.load(open(os.path.join(run, "eval.json")))
     assert {"iou_controlnet", "iou_baseline", "colour_accuracy_controlnet"} <= set(report)
     assert main(["adapt", "--resume", run, "--steps", "3", "--quiet"]) == 0
+    assert main(["train", "--resume", run, "--steps", "4", "--quiet"]) == 0  # what the Ctrl-C message says
+    assert json.load(open(os.path.join(run, "config.json")))["adapter"]["steps"] == 4
 
 
 def test_lora_train_and_sample_with_a_file(base, tmp_path):

@@ -174,7 +174,6 @@ class AdapterTrainer(BaseTrainer):
     loaded from ``config.base``). ``AdapterTrainer.resume(run_dir)`` continues a run exactly."""
 
     model_folder = CONTROLNET_FOLDER
-    resume_command = "npdiff adapt --resume"
 
     def __init__(self, config: AdapterConfig, run_dir: str, *, pipeline=None, progress: bool = True,
                  _resuming: bool = False):

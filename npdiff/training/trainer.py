@@ -115,7 +115,6 @@ class BaseTrainer:
 
     model_folder = "ema_model"  # the EMA weights as a diffusers-layout folder, in the run folder
     divergence_hint = "Try a lower --lr or a smaller --grad-clip."
-    resume_command = "npdiff train --resume"  # what the Ctrl-C message tells the user to run
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
         self.config, self.run_dir, self.progress = config, os.fspath(run_dir), progress
@@ -300,7 +299,7 @@ class BaseTrainer:
             bar.close()
             self.save()
             print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.run_dir} "
-                  f"(continue with: {self.resume_command} {self.run_dir})", file=sys.stderr, flush=True)
+                  f"(continue with: npdiff train --resume {self.run_dir})", file=sys.stderr, flush=True)
             raise
         finally:
             if previous_handler is not None:
@@ -309,7 +308,7 @@ class BaseTrainer:
         self.save()
         if self._stop_requested:
             print(f"stopped at step {self.step}: checkpoint saved in {self.run_dir} "
-                  f"(continue with: {self.resume_command} {self.run_dir})", file=sys.stderr, flush=True)
+                  f"(continue with: npdiff train --resume {self.run_dir})", file=sys.stderr, flush=True)
             raise KeyboardInterrupt
         return {"step": self.step, "seconds": time.perf_counter() - t_start, "run_dir": self.run_dir}
 
