@@ -186,10 +186,9 @@ class AdapterTrainer(BaseTrainer):
         for model in (pipe.vae, pipe.text_encoder, pipe.unet):
             model.eval()
             model.requires_grad_(False)
-        sched = pipe.scheduler.config
-        self.schedule = NoiseSchedule(sched["num_train_timesteps"], sched["beta_start"], sched["beta_end"],
-                                      sched["beta_schedule"])
-        self.prediction_type = sched.get("prediction_type", "epsilon")
+        # the forward process the base was trained with: its scheduler's own betas (any schedule, rescaling)
+        self.schedule = NoiseSchedule(trained_betas=np.asarray(pipe.scheduler.betas, dtype=np.float64))
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
         # 2. data: images, captions (as token ids), conditions
         if config.kind == "controlnet":
             data = make_shapes(config.train_examples, "train", config.seed)
