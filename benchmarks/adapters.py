@@ -2,9 +2,9 @@
 
     python benchmarks/adapters.py [--only controlnet] [--rounds 5 --iters 3] [--json out.json]
 
-The base is a small latent text-to-image U-Net at the ``shapes`` size (32×32 images, a VAE
-of factor 4 → 4×8×8 latents; channels 32/64/64, cross-attention at the two upper levels,
-16 text tokens of width 64), locked. One step, batch 16:
+The base is the latent U-Net of the text-to-image stack on ``shapes`` (32×32 images, a VAE of
+factor 4 → 4×8×8 latents; channels 64/128, cross-attention at the upper level and the middle,
+2 and 4 heads, 24 text tokens of width 64), locked. One step, batch 16:
   controlnet  r = ControlNet(z_t, t, e, mask) → U(z_t, t, e; + r) → MSE → backward (through
               the locked U-Net into the ControlNet) → AdamW on the ControlNet only
   lora        rank-8 adapters on to_q/to_k/to_v/to_out.0 → U(z_t, t, e) → MSE → backward →
@@ -23,11 +23,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-BATCH, LK, TEXT = 16, 16, 64
-UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT,
-            attention_head_dim=4, norm_num_groups=8)
+BATCH, LK, TEXT = 16, 24, 64
+UNET = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(64, 128), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=TEXT, attention_head_dim=(2, 4), norm_num_groups=8)
 EMBED = (16, 32, 64)  # conditioning embedding: 32×32 masks → 8×8
 RANK = 8
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
