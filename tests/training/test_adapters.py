@@ -88,3 +88,36 @@ def test_bad_config_is_named():
         AdapterConfig(control="depth")
     with pytest.raises(ValueError, match="unknown adapter config keys \\['rnak'\\]"):
         AdapterConfig.from_dict({"rnak": 4})
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "lora"])
+def test_training_lowers_the_loss_on_its_data(kind, tmp_path):
+    """A learning check of the whole path (data, conditions, locked base, adapter, AdamW): 25 steps on 8
+    images lower the denoising loss on those images at fixed timesteps and noise by a clear margin (the
+    base is random: nothing here says the adapters learn the task, only that the whole path trains)."""
+    import npdiff.nn.functional as F
+    from npdiff.autograd import Tensor, no_grad
+
+    pipe = tiny_pipeline_32()
+    cfg = AdapterConfig(kind=kind, **{**SMALL, "train_examples": 8, "examples": 8, "batch_size": 8, "steps": 25,
+                                      "lr": 1e-2, "caption_dropout": 0.0, "ema_decay": 0.0, "rank": 4})
+    trainer = AdapterTrainer(cfg, tmp_path / kind, pipeline=pipe, progress=False)
+    rng = np.random.default_rng(7)
+    t = rng.integers(100, 900, 8)
+    noise = rng.standard_normal(trainer.latents.shape).astype(np.float32)
+    z_t = Tensor(trainer.schedule.q_sample(trainer.latents, t, noise).astype(np.float32))
+
+    def loss():
+        with no_grad():
+            text = trainer.pipe.text_encoder(trainer.ids).last_hidden_state
+            if kind == "controlnet":
+                down, mid = trainer.controlnet(z_t, t, text, trainer.conditions)
+                out = pipe.unet(z_t, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            else:
+                out = pipe.unet(z_t, t, text)
+            return float(F.mse_loss(out, noise).item())  # the tiny base predicts ε
+
+    before = loss()
+    trainer.train()
+    # measured here: ControlNet 0.48, LoRA (attention only, the text encoder's too) 0.82 of the loss before
+    assert loss() < {"controlnet": 0.7, "lora": 0.9}[kind] * before
