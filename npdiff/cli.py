@@ -8,6 +8,7 @@
     npdiff eval --run runs/digits         sample-quality metrics (VAE runs: reconstruction), eval.json
     npdiff viz schedules | viz forward --digit 3 | viz latent --run runs/vae
     npdiff bench                          the kernel, UNet, DiT and VAE benchmarks against PyTorch
+    npdiff adapt controlnet|lora --base DIR   ControlNet / LoRA on a locked text-to-image model (cli_adapters.py)
 
 Errors in the input (a missing folder, a run folder without a checkpoint, a bad
 value) print ``npdiff <command>: error: ...`` and exit with status 2; a diverged
@@ -25,6 +26,7 @@ import time
 
 import numpy as np
 
+from .cli_adapters import add_adapt, add_sample_flags, adapter_route
 from .data import TOY_DATASETS
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++")
@@ -183,6 +185,7 @@ def _add_sample(sub) -> None:
                    help="also save the trajectory at K evenly spaced steps: two rows per sample (x_t, then the "
                         "predicted x₀) for the first 4 samples (<out>_trajectory.png)")
     _add_editing(p)
+    add_sample_flags(p)
     p.set_defaults(func=cmd_sample)
 
 
@@ -268,7 +271,7 @@ def _add_bench(sub) -> None:
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
                        description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
                                    "checkout with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae"), default="all",
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -278,12 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="npdiff", description="Diffusion models from scratch in NumPy and Numba: train, sample, evaluate, "
                                    "visualise. Run `npdiff <command> --help` for each command's flags.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,viz,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,eval,viz,bench,adapt}")
     _add_train(sub)
     _add_sample(sub)
     _add_eval(sub)
     _add_viz(sub)
     _add_bench(sub)
+    add_adapt(sub, _HelpFormatter)
     return parser
 
 
@@ -712,7 +716,7 @@ def cmd_viz_latent(args) -> int:
 
 def cmd_bench(args) -> int:
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
-    scripts = ["kernels", "unet", "dit", "vae"] if args.which == "all" else [args.which]
+    scripts = ["kernels", "unet", "dit", "vae", "adapters"] if args.which == "all" else [args.which]
     status = 0
     for name in scripts:
         path = os.path.join(root, f"{name}.py")
@@ -729,7 +733,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         with _numba_threads(getattr(args, "threads", None)):
-            return int(args.func(args) or 0)
+            return int(adapter_route(args)(args) or 0)  # sample / eval with a ControlNet or LoRA: cli_adapters
     except ValueError as e:
         print(f"npdiff {args.command}: error: {e}", file=sys.stderr)
         return 2

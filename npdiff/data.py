@@ -522,13 +522,14 @@ class ShapesData:
         return len(self.images)
 
 
-def shapes_caption(attributes) -> str:
-    """The caption of one image's (2, 4) attribute rows (a row of −1 is no object)."""
+def shapes_caption(attributes, colour_names=COLOUR_NAMES) -> str:
+    """The caption of one image's (2, 4) attribute rows (a row of −1 is no object); ``colour_names``
+    maps colour indices to words (a LoRA concept set adds one, see npdiff.conditions)."""
     parts = []
     for shape, colour, size, position in np.asarray(attributes):
         if shape < 0:
             continue
-        parts.append(f"a {SIZE_NAMES[size]} {COLOUR_NAMES[colour]} {SHAPE_NAMES[shape]} at the {POSITION_NAMES[position]}")
+        parts.append(f"a {SIZE_NAMES[size]} {colour_names[colour]} {SHAPE_NAMES[shape]} at the {POSITION_NAMES[position]}")
     if not parts:
         raise ValueError("an image of the shapes dataset has at least one object")
     return " and ".join(parts)

@@ -1,4 +1,4 @@
-"""Models: the classic segmentation U-Net, diffusers-compatible diffusion U-Nets, DiT and the VAE, CLIP.
+"""Models: the classic segmentation U-Net, diffusers-compatible diffusion U-Nets, ControlNet, DiT, the VAE, CLIP.
 
 ``UNet2DModel``, ``UNet2DConditionModel``, ``AutoencoderKL`` (and their building blocks) mirror
 diffusers' constructor arguments, submodule names and state-dict keys; ``CLIPTextModel`` mirrors
@@ -13,6 +13,7 @@ from .classifier import EncoderUNetModel
 from .clip import CLIPImageEncoder, CLIPModel, contrastive_loss, zero_shot_classify
 from .clip_text import CLIPTextModel
 from .clip_tokenizer import CLIPTokenizer, build_clip_vocab
+from .controlnet import ControlNetConditioningEmbedding, ControlNetModel, ControlNetOutput
 from .classic_unet import ClassicUNet, DoubleConv, Down, OutConv, Up
 from .dit import DiTTransformer2DModel, PatchEmbed
 from .embeddings import (CombinedTimestepLabelEmbeddings, LabelEmbedding, TimestepEmbedding, Timesteps,
@@ -30,7 +31,8 @@ from .vae import Decoder, DiagonalGaussianDistribution, DownEncoderBlock2D, Enco
 __all__ = [
     "AdaLayerNormZero", "Attention", "AttnDownBlock2D", "AttnUpBlock2D", "AutoencoderKL", "AutoencoderKLOutput",
     "BasicTransformerBlock", "CLIPImageEncoder", "CLIPModel", "CLIPTextModel", "CLIPTokenizer", "ClassicUNet",
-    "CombinedTimestepLabelEmbeddings", "CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "Decoder", "DecoderOutput",
+    "CombinedTimestepLabelEmbeddings", "ControlNetConditioningEmbedding", "ControlNetModel",
+    "ControlNetOutput", "CrossAttnDownBlock2D", "CrossAttnUpBlock2D", "Decoder", "DecoderOutput",
     "DiTTransformer2DModel", "DiagonalGaussianDistribution", "DoubleConv", "Down", "DownBlock2D",
     "DownEncoderBlock2D", "Downsample2D", "Encoder", "EncoderUNetModel", "FeedForward", "GEGLU", "GELU",
     "LabelEmbedding", "ModelMixin", "OutConv", "PatchEmbed", "ResnetBlock2D", "TimestepEmbedding", "Timesteps",

@@ -55,9 +55,10 @@ class StableDiffusionPipelineOutput:
 
 def _component_classes() -> dict:
     from .. import schedulers
-    from ..models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, UNet2DConditionModel
+    from ..models import AutoencoderKL, CLIPTextModel, CLIPTokenizer, ControlNetModel, UNet2DConditionModel
 
-    classes = {c.__name__: c for c in (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer)}
+    classes = {c.__name__: c for c in (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer,
+                                       ControlNetModel)}
     classes.update({name: getattr(schedulers, name) for name in dir(schedulers)
                     if name.endswith("Scheduler") and inspect.isclass(getattr(schedulers, name))})
     return classes
@@ -129,6 +130,10 @@ class StableDiffusionPipeline:
             raise ValueError(f"latents must have shape {shape}, got {latents.shape}")
         return (latents * np.float32(self.scheduler.init_noise_sigma)).astype(np.float32)
 
+    def _unet_output(self, zz: np.ndarray, t_batch: np.ndarray, text: np.ndarray) -> np.ndarray:
+        """One U-Net forward on the (guidance-doubled) batch; the ControlNet pipeline adds residuals here."""
+        return np.asarray(self.unet(Tensor(zz), t_batch, Tensor(text)).data)
+
     def __call__(self, prompt=None, height: int | None = None, width: int | None = None,
                  num_inference_steps: int = 50, guidance_scale: float = 7.5, negative_prompt=None,
                  num_images_per_prompt: int = 1, eta: float = 0.0, generator=None, latents=None,
@@ -148,7 +153,7 @@ class StableDiffusionPipeline:
         def predict(z_in, t):
             zz = np.concatenate([z_in, z_in]) if cfg_on else z_in  # (2B or B, c, h, w)
             t_batch = np.full((zz.shape[0],), t)
-            out = np.asarray(self.unet(Tensor(zz), t_batch, Tensor(text)).data)
+            out = self._unet_output(zz, t_batch, text)
             if not cfg_on:
                 return out
             out_uncond, out_text = np.split(out, 2)

@@ -48,3 +48,39 @@ def tiny_pipeline():
 
 def initial_latents(seed=4):
     return np.random.default_rng(seed).standard_normal((2, 4, 8, 8)).astype(np.float32)
+
+
+def tiny_controlnet_pipeline(randomise: bool = True):
+    """The tiny stack plus a ControlNet from its U-Net (1-channel masks at 16×16 pixels: the
+    conditioning embedding downsamples by 2 to the 8×8 latents); ``randomise`` perturbs every
+    ControlNet weight, zero convs included, so that it steers."""
+    from npdiff.models import ControlNetModel
+    from npdiff.pipelines import StableDiffusionControlNetPipeline
+
+    base = tiny_pipeline()
+    nd.manual_seed(5)
+    controlnet = ControlNetModel.from_unet(base.unet, conditioning_embedding_out_channels=(4, 8),
+                                           conditioning_channels=1)
+    if randomise:
+        _perturb(controlnet, 6, scale=0.1)
+    return StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                             unet=base.unet, controlnet=controlnet.eval(), scheduler=base.scheduler)
+
+
+def control_masks(n=2, seed=8):
+    """(n, 1, 16, 16) binary condition images: a filled square at a random place."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, 1, 16, 16), np.float32)
+    for i in range(n):
+        r, c = rng.integers(0, 8, size=2)
+        masks[i, 0, r:r + 8, c:c + 8] = 1.0
+    return masks
+
+
+def tiny_pipeline_32():
+    """The tiny stack at the ``shapes`` size: 32×32 images, 16×16 latents (the U-Net is the same)."""
+    pipe = tiny_pipeline()
+    nd.manual_seed(0)
+    unet = _perturb(UNet2DConditionModel(**{**UNET, "sample_size": 16}), 3)
+    return StableDiffusionPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                   unet=unet, scheduler=pipe.scheduler)

@@ -1,0 +1,370 @@
+"""ControlNet and LoRA training on a locked text-to-image model (the shared ``BaseTrainer`` loop).
+
+Both teach a trained ``StableDiffusionPipeline`` (the *base*: VAE, CLIP text encoder,
+latent U-Net, scheduler) something new without changing one of its weights.
+
+ControlNet (Zhang et al. 2023): a trainable copy of the U-Net's encoder reads a condition
+image (the target's mask, outline or Sobel edge map, ``npdiff.conditions``) and adds
+residuals to the locked U-Net's skips. One step:
+
+    1. x₀, i ← next batch; caption_i, cond_i                 (seeded, resumable DataLoader over indices)
+    2. z₀ = s · mode q(z | x₀)                                (locked VAE; s = scaling_factor; computed
+                                                               once for the whole set, as is the locked
+                                                               text encoder's output)
+    3. t ~ U{0…T−1}, ε ~ N(0, I); caption ← "" with prob. p   (the trainer's generator)
+    4. z_t = √ᾱ_t z₀ + √(1−ᾱ_t) ε;  e = text_encoder(caption) (locked)
+    5. r = controlnet(z_t, t, e, cond);  ŷ = unet(z_t, t, e, + r)   (U-Net locked: gradients flow
+       through its activations to r, never into its weights)
+    6. L = ‖ŷ − target‖² / D, target ε or v as the base scheduler's prediction_type
+    7. NaN stop, backward, clip, AdamW on the ControlNet's parameters only, EMA
+
+LoRA (Hu et al. 2021): rank-r adapters on the U-Net's attention projections (to_q, to_k,
+to_v, to_out.0) and, by default, the text encoder's (q_proj, k_proj, v_proj, out_proj),
+trained on a few hundred images of a concept the base never saw (``make_concept_shapes``:
+a new colour word). Steps 1-7 with no ControlNet, and the text encoder on the tape; only
+the adapters' A and B get gradients and optimiser state.
+
+The base is locked three ways: its parameters have ``requires_grad = False`` (no gradient
+is even computed for them), the optimiser holds only the adapter's parameters, and the
+checkpoint holds only those (a test checks every base parameter bit for bit after training).
+
+A run folder holds ``config.json`` ({"adapter": AdapterConfig}), ``checkpoint.safetensors``
+(adapter weights, EMA, optimiser, RNG states), ``log.jsonl``, ``loss.png``, ``samples/`` and
+the EMA result: ``controlnet/`` (a diffusers ControlNetModel folder) or
+``pytorch_lora_weights.safetensors`` (a diffusers LoRA file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend, nn
+from .. import io as nd_io
+from ..autograd import Tensor, no_grad
+from ..conditions import CONTROL_KINDS, control_condition, make_concept_shapes
+from ..data import DataLoader, make_shapes
+from ..diffusion import NoiseSchedule, diffusion_loss
+from ..optim import EMA, AdamW, cosine_with_warmup
+from ..pipelines.latents import encode_images
+from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore_ema, rng_state, save_checkpoint,
+                         set_rng_state)
+from .trainer import BaseTrainer
+
+ADAPTER_KINDS = ("controlnet", "lora")
+CONTROLNET_FOLDER = "controlnet"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
+@dataclass
+class AdapterConfig:
+    """A ControlNet or LoRA run on a locked base pipeline.
+
+      kind               "controlnet" or "lora".
+      base               the base: a pipeline folder (``model_index.json``), or a run / stack
+                         folder holding one in ``pipeline/`` or ``unet/pipeline/``.
+    ControlNet
+      control            the condition: "mask", "outline" or "edge" (``npdiff.conditions``).
+      train_examples     shapes training images used.
+      conditioning_embedding_out_channels   None: 16 · 2^i per VAE level (the embedding
+                         downsamples by the VAE's factor).
+    LoRA
+      concept, replaces  the new colour word and the colour whose objects it repaints.
+      examples           concept images (a few hundred).
+      rank, alpha        adapter rank r and α (None: α = r).
+      text_encoder       also adapt the text encoder (the new word must get a meaning).
+    Both
+      caption_dropout    probability of training on the empty caption (keeps guidance working).
+      steps, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, ema_decay,
+      log_every, sample_every, checkpoint_every, sample_steps, guidance_scale, seed: as TrainConfig.
+    """
+
+    kind: str = "controlnet"
+    base: str = ""
+    control: str = "mask"
+    train_examples: int = 2000
+    conditioning_embedding_out_channels: tuple | None = None
+    concept: str = "pink"
+    replaces: str = "red"
+    examples: int = 300
+    rank: int = 8
+    alpha: float | None = None
+    text_encoder: bool = True
+    caption_dropout: float = 0.1
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99
+    log_every: int = 25
+    sample_every: int = 200
+    checkpoint_every: int = 200
+    sample_steps: int = 20
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.conditioning_embedding_out_channels is not None:
+            self.conditioning_embedding_out_channels = tuple(int(c) for c in self.conditioning_embedding_out_channels)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.kind not in ADAPTER_KINDS:
+            raise ValueError(f"kind must be one of {ADAPTER_KINDS}, got {self.kind!r}")
+        if self.control not in CONTROL_KINDS:
+            raise ValueError(f"control must be one of {CONTROL_KINDS}, got {self.control!r}")
+        for key in ("train_examples", "examples", "rank", "steps", "batch_size", "log_every", "sample_every",
+                    "checkpoint_every", "sample_steps"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
+        if not self.lr > 0 or not 0.0 <= self.ema_decay <= 1.0:
+            raise ValueError(f"need lr > 0 and ema_decay in [0, 1], got lr={self.lr!r}, ema_decay={self.ema_decay!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdapterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config keys {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def load_base_pipeline(path: str):
+    """The base ``StableDiffusionPipeline`` from a pipeline folder, a latent-diffusion run folder
+    (``pipeline/``) or a text-to-image stack folder (``unet/pipeline/``)."""
+    from ..pipelines import StableDiffusionPipeline
+
+    path = os.fspath(path)
+    for folder in (path, os.path.join(path, "pipeline"), os.path.join(path, "unet", "pipeline")):
+        if os.path.isfile(os.path.join(folder, "model_index.json")):
+            return StableDiffusionPipeline.from_pretrained(folder)
+    raise ValueError(f"{path!r} holds no pipeline folder (model_index.json in it, in pipeline/ or in "
+                     "unet/pipeline/): train a text-to-image model first (npdiff train --data shapes)")
+
+
+class AdapterParameters(nn.Module):
+    """The LoRA adapters of several models as one module, keyed as the LoRA file keys them
+    (``unet.<path>.lora_A.weight``): what the optimiser, EMA and checkpoint see."""
+
+    def __init__(self, **models):
+        super().__init__()
+        from ..models.lora import lora_layers
+
+        for prefix, model in models.items():
+            for path, layer in lora_layers(model).items():
+                self._modules[f"{prefix}.{path}.lora_A"] = layer.lora_A
+                self._modules[f"{prefix}.{path}.lora_B"] = layer.lora_B
+
+
+class AdapterTrainer(BaseTrainer):
+    """Trains a ControlNet or LoRA adapters on a locked base (see the module docstring).
+
+    ``AdapterTrainer(config, run_dir, pipeline=None)``: ``pipeline`` is the base (default:
+    loaded from ``config.base``). ``AdapterTrainer.resume(run_dir)`` continues a run exactly."""
+
+    model_folder = CONTROLNET_FOLDER
+
+    def __init__(self, config: AdapterConfig, run_dir: str, *, pipeline=None, progress: bool = True,
+                 _resuming: bool = False):
+        self.config, self.run_dir, self.progress = config, os.fspath(run_dir), progress
+        if not _resuming and os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME)):
+            raise ValueError(f"{self.run_dir!r} already holds a training run; resume it or choose another folder")
+        self.pipe = load_base_pipeline(config.base) if pipeline is None else pipeline
+        pipe = self.pipe
+        # 1. lock the base
+        for model in (pipe.vae, pipe.text_encoder, pipe.unet):
+            model.eval()
+            model.requires_grad_(False)
+        # the forward process the base was trained with: its scheduler's own betas (any schedule, rescaling)
+        self.schedule = NoiseSchedule(trained_betas=np.asarray(pipe.scheduler.betas, dtype=np.float64))
+        self.prediction_type = pipe.scheduler.config.get("prediction_type", "epsilon")
+        # 2. data: images, captions (as token ids), conditions
+        if config.kind == "controlnet":
+            data = make_shapes(config.train_examples, "train", config.seed)
+            self.conditions = control_condition(config.control, data)
+        else:
+            data = make_concept_shapes(config.examples, "train", config.seed, config.concept, config.replaces)
+            self.conditions = None
+        self.data = data
+        self.ids = self._tokens(list(data.captions))
+        self.empty_ids = self._tokens([""])[0]
+        # the locked VAE's latents (posterior mode, deterministic) once, not every step; the same for
+        # the text when the text encoder is locked
+        self.latents = np.concatenate([encode_images(pipe.vae, data.images[i:i + 256])
+                                       for i in range(0, len(data), 256)])  # (N, c, h, w)
+        self.text = None
+        if not (config.kind == "lora" and config.text_encoder):
+            self.text = np.concatenate([self._embed(self.ids[i:i + 256]) for i in range(0, len(data), 256)])
+            self.empty_text = self._embed(self.empty_ids[None])[0]  # (Lk, D)
+        # 3. the adapter
+        backend.manual_seed(config.seed)
+        if config.kind == "controlnet":
+            from ..models import ControlNetModel
+
+            levels = len(pipe.vae.config.block_out_channels)
+            channels = config.conditioning_embedding_out_channels or tuple(16 * 2 ** i for i in range(levels))
+            self.controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=channels,
+                                                        conditioning_channels=1)
+            self.model = self.controlnet
+        else:
+            from ..models.lora import TEXT_ENCODER_TARGETS, add_lora
+
+            add_lora(pipe.unet, config.rank, config.alpha)
+            adapted = {"unet": pipe.unet}
+            if config.text_encoder:
+                add_lora(pipe.text_encoder, config.rank, config.alpha, target_modules=TEXT_ENCODER_TARGETS)
+                adapted["text_encoder"] = pipe.text_encoder
+            self.model = AdapterParameters(**adapted)
+        self.model.train()
+        params = list(self.model.parameters())
+        self.optimizer = AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.lr_schedule = cosine_with_warmup(self.optimizer, config.warmup_steps, config.steps,
+                                              min_lr=config.min_lr_ratio * config.lr)
+        self.ema = EMA(params, decay=config.ema_decay, warmup=True)
+        self.loader = DataLoader(data.images, np.arange(len(data)), min(config.batch_size, len(data)),
+                                 shuffle=True, drop_last=True, seed=config.seed)
+        self.rng = np.random.default_rng([config.seed, 1])
+        self.step = 0
+        self._stop_requested = False
+
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        with no_grad():
+            return np.asarray(self.pipe.text_encoder(ids).last_hidden_state.data)
+
+    def _tokens(self, texts: list[str]) -> np.ndarray:
+        tok = self.pipe.tokenizer
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="np")["input_ids"]
+
+    # -- run folder ----------------------------------------------------------------------
+    def write_config(self) -> None:
+        nd_io.save_json(self.path(CONFIG_NAME), {"adapter": self.config.to_dict()})
+
+    def save(self) -> None:
+        meta = {"step": self.step, "lr_schedule": self.lr_schedule.state_dict(), "trainer_rng": rng_state(self.rng),
+                "loader": self.loader.state_dict(), "global_rng": backend.get_rng_state()}
+        save_checkpoint(self.path(CHECKPOINT_NAME), model=self.model, ema=self.ema, optimizer=self.optimizer, meta=meta)
+        self.export_ema_model(self.run_dir)
+        self.plot_loss()
+
+    def export_ema_model(self, folder: str) -> None:
+        """The EMA adapter: ``controlnet/`` (diffusers folder) or ``pytorch_lora_weights.safetensors``."""
+        from ..models.lora import save_lora_weights
+
+        with self.ema_weights():
+            if self.config.kind == "controlnet":
+                self.controlnet.save_pretrained(os.path.join(folder, CONTROLNET_FOLDER))
+            else:
+                save_lora_weights(os.path.join(folder, LORA_FILE), unet=self.pipe.unet,
+                                  text_encoder=self.pipe.text_encoder if self.config.text_encoder else None)
+
+    def ema_weights(self):
+        """Context manager: the adapter holds its EMA weights inside, its live weights after."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def swap():
+            self.ema.store()
+            self.ema.copy_to()
+            try:
+                yield
+            finally:
+                self.ema.restore()
+
+        return swap()
+
+    def loss_title(self) -> str:
+        return f"{self.config.kind} training loss ({self.prediction_type})"
+
+    @classmethod
+    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True,
+               pipeline=None) -> "AdapterTrainer":
+        """Rebuild the trainer from ``run_dir`` and its checkpoint, exactly where it stopped."""
+        run_dir = os.fspath(run_dir)
+        path = os.path.join(run_dir, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{run_dir!r} is not an adapter run folder: {CONFIG_NAME} is missing")
+        raw = nd_io.load_json(path)
+        if "adapter" not in raw:
+            raise ValueError(f"{path}: not a ControlNet / LoRA run (no 'adapter' section)")
+        config = AdapterConfig.from_dict(raw["adapter"])
+        if steps is not None:
+            config = dataclasses.replace(config, steps=int(steps))
+        trainer = cls(config, run_dir, pipeline=pipeline, progress=progress, _resuming=True)
+        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
+        trainer.model.load_state_dict(state.model)
+        restore_ema(trainer.model, trainer.ema, state.ema, state.meta["ema_hyper"])
+        trainer.optimizer.load_state_dict(state.optimizer)
+        trainer.lr_schedule.load_state_dict(state.meta["lr_schedule"])
+        set_rng_state(trainer.rng, state.meta["trainer_rng"])
+        trainer.loader.load_state_dict(state.meta["loader"])
+        backend.set_rng_state(state.meta["global_rng"])
+        trainer.step = state.step
+        trainer._truncate_log()
+        return trainer
+
+    # -- one step -----------------------------------------------------------------------------
+    def train_step(self, x0: np.ndarray, index: np.ndarray) -> dict:
+        """Steps 2-7 of the module docstring on one batch (``index``: the items' dataset indices)."""
+        cfg, pipe, b = self.config, self.pipe, len(index)
+        # 2. latents of the locked VAE (computed once in __init__: z₀ = s · mode q(z | x₀))
+        z0 = self.latents[index]  # (b, c, h, w)
+        # 3. timesteps, noise, caption dropout
+        t = self.rng.integers(0, self.schedule.num_train_timesteps, size=b)
+        noise = self.rng.standard_normal(z0.shape, dtype=np.float32)
+        drop = self.rng.random(b) < cfg.caption_dropout
+        # 4. forward process and text
+        z_t = Tensor(self.schedule.q_sample(z0, t, noise).astype(np.float32))
+        if self.text is None:  # LoRA on the text encoder: on the tape, its adapters train
+            ids = np.where(drop[:, None], self.empty_ids[None], self.ids[index])  # (b, Lk)
+            text = pipe.text_encoder(ids).last_hidden_state
+        else:  # locked text encoder: its precomputed output
+            text = Tensor(np.where(drop[:, None, None], self.empty_text[None], self.text[index]))  # (b, Lk, D)
+        # 5. prediction through the locked U-Net
+        if cfg.kind == "controlnet":
+            down, mid = self.controlnet(z_t, t, text, self.conditions[index])
+            out = pipe.unet(z_t, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+        else:
+            out = pipe.unet(z_t, t, text)
+        # 6.-7. loss, NaN stop, backward, clip, AdamW on the adapter only, EMA
+        loss = diffusion_loss(self.schedule, out, z0, noise, t, self.prediction_type).mean()
+        return self._optimise(loss)
+
+    # -- pictures -------------------------------------------------------------------------------
+    def sample_grid(self, n: int = 8) -> str:
+        """EMA samples for held-out prompts: ControlNet rows condition | sample; LoRA concept prompts."""
+        cfg = self.config
+        path = self.path(os.path.join("samples", f"step_{self.step:06d}.png"))
+        gen = np.random.default_rng([cfg.seed, 2])
+        with self.ema_weights():
+            if cfg.kind == "controlnet":
+                from ..pipelines import StableDiffusionControlNetPipeline
+
+                test = make_shapes(n, "test", cfg.seed)
+                cond = control_condition(cfg.control, test)
+                pipe = StableDiffusionControlNetPipeline(self.pipe.vae, self.pipe.text_encoder, self.pipe.tokenizer,
+                                                         self.pipe.unet, self.controlnet, self.pipe.scheduler)
+                self.controlnet.eval()
+                images = pipe(test.captions, image=cond, num_inference_steps=cfg.sample_steps,
+                              guidance_scale=cfg.guidance_scale, generator=gen, output_type="np").images
+                self.controlnet.train()
+                shown = np.concatenate([np.repeat(cond * 2.0 - 1.0, 3, axis=1),
+                                        images.transpose(0, 3, 1, 2) * 2.0 - 1.0])  # row 1: conditions, row 2: samples
+            else:
+                test = make_concept_shapes(n, "test", cfg.seed, cfg.concept, cfg.replaces)
+                images = self.pipe(test.captions, num_inference_steps=cfg.sample_steps,
+                                   guidance_scale=cfg.guidance_scale, generator=gen, output_type="np").images
+                shown = np.concatenate([test.images, images.transpose(0, 3, 1, 2) * 2.0 - 1.0])  # real | drawn
+        nd_io.save_image_grid(path, shown, nrow=n, scale=2)
+        return path

@@ -1,0 +1,123 @@
+"""ControlNet and LoRA training on a locked base: every base parameter bit for bit unchanged,
+optimiser state only for the adapter, exported results that load, exact resume.
+
+The base is the tiny Stable Diffusion stack at the shapes size (32×32 images, 16×16 latents);
+a few steps on a handful of shapes images."""
+
+import numpy as np
+import pytest
+
+from npdiff.models import ControlNetModel
+from npdiff.models.lora import load_lora_weights, lora_layers
+from npdiff.training.adapters import AdapterConfig, AdapterTrainer
+from tests.pipelines.sd_stack import tiny_pipeline_32
+
+SMALL = dict(train_examples=12, examples=12, batch_size=4, steps=3, log_every=1, sample_every=1000,
+             checkpoint_every=1000, sample_steps=2, warmup_steps=1, lr=1e-2, conditioning_embedding_out_channels=(4, 8))
+
+
+def _base_state(pipe):
+    return {f"{name}.{k}": v.copy() for name in ("vae", "text_encoder", "unet")
+            for k, v in getattr(pipe, name).state_dict().items() if ".lora_" not in k}
+
+
+def _train(kind, tmp_path, **changes):
+    pipe = tiny_pipeline_32()
+    before = _base_state(pipe)
+    trainer = AdapterTrainer(AdapterConfig(kind=kind, **{**SMALL, **changes}), tmp_path / kind, pipeline=pipe,
+                             progress=False)
+    trainer.train()
+    return pipe, before, trainer
+
+
+def _assert_base_locked(pipe, before, trainer):
+    after = _base_state(pipe)
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)
+    adapter = {id(p) for p in trainer.model.parameters()}
+    assert {id(p) for p in trainer.optimizer.params} == adapter
+    for name in ("vae", "text_encoder", "unet"):
+        for k, p in getattr(pipe, name).named_parameters():
+            if ".lora_" not in k:
+                assert id(p) not in adapter and p.grad is None, f"{name}.{k} got a gradient"
+    state = trainer.optimizer.state_dict()["state"]
+    n_adapter = len(list(trainer.model.parameters()))
+    assert {int(key.split(".")[0]) for key in state} == set(range(n_adapter))  # optimiser state: adapter only
+
+
+def test_controlnet_training_locks_the_base(tmp_path):
+    pipe, before, trainer = _train("controlnet", tmp_path)
+    _assert_base_locked(pipe, before, trainer)
+    cn = trainer.controlnet
+    assert np.abs(cn.controlnet_mid_block.weight.numpy()).max() > 0  # the zero convs moved
+    saved = ControlNetModel.from_pretrained(tmp_path / "controlnet" / "controlnet")  # run folder / EMA export
+    assert saved.config.conditioning_channels == 1
+    assert (tmp_path / "controlnet" / "samples" / "step_000003.png").is_file()
+
+
+def test_lora_training_locks_the_base_and_trains_the_text_encoder(tmp_path):
+    pipe, before, trainer = _train("lora", tmp_path, rank=2)
+    _assert_base_locked(pipe, before, trainer)
+    for model in (pipe.unet, pipe.text_encoder):
+        layers = lora_layers(model)
+        assert layers and max(np.abs(m.lora_B.weight.numpy()).max() for m in layers.values()) > 0
+    fresh = tiny_pipeline_32()
+    loaded = load_lora_weights(tmp_path / "lora" / "pytorch_lora_weights.safetensors", unet=fresh.unet,
+                               text_encoder=fresh.text_encoder)
+    assert loaded["unet"]["r"] == 2 and loaded["text_encoder"]["r"] == 2
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "lora"])
+def test_resume_is_exact(kind, tmp_path):
+    _, _, straight = _train(kind, tmp_path / "a", steps=4)
+    half = AdapterTrainer(AdapterConfig(kind=kind, **{**SMALL, "steps": 4}), tmp_path / "b",
+                          pipeline=tiny_pipeline_32(), progress=False)
+    half.train(stop_after=2)
+    resumed = AdapterTrainer.resume(tmp_path / "b", pipeline=tiny_pipeline_32(), progress=False)
+    assert resumed.step == 2
+    resumed.train()
+    for (k, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=k)
+
+
+def test_bad_config_is_named():
+    with pytest.raises(ValueError, match="kind"):
+        AdapterConfig(kind="dreambooth")
+    with pytest.raises(ValueError, match="control"):
+        AdapterConfig(control="depth")
+    with pytest.raises(ValueError, match="unknown adapter config keys \\['rnak'\\]"):
+        AdapterConfig.from_dict({"rnak": 4})
+
+
+@pytest.mark.parametrize("kind", ["controlnet", "lora"])
+def test_training_lowers_the_loss_on_its_data(kind, tmp_path):
+    """A learning check of the whole path (data, conditions, locked base, adapter, AdamW): 25 steps on 8
+    images lower the denoising loss on those images at fixed timesteps and noise by a clear margin (the
+    base is random: nothing here says the adapters learn the task, only that the whole path trains)."""
+    import npdiff.nn.functional as F
+    from npdiff.autograd import Tensor, no_grad
+
+    pipe = tiny_pipeline_32()
+    cfg = AdapterConfig(kind=kind, **{**SMALL, "train_examples": 8, "examples": 8, "batch_size": 8, "steps": 25,
+                                      "lr": 1e-2, "caption_dropout": 0.0, "ema_decay": 0.0, "rank": 4})
+    trainer = AdapterTrainer(cfg, tmp_path / kind, pipeline=pipe, progress=False)
+    rng = np.random.default_rng(7)
+    t = rng.integers(100, 900, 8)
+    noise = rng.standard_normal(trainer.latents.shape).astype(np.float32)
+    z_t = Tensor(trainer.schedule.q_sample(trainer.latents, t, noise).astype(np.float32))
+
+    def loss():
+        with no_grad():
+            text = trainer.pipe.text_encoder(trainer.ids).last_hidden_state
+            if kind == "controlnet":
+                down, mid = trainer.controlnet(z_t, t, text, trainer.conditions)
+                out = pipe.unet(z_t, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
+            else:
+                out = pipe.unet(z_t, t, text)
+            return float(F.mse_loss(out, noise).item())  # the tiny base predicts ε
+
+    before = loss()
+    trainer.train()
+    # measured here: ControlNet 0.48, LoRA (attention only, the text encoder's too) 0.82 of the loss before
+    assert loss() < {"controlnet": 0.7, "lora": 0.9}[kind] * before
