@@ -31,7 +31,10 @@ from numba import cuda
 from ...backend import get_array_module
 
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
-TILE = int(os.environ.get("NPDIFF_CUDA_TILE", 16))  # GEMM tiles: TILE×TILE threads per block, TILE×TILE values per shared tile
+# GEMM tiles: TILE×TILE threads per block, TILE×TILE values per shared tile. The simulator
+# uses 8×8 tiles: fewer idle (Python) threads on the tests' tiny shapes, and the walk over
+# several reduction steps is exercised on more of them (``NPDIFF_CUDA_TILE`` overrides).
+TILE = int(os.environ.get("NPDIFF_CUDA_TILE", 8 if SIMULATOR else 16))
 BLOCK = 256  # threads of a 1-D block (elementwise maps, block reductions)
 # Under the simulator each thread is a Python thread (~0.1–0.5 ms each): reductions over
 # tiny sets launch as few threads as the set needs. On a GPU a block is at least a warp.
@@ -44,6 +47,12 @@ def threads_for(n):
     while t < min(n, BLOCK):
         t *= 2
     return t
+
+
+def launch(kern, n, *args):
+    """Run a one-thread-per-item kernel over n items (``cuda.grid(1)`` < n does the work)."""
+    t = threads_for(n)
+    kern[blocks(n, t), t](*args)
 
 
 def blocks(n, per):

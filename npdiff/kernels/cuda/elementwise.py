@@ -23,7 +23,7 @@ import numba
 from numba import cuda
 
 from .. import elementwise as _cpu
-from .common import BLOCK, block_sum, blocks, kernel, xp_of
+from .common import BLOCK, block_sum, blocks, kernel, launch, threads_for, xp_of
 
 # -- scalar pairs (device functions) ------------------------------------------------------
 
@@ -127,12 +127,12 @@ GRADS = {name: _zip(name, df) for name, (_, df) in PAIRS.items()}
 def _columns(name):
     def forward(x):
         out = xp_of(x).empty_like(x)
-        MAPS[name][blocks(x.size, BLOCK), BLOCK](x.reshape(-1), out.reshape(-1))
+        launch(MAPS[name], x.size, x.reshape(-1), out.reshape(-1))
         return out
 
     def backward(g, x):
         out = xp_of(x).empty_like(x)
-        GRADS[name][blocks(x.size, BLOCK), BLOCK](g.reshape(-1), x.reshape(-1), out.reshape(-1))
+        launch(GRADS[name], x.size, g.reshape(-1), x.reshape(-1), out.reshape(-1))
         return out
 
     forward.__name__, backward.__name__ = f"{name}_forward_cuda", f"{name}_backward_cuda"
@@ -192,7 +192,7 @@ def softmax_forward_cuda(x, dim, log=False):
     rows, shape = _rows(x, dim)
     out = xp.empty_like(rows)
     if rows.size:
-        softmax_rows[blocks(rows.shape[0], BLOCK), BLOCK](rows, bool(log), out)
+        launch(softmax_rows, rows.shape[0], rows, bool(log), out)
     return xp.moveaxis(out.reshape(shape), -1, dim)
 
 
@@ -203,7 +203,7 @@ def softmax_backward_cuda(g, y, dim, log=False):
     yr, _ = _rows(y, dim)
     out = xp.empty_like(yr)
     if yr.size:
-        softmax_grad_rows[blocks(yr.shape[0], BLOCK), BLOCK](gr, yr, bool(log), out)
+        launch(softmax_grad_rows, yr.shape[0], gr, yr, bool(log), out)
     return xp.moveaxis(out.reshape(shape), -1, dim)
 
 
@@ -233,10 +233,11 @@ def block_totals(a, totals):
 def _sum(a):
     """Σ a (flat) as a float64 array of one element, on a's device: block totals, then their total."""
     xp = xp_of(a)
-    nb = min(blocks(a.size, BLOCK), BLOCK)
+    t = threads_for(a.size)
+    nb = min(blocks(a.size, t), BLOCK)
     totals, total = xp.empty(nb), xp.empty(1)
-    block_totals[nb, BLOCK](a, totals)
-    block_totals[1, BLOCK](totals, total)
+    block_totals[nb, t](a, totals)
+    block_totals[1, threads_for(nb)](totals, total)
     return total
 
 
@@ -259,7 +260,7 @@ def mse_loss_forward_cuda(x, t, reduction="mean"):
     """cuda column of mse_loss_forward."""
     xp = xp_of(x)
     err = xp.empty_like(x)
-    squared_error[blocks(x.size, BLOCK), BLOCK](x.reshape(-1), t.reshape(-1), err.reshape(-1))
+    launch(squared_error, x.size, x.reshape(-1), t.reshape(-1), err.reshape(-1))
     if reduction == "none":
         return err
     total = _sum(err.reshape(-1))  # (1,) float64
@@ -270,7 +271,7 @@ def mse_loss_backward_cuda(g, x, t, reduction="mean"):
     """cuda column of mse_loss_backward: (gx, −gx)."""
     k = 2.0 / x.size if reduction == "mean" else 2.0
     gx = xp_of(x).empty_like(x)
-    scale_diff[blocks(x.size, BLOCK), BLOCK](x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k),
+    launch(scale_diff, x.size, x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k),
                                              gx.reshape(-1))
     return gx, -gx
 
@@ -279,6 +280,6 @@ def dropout_forward_cuda(x, mask, p):
     """cuda column of dropout_forward: x·mask/(1 − p) (zeros for p = 1)."""
     out = xp_of(x).empty_like(x)
     scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    masked_scale[blocks(x.size, BLOCK), BLOCK](x.reshape(-1), mask.reshape(-1), x.dtype.type(scale), out.reshape(-1))
+    launch(masked_scale, x.size, x.reshape(-1), mask.reshape(-1), x.dtype.type(scale), out.reshape(-1))
     return out
 

@@ -24,7 +24,7 @@ import os
 
 from numba import cuda
 
-from .common import TILE, blocks, kernel, numba_type, sum_channels, xp_of
+from .common import TILE, blocks, kernel, launch, numba_type, sum_channels, xp_of
 
 OURS_ON_GPU = os.environ.get("NPDIFF_CUDA_GEMM", "cublas") == "numba"
 
@@ -91,7 +91,7 @@ def linear_forward_cuda(x, w, b=None):
     lead = x.shape[:-1]
     y = matmul(x.reshape(-1, x.shape[-1]), w, tb=True)  # (M, N)
     if b is not None:
-        add_bias[blocks(y.size, 256), 256](y, b)
+        launch(add_bias, y.size, y, b)
     return y.reshape(lead + (w.shape[0],))
 
 

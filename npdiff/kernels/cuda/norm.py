@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 
 from ..checks import normalized_shape as _normalized_shape
-from .common import BLOCK, blocks, block_sum, kernel, threads_for, xp_of
+from .common import BLOCK, block_sum, kernel, launch, threads_for, xp_of
 
 
 @kernel("A2 f D1 D1")
@@ -154,7 +154,7 @@ def _apply(x3, mean, rstd, weight, bias, sA, cdiv):
     xp = xp_of(x3)
     C = x3.shape[1]
     out = xp.empty_like(x3)
-    normalize[blocks(x3.size, BLOCK), BLOCK](x3, mean, rstd, _f64(xp, weight, C, 1.0), _f64(xp, bias, C, 0.0), sA,
+    launch(normalize, x3.size, x3, mean, rstd, _f64(xp, weight, C, 1.0), _f64(xp, bias, C, 0.0), sA,
                                              cdiv, out)
     return out
 
@@ -184,7 +184,7 @@ def _backward(g3, x3, g2, x2, mean, rstd, weight, sA, cdiv, G, S, training):
         M = x3.shape[0] * x3.shape[2]
         s1, s2 = w * sg, w * sgx / rstd
     dx = xp.empty_like(x3)
-    grad_input[blocks(x3.size, BLOCK), BLOCK](g3, x3, mean, rstd, w, s1, s2, float(M), sA, cdiv, bool(training), dx)
+    launch(grad_input, x3.size, g3, x3, mean, rstd, w, s1, s2, float(M), sA, cdiv, bool(training), dx)
     return dx, sgx, sg
 
 

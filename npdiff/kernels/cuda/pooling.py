@@ -24,7 +24,7 @@ from numba import cuda
 
 from .. import pooling as _cpu
 from ..checks import pool_output_size
-from .common import BLOCK, blocks, kernel, xp_of
+from .common import kernel, launch, xp_of
 
 
 def _planes(x):
@@ -147,17 +147,13 @@ def bilinear_backward(g3, h0, h1, lh0, lh1, w0, w1, lw0, lw1, dx):
         cuda.atomic.add(dx, (r, h1[i], w1[j]), lh1[i] * lw1[j] * gv)
 
 
-def _launch(k, n, *args):
-    k[blocks(n, BLOCK), BLOCK](*args)
-
-
 def max_pool2d_forward_cuda(x, kernel_size, stride, padding):
     """cuda column of max_pool2d_forward."""
     xp = xp_of(x)
     N, C, H, W = x.shape
     Ho, Wo = pool_output_size(H, W, kernel_size, stride, padding)
     out, arg = xp.empty((N * C, Ho, Wo), x.dtype), xp.empty((N * C, Ho, Wo), np.int64)
-    _launch(max_pool_forward, out.size, _planes(x), *kernel_size, *stride, *padding, out, arg)
+    launch(max_pool_forward, out.size, _planes(x), *kernel_size, *stride, *padding, out, arg)
     return out.reshape(N, C, Ho, Wo), arg.reshape(N, C, Ho, Wo)
 
 
@@ -165,7 +161,7 @@ def max_pool2d_backward_cuda(g, argmax, x_shape):
     """cuda column of max_pool2d_backward (atomic scatter to the argmax)."""
     N, C, H, W = x_shape
     dx = xp_of(g).zeros((N * C, H * W), g.dtype)
-    _launch(max_pool_backward, g.size, _planes(g), _planes(argmax), dx)
+    launch(max_pool_backward, g.size, _planes(g), _planes(argmax), dx)
     return dx.reshape(x_shape)
 
 
@@ -174,7 +170,7 @@ def avg_pool2d_forward_cuda(x, kernel_size, stride, padding, count_include_pad=T
     N, C, H, W = x.shape
     Ho, Wo = pool_output_size(H, W, kernel_size, stride, padding)
     out = xp_of(x).empty((N * C, Ho, Wo), x.dtype)
-    _launch(avg_pool_forward, out.size, _planes(x), *kernel_size, *stride, *padding, bool(count_include_pad), out)
+    launch(avg_pool_forward, out.size, _planes(x), *kernel_size, *stride, *padding, bool(count_include_pad), out)
     return out.reshape(N, C, Ho, Wo)
 
 
@@ -182,7 +178,7 @@ def avg_pool2d_backward_cuda(g, x_shape, kernel_size, stride, padding, count_inc
     """cuda column of avg_pool2d_backward (a gather: no atomics)."""
     N, C, H, W = x_shape
     dx = xp_of(g).empty((N * C, H, W), g.dtype)
-    _launch(avg_pool_backward, dx.size, _planes(g), *kernel_size, *stride, *padding, bool(count_include_pad), dx)
+    launch(avg_pool_backward, dx.size, _planes(g), *kernel_size, *stride, *padding, bool(count_include_pad), dx)
     return dx.reshape(x_shape)
 
 
@@ -200,7 +196,7 @@ def interpolate_forward_cuda(x, size, mode="nearest", align_corners=False, scale
     N, C, H, W = x.shape
     out = xp.empty((N * C,) + tuple(size), x.dtype)
     src = _sources(xp, mode, (H, W), size, align_corners, scale_factor, x.dtype)
-    _launch(nearest_forward if mode == "nearest" else bilinear_forward, out.size, _planes(x), *src, out)
+    launch(nearest_forward if mode == "nearest" else bilinear_forward, out.size, _planes(x), *src, out)
     return out.reshape((N, C) + tuple(size))
 
 
@@ -210,5 +206,5 @@ def interpolate_backward_cuda(g, x_shape, mode="nearest", align_corners=False, s
     N, C, H, W = x_shape
     dx = xp.zeros((N * C, H, W), g.dtype)
     src = _sources(xp, mode, (H, W), g.shape[2:], align_corners, scale_factor, g.dtype)
-    _launch(nearest_backward if mode == "nearest" else bilinear_backward, g.size, _planes(g), *src, dx)
+    launch(nearest_backward if mode == "nearest" else bilinear_backward, g.size, _planes(g), *src, dx)
     return dx.reshape(x_shape)
