@@ -6,6 +6,8 @@ those reads (numpy's arithmetic keeps the subclass, as cupy's keeps arrays on th
 CPU test can count what a GPU step would copy back.
 """
 
+import inspect
+
 import numpy as np
 
 import npdiff as nd
@@ -71,3 +73,22 @@ def test_clip_grad_norm_single_read_keeps_the_value():
     assert np.isclose(clip_grad_norm_(ps, 1e9), want, rtol=1e-12)
     want_inf = max(np.abs(np.asarray(p.grad.data)).max() for p in ps)
     assert clip_grad_norm_(ps, 1e9, norm_type=float("inf")) == want_inf
+
+
+def test_scheduler_steps_stay_on_the_device_and_never_read_back():
+    """Every scheduler's ``scale_model_input`` + ``step`` keeps the sample's array type and reads
+    nothing back (the noise they add is drawn on the host and sent over: a host→device copy)."""
+    import npdiff.schedulers as S
+
+    rng = np.random.default_rng(2)
+    names = [n for n in dir(S) if n.endswith("Scheduler") and hasattr(getattr(S, n), "step")]
+    assert len(names) >= 6, names
+    for name in names:
+        s = getattr(S, name)()
+        s.set_timesteps(10)
+        x, eps = (rng.standard_normal((2, 1, 4, 4)).astype(np.float32).view(HostReads) for _ in range(2))
+        t = s.timesteps[0]
+        HostReads.reads = 0
+        kw = {"generator": np.random.default_rng(1)} if "generator" in inspect.signature(s.step).parameters else {}
+        out = s.step(eps, t, s.scale_model_input(x, t), **kw)
+        assert isinstance(out.prev_sample, HostReads) and HostReads.reads == 0, name
