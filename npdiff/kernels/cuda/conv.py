@@ -8,11 +8,11 @@ Every conv op here is one *implicit GEMM*: a matrix product whose operands are r
 from the images instead of from an im2col matrix in memory. Three kernels cover the six
 products (forward and two gradients of each of the two ops):
 
-| kernel            | rows (M)        | columns          | reduction (K)      | computes                                   |
-|-------------------|-----------------|------------------|--------------------|--------------------------------------------|
-| ``gemm_conv``     | out channels/g  | pixels N·Ho·Wo   | C/g · kh · kw      | conv2d forward; conv_transpose2d grad-input |
-| ``gemm_gather``   | out channels/g  | pixels N·Ho·Wo   | C/g · kh · kw      | conv_transpose2d forward; conv2d grad-input |
-| ``gemm_weight``   | out channels/g  | C/g · kh · kw    | pixels N·Ho·Wo     | conv2d grad-weight; conv_transpose2d grad-weight (x and g swapped) |
+| kernel          | rows (M)   | columns        | reduction (K)  | computes                                  |
+|-----------------|------------|----------------|----------------|-------------------------------------------|
+| ``gemm_conv``   | out ch./g  | pixels N·Ho·Wo | C/g · kh · kw  | conv2d fwd; conv_transpose2d grad-input   |
+| ``gemm_gather`` | out ch./g  | pixels N·Ho·Wo | C/g · kh · kw  | conv_transpose2d fwd; conv2d grad-input   |
+| ``gemm_weight`` | out ch./g  | C/g · kh · kw  | pixels N·Ho·Wo | grad-weight of both (images swapped for the transposed op) |
 
   * ``gemm_conv``:  out[n, o, i, j] = b[o] + Σ_{c,u,v} w[o, c, u, v] · x[n, c, sh·i+u−ph, sw·j+v−pw].
   * ``gemm_gather``: the transposed conv read as a gather (each output pixel collects what the

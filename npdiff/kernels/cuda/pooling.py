@@ -186,7 +186,8 @@ def _sources(xp, mode, in_hw, out_hw, align_corners, scale_factor, dtype):
     """The per-axis source indices (and weights) on the arrays' device."""
     if mode == "nearest":
         return [xp.asarray(_cpu.nearest_source_index(n, m, s)) for n, m, s in zip(in_hw, out_hw, scale_factor)]
-    per_axis = [_cpu.linear_source_weights(n, m, align_corners, s, dtype) for n, m, s in zip(in_hw, out_hw, scale_factor)]
+    per_axis = [_cpu.linear_source_weights(n, m, align_corners, s, dtype)
+                for n, m, s in zip(in_hw, out_hw, scale_factor)]
     return [xp.asarray(a) for axis in per_axis for a in axis]  # h0, h1, lh0, lh1, w0, w1, lw0, lw1
 
 
