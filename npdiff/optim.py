@@ -12,6 +12,7 @@ m/v first and second moment estimates, t step count (from 1).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -171,10 +172,12 @@ def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_no
     grads = [p.grad.data for p in params if p.grad is not None]
     if not grads:
         return 0.0
+    xp = get_array_module(grads[0])
+    # per-gradient reductions stay on the arrays' device (0-d arrays); one host read per call
     if norm_type == math.inf:
-        total = max(float(abs(g).max()) for g in grads)
+        total = float(functools.reduce(xp.maximum, [abs(g).max() for g in grads]))
     else:
-        total = float(sum(float((abs(g.astype(np.float64)) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type))
+        total = float(sum((abs(g.astype(np.float64)) ** norm_type).sum() for g in grads) ** (1.0 / norm_type))
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"the total norm of gradients is {total}; cannot clip")
     coef = max_norm / (total + 1e-6)

@@ -49,6 +49,9 @@ vector exp without SVML); float64 uses math.exp.
 Backward is parallel over N (each task owns dQ[n], dK[n], dV[n]: no races, no per-thread
 reductions); inside, key tiles outer and query tiles inner as in FlashAttention-2. With
 fewer (batch·head) pairs than threads, a core idles in the backward.
+
+GPU twin: ``npdiff/kernels/cuda/attention.py`` (the table's ``cuda`` column: tiled online
+softmax, FlashAttention-2 style, forward and backward).
 """
 
 from __future__ import annotations

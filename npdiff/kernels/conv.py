@@ -27,6 +27,9 @@ The file reads top to bottom: reference loops (the oracle), the fast CPU path
 the xp-vectorised path (numpy or cupy), then the columns of the kernel table
 (``table.py``; groups split here, once for both fast columns). Validation and the
 choice of column are the one dispatch's (``dispatch.py``, ``checks.py``).
+
+GPU twin: ``npdiff/kernels/cuda/conv.py`` (the table's ``cuda`` column: implicit-GEMM
+kernels with shared-memory tiles (forward, grad-input, grad-weight)).
 """
 
 from __future__ import annotations

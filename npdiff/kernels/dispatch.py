@@ -10,13 +10,14 @@ Which column runs:
 
 | switch                                   | numpy arrays | cupy arrays |
 |------------------------------------------|--------------|-------------|
-| ``fast`` (default)                       | ``numba``    | ``xp``      |
+| ``fast`` (default)                       | ``numba``    | ``cuda`` (``xp`` for a row without one) |
 | ``reference``                            | ``reference``| ``reference`` (numpy loops; CPU only) |
-| a column name (``numba``, ``xp``, ...)   | that column  | that column |
+| a column name (``numba``, ``cuda``, ``xp``) | that column | that column |
 
 The switch is ``NPDIFF_KERNELS=reference|fast`` (read at import) or, for a block of code,
-``with npdiff.kernels.use("reference"): ...`` (per thread, nestable). A GPU column (``cuda``)
-is one more keyword per row and one more line in ``Op.pick``.
+``with npdiff.kernels.use("reference"): ...`` (per thread, nestable). ``use("cuda")`` on numpy
+arrays is how the tests run the GPU column under Numba's CUDA simulator
+(``npdiff/kernels/cuda/``, imported only when that column first runs).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 
 from ..backend import get_array_module
 
-COLUMNS = ("reference", "numba", "xp")
+COLUMNS = ("reference", "numba", "cuda", "xp")
 SWITCHES = ("fast", "reference") + COLUMNS[1:]
 
 _DEFAULT = os.environ.get("NPDIFF_KERNELS", "fast")
@@ -72,7 +73,10 @@ class Op:
         """The implementation for the current switch and the type of the first array argument."""
         mode = current()
         if mode == "fast":
-            mode = "numba" if get_array_module(first) is np else "xp"
+            if get_array_module(first) is np:
+                mode = "numba"
+            else:
+                mode = "cuda" if "cuda" in self.columns else "xp"
         try:
             return self.columns[mode]
         except KeyError:

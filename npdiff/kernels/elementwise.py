@@ -23,6 +23,9 @@ activation a named pair of scalar functions, value and derivative, mapped by one
 kernel factory over flat chunks of CHUNK elements; softmax ``prange`` over rows; all writing
 into a preallocated ``out``), xp-generic (numpy or cupy ufuncs). The columns are registered
 in ``table.py``; the one dispatch validates (``checks.py``) and makes the arrays contiguous.
+
+GPU twin: ``npdiff/kernels/cuda/elementwise.py`` (the table's ``cuda`` column: the same
+scalar pairs as CUDA device functions, one thread per element).
 """
 
 from __future__ import annotations

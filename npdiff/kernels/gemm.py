@@ -12,8 +12,11 @@ The reference version is the triple loop above. The fast CPU version is BLAS
 sgemm — already near the machine's peak, nothing for hand-written loops to win —
 but run npdiff's way (see config.py): BLAS stays single-threaded and ``matmul``
 splits the rows of the output over Numba threads, each thread one sgemm on its
-rows (``np.dot`` inside Numba). On a GPU, ``xp.matmul`` is cuBLAS (the xp column). The
+rows (``np.dot`` inside Numba). On a GPU, ``xp.matmul`` is cuBLAS (the xp and cuda columns). The
 columns are registered in ``table.py``; the one dispatch validates (``checks.py``).
+
+GPU twin: ``npdiff/kernels/cuda/gemm.py`` (the table's ``cuda`` column: a shared-memory
+tiled GEMM under the simulator, cuBLAS through CuPy on a GPU).
 """
 
 from __future__ import annotations

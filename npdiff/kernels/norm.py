@@ -36,6 +36,9 @@ one dispatch validates (``checks.py``) and picks the column.
 Statistics are accumulated in float64 whatever the input dtype, in two passes
 (mean, then Σ(x − μ)²): a constant input gives σ² = 0 exactly and ρ = 1/√ε,
 finite. The forward returns μ and ρ (dtype of x) for the backward.
+
+GPU twin: ``npdiff/kernels/cuda/norm.py`` (the table's ``cuda`` column: block reductions per
+statistics set, then one thread per element).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ never write the same element.
 
 File layout: reference (loops) → numba → xp-vectorised (numpy/cupy). The columns are
 registered in ``table.py``; the one dispatch validates (``checks.py``) and picks one.
+
+GPU twin: ``npdiff/kernels/cuda/pooling.py`` (the table's ``cuda`` column: one thread per
+output; atomics where a backward scatters).
 """
 
 from __future__ import annotations

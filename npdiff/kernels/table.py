@@ -1,10 +1,11 @@
 """The kernel table: every op, its argument check and its implementations, in one place.
 
 One row per op; the columns are ``reference`` (plain loops from the definition: the living
-spec), ``numba`` (fast CPU) and ``xp`` (array-module generic: numpy, or cupy on a GPU).
+spec), ``numba`` (fast CPU), ``cuda`` (Numba's CUDA target, ``kernels/cuda/``: cupy arrays on a
+GPU, numpy arrays under the CUDA simulator) and ``xp`` (array-module generic: numpy or cupy).
 All columns of a row take the canonical arguments that the row's check (``checks.py``)
 returns; ``dispatch.Op`` validates once and picks the column. Adding an implementation
-(say ``cuda``) is one keyword per row here.
+is one keyword per row here.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from . import elementwise as _elementwise
 from . import gemm as _gemm
 from . import norm as _norm
 from . import pooling as _pooling
+from .cuda import column as _cuda_column
 from .dispatch import OPS, register
 
 
 def _row(name, module, check=None):
-    """Register op ``name`` with the columns ``module.{name}_reference/_numba/_xp``."""
+    """Register op ``name`` with the columns ``module.{name}_reference/_numba/_xp`` and
+    ``cuda/<family>.{name}_cuda`` (imported when first called)."""
     return register(name, check or getattr(checks, name), reference=getattr(module, f"{name}_reference"),
-                    numba=getattr(module, f"{name}_numba"), xp=getattr(module, f"{name}_xp"))
+                    numba=getattr(module, f"{name}_numba"), xp=getattr(module, f"{name}_xp"),
+                    cuda=_cuda_column(module.__name__.rsplit(".", 1)[-1], f"{name}_cuda"))
 
 
 conv2d_forward = _row("conv2d_forward", _conv)
@@ -54,6 +58,8 @@ linear_backward = _row("linear_backward", _gemm)
 # one row pair per activation: relu_forward(x), relu_backward(g, x), ... (scalar pairs in elementwise.py)
 for _name in _elementwise.ACTIVATIONS:
     _cols = _elementwise.activation_columns(_name)
+    _cols["cuda"] = (_cuda_column("elementwise", f"{_name}_forward_cuda"),
+                     _cuda_column("elementwise", f"{_name}_backward_cuda"))
     globals()[f"{_name}_forward"] = register(f"{_name}_forward", checks.unary_forward,
                                              **{c: fb[0] for c, fb in _cols.items()})
     globals()[f"{_name}_backward"] = register(f"{_name}_backward", checks.unary_backward,

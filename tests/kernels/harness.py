@@ -124,7 +124,36 @@ def check_central_differences(spec, case):
                 f"{spec.name} d/d{name}{i}: backward {g[i]:.10g} vs central difference {num:.10g}")
 
 
+def run(spec, case, column):
+    """(output, {name: gradient}) of ``spec`` on ``case`` with one column, for a fixed random g."""
+    with K.use(column):
+        y, saved = spec.forward(case)
+        g = np.random.default_rng(0).standard_normal(np.shape(y)).astype(case.dtype).reshape(np.shape(y))
+        return y, spec.backward(case, saved, g)
+
+
+def check_agreement(spec, case, column, reference=None):
+    """``column``'s output and gradients on ``case`` equal the reference column's (same dtype and
+    shape) within ``close``; ``reference`` = run(spec, case, "reference") when already computed."""
+    y_ref, g_ref = reference or run(spec, case, "reference")
+    terms = spec.terms(case) if callable(spec.terms) else spec.terms
+    y, grads = run(spec, case, column)
+    assert np.asarray(y).dtype == case.dtype, (column, np.asarray(y).dtype)
+    close(y, y_ref, case.dtype, terms, f"{spec.name} {column} forward")
+    for name, want in g_ref.items():
+        close(grads[name], want, case.dtype, terms, f"{spec.name} {column} d/d{name}")
+
+
+def _cuda_usable():
+    from npdiff.kernels import cuda
+
+    return cuda.usable()
+
+
 def columns(spec):
-    """The implementation columns that every row of ``spec`` has."""
-    cols = [set(K.OPS[r].columns) for r in spec.rows]
-    return sorted(set.intersection(*cols))
+    """The implementation columns that every row of ``spec`` has and that can run here (the
+    ``cuda`` column only under the CUDA simulator or on a GPU: ``tests/cuda``)."""
+    cols = set.intersection(*[set(K.OPS[r].columns) for r in spec.rows])
+    if "cuda" in cols and not _cuda_usable():
+        cols.discard("cuda")
+    return sorted(cols)

@@ -7,8 +7,8 @@ from hypothesis import given
 
 from npdiff import kernels as KT
 from npdiff.kernels import attention as K
-from tests.kernels.harness import close
-from tests.kernels.test_table import ATTENTION, _attention_case, _run
+from tests.kernels.harness import close, run
+from tests.kernels.test_table import ATTENTION, _attention_case
 
 TERMS = 1024  # sums over ≤ 19 keys or 11 queries of ≤ 20-wide products; ×8 for exp and 1/l
 
@@ -17,11 +17,11 @@ TERMS = 1024  # sums over ≤ 19 keys or 11 queries of ≤ 20-wide products; ×8
 def test_small_tiles_match_reference(case):
     """The table's attention cases with longer rows, on tiles shrunk to 4 queries × 8 keys:
     several ragged query and key tiles, online rescaling across key tiles."""
-    y_ref, g_ref = _run(ATTENTION, case, "reference")
+    y_ref, g_ref = run(ATTENTION, case, "reference")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "TILE_Q", 4)
         mp.setattr(K, "TILE_K", 8)
-        y, grads = _run(ATTENTION, case, "numba")
+        y, grads = run(ATTENTION, case, "numba")
     close(y, y_ref, case.dtype, TERMS, "forward")
     for name, want in g_ref.items():
         close(grads[name], want, case.dtype, TERMS, f"d/d{name}")

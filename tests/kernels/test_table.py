@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import npdiff.kernels as K
 import npdiff.nn.functional as F
-from tests.kernels.harness import Case, Spec, array, check_central_differences, close, columns
+from tests.kernels.harness import Case, Spec, array, check_agreement, check_central_differences, close, columns, run
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 
@@ -475,30 +475,18 @@ CASES = [(spec, col) for spec in SPECS for col in columns(spec)]
 def test_every_row_of_the_table_is_covered():
     covered = {row for spec in SPECS for row in spec.rows}
     assert covered == set(K.OPS), sorted(set(K.OPS) ^ covered)
-    assert all({"reference", "numba", "xp"} <= set(op.columns) for op in K.OPS.values())
-
-
-def _run(spec, case, column):
-    """(output, {name: gradient}) of ``spec`` on ``case`` with one column, for a fixed random g."""
-    with K.use(column):
-        y, saved = spec.forward(case)
-        g = np.random.default_rng(0).standard_normal(np.shape(y)).astype(case.dtype).reshape(np.shape(y))
-        return y, spec.backward(case, saved, g)
+    assert all({"reference", "numba", "cuda", "xp"} <= set(op.columns) for op in K.OPS.values())
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=repr)
 @given(data=st.data())
 def test_columns_agree_with_the_reference(spec, data):
-    """numba and xp against the reference over generated shapes, same output dtype and shape."""
+    """numba and xp (and cuda where it can run) against the reference over generated shapes,
+    same output dtype and shape."""
     case = data.draw(spec.draw)
-    y_ref, g_ref = _run(spec, case, "reference")
-    terms = spec.terms(case) if callable(spec.terms) else spec.terms
+    reference = run(spec, case, "reference")
     for column in set(columns(spec)) - {"reference"}:
-        y, grads = _run(spec, case, column)
-        assert np.asarray(y).dtype == case.dtype, (column, np.asarray(y).dtype)
-        close(y, y_ref, case.dtype, terms, f"{spec.name} {column} forward")
-        for name, want in g_ref.items():
-            close(grads[name], want, case.dtype, terms, f"{spec.name} {column} d/d{name}")
+        check_agreement(spec, case, column, reference)
 
 
 @pytest.mark.parametrize("spec,column", CASES, ids=lambda v: repr(v) if isinstance(v, Spec) else v)
@@ -514,7 +502,7 @@ def test_torch_oracle(spec, column):
     case = spec.fixed(np.random.default_rng(7)).astype(spec.oracle_dtype)
     tensors = {k: None if a is None else torch.tensor(a, requires_grad=True) for k, a in case.arrays.items()}
     yt = spec.torch(torch, tensors, case.params)
-    y, grads = _run(spec, case, column)
+    y, grads = run(spec, case, column)
     g = np.random.default_rng(0).standard_normal(np.shape(y)).astype(case.dtype).reshape(np.shape(y))
     yt.backward(torch.tensor(g))
     terms = spec.terms(case) if callable(spec.terms) else spec.terms

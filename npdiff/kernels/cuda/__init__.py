@@ -1,0 +1,47 @@
+"""The ``cuda`` column of the kernel table: npdiff's GPU kernels, written with Numba's CUDA target.
+
+One file per kernel family, mirroring the CPU files one level up (``conv.py`` ↔ ``cuda/conv.py``
+…); ``common.py`` holds what they share (launch sizes, block reductions, the kernel registry).
+Each function ``<op>_cuda`` has the signature of the op's other columns and returns arrays of
+the input's array module: cupy arrays on a GPU, numpy arrays under the CUDA simulator.
+
+Nothing here is imported with npdiff: ``numba-cuda`` is optional (``pip install
+"npdiff[gpu]"``), and the simulator has to be chosen (``NUMBA_ENABLE_CUDASIM=1``) before the
+first ``import numba``, so the table registers each cuda column as a thin wrapper
+(``column``) that imports its family file the first time it is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+
+
+def column(family: str, name: str):
+    """The table's ``cuda`` entry for ``cuda/<family>.py``'s ``name``: imported on first call."""
+
+    def run(*args):
+        return getattr(importlib.import_module(f"{__name__}.{family}"), name)(*args)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"cuda column: npdiff/kernels/cuda/{family}.py:{name} (imported on first call)"
+    return run
+
+
+def usable() -> bool:
+    """True where the cuda column can run: numba-cuda is installed and either the CUDA
+    simulator is on (``NUMBA_ENABLE_CUDASIM=1``) or a CUDA GPU is visible."""
+    try:
+        import numba
+        from numba import cuda
+    except Exception:  # numba's own built-in CUDA target, or nothing, without numba-cuda
+        return False
+    if importlib.util.find_spec("numba_cuda") is None:
+        return False
+    if numba.config.ENABLE_CUDASIM or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return True
+    try:
+        return bool(cuda.is_available())
+    except Exception:  # no driver
+        return False
