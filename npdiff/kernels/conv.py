@@ -23,7 +23,7 @@ Backward, read off the definitions:
            gw = the conv2d weight gradient with the roles of x and g swapped.
 
 The file reads top to bottom: reference loops (the oracle), the fast CPU path
-(one Numba parallel region per call: per-thread im2col + one-thread BLAS sgemm),
+(one parallel pass per call, ``config.parallel_for``: per-thread im2col + one-thread BLAS sgemm),
 the xp-vectorised path (numpy or cupy), then the columns of the kernel table
 (``table.py``; groups split here, once for both fast columns). Validation and the
 choice of column are the one dispatch's (``dispatch.py``, ``checks.py``).
@@ -37,7 +37,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import conv2d_output_size, conv_transpose2d_output_size
-from .config import blas_single_thread, jit_parallel, jit_serial, num_threads, prange
+from .config import blas_single_thread, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -161,7 +161,7 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 
 
 # ---------------------------------------------------------------------------
-# fast CPU path: one parallel region per call; each thread does its own im2col
+# fast CPU path: one parallel pass per call (config.parallel_for); each thread does its own im2col
 # and a single-threaded BLAS sgemm (np.dot inside Numba)
 #
 # The im2col matrix of a chunk of `nb` images and output rows [i0, i0+ni) is
@@ -171,7 +171,7 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 # For one whole image (nb = 1, ni = Ho) res IS out[n] in NCHW, so the product
 # is written there directly; otherwise its rows (o, b, pixel) are copied out.
 #
-# Threads: a driver runs `prange` over the T Numba threads; thread t takes a
+# Threads: parallel_for runs a serial driver on each of T threads; thread t takes a
 # contiguous run of chunks and works in its own slice of a preallocated
 # workspace (T, ...), calling BLAS held to one thread (config.blas_single_thread).
 # One pool owns the cores for the whole call: handing them back and forth
@@ -295,13 +295,16 @@ def _gather_rows(g3, n0, mb, p0, L, gt):
     return out
 
 
-@jit_parallel
-def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
-    """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk, one thread per workspace row."""
+@jit_serial
+def _forward_chunks(t0, t1, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
+    """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk; workspace rows [t0, t1) (one per thread).
+
+    Run by ``config.parallel_for`` over the T workspace rows (as are the two backward drivers below).
+    """
     N = x.shape[0]
     O, K = w2.shape
     T = cols_ws.shape[0]
-    for tid in prange(T):
+    for tid in range(t0, t1):
         lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
         for t in range(lo, hi):
             n0, mb, i0, mi = _chunk(t, N, nb, Ho, band)
@@ -324,8 +327,9 @@ def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_w
                         dst[m] = src[m] + bo
 
 
-@jit_parallel
-def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, prod_ws, acc):
+@jit_serial
+def _weight_grad_chunks(t0, t1, x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, prod_ws,
+                        acc):
     """acc[t] (K, O) = Σ over thread t's chunks of im2col(x)_chunk (K, pixels) @ g_chunkᵀ (pixels, O).
 
     The caller sums acc over t and transposes: gw2 = gwᵀ. Computing the
@@ -333,7 +337,7 @@ def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
     """
     N = g3.shape[0]
     T, K, O = acc.shape
-    for tid in prange(T):
+    for tid in range(t0, t1):  # parallel_for's share of the T workspace rows
         lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
         if hi <= lo:
             acc[tid] = 0
@@ -354,8 +358,8 @@ def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
                     dst[o] += src[o]
 
 
-@jit_parallel
-def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
+@jit_serial
+def _input_grad_chunks(t0, t1, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
     """gx (N, C, H, W) = col2im(w2ᵀ (K, O) @ g (O, pixels)), by chunks of whole images or bands of gx rows.
 
     A band of gx rows [r0, r1) receives from the output rows i with
@@ -365,7 +369,7 @@ def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
     N, C, H, W = gx.shape
     K = w2.shape[1]
     T = cols_ws.shape[0]
-    for tid in prange(T):
+    for tid in range(t0, t1):  # parallel_for's share of the T workspace rows
         lo, hi = _thread_chunks(tid, T, N, nb, H, band)
         for t in range(lo, hi):
             n0, mb, r0, nr = _chunk(t, N, nb, H, band)
@@ -430,7 +434,7 @@ def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     res_ws = _workspace("res", (T, O * size), x.dtype)
     pad_ws = _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype)
     with blas_single_thread():
-        _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
+        parallel_for(_forward_chunks, T, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
                         out.reshape(N, O, Ho * Wo))  # (N, O, P)
     return out
 
@@ -444,7 +448,7 @@ def _weight_grad(x, g, kh, kw, stride, padding):
     size = nb * band * Wo
     acc = np.empty((T, K, O), dtype=x.dtype)
     with blas_single_thread():
-        _weight_grad_chunks(x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+        parallel_for(_weight_grad_chunks, T, x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
                             _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype),
                             _workspace("cols", (T, K * size), x.dtype), _workspace("res", (T, O * size), x.dtype),
                             _workspace("gw", (T, K, O), x.dtype), acc)
@@ -464,7 +468,7 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
         band, rows = gx.shape[2], Ho
     size = nb * rows * Wo
     with blas_single_thread():
-        _input_grad_chunks(g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+        parallel_for(_input_grad_chunks, T, g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
                            _workspace("pad", (T, band, max(gx.shape[3] + 2 * pw, sw * (Wo - 1) + kw)), g.dtype),
                            _workspace("cols", (T, K * size), g.dtype), _workspace("res", (T, O * size), g.dtype), gx)
     return gx
@@ -474,7 +478,7 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out):
     """Fast conv2d: fills ``out`` (N, O, Ho, Wo).
 
     Shapes and definition: see conv2d_forward_reference.
-    Fast path: one parallel region; each thread builds the im2col cols
+    Fast path: one parallel pass; each thread builds the im2col cols
     (C·kh·kw, pixels) of its chunks (whole images or row bands) and multiplies
     w.reshape(O, K) @ cols with a one-thread sgemm, straight into out[n] for a
     whole image (already NCHW), then adds the bias.

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import normalized_shape as _normalized_shape
-from .config import jit_parallel, jit_serial, num_threads, prange
+from .config import jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -351,12 +351,12 @@ def _row_grad_input(g, v, mu, A, B, C, out):
         out[i] = A * g[i] + B * (v[i] - mu) + C
 
 
-@jit_parallel
-def _group_norm_forward_fast(x3, x4, w, b, eps, out, mean, rstd):
+@jit_serial
+def _group_norm_forward_fast(lo, hi, x3, x4, w, b, eps, out, mean, rstd):
     """x3 (N, G, M) and x4 (N, G, Cg, S): two views of the same contiguous x."""
     N, G, Cg, S = x4.shape
     M = Cg * S
-    for r in prange(N * G):
+    for r in range(lo, hi):  # parallel_for's share of [0, N * G)
         n = r // G
         g = r - n * G
         acc = np.empty(LANES)
@@ -372,12 +372,12 @@ def _group_norm_forward_fast(x3, x4, w, b, eps, out, mean, rstd):
             _row_affine(x4[n, g, j], cast(mu), cast(rho * w[c]), cast(b[c]), out[n, g, j])
 
 
-@jit_parallel
-def _group_norm_backward_fast(g4, x4, mean, rstd, w, dx, sg, sgx):
+@jit_serial
+def _group_norm_backward_fast(lo, hi, g4, x4, mean, rstd, w, dx, sg, sgx):
     """Per (n, g): Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C) partials of db, dw), then dx."""
     N, G, Cg, S = x4.shape
     M = Cg * S
-    for r in prange(N * G):
+    for r in range(lo, hi):  # parallel_for's share of [0, N * G)
         n = r // G
         grp = r - n * G
         mu = mean[n, grp]
@@ -406,10 +406,10 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, dx, sg, sgx):
             )
 
 
-@jit_parallel
-def _layer_norm_forward_fast(x2, w, b, eps, out, mean, rstd):
+@jit_serial
+def _layer_norm_forward_fast(lo, hi, x2, w, b, eps, out, mean, rstd):
     R, D = x2.shape
-    for r in prange(R):
+    for r in range(lo, hi):  # parallel_for's share of [0, R)
         acc = np.empty(LANES)
         mu = _row_sum(x2[r], acc) / D
         rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu, acc) / D + eps)
@@ -419,12 +419,12 @@ def _layer_norm_forward_fast(x2, w, b, eps, out, mean, rstd):
             out[r, d] = (x2[r, d] - mu) * rho * w[d] + b[d]
 
 
-@jit_parallel
-def _layer_norm_backward_fast(g2, x2, mean, rstd, w, nchunks, dx, dw_part, db_part):
-    """prange over chunks of rows; each chunk owns one row of dw_part/db_part (no race)."""
+@jit_serial
+def _layer_norm_backward_fast(lo, hi, g2, x2, mean, rstd, w, nchunks, dx, dw_part, db_part):
+    """Chunks [lo, hi) of rows; each chunk owns one row of dw_part/db_part (no race)."""
     R, D = x2.shape
     per = (R + nchunks - 1) // nchunks
-    for t in prange(nchunks):
+    for t in range(lo, hi):  # parallel_for's share of [0, nchunks)
         for r in range(t * per, min(R, (t + 1) * per)):
             mu = mean[r]
             rho = rstd[r]
@@ -444,11 +444,11 @@ def _layer_norm_backward_fast(g2, x2, mean, rstd, w, nchunks, dx, dw_part, db_pa
                 dx[r, d] = rho * (g2[r, d] * w[d] - m1 - xh * m2)
 
 
-@jit_parallel
-def _batch_norm_stats_fast(x3, mean, var):
-    """Per channel c (prange): μ_c and biased σ²_c over (n, s), two passes, float64."""
+@jit_serial
+def _batch_norm_stats_fast(lo, hi, x3, mean, var):
+    """Per channel c in [lo, hi): μ_c and biased σ²_c over (n, s), two passes, float64."""
     N, C, S = x3.shape
-    for c in prange(C):
+    for c in range(lo, hi):  # parallel_for's share of [0, C)
         acc = np.empty(LANES)
         tot = 0.0
         for n in range(N):
@@ -461,22 +461,22 @@ def _batch_norm_stats_fast(x3, mean, var):
         var[c] = q / (N * S)
 
 
-@jit_parallel
-def _channel_affine_fast(x3, mu, scale, shift, out):
-    """out[n, c, :] = (x[n, c, :] − μ_c)·scale_c + shift_c, prange over (n, c) rows."""
+@jit_serial
+def _channel_affine_fast(lo, hi, x3, mu, scale, shift, out):
+    """out[n, c, :] = (x[n, c, :] − μ_c)·scale_c + shift_c, (n, c) rows [lo, hi)."""
     N, C, S = x3.shape
-    for r in prange(N * C):
+    for r in range(lo, hi):  # parallel_for's share of [0, N * C)
         n = r // C
         c = r - n * C
         _row_affine(x3[n, c], mu[c], scale[c], shift[c], out[n, c])
 
 
-@jit_parallel
-def _batch_norm_backward_fast(g3, x3, mean, rstd, w, training, dx, dw, db):
-    """Per channel c (prange): Σg, Σg x̂ over (n, s), then dx over the channel's rows."""
+@jit_serial
+def _batch_norm_backward_fast(lo, hi, g3, x3, mean, rstd, w, training, dx, dw, db):
+    """Per channel c in [lo, hi): Σg, Σg x̂ over (n, s), then dx over the channel's rows."""
     N, C, S = x3.shape
     M = N * S
-    for c in prange(C):
+    for c in range(lo, hi):  # parallel_for's share of [0, C)
         mu = mean[c]
         rho = rstd[c]
         acc = np.empty(GRAD_LANES)
@@ -504,8 +504,8 @@ def _ones_zeros(weight, bias, n, dtype):
 def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
     """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
 
-    Fast path: x is viewed as (N, G, C/G, S); prange over the N·G (n, group)
-    slabs. Each thread computes the slab's mean and Σ(x − μ)² in float64 (two
+    Fast path: x is viewed as (N, G, C/G, S); the N·G (n, group) slabs are
+    split over threads (``config.parallel_for``). Each thread computes the slab's mean and Σ(x − μ)² in float64 (two
     passes over a slab small enough to stay in cache, each vectorised over
     LANES partial sums), then writes
     y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
@@ -519,14 +519,14 @@ def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
     out = np.empty_like(x4)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
-    _group_norm_forward_fast(x3, x4, w, b, float(eps), out, mean, rstd)
+    parallel_for(_group_norm_forward_fast, N * G, x3, x4, w, b, float(eps), out, mean, rstd)
     return out.reshape(x.shape), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
 def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None):
     """Group norm gradients on the CPU; contract of ``group_norm_backward_reference``.
 
-    Fast path: prange over (n, group) slabs; per channel of the slab one pass
+    Fast path: (n, group) slabs split over threads; per channel of the slab one pass
     computes Σg and Σg(x − μ) (float64), which give mean(ĝ), mean(ĝx̂) and the
     per-(n, c) partial sums of db and dw; a second pass (slab in cache) writes
     dx = A·g + B·(x − μ) + C. dw, db: the (N, C) partials summed over n.
@@ -539,7 +539,8 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None):
     dx = np.empty_like(x4)
     sg = np.empty((N, C))
     sgx = np.empty((N, C))
-    _group_norm_backward_fast(g4, x4, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, dx, sg, sgx)
+    parallel_for(_group_norm_backward_fast, N * G, g4, x4, np.asarray(mean, np.float64), np.asarray(rstd, np.float64),
+                 w, dx, sg, sgx)
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape), sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
 
@@ -547,7 +548,7 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None):
 def layer_norm_forward_numba(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """Layer norm on the CPU; contract of ``layer_norm_forward_reference``.
 
-    Fast path: x viewed as (R, D); prange over rows, two-pass float64 statistics
+    Fast path: x viewed as (R, D); rows split over threads, two-pass float64 statistics
     per row, then the row's y.
     """
     ns = _normalized_shape(normalized_shape)
@@ -558,14 +559,14 @@ def layer_norm_forward_numba(x, normalized_shape, weight=None, bias=None, eps=1e
     out = np.empty_like(x2)
     mean = np.empty(len(x2))
     rstd = np.empty(len(x2))
-    _layer_norm_forward_fast(x2, w, b, float(eps), out, mean, rstd)
+    parallel_for(_layer_norm_forward_fast, len(x2), x2, w, b, float(eps), out, mean, rstd)
     return out.reshape(x.shape), mean.reshape(lead).astype(x.dtype), rstd.reshape(lead).astype(x.dtype)
 
 
 def layer_norm_backward_numba(g, x, mean, rstd, normalized_shape, weight=None):
     """Layer norm gradients on the CPU; contract of ``layer_norm_backward_reference``.
 
-    Fast path: rows split into one chunk per thread (prange over chunks); each
+    Fast path: rows split into one chunk per thread (parallel_for over chunks); each
     chunk accumulates its own dw/db partial row (float64), summed afterwards —
     threads never write the same element.
     """
@@ -578,8 +579,8 @@ def layer_norm_backward_numba(g, x, mean, rstd, normalized_shape, weight=None):
     dx = np.empty_like(x2)
     dw_part = np.zeros((nchunks, D))
     db_part = np.zeros((nchunks, D))
-    _layer_norm_backward_fast(
-        g2, x2, np.asarray(mean, np.float64).reshape(-1), np.asarray(rstd, np.float64).reshape(-1),
+    parallel_for(
+        _layer_norm_backward_fast, nchunks, g2, x2, np.asarray(mean, np.float64).reshape(-1), np.asarray(rstd, np.float64).reshape(-1),
         w, nchunks, dx, dw_part, db_part,
     )
     wdt = x.dtype if weight is None else weight.dtype
@@ -589,8 +590,8 @@ def layer_norm_backward_numba(g, x, mean, rstd, normalized_shape, weight=None):
 def batch_norm_forward_numba(x, weight, bias, running_mean, running_var, training, eps):
     """Batch norm on the CPU; contract of ``batch_norm_forward_reference``.
 
-    Fast path: training statistics with prange over channels (two float64
-    passes over the channel's N rows); then y with prange over (n, c) rows.
+    Fast path: training statistics with channels split over threads (two float64
+    passes over the channel's N rows); then y with (n, c) rows split over threads.
     """
     N, C = x.shape[:2]
     x3 = np.ascontiguousarray(x).reshape(N, C, -1)  # (N, C, S)
@@ -599,21 +600,21 @@ def batch_norm_forward_numba(x, weight, bias, running_mean, running_var, trainin
     if mean is None:
         mu = np.empty(C)
         v = np.empty(C)
-        _batch_norm_stats_fast(x3, mu, v)
+        parallel_for(_batch_norm_stats_fast, C, x3, mu, v)
     else:
         mu, v = np.asarray(mean, np.float64), np.asarray(var, np.float64)
     rho = 1.0 / np.sqrt(v + eps)
     out = np.empty_like(x3)
     dt = x.dtype
     scale = (rho * w).astype(dt)
-    _channel_affine_fast(x3, mu.astype(dt), scale, b.astype(dt), out)
+    parallel_for(_channel_affine_fast, N * C, x3, mu.astype(dt), scale, b.astype(dt), out)
     return out.reshape(x.shape), mu.astype(dt), rho.astype(dt), v.astype(dt)
 
 
 def batch_norm_backward_numba(g, x, mean, rstd, weight=None, training=True):
     """Batch norm gradients on the CPU; contract of ``batch_norm_backward_reference``.
 
-    Fast path: prange over channels; each channel's Σg and Σg(x − μ) over its N
+    Fast path: channels split over threads; each channel's Σg and Σg(x − μ) over its N
     rows, then its dx rows. Each thread owns whole channels: dw[c], db[c] race-free.
     """
     N, C = x.shape[:2]
@@ -623,8 +624,8 @@ def batch_norm_backward_numba(g, x, mean, rstd, weight=None, training=True):
     dx = np.empty_like(x3)
     dw = np.empty(C)
     db = np.empty(C)
-    _batch_norm_backward_fast(
-        g3, x3, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, bool(training), dx, dw, db
+    parallel_for(
+        _batch_norm_backward_fast, C, g3, x3, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, bool(training), dx, dw, db
     )
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape), dw.astype(wdt), db.astype(wdt)
