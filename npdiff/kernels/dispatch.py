@@ -29,7 +29,7 @@ import numpy as np
 
 from ..backend import get_array_module
 
-COLUMNS = ("reference", "numba", "xp")
+COLUMNS = ("reference", "numba", "xp", "winograd")  # winograd: conv2d rows only (numba + F(2×2, 3×3) always)
 SWITCHES = ("fast", "reference") + COLUMNS[1:]
 
 _DEFAULT = os.environ.get("NPDIFF_KERNELS", "fast")

@@ -26,7 +26,9 @@ def _row(name, module, check=None):
 
 
 conv2d_forward = _row("conv2d_forward", _conv)
+conv2d_forward.columns["winograd"] = _conv.conv2d_forward_winograd  # Winograd F(2×2, 3×3) whatever the shape
 conv2d_backward = _row("conv2d_backward", _conv)
+conv2d_backward.columns["winograd"] = _conv.conv2d_backward_winograd
 conv_transpose2d_forward = _row("conv_transpose2d_forward", _conv)
 conv_transpose2d_backward = _row("conv_transpose2d_backward", _conv)
 group_norm_forward = _row("group_norm_forward", _norm)

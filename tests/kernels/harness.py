@@ -83,6 +83,7 @@ class Spec:
     terms: object = 1  # (case) -> the longest sum in the op (for ``close``)
     bad: list = field(default_factory=list)  # [(call, regex)]
     oracle_dtype: object = np.float64
+    column_terms: dict = field(default_factory=dict)  # column -> factor on ``terms`` (a column's own error bound)
 
     def __repr__(self):
         return self.name
