@@ -46,6 +46,9 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import normalized_shape as _normalized_shape
+from .elementwise import _XP as _ACTIVATIONS_XP
+from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
+from .vexp import exp_constants, exp_inplace
 from .config import jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
@@ -150,6 +153,34 @@ def group_norm_backward_reference(g, x, mean, rstd, num_groups, weight=None):
                 db[c] += b
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape).astype(x.dtype), dw.astype(wdt), db.astype(wdt)
+
+
+
+def _group_norm_output(x, mean, rstd, num_groups, weight, bias):
+    """z = (x − μ)·ρ·w + b from the saved statistics, (N, C, *) like x (float64 loops' inputs)."""
+    N, C = x.shape[:2]
+    xg = x.reshape(N, num_groups, -1)  # (N, G, Cg·S)
+    z = ((xg - mean[..., None]) * rstd[..., None]).reshape(x.shape)
+    shape = (1, C) + (1,) * (x.ndim - 2)
+    z = z * (1 if weight is None else weight.reshape(shape)) + (0 if bias is None else bias.reshape(shape))
+    return z.astype(x.dtype)
+
+
+def group_norm_silu_forward_reference(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """y = silu(group_norm(x)) (the ResNet block's norm → activation), composed of the two references.
+
+    Shapes: as group norm -> (y like x, mean (N, G), rstd (N, G)); silu(z) = z·σ(z).
+    """
+    z, mean, rstd = group_norm_forward_reference(x, num_groups, weight, bias, eps)
+    return unary_forward_reference("silu", z), mean, rstd
+
+
+def group_norm_silu_backward_reference(g, x, mean, rstd, num_groups, weight=None, bias=None):
+    """(dx, dw, db) by the chain rule: z recomputed from the statistics, dz = g·silu'(z), then the
+    group-norm reference backward of dz."""
+    z = _group_norm_output(x, mean, rstd, num_groups, weight, bias)
+    dz = unary_backward_reference("silu", g, z)
+    return group_norm_backward_reference(dz, x, mean, rstd, num_groups, weight)
 
 
 def layer_norm_forward_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -352,44 +383,86 @@ def _row_grad_input(g, v, mu, A, B, C, out):
 
 
 @jit_serial
-def _group_norm_forward_fast(lo, hi, x3, x4, w, b, eps, out, mean, rstd):
-    """x3 (N, G, M) and x4 (N, G, Cg, S): two views of the same contiguous x."""
+def _silu_row(z, buf, ib, C, fast):
+    """z ← silu(z) in place: e = e^{−|z|} for the row by the vector exp, then z·σ(z) (elementwise's pair)."""
+    n = z.shape[0]
+    for i in range(n):
+        buf[i] = neg_abs(z[i])
+    exp_inplace(buf, n, ib, ib.view(np.float32), C, fast)
+    for i in range(n):
+        z[i] = silu(z[i], buf[i], C.one)
+
+
+@jit_serial
+def _group_norm_forward_fast(lo, hi, x3, x4, w, b, eps, act, C, fast, out, mean, rstd):
+    """x3 (N, G, M) and x4 (N, G, Cg, S): two views of the same contiguous x; slabs r in [lo, hi).
+    With ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written once)."""
     N, G, Cg, S = x4.shape
     M = Cg * S
-    for r in range(lo, hi):  # parallel_for's share of [0, N * G)
+    acc = np.empty(LANES)
+    buf = np.empty(S, out.dtype)
+    ib = np.empty(S, np.int32)
+    for r in range(lo, hi):
         n = r // G
         g = r - n * G
-        acc = np.empty(LANES)
         # 1. statistics of the (n, g) slab — two passes, the slab stays in cache
         mu = _row_sum(x3[n, g], acc) / M
         rho = 1.0 / np.sqrt(_row_sqdev(x3[n, g], mu, acc) / M + eps)
         mean[n, g] = mu
         rstd[n, g] = rho
-        # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises
+        # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises; then SiLU in place
         cast = out.dtype.type
         for j in range(Cg):
             c = g * Cg + j
             _row_affine(x4[n, g, j], cast(mu), cast(rho * w[c]), cast(b[c]), out[n, g, j])
+            if act:
+                _silu_row(out[n, g, j], buf, ib, C, fast)
 
 
 @jit_serial
-def _group_norm_backward_fast(lo, hi, g4, x4, mean, rstd, w, dx, sg, sgx):
-    """Per (n, g): Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C) partials of db, dw), then dx."""
+def _silu_grad_rows(g4, x4, n, grp, mu, rho, w, b, C, fast, dz, buf, ib):
+    """dz (Cg, S) = g·silu'(z) for the slab (n, grp), z = (x − μ)ρw + b recomputed from x."""
+    Cg, S = x4.shape[2], x4.shape[3]
+    cast = dz.dtype.type
+    for j in range(Cg):
+        c = grp * Cg + j
+        z = dz[j]
+        _row_affine(x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(b[c]), z)
+        for i in range(S):
+            buf[i] = neg_abs(z[i])
+        exp_inplace(buf, S, ib, ib.view(np.float32), C, fast)
+        gj = g4[n, grp, j]
+        for i in range(S):
+            z[i] = gj[i] * silu_grad(z[i], buf[i], C.one)
+
+
+@jit_serial
+def _group_norm_backward_fast(lo, hi, g4, x4, mean, rstd, w, b, act, C, fast, dx, sg, sgx):
+    """Per (n, g) slab in [lo, hi): Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C) partials of db, dw),
+    then dx. With ``act`` the upstream gradient of the norm is first dz = g·silu'(z), z recomputed
+    from x, μ, ρ (the fused GroupNorm + SiLU: z is never stored)."""
     N, G, Cg, S = x4.shape
     M = Cg * S
-    for r in range(lo, hi):  # parallel_for's share of [0, N * G)
+    acc = np.empty(GRAD_LANES)
+    acc2 = np.empty(GRAD_LANES)
+    dz = np.empty((Cg, S), dx.dtype)
+    buf = np.empty(S, dx.dtype)
+    ib = np.empty(S, np.int32)
+    for r in range(lo, hi):
         n = r // G
         grp = r - n * G
         mu = mean[n, grp]
         rho = rstd[n, grp]
-        acc = np.empty(GRAD_LANES)
-        acc2 = np.empty(GRAD_LANES)
+        gs = g4[n, grp]  # (Cg, S)
+        if act:
+            _silu_grad_rows(g4, x4, n, grp, mu, rho, w, b, C, fast, dz, buf, ib)
+            gs = dz
         # 1. mean(ĝ) = Σ_c w[c] Σ_s g / M,  mean(ĝ x̂) = Σ_c w[c] ρ Σ_s g (x − μ) / M
         m1 = 0.0
         m2 = 0.0
         for j in range(Cg):
             c = grp * Cg + j
-            s_g, s_gx = _row_grad_sums(g4[n, grp, j], x4[n, grp, j], mu, acc, acc2)
+            s_g, s_gx = _row_grad_sums(gs[j], x4[n, grp, j], mu, acc, acc2)
             sg[n, c] = s_g
             sgx[n, c] = s_gx * rho
             m1 += w[c] * s_g
@@ -401,7 +474,7 @@ def _group_norm_backward_fast(lo, hi, g4, x4, mean, rstd, w, dx, sg, sgx):
         for j in range(Cg):
             c = grp * Cg + j
             _row_grad_input(
-                g4[n, grp, j], x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(-rho * rho * m2), cast(-rho * m1),
+                gs[j], x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(-rho * rho * m2), cast(-rho * m1),
                 dx[n, grp, j],
             )
 
@@ -501,7 +574,7 @@ def _ones_zeros(weight, bias, n, dtype):
     return w, b
 
 
-def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
+def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, act=False):
     """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
 
     Fast path: x is viewed as (N, G, C/G, S); the N·G (n, group) slabs are
@@ -509,7 +582,8 @@ def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
     passes over a slab small enough to stay in cache, each vectorised over
     LANES partial sums), then writes
     y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
-    one write of y.
+    one write of y. ``act``: SiLU applied to each row of y while it is in cache
+    (``group_norm_silu_forward``).
     """
     N, C = x.shape[:2]
     G = num_groups
@@ -519,30 +593,45 @@ def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
     out = np.empty_like(x4)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
-    parallel_for(_group_norm_forward_fast, N * G, x3, x4, w, b, float(eps), out, mean, rstd)
+    parallel_for(_group_norm_forward_fast, N * G, x3, x4, w, b, float(eps), bool(act), exp_constants(x.dtype),
+                 x.dtype == np.float32, out, mean, rstd)
     return out.reshape(x.shape), mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
-def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None):
+def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=None, act=False):
     """Group norm gradients on the CPU; contract of ``group_norm_backward_reference``.
 
     Fast path: (n, group) slabs split over threads; per channel of the slab one pass
     computes Σg and Σg(x − μ) (float64), which give mean(ĝ), mean(ĝx̂) and the
     per-(n, c) partial sums of db and dw; a second pass (slab in cache) writes
     dx = A·g + B·(x − μ) + C. dw, db: the (N, C) partials summed over n.
+    ``act`` (``group_norm_silu_backward``): g is first replaced, slab by slab, by
+    g·silu'(z) with z recomputed from x, μ, ρ, w, b.
     """
     N, C = x.shape[:2]
     G = num_groups
     x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
     g4 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x4.shape)
     w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
+    b = np.zeros(C) if bias is None else np.ascontiguousarray(bias, dtype=np.float64)
     dx = np.empty_like(x4)
     sg = np.empty((N, C))
     sgx = np.empty((N, C))
-    parallel_for(_group_norm_backward_fast, N * G, g4, x4, np.asarray(mean, np.float64), np.asarray(rstd, np.float64),
-                 w, dx, sg, sgx)
+    parallel_for(_group_norm_backward_fast, N * G, g4, x4, np.asarray(mean, np.float64),
+                 np.asarray(rstd, np.float64), w, b, bool(act), exp_constants(x.dtype), x.dtype == np.float32, dx,
+                 sg, sgx)
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape), sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
+
+
+def group_norm_silu_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """numba column of ``group_norm_silu_forward``: the group-norm kernel with SiLU fused in."""
+    return group_norm_forward_numba(x, num_groups, weight, bias, eps, act=True)
+
+
+def group_norm_silu_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=None):
+    """numba column of ``group_norm_silu_backward``: one kernel, dz = g·silu'(z) never stored."""
+    return group_norm_backward_numba(g, x, mean, rstd, num_groups, weight, bias, act=True)
 
 
 def layer_norm_forward_numba(x, normalized_shape, weight=None, bias=None, eps=1e-5):
@@ -670,6 +759,20 @@ def group_norm_backward_xp(g, x, mean, rstd, num_groups, weight=None):
     red = (0,) + tuple(range(2, x.ndim))
     wdt = x.dtype if weight is None else weight.dtype
     return dx.astype(x.dtype), (g * xhat).sum(red).astype(wdt), g.sum(red).astype(wdt)
+
+
+
+def group_norm_silu_forward_xp(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """silu(group_norm(x)) with array-module ops (two passes over memory; the fusion is the numba column's)."""
+    z, mean, rstd = group_norm_forward_xp(x, num_groups, weight, bias, eps)
+    return _ACTIVATIONS_XP["silu"][0](get_array_module(x), z).astype(x.dtype, copy=False), mean, rstd
+
+
+def group_norm_silu_backward_xp(g, x, mean, rstd, num_groups, weight=None, bias=None):
+    """dz = g·silu'(z), z recomputed from the statistics, then the group-norm backward."""
+    z = _group_norm_output(x, mean, rstd, num_groups, weight, bias)
+    dz = (g * _ACTIVATIONS_XP["silu"][1](get_array_module(x), z)).astype(x.dtype, copy=False)
+    return group_norm_backward_xp(dz, x, mean, rstd, num_groups, weight)
 
 
 def layer_norm_forward_xp(x, normalized_shape, weight=None, bias=None, eps=1e-5):

@@ -140,7 +140,7 @@ def _batch_norm_case(draw):
 
 def _norm_spec(name, draw, fixed, torch_fn, bad):
     fwd, bwd = K.OPS[name + "_forward"], K.OPS[name + "_backward"]
-    a = "num_groups" if name == "group_norm" else "normalized_shape"
+    a = "num_groups" if name.startswith("group_norm") else "normalized_shape"
 
     def forward(c):
         x, w, b = c.arrays["x"], c.arrays["weight"], c.arrays["bias"]
@@ -155,6 +155,8 @@ def _norm_spec(name, draw, fixed, torch_fn, bad):
         x, w = c.arrays["x"], c.arrays["weight"]
         if name == "batch_norm":
             return _grads(("x", "weight", "bias"), bwd(g, x, *saved, w, c.params["training"]), c)
+        if name == "group_norm_silu":  # the backward recomputes z = group_norm(x), which needs the bias
+            return _grads(("x", "weight", "bias"), bwd(g, x, *saved, c.params[a], w, c.arrays["bias"]), c)
         return _grads(("x", "weight", "bias"), bwd(g, x, *saved, c.params[a], w), c)
 
     def terms(c):
@@ -195,6 +197,13 @@ NORMS = [
                [(lambda: F.group_norm(z((2, 6, 3)), 4), r"\(2, 6, 3\)"), (lambda: F.group_norm(z(6), 3), r"\(6,\)"),
                 (lambda: F.group_norm(z((2, 6, 3)), 3, np.ones(5)), r"\(5,\)"),
                 (lambda: K.group_norm_backward(z((2, 6)), z((2, 6, 3)), z((2, 3)), z((2, 3)), 3),
+                 r"grad shape \(2, 6\)")]),
+    _norm_spec("group_norm_silu", _group_norm_case(), _gn_fixed,
+               lambda torch, t, p: torch.nn.functional.silu(torch.nn.functional.group_norm(
+                   t["x"], p["num_groups"], t["weight"], t["bias"], p["eps"])),
+               [(lambda: F.group_norm_silu(z((2, 6, 3)), 4), r"\(2, 6, 3\)"),
+                (lambda: F.group_norm_silu(z((2, 6, 3)), 3, None, np.ones(5)), r"bias.*\(5,\)"),
+                (lambda: K.group_norm_silu_backward(z((2, 6)), z((2, 6, 3)), z((2, 3)), z((2, 3)), 3),
                  r"grad shape \(2, 6\)")]),
     _norm_spec("layer_norm", _layer_norm_case(), _ln_fixed,
                lambda torch, t, p: torch.nn.functional.layer_norm(t["x"], p["normalized_shape"], t["weight"],
