@@ -47,11 +47,20 @@ CACHE = os.environ.get("NPDIFF_NUMBA_CACHE", "1") != "0"
 PARALLEL = os.environ.get("NPDIFF_NUMBA_PARALLEL", "1") != "0"
 FASTMATH = False
 
-jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True)
-jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True)
+# error_model="numpy": a float division by zero gives ±inf / nan as in numpy instead of raising
+# ZeroDivisionError. Python's model puts a zero test before every division, and that branch
+# stops LLVM from vectorising any loop that divides: the loop of ``x / (1 + e)`` compiled to
+# scalar code only; with this model the fused GroupNorm + SiLU forward went from 2.9 to 1.8 ms
+# on (64, 128, 16, 16), one thread. Kernels test their own denominators where zero is possible
+# (a fully masked attention row, an empty pooling window). Numba's cache does not notice a
+# change of these flags: clear ``__pycache__/*.nbi, *.nbc`` after editing them.
+ERROR_MODEL = "numpy"
+
+jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
+jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True, error_model=ERROR_MODEL)
 # scalar functions mapped by a kernel factory: inlined into the caller's loop (Numba IR level),
 # so the loop sees straight-line arithmetic and vectorises as if it were written there
-jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always")
+jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
 prange = numba.prange
 
 

@@ -263,43 +263,49 @@ ACTIVATIONS = {
 
 
 def _map_template(lo, hi, x, out, C, fast):
-    """out[t] = f(x[t], e_t) over chunks [lo, hi) (parallel_for splits them); e for the chunk by one vectorised exp."""
+    """out[t] = f(x[t], e_t) over chunks [lo, hi) (parallel_for splits them); e for the chunk by one vectorised exp.
+
+    Each chunk is sliced first (``xc = x[a:a+m]``) and indexed from 0: an index ``a + i`` may be
+    negative as far as Numba knows, and its wraparound test stops vectorisation (conv.py's note).
+    """
     n = x.shape[0]
     one = C.one
-    for c in range(lo, hi):  # parallel_for's share of [0, (n + CHUNK - 1) // CHUNK)
-        lo = c * CHUNK
-        m = min(n, lo + CHUNK) - lo
+    for c in range(lo, hi):
+        a = c * CHUNK
+        m = min(n, a + CHUNK) - a
+        xc, oc = x[a : a + m], out[a : a + m]
         if USES_EXP:  # noqa: F821 (bound by _specialise)
             buf = np.empty(m, x.dtype)
             ib = np.empty(m, np.int32)
             for i in range(m):
-                buf[i] = ARG(x[lo + i])  # noqa: F821
+                buf[i] = ARG(xc[i])  # noqa: F821
             exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
             for i in range(m):
-                out[lo + i] = F(x[lo + i], buf[i], one)  # noqa: F821
+                oc[i] = F(xc[i], buf[i], one)  # noqa: F821
         else:
             for i in range(m):
-                out[lo + i] = F(x[lo + i], one, one)  # noqa: F821 (no exp: e unused)
+                oc[i] = F(xc[i], one, one)  # noqa: F821 (no exp: e unused)
 
 
 def _zip_template(lo, hi, g, x, out, C, fast):
     """out[t] = g[t]·df(x[t], e_t), the same chunks and exp as the map."""
     n = x.shape[0]
     one = C.one
-    for c in range(lo, hi):  # parallel_for's share of [0, (n + CHUNK - 1) // CHUNK)
-        lo = c * CHUNK
-        m = min(n, lo + CHUNK) - lo
+    for c in range(lo, hi):
+        a = c * CHUNK
+        m = min(n, a + CHUNK) - a
+        gc, xc, oc = g[a : a + m], x[a : a + m], out[a : a + m]
         if USES_EXP:  # noqa: F821
             buf = np.empty(m, x.dtype)
             ib = np.empty(m, np.int32)
             for i in range(m):
-                buf[i] = ARG(x[lo + i])  # noqa: F821
+                buf[i] = ARG(xc[i])  # noqa: F821
             exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
             for i in range(m):
-                out[lo + i] = g[lo + i] * F(x[lo + i], buf[i], one)  # noqa: F821
+                oc[i] = gc[i] * F(xc[i], buf[i], one)  # noqa: F821
         else:
             for i in range(m):
-                out[lo + i] = g[lo + i] * F(x[lo + i], one, one)  # noqa: F821
+                oc[i] = gc[i] * F(xc[i], one, one)  # noqa: F821
 
 
 def _specialise(template, name, arg, f):

@@ -400,8 +400,8 @@ def _group_norm_forward_fast(lo, hi, x3, x4, w, b, eps, act, C, fast, out, mean,
     N, G, Cg, S = x4.shape
     M = Cg * S
     acc = np.empty(LANES)
-    buf = np.empty(S, out.dtype)
-    ib = np.empty(S, np.int32)
+    buf = np.empty(M, out.dtype)
+    ib = np.empty(M, np.int32)
     for r in range(lo, hi):
         n = r // G
         g = r - n * G
@@ -415,25 +415,25 @@ def _group_norm_forward_fast(lo, hi, x3, x4, w, b, eps, act, C, fast, out, mean,
         for j in range(Cg):
             c = g * Cg + j
             _row_affine(x4[n, g, j], cast(mu), cast(rho * w[c]), cast(b[c]), out[n, g, j])
-            if act:
-                _silu_row(out[n, g, j], buf, ib, C, fast)
+        if act:  # the whole slab at once: one long vector exp
+            _silu_row(out[n, g].reshape(M), buf, ib, C, fast)
 
 
 @jit_serial
 def _silu_grad_rows(g4, x4, n, grp, mu, rho, w, b, C, fast, dz, buf, ib):
     """dz (Cg, S) = g·silu'(z) for the slab (n, grp), z = (x − μ)ρw + b recomputed from x."""
     Cg, S = x4.shape[2], x4.shape[3]
+    M = Cg * S
     cast = dz.dtype.type
     for j in range(Cg):
         c = grp * Cg + j
-        z = dz[j]
-        _row_affine(x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(b[c]), z)
-        for i in range(S):
-            buf[i] = neg_abs(z[i])
-        exp_inplace(buf, S, ib, ib.view(np.float32), C, fast)
-        gj = g4[n, grp, j]
-        for i in range(S):
-            z[i] = gj[i] * silu_grad(z[i], buf[i], C.one)
+        _row_affine(x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(b[c]), dz[j])
+    z, gs = dz.reshape(M), g4[n, grp].reshape(M)  # the slab, contiguous: one long vector exp
+    for i in range(M):
+        buf[i] = neg_abs(z[i])
+    exp_inplace(buf, M, ib, ib.view(np.float32), C, fast)
+    for i in range(M):
+        z[i] = gs[i] * silu_grad(z[i], buf[i], C.one)
 
 
 @jit_serial
@@ -446,8 +446,8 @@ def _group_norm_backward_fast(lo, hi, g4, x4, mean, rstd, w, b, act, C, fast, dx
     acc = np.empty(GRAD_LANES)
     acc2 = np.empty(GRAD_LANES)
     dz = np.empty((Cg, S), dx.dtype)
-    buf = np.empty(S, dx.dtype)
-    ib = np.empty(S, np.int32)
+    buf = np.empty(M, dx.dtype)
+    ib = np.empty(M, np.int32)
     for r in range(lo, hi):
         n = r // G
         grp = r - n * G
