@@ -217,63 +217,6 @@ def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
 
 
 @jit_serial
-def _forward_tiled_one(task, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
-    """One (row block, query tile) task of ``attention_forward_tiled``."""
-    Lq, d = q.shape[1], q.shape[2]
-    Lk, dv = k.shape[1], v.shape[2]
-    nqt = (Lq + tq - 1) // tq
-    n = task // nqt
-    i0 = (task % nqt) * tq
-    nq = min(tq, Lq - i0)
-    qs = np.empty((tq, d), q.dtype)
-    for i in range(nq):
-        for c in range(d):
-            qs[i, c] = q[n, i0 + i, c] * scale
-    sbuf = np.empty(tq * tk, q.dtype)
-    ib = np.empty(tk, np.int32)
-    fb = ib.view(np.float32)
-    m = np.full(tq, -np.inf, q.dtype)
-    l = np.zeros(tq, q.dtype)
-    alpha = np.ones(tq, q.dtype)
-    acc = np.zeros((tq, dv), q.dtype)
-    tmp = np.empty((tq, dv), q.dtype)
-    for j0 in range(0, Lk, tk):
-        nk = min(tk, Lk - j0)
-        S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
-        # 1. scores S = qs · k_tileᵀ
-        np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
-        # 2. online softmax per row
-        for i in range(nq):
-            row = S[i]
-            if has_bias:
-                b = bias[bias_index[n], i0 + i]
-                for j in range(nk):
-                    row[j] += b[j0 + j]
-            mt = max(m[i], _row_max(row, nk))
-            if mt == -np.inf:  # all keys so far masked: nothing to add
-                row[:] = 0
-                alpha[i] = 1
-                continue
-            alpha[i] = math.exp(m[i] - mt)  # exp(−∞) = 0 on the first tile
-            l[i] = l[i] * alpha[i] + _exp_shift_sum(row, nk, mt, ib, fb, C, fast)
-            m[i] = mt
-        # 3. acc ← α·acc + P V_tile
-        np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
-        for i in range(nq):
-            for c in range(dv):
-                acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
-    for i in range(nq):
-        if l[i] == 0:
-            lse[n, i0 + i] = -np.inf
-            out[n, i0 + i] = 0
-            continue
-        lse[n, i0 + i] = m[i] + math.log(l[i])
-        inv = 1 / l[i]
-        for c in range(dv):
-            out[n, i0 + i, c] = acc[i, c] * inv
-
-
-@jit_serial
 def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
     """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
     over (n, query tile); fills ``out`` and ``lse``.
@@ -282,84 +225,59 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
     m' = max(m, max_j S_ij), α = e^{m−m'}, l ← α·l + Σ_j e^{S_ij − m'}, acc ← α·acc + e^{S − m'} V
     (sgemm). Finally O = acc / l, lse = m + log l.
     """
-    for task in range(lo, hi):  # parallel_for's share of the N·⌈Lq/tq⌉ tasks
-        _forward_tiled_one(task, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast)
-
-
-@jit_serial
-def _forward_direct_one(task, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
-    """One (row block, query tile) task of ``attention_forward_direct``."""
-    Lq, d = q.shape[1], q.shape[2]
-    Lk, dv = k.shape[1], v.shape[2]
-    nqt = (Lq + tq - 1) // tq
-    n = task // nqt
-    i0 = (task % nqt) * tq
-    nq = min(tq, Lq - i0)
-    qsT = np.empty((d, tq), q.dtype)
-    for i in range(nq):
-        for c in range(d):
-            qsT[c, i] = q[n, i0 + i, c] * scale
-    ST = np.empty((tk, tq), q.dtype)
-    ib = np.empty(tq, np.int32)
-    fb = ib.view(np.float32)
-    m = np.full(tq, -np.inf, q.dtype)
-    mt = np.empty(tq, q.dtype)
-    alpha = np.empty(tq, q.dtype)
-    l = np.zeros(tq, q.dtype)
-    accT = np.zeros((dv, tq), q.dtype)  # Oᵀ
-    for j0 in range(0, Lk, tk):
-        nk = min(tk, Lk - j0)
-        # 1. Sᵀ = k_tile · qsᵀ (+ biasᵀ), and the running max m'
-        mt[:nq] = m[:nq]
-        for j in range(nk):
-            row = ST[j]
-            row[:nq] = 0
-            for c in range(d):
-                kc = k[n, j0 + j, c]
-                qc = qsT[c]
-                for i in range(nq):
-                    row[i] += kc * qc[i]
-            if has_bias:
-                b = bias[bias_index[n]]
-                for i in range(nq):
-                    row[i] += b[i0 + i, j0 + j]
-            for i in range(nq):
-                mt[i] = max(mt[i], row[i])
-        # 2. α = e^{m − m'} (rows still fully masked keep α = 1 and add nothing)
+    for task in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dv = k.shape[1], v.shape[2]
+        nqt = (Lq + tq - 1) // tq
+        n = task // nqt
+        i0 = (task % nqt) * tq
+        nq = min(tq, Lq - i0)
+        qs = np.empty((tq, d), q.dtype)
         for i in range(nq):
-            if mt[i] == -np.inf:
-                alpha[i] = 1
-                mt[i] = 0  # exp(−∞ − 0) = 0 below
-            else:
-                alpha[i] = math.exp(m[i] - mt[i])
-                m[i] = mt[i]
-            l[i] *= alpha[i]
-        for c in range(dv):
-            a = accT[c]
+            for c in range(d):
+                qs[i, c] = q[n, i0 + i, c] * scale
+        sbuf = np.empty(tq * tk, q.dtype)
+        ib = np.empty(tk, np.int32)
+        fb = ib.view(np.float32)
+        m = np.full(tq, -np.inf, q.dtype)
+        l = np.zeros(tq, q.dtype)
+        alpha = np.ones(tq, q.dtype)
+        acc = np.zeros((tq, dv), q.dtype)
+        tmp = np.empty((tq, dv), q.dtype)
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
+            # 1. scores S = qs · k_tileᵀ
+            np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
+            # 2. online softmax per row
             for i in range(nq):
-                a[i] *= alpha[i]
-        # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :], Oᵀ += v_jᵀ Pᵀ[j, :]
-        for j in range(nk):
-            row = ST[j]
+                row = S[i]
+                if has_bias:
+                    b = bias[bias_index[n], i0 + i]
+                    for j in range(nk):
+                        row[j] += b[j0 + j]
+                mt = max(m[i], _row_max(row, nk))
+                if mt == -np.inf:  # all keys so far masked: nothing to add
+                    row[:] = 0
+                    alpha[i] = 1
+                    continue
+                alpha[i] = math.exp(m[i] - mt)  # exp(−∞) = 0 on the first tile
+                l[i] = l[i] * alpha[i] + _exp_shift_sum(row, nk, mt, ib, fb, C, fast)
+                m[i] = mt
+            # 3. acc ← α·acc + P V_tile
+            np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
             for i in range(nq):
-                row[i] -= mt[i]
-            _exp_inplace(row, nq, ib, fb, C, fast)
-            for i in range(nq):
-                l[i] += row[i]
+                for c in range(dv):
+                    acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
+        for i in range(nq):
+            if l[i] == 0:
+                lse[n, i0 + i] = -np.inf
+                out[n, i0 + i] = 0
+                continue
+            lse[n, i0 + i] = m[i] + math.log(l[i])
+            inv = 1 / l[i]
             for c in range(dv):
-                vc = v[n, j0 + j, c]
-                a = accT[c]
-                for i in range(nq):
-                    a[i] += vc * row[i]
-    for i in range(nq):
-        if l[i] == 0:
-            lse[n, i0 + i] = -np.inf
-            out[n, i0 + i] = 0
-            continue
-        lse[n, i0 + i] = m[i] + math.log(l[i])
-        inv = 1 / l[i]
-        for c in range(dv):
-            out[n, i0 + i, c] = accT[c, i] * inv
+                out[n, i0 + i, c] = acc[i, c] * inv
 
 
 @jit_serial
@@ -374,8 +292,78 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
     Each inner loop is an axpy / max / exp over tq = 64 contiguous query lanes, which the
     compiler vectorises; with d = 8 that beats a K = 8 GEMM, whose time goes to packing.
     """
-    for task in range(lo, hi):  # parallel_for's share of the N·⌈Lq/tq⌉ tasks
-        _forward_direct_one(task, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast)
+    for task in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dv = k.shape[1], v.shape[2]
+        nqt = (Lq + tq - 1) // tq
+        n = task // nqt
+        i0 = (task % nqt) * tq
+        nq = min(tq, Lq - i0)
+        qsT = np.empty((d, tq), q.dtype)
+        for i in range(nq):
+            for c in range(d):
+                qsT[c, i] = q[n, i0 + i, c] * scale
+        ST = np.empty((tk, tq), q.dtype)
+        ib = np.empty(tq, np.int32)
+        fb = ib.view(np.float32)
+        m = np.full(tq, -np.inf, q.dtype)
+        mt = np.empty(tq, q.dtype)
+        alpha = np.empty(tq, q.dtype)
+        l = np.zeros(tq, q.dtype)
+        accT = np.zeros((dv, tq), q.dtype)  # Oᵀ
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            # 1. Sᵀ = k_tile · qsᵀ (+ biasᵀ), and the running max m'
+            mt[:nq] = m[:nq]
+            for j in range(nk):
+                row = ST[j]
+                row[:nq] = 0
+                for c in range(d):
+                    kc = k[n, j0 + j, c]
+                    qc = qsT[c]
+                    for i in range(nq):
+                        row[i] += kc * qc[i]
+                if has_bias:
+                    b = bias[bias_index[n]]
+                    for i in range(nq):
+                        row[i] += b[i0 + i, j0 + j]
+                for i in range(nq):
+                    mt[i] = max(mt[i], row[i])
+            # 2. α = e^{m − m'} (rows still fully masked keep α = 1 and add nothing)
+            for i in range(nq):
+                if mt[i] == -np.inf:
+                    alpha[i] = 1
+                    mt[i] = 0  # exp(−∞ − 0) = 0 below
+                else:
+                    alpha[i] = math.exp(m[i] - mt[i])
+                    m[i] = mt[i]
+                l[i] *= alpha[i]
+            for c in range(dv):
+                a = accT[c]
+                for i in range(nq):
+                    a[i] *= alpha[i]
+            # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :], Oᵀ += v_jᵀ Pᵀ[j, :]
+            for j in range(nk):
+                row = ST[j]
+                for i in range(nq):
+                    row[i] -= mt[i]
+                _exp_inplace(row, nq, ib, fb, C, fast)
+                for i in range(nq):
+                    l[i] += row[i]
+                for c in range(dv):
+                    vc = v[n, j0 + j, c]
+                    a = accT[c]
+                    for i in range(nq):
+                        a[i] += vc * row[i]
+        for i in range(nq):
+            if l[i] == 0:
+                lse[n, i0 + i] = -np.inf
+                out[n, i0 + i] = 0
+                continue
+            lse[n, i0 + i] = m[i] + math.log(l[i])
+            inv = 1 / l[i]
+            for c in range(dv):
+                out[n, i0 + i, c] = accT[c, i] * inv
 
 
 @jit_serial
@@ -412,159 +400,147 @@ def _ds_in_place(S, dP, D, n, i0, nq, nk):
 
 
 @jit_serial
-def _backward_blas_one(n, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C, fast):
-    """FlashAttention-2 backward of row block n with sgemm tile products (d > SMALL_HEAD_DIM)."""
-    Lq, d = q.shape[1], q.shape[2]
-    Lk, dvw = k.shape[1], v.shape[2]
-    qs = np.empty((tq, d), q.dtype)
-    sbuf = np.empty(tq * tk, q.dtype)
-    pbuf = np.empty(tq * tk, q.dtype)
-    ib = np.empty(tk, np.int32)
-    fb = ib.view(np.float32)
-    kT = np.empty((d, tk), q.dtype)  # unused by the sgemm score tile
-    dkacc = np.empty((tk, d), q.dtype)
-    dvacc = np.empty((tk, dvw), q.dtype)
-    tvbuf = np.empty(tk * dvw, q.dtype)
-    tqbuf = np.empty(tq * d, q.dtype)
-    tkbuf = np.empty(tk * d, q.dtype)
-    dq[n] = 0
-    for j0 in range(0, Lk, tk):
-        nk = min(tk, Lk - j0)
-        dkacc[:] = 0
-        dvacc[:] = 0
-        for i0 in range(0, Lq, tq):
-            nq = min(tq, Lq - i0)
-            S = sbuf[: nq * nk].reshape((nq, nk))
-            dP = pbuf[: nq * nk].reshape((nq, nk))
-            # 1. P = exp(S − lse) (S recomputed, as in the forward)
-            _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, True, ib, fb, C, fast)
-            gi = g[n, i0 : i0 + nq]
-            # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
-            tv = tvbuf[: nk * dvw].reshape((nk, dvw))
-            np.dot(S.T, gi, tv)
-            for j in range(nk):
-                for c in range(dvw):
-                    dvacc[j, c] += tv[j, c]
-            np.dot(gi, v[n, j0 : j0 + nk].T, dP)
-            # 3. dS = P ∘ (dP − D)   (stored in dP)
-            _ds_in_place(S, dP, D, n, i0, nq, nk)
-            # 4. dQ_i += s·dS k_j ; dK_j += dSᵀ qs  (qs carries s)
-            tmpq = tqbuf[: nq * d].reshape((nq, d))
-            np.dot(dP, k[n, j0 : j0 + nk], tmpq)
-            for i in range(nq):
-                for c in range(d):
-                    dq[n, i0 + i, c] += scale * tmpq[i, c]
-            tk_ = tkbuf[: nk * d].reshape((nk, d))
-            np.dot(dP.T, qs[:nq], tk_)
-            for j in range(nk):
-                for c in range(d):
-                    dkacc[j, c] += tk_[j, c]
-        for j in range(nk):
-            for c in range(d):
-                dk[n, j0 + j, c] = dkacc[j, c]
-            for c in range(dvw):
-                dv[n, j0 + j, c] = dvacc[j, c]
-
-
-@jit_serial
-def _backward_direct_one(n, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C, fast):
-    """FlashAttention-2 backward of row block n with direct loops (d ≤ SMALL_HEAD_DIM): the K = d tile
-    products are axpys along the keys (dVᵀ, dP, dKᵀ) and, on dS transposed once per tile, along the
-    queries (dQᵀ)."""
-    Lq, d = q.shape[1], q.shape[2]
-    Lk, dvw = k.shape[1], v.shape[2]
-    qs = np.empty((tq, d), q.dtype)
-    sbuf = np.empty(tq * tk, q.dtype)
-    pbuf = np.empty(tq * tk, q.dtype)
-    ib = np.empty(tk, np.int32)
-    fb = ib.view(np.float32)
-    kT = np.empty((d, tk), q.dtype)
-    vT = np.empty((dvw, tk), q.dtype)
-    dST = np.empty((tk, tq), q.dtype)
-    dKT = np.empty((d, tk), q.dtype)
-    dVT = np.empty((dvw, tk), q.dtype)
-    dQT = np.zeros((d, Lq), q.dtype)
-    for j0 in range(0, Lk, tk):
-        nk = min(tk, Lk - j0)
-        dKT[:] = 0
-        dVT[:] = 0
-        for j in range(nk):
-            for c in range(dvw):
-                vT[c, j] = v[n, j0 + j, c]
-        for i0 in range(0, Lq, tq):
-            nq = min(tq, Lq - i0)
-            S = sbuf[: nq * nk].reshape((nq, nk))
-            dP = pbuf[: nq * nk].reshape((nq, nk))
-            # 1. P = exp(S − lse) (S recomputed, as in the forward)
-            _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, False, ib, fb, C,
-                    fast)
-            # 2. dVᵀ_j += gᵀ P ; dP = g_i v_jᵀ
-            for i in range(nq):
-                prow = S[i]
-                for c in range(dvw):
-                    gc = g[n, i0 + i, c]
-                    a = dVT[c]
-                    for j in range(nk):
-                        a[j] += gc * prow[j]
-                drow = dP[i]
-                drow[:] = 0
-                for c in range(dvw):
-                    gc = g[n, i0 + i, c]
-                    vc = vT[c]
-                    for j in range(nk):
-                        drow[j] += gc * vc[j]
-            # 3. dS = P ∘ (dP − D)   (stored in dP)
-            _ds_in_place(S, dP, D, n, i0, nq, nk)
-            # 4. dQᵀ_i += s·k_jᵀ dSᵀ ; dKᵀ_j += qsᵀ dS  (qs carries s)
-            for i in range(nq):
-                for j in range(nk):
-                    dST[j, i] = dP[i, j]
-            for j in range(nk):
-                srow = dST[j]
-                for c in range(d):
-                    kc = k[n, j0 + j, c] * scale
-                    a = dQT[c, i0 : i0 + nq]
-                    for i in range(nq):
-                        a[i] += kc * srow[i]
-            for i in range(nq):
-                drow = dP[i]
-                for c in range(d):
-                    qc = qs[i, c]
-                    a = dKT[c]
-                    for j in range(nk):
-                        a[j] += qc * drow[j]
-        for j in range(nk):
-            for c in range(d):
-                dk[n, j0 + j, c] = dKT[c, j]
-            for c in range(dvw):
-                dv[n, j0 + j, c] = dVT[c, j]
-    for i in range(Lq):
-        for c in range(d):
-            dq[n, i, c] = dQT[c, i]
-
-
-@jit_serial
 def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
                             fast):
-    """FlashAttention-2 backward, parallel over n (``_backward_blas_one``); fills dq, dk, dv.
+    """FlashAttention-2 backward with sgemm tile products (d > SMALL_HEAD_DIM), row blocks n in [lo, hi);
+    fills dq, dk, dv.
 
     For each key tile j (outer) and query tile i (inner): S = s·q_i k_jᵀ (+ bias),
     P = exp(S − lse_i), dV_j += Pᵀ g_i, dP = g_i v_jᵀ, dS = P∘(dP − D_i), dQ_i += s·dS k_j,
     dK_j += s·dSᵀ q_i. The score GEMM is the forward's ``_scores_tile``. The BLAS and the direct
     (small-head) backward are two kernels, so a run compiles only the one its head width uses.
     """
-    for n in range(lo, hi):  # parallel_for's share of [0, q.shape[0])
-        _backward_blas_one(n, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
-                           fast)
+    for n in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dvw = k.shape[1], v.shape[2]
+        qs = np.empty((tq, d), q.dtype)
+        sbuf = np.empty(tq * tk, q.dtype)
+        pbuf = np.empty(tq * tk, q.dtype)
+        ib = np.empty(tk, np.int32)
+        fb = ib.view(np.float32)
+        kT = np.empty((d, tk), q.dtype)  # unused by the sgemm score tile
+        dkacc = np.empty((tk, d), q.dtype)
+        dvacc = np.empty((tk, dvw), q.dtype)
+        tvbuf = np.empty(tk * dvw, q.dtype)
+        tqbuf = np.empty(tq * d, q.dtype)
+        tkbuf = np.empty(tk * d, q.dtype)
+        dq[n] = 0
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            dkacc[:] = 0
+            dvacc[:] = 0
+            for i0 in range(0, Lq, tq):
+                nq = min(tq, Lq - i0)
+                S = sbuf[: nq * nk].reshape((nq, nk))
+                dP = pbuf[: nq * nk].reshape((nq, nk))
+                # 1. P = exp(S − lse) (S recomputed, as in the forward)
+                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, True, ib, fb, C,
+                        fast)
+                gi = g[n, i0 : i0 + nq]
+                # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
+                tv = tvbuf[: nk * dvw].reshape((nk, dvw))
+                np.dot(S.T, gi, tv)
+                for j in range(nk):
+                    for c in range(dvw):
+                        dvacc[j, c] += tv[j, c]
+                np.dot(gi, v[n, j0 : j0 + nk].T, dP)
+                # 3. dS = P ∘ (dP − D)   (stored in dP)
+                _ds_in_place(S, dP, D, n, i0, nq, nk)
+                # 4. dQ_i += s·dS k_j ; dK_j += dSᵀ qs  (qs carries s)
+                tmpq = tqbuf[: nq * d].reshape((nq, d))
+                np.dot(dP, k[n, j0 : j0 + nk], tmpq)
+                for i in range(nq):
+                    for c in range(d):
+                        dq[n, i0 + i, c] += scale * tmpq[i, c]
+                tk_ = tkbuf[: nk * d].reshape((nk, d))
+                np.dot(dP.T, qs[:nq], tk_)
+                for j in range(nk):
+                    for c in range(d):
+                        dkacc[j, c] += tk_[j, c]
+            for j in range(nk):
+                for c in range(d):
+                    dk[n, j0 + j, c] = dkacc[j, c]
+                for c in range(dvw):
+                    dv[n, j0 + j, c] = dvacc[j, c]
 
 
 @jit_serial
 def attention_backward_direct(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
                               fast):
-    """The same backward for small heads (``_backward_direct_one``: direct loops instead of K = d GEMMs)."""
-    for n in range(lo, hi):  # parallel_for's share of [0, q.shape[0])
-        _backward_direct_one(n, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
-                             fast)
+    """The same backward for small heads (d ≤ SMALL_HEAD_DIM), row blocks n in [lo, hi): the K = d tile
+    products are axpys along the keys (dVᵀ, dP, dKᵀ) and, on dS transposed once per tile, along the
+    queries (dQᵀ)."""
+    for n in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dvw = k.shape[1], v.shape[2]
+        qs = np.empty((tq, d), q.dtype)
+        sbuf = np.empty(tq * tk, q.dtype)
+        pbuf = np.empty(tq * tk, q.dtype)
+        ib = np.empty(tk, np.int32)
+        fb = ib.view(np.float32)
+        kT = np.empty((d, tk), q.dtype)
+        vT = np.empty((dvw, tk), q.dtype)
+        dST = np.empty((tk, tq), q.dtype)
+        dKT = np.empty((d, tk), q.dtype)
+        dVT = np.empty((dvw, tk), q.dtype)
+        dQT = np.zeros((d, Lq), q.dtype)
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            dKT[:] = 0
+            dVT[:] = 0
+            for j in range(nk):
+                for c in range(dvw):
+                    vT[c, j] = v[n, j0 + j, c]
+            for i0 in range(0, Lq, tq):
+                nq = min(tq, Lq - i0)
+                S = sbuf[: nq * nk].reshape((nq, nk))
+                dP = pbuf[: nq * nk].reshape((nq, nk))
+                # 1. P = exp(S − lse) (S recomputed, as in the forward)
+                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, False, ib, fb, C,
+                        fast)
+                # 2. dVᵀ_j += gᵀ P ; dP = g_i v_jᵀ
+                for i in range(nq):
+                    prow = S[i]
+                    for c in range(dvw):
+                        gc = g[n, i0 + i, c]
+                        a = dVT[c]
+                        for j in range(nk):
+                            a[j] += gc * prow[j]
+                    drow = dP[i]
+                    drow[:] = 0
+                    for c in range(dvw):
+                        gc = g[n, i0 + i, c]
+                        vc = vT[c]
+                        for j in range(nk):
+                            drow[j] += gc * vc[j]
+                # 3. dS = P ∘ (dP − D)   (stored in dP)
+                _ds_in_place(S, dP, D, n, i0, nq, nk)
+                # 4. dQᵀ_i += s·k_jᵀ dSᵀ ; dKᵀ_j += qsᵀ dS  (qs carries s)
+                for i in range(nq):
+                    for j in range(nk):
+                        dST[j, i] = dP[i, j]
+                for j in range(nk):
+                    srow = dST[j]
+                    for c in range(d):
+                        kc = k[n, j0 + j, c] * scale
+                        a = dQT[c, i0 : i0 + nq]
+                        for i in range(nq):
+                            a[i] += kc * srow[i]
+                for i in range(nq):
+                    drow = dP[i]
+                    for c in range(d):
+                        qc = qs[i, c]
+                        a = dKT[c]
+                        for j in range(nk):
+                            a[j] += qc * drow[j]
+            for j in range(nk):
+                for c in range(d):
+                    dk[n, j0 + j, c] = dKT[c, j]
+                for c in range(dvw):
+                    dv[n, j0 + j, c] = dVT[c, j]
+        for i in range(Lq):
+            for c in range(d):
+                dq[n, i, c] = dQT[c, i]
 
 
 # ---------------------------------------------------------------------------

@@ -116,10 +116,7 @@ def _input_tiles(x, n0, nb, ph, pw, th, tw, pad, V):
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     Hp, Wp = 2 * th + 2, 2 * tw + 2
     P = th * tw
-    c0 = np.empty((4, tw), x.dtype)
-    c1 = np.empty((4, tw), x.dtype)
-    c2 = np.empty((4, tw), x.dtype)
-    c3 = np.empty((4, tw), x.dtype)
+    cols = np.empty((4, 4, tw), x.dtype)  # [k, r, tj]: column combination k of patch row r
     for b in range(nb):
         for c in range(C):
             # 1. the padded plane
@@ -141,22 +138,21 @@ def _input_tiles(x, n0, nb, ph, pw, th, tw, pad, V):
                     row = pad[2 * ti + r]
                     for tj in range(tw):
                         d0, d1, d2, d3 = row[2 * tj], row[2 * tj + 1], row[2 * tj + 2], row[2 * tj + 3]
-                        c0[r, tj] = d0 - d2
-                        c1[r, tj] = d1 + d2
-                        c2[r, tj] = d2 - d1
-                        c3[r, tj] = d1 - d3
+                        cols[0, r, tj] = d0 - d2
+                        cols[1, r, tj] = d1 + d2
+                        cols[2, r, tj] = d2 - d1
+                        cols[3, r, tj] = d1 - d3
                 # 3. row transform: V[4a + k] from the four rows of column combination k
                 base = b * P + ti * tw
                 for k in range(4):
-                    ck = c0 if k == 0 else (c1 if k == 1 else (c2 if k == 2 else c3))
-                    v0, v1, v2, v3 = V[k, c, base : base + tw], V[4 + k, c, base : base + tw], \
-                        V[8 + k, c, base : base + tw], V[12 + k, c, base : base + tw]
+                    e = cols[k]
+                    v0, v1 = V[k, c, base : base + tw], V[4 + k, c, base : base + tw]
+                    v2, v3 = V[8 + k, c, base : base + tw], V[12 + k, c, base : base + tw]
                     for tj in range(tw):
-                        e0, e1, e2, e3 = ck[0, tj], ck[1, tj], ck[2, tj], ck[3, tj]
-                        v0[tj] = e0 - e2
-                        v1[tj] = e1 + e2
-                        v2[tj] = e2 - e1
-                        v3[tj] = e1 - e3
+                        v0[tj] = e[0, tj] - e[2, tj]
+                        v1[tj] = e[1, tj] + e[2, tj]
+                        v2[tj] = e[2, tj] - e[1, tj]
+                        v3[tj] = e[1, tj] - e[3, tj]
 
 
 @jit_serial
