@@ -87,13 +87,14 @@ def parallel_for(kernel, n, *args):
     if T <= 1:
         kernel(0, n, *args)
         return
-    if not _EXECUTOR:
+    if not _EXECUTOR or _EXECUTOR[0][0] != os.getpid():  # first use, or a forked child (no threads there)
         from concurrent.futures import ThreadPoolExecutor
 
-        _EXECUTOR.append(ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
-                                            thread_name_prefix="npdiff-kernel"))
+        _EXECUTOR[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                                         thread_name_prefix="npdiff-kernel"))]
+    pool = _EXECUTOR[0][1]
     cuts = [t * n // T for t in range(T + 1)]
-    futures = [_EXECUTOR[0].submit(kernel, cuts[t], cuts[t + 1], *args) for t in range(1, T)]
+    futures = [pool.submit(kernel, cuts[t], cuts[t + 1], *args) for t in range(1, T)]
     try:
         kernel(cuts[0], cuts[1], *args)
     finally:

@@ -539,7 +539,8 @@ def mse_loss_backward_numba(g, x, t, reduction="mean"):
     """(gx, gt) = (2(x − t)g/n, −gx) for "mean"; without /n for "sum"; g elementwise for "none"."""
     k = 2.0 / x.size if reduction == "mean" else 2.0
     gx = np.empty(x.shape, x.dtype)
-    parallel_for(_scale_diff, _chunks(x.size), x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k), gx.reshape(-1))
+    parallel_for(_scale_diff, _chunks(x.size), x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k),
+                 gx.reshape(-1))
     return gx, -gx
 
 

@@ -675,7 +675,8 @@ def layer_norm_backward_numba(g, x, mean, rstd, normalized_shape, weight=None):
     dw_part = np.zeros((nchunks, D))
     db_part = np.zeros((nchunks, D))
     parallel_for(
-        _layer_norm_backward_fast, nchunks, g2, x2, np.asarray(mean, np.float64).reshape(-1), np.asarray(rstd, np.float64).reshape(-1),
+        _layer_norm_backward_fast, nchunks, g2, x2, np.asarray(mean, np.float64).reshape(-1),
+        np.asarray(rstd, np.float64).reshape(-1),
         w, nchunks, dx, dw_part, db_part,
     )
     wdt = x.dtype if weight is None else weight.dtype
@@ -720,7 +721,8 @@ def batch_norm_backward_numba(g, x, mean, rstd, weight=None, training=True):
     dw = np.empty(C)
     db = np.empty(C)
     parallel_for(
-        _batch_norm_backward_fast, C, g3, x3, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, bool(training), dx, dw, db
+        _batch_norm_backward_fast, C, g3, x3, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w,
+        bool(training), dx, dw, db
     )
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape), dw.astype(wdt), db.astype(wdt)
