@@ -12,8 +12,8 @@ Why not Numba's ``prange`` (``parallel=True``)? Compile time. A parfor kernel is
 and optimised as a serial body, a gufunc and a driver; measured on the conv kernels, that is
 2-3x the compile time of the same loop as a serial function (3.0 s vs 1.4 s CPU for the conv
 forward), and with every family parallel the first ``npdiff train`` on a fresh machine spent
-about 30 s of CPU compiling before its first step (11 s with ``parallel_for``;
-``benchmarks/cold_start.py``). At run time the two are the same static split; waking a
+about 30 s of CPU compiling before its first step (15 s with ``parallel_for``, Winograd and the
+fused group norm included; ``benchmarks/cold_start.py``). At run time the two are the same static split; waking a
 pool thread costs tens of microseconds, against kernels of hundreds of microseconds and up.
 ``jit_parallel`` (``prange``) is used by the two group-norm kernels only, whose loop measured 25 %
 faster as a prange body than as a serial loop (``norm.py``).
