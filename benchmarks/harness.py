@@ -80,6 +80,84 @@ class _Side:
         self.proc.wait(timeout=60)
 
 
+def instruction_set() -> str:
+    """The widest x86 vector extension the CPU reports (what Numba compiles for on this host)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return "unknown"
+
+
+def _fma_kernel():
+    import numba
+
+    @numba.njit(fastmath=True, nogil=True)
+    def fma_loop(acc, reps, m, c):
+        # 256 independent float32 accumulators (16 AVX-512 / 32 AVX2 registers' worth): the
+        # multiply-add chains overlap, so the loop runs at the FMA units' throughput
+        for _ in range(reps):
+            for i in range(256):
+                acc[i] = acc[i] * m + c
+        return acc[0]
+
+    return fma_loop
+
+
+def measured_peak(threads: int, repeats: int = 3) -> dict:
+    """float32 GFLOP/s the machine reaches: an FMA loop on ``threads`` threads at once, and
+    npdiff's GEMM (gemm.matmul: rows over threads, one-thread sgemm each) on 1024², best of
+    ``repeats``. Kernel GFLOP/s figures read as a fraction of these."""
+    import threading
+
+    import numba
+
+    from npdiff.kernels import gemm
+
+    numba.set_num_threads(threads)
+    fma = _fma_kernel()
+    reps = 100_000
+    m, c = np.float32(0.999), np.float32(0.001)
+    fma(np.zeros(256, np.float32), 10, m, c)  # compile
+    best_fma = 0.0
+    for _ in range(repeats):
+        accs = [np.zeros(256, np.float32) for _ in range(threads)]
+        workers = [threading.Thread(target=fma, args=(a, reps, m, c)) for a in accs]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best_fma = max(best_fma, threads * 2 * 256 * reps / (time.perf_counter() - t0) / 1e9)
+    a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
+    gemm.matmul(a, a)
+    best_gemm = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gemm.matmul(a, a)
+        best_gemm = max(best_gemm, 2 * 1024 ** 3 / (time.perf_counter() - t0) / 1e9)
+    return {"fma_gflops": best_fma, "gemm_gflops": best_gemm}
+
+
+def describe_machine(threads: int, out=print) -> dict:
+    """Print (and return) the CPU, its instruction set, the load average and the measured float32 peak."""
+    import platform
+
+    model = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    info = {"cpu": model, "isa": instruction_set(), "load_average": os.getloadavg()[0], "threads": threads}
+    info.update(measured_peak(threads))
+    out(f"CPU: {info['cpu']} ({info['isa']}), load average {info['load_average']:.2f}; float32 peak on "
+        f"{threads} threads: FMA loop {info['fma_gflops']:.0f} GFLOP/s, GEMM 1024² {info['gemm_gflops']:.0f} GFLOP/s")
+    return info
+
+
 def main(cases: dict, build, script: str, title: str, describe=None):
     """Run every case alternately on both sides; print a table; optionally write JSON.
 
@@ -99,6 +177,7 @@ def main(cases: dict, build, script: str, title: str, describe=None):
         return _worker(build, args.worker, args.threads)
 
     names = [c for c in cases if not args.only or any(s in c for s in args.only.split(","))]
+    machine = describe_machine(args.threads)
     sides = {s: _Side(script, s, args.threads) for s in ("npdiff", "torch")}
     records = []
     if describe:
@@ -124,7 +203,8 @@ def main(cases: dict, build, script: str, title: str, describe=None):
                   f"{gf['torch']:>8.1f} {ratio:>6.2f} {warm['npdiff']:>9.2f}", flush=True)
             rec = {k: v for k, v in info.items() if k != "flops"}
             rec.update(case=name, npdiff_ms=med["npdiff"], torch_ms=med["torch"], ratio=ratio,
-                       npdiff_gflops=gf["npdiff"], torch_gflops=gf["torch"], npdiff_first_call_s=warm["npdiff"])
+                       npdiff_gflops=gf["npdiff"], torch_gflops=gf["torch"], npdiff_first_call_s=warm["npdiff"],
+                       machine=machine)
             records.append(rec)
     finally:
         for s in sides.values():

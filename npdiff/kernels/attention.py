@@ -61,7 +61,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .config import blas_single_thread, jit_parallel, jit_serial, prange
+from .config import blas_single_thread, jit_serial, parallel_for
 from .vexp import exp_constants as _exp_constants
 from .vexp import exp_inplace as _exp_inplace
 
@@ -219,8 +219,8 @@ def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
                     row[j] += qc * kc[j]
 
 
-@jit_parallel
-def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+@jit_serial
+def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
     """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
     over (n, query tile); fills ``out`` and ``lse``.
 
@@ -228,10 +228,10 @@ def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse
     m' = max(m, max_j S_ij), α = e^{m−m'}, l ← α·l + Σ_j e^{S_ij − m'}, acc ← α·acc + e^{S − m'} V
     (sgemm). Finally O = acc / l, lse = m + log l.
     """
-    N, Lq, d = q.shape
-    Lk, dv = k.shape[1], v.shape[2]
-    nqt = (Lq + tq - 1) // tq
-    for task in prange(N * nqt):
+    for task in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dv = k.shape[1], v.shape[2]
+        nqt = (Lq + tq - 1) // tq
         n = task // nqt
         i0 = (task % nqt) * tq
         nq = min(tq, Lq - i0)
@@ -283,8 +283,8 @@ def attention_forward_tiled(q, k, v, bias, bias_index, has_bias, scale, out, lse
                 out[n, i0 + i, c] = acc[i, c] * inv
 
 
-@jit_parallel
-def attention_forward_direct(q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+@jit_serial
+def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
     """Small-head forward (d ≤ SMALL_HEAD_DIM): the same tiling, but every product is a loop
     along the *query* axis of transposed tiles, so nothing is reduced along a row:
 
@@ -295,10 +295,10 @@ def attention_forward_direct(q, k, v, bias, bias_index, has_bias, scale, out, ls
     Each inner loop is an axpy / max / exp over tq = 64 contiguous query lanes, which the
     compiler vectorises; with d = 8 that beats a K = 8 GEMM, whose time goes to packing.
     """
-    N, Lq, d = q.shape
-    Lk, dv = k.shape[1], v.shape[2]
-    nqt = (Lq + tq - 1) // tq
-    for task in prange(N * nqt):
+    for task in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dv = k.shape[1], v.shape[2]
+        nqt = (Lq + tq - 1) // tq
         n = task // nqt
         i0 = (task % nqt) * tq
         nq = min(tq, Lq - i0)
@@ -369,31 +369,61 @@ def attention_forward_direct(q, k, v, bias, bias_index, has_bias, scale, out, ls
                 out[n, i0 + i, c] = accT[c, i] * inv
 
 
-@jit_parallel
-def attention_backward_tiled(g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, use_blas,
-                             C, fast):
-    """FlashAttention-2 backward, parallel over n; fills dq, dk, dv.
+@jit_serial
+def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, use_blas, ib, fb, C, fast):
+    """S (nq, nk) <- P = exp(s·q_i k_jᵀ (+ bias) − lse_i), the probabilities recomputed from the forward's lse;
+    also fills qs (nq, d) = s·q_i."""
+    d = q.shape[2]
+    for i in range(nq):
+        for c in range(d):
+            qs[i, c] = q[n, i0 + i, c] * scale
+    _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
+    for i in range(nq):
+        row = S[i]
+        if has_bias:
+            b = bias[bias_index[n], i0 + i]
+            for j in range(nk):
+                row[j] += b[j0 + j]
+        li = lse[n, i0 + i]
+        if li == -np.inf:
+            row[:] = 0
+        else:
+            _exp_shift_sum(row, nk, li, ib, fb, C, fast)
+
+
+@jit_serial
+def _ds_in_place(S, dP, D, n, i0, nq, nk):
+    """dS = P ∘ (dP − D_i), stored in dP."""
+    for i in range(nq):
+        Di = D[n, i0 + i]
+        prow = S[i]
+        drow = dP[i]
+        for j in range(nk):
+            drow[j] = prow[j] * (drow[j] - Di)
+
+
+@jit_serial
+def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
+                            fast):
+    """FlashAttention-2 backward with sgemm tile products (d > SMALL_HEAD_DIM), row blocks n in [lo, hi);
+    fills dq, dk, dv.
 
     For each key tile j (outer) and query tile i (inner): S = s·q_i k_jᵀ (+ bias),
     P = exp(S − lse_i), dV_j += Pᵀ g_i, dP = g_i v_jᵀ, dS = P∘(dP − D_i), dQ_i += s·dS k_j,
-    dK_j += s·dSᵀ q_i. The score GEMM is the forward's ``_scores_tile``.
+    dK_j += s·dSᵀ q_i. The score GEMM is the forward's ``_scores_tile``. The BLAS and the direct
+    (small-head) backward are two kernels, so a run compiles only the one its head width uses.
     """
-    N, Lq, d = q.shape
-    Lk, dvw = k.shape[1], v.shape[2]
-    for n in prange(N):
+    for n in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dvw = k.shape[1], v.shape[2]
         qs = np.empty((tq, d), q.dtype)
         sbuf = np.empty(tq * tk, q.dtype)
         pbuf = np.empty(tq * tk, q.dtype)
         ib = np.empty(tk, np.int32)
         fb = ib.view(np.float32)
-        kT = np.empty((d, tk), q.dtype)
-        vT = np.empty((dvw, tk), q.dtype)
-        dST = np.empty((tk, tq), q.dtype)
+        kT = np.empty((d, tk), q.dtype)  # unused by the sgemm score tile
         dkacc = np.empty((tk, d), q.dtype)
         dvacc = np.empty((tk, dvw), q.dtype)
-        dKT = np.empty((d, tk), q.dtype)
-        dVT = np.empty((dvw, tk), q.dtype)
-        dQT = np.zeros((d, Lq), q.dtype)
         tvbuf = np.empty(tk * dvw, q.dtype)
         tqbuf = np.empty(tq * d, q.dtype)
         tkbuf = np.empty(tk * d, q.dtype)
@@ -402,98 +432,118 @@ def attention_backward_tiled(g, q, k, v, D, lse, bias, bias_index, has_bias, sca
             nk = min(tk, Lk - j0)
             dkacc[:] = 0
             dvacc[:] = 0
-            dKT[:] = 0
-            dVT[:] = 0
-            if not use_blas:
-                for j in range(nk):
-                    for c in range(dvw):
-                        vT[c, j] = v[n, j0 + j, c]
             for i0 in range(0, Lq, tq):
                 nq = min(tq, Lq - i0)
-                for i in range(nq):
-                    for c in range(d):
-                        qs[i, c] = q[n, i0 + i, c] * scale
                 S = sbuf[: nq * nk].reshape((nq, nk))
                 dP = pbuf[: nq * nk].reshape((nq, nk))
                 # 1. P = exp(S − lse) (S recomputed, as in the forward)
-                _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
-                for i in range(nq):
-                    row = S[i]
-                    if has_bias:
-                        b = bias[bias_index[n], i0 + i]
-                        for j in range(nk):
-                            row[j] += b[j0 + j]
-                    li = lse[n, i0 + i]
-                    if li == -np.inf:
-                        row[:] = 0
-                    else:
-                        _exp_shift_sum(row, nk, li, ib, fb, C, fast)
+                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, True, ib, fb, C,
+                        fast)
                 gi = g[n, i0 : i0 + nq]
-                if use_blas:
-                    # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
-                    tv = tvbuf[: nk * dvw].reshape((nk, dvw))
-                    np.dot(S.T, gi, tv)
-                    dvacc[:nk] += tv
-                    np.dot(gi, v[n, j0 : j0 + nk].T, dP)
-                else:
-                    for i in range(nq):
-                        prow = S[i]
-                        for c in range(dvw):
-                            gc = g[n, i0 + i, c]
-                            a = dVT[c]
-                            for j in range(nk):
-                                a[j] += gc * prow[j]
-                        drow = dP[i]
-                        drow[:] = 0
-                        for c in range(dvw):
-                            gc = g[n, i0 + i, c]
-                            vc = vT[c]
-                            for j in range(nk):
-                                drow[j] += gc * vc[j]
+                # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
+                tv = tvbuf[: nk * dvw].reshape((nk, dvw))
+                np.dot(S.T, gi, tv)
+                for j in range(nk):
+                    for c in range(dvw):
+                        dvacc[j, c] += tv[j, c]
+                np.dot(gi, v[n, j0 : j0 + nk].T, dP)
                 # 3. dS = P ∘ (dP − D)   (stored in dP)
-                for i in range(nq):
-                    Di = D[n, i0 + i]
-                    prow = S[i]
-                    drow = dP[i]
-                    for j in range(nk):
-                        drow[j] = prow[j] * (drow[j] - Di)
+                _ds_in_place(S, dP, D, n, i0, nq, nk)
                 # 4. dQ_i += s·dS k_j ; dK_j += dSᵀ qs  (qs carries s)
-                if use_blas:
-                    tmpq = tqbuf[: nq * d].reshape((nq, d))
-                    np.dot(dP, k[n, j0 : j0 + nk], tmpq)
-                    for i in range(nq):
-                        for c in range(d):
-                            dq[n, i0 + i, c] += scale * tmpq[i, c]
-                    tk_ = tkbuf[: nk * d].reshape((nk, d))
-                    np.dot(dP.T, qs[:nq], tk_)
-                    dkacc[:nk] += tk_
-                else:
-                    for i in range(nq):
-                        for j in range(nk):
-                            dST[j, i] = dP[i, j]
-                    for j in range(nk):
-                        srow = dST[j]
-                        for c in range(d):
-                            kc = k[n, j0 + j, c] * scale
-                            a = dQT[c, i0 : i0 + nq]
-                            for i in range(nq):
-                                a[i] += kc * srow[i]
-                    for i in range(nq):
-                        drow = dP[i]
-                        for c in range(d):
-                            qc = qs[i, c]
-                            a = dKT[c]
-                            for j in range(nk):
-                                a[j] += qc * drow[j]
+                tmpq = tqbuf[: nq * d].reshape((nq, d))
+                np.dot(dP, k[n, j0 : j0 + nk], tmpq)
+                for i in range(nq):
+                    for c in range(d):
+                        dq[n, i0 + i, c] += scale * tmpq[i, c]
+                tk_ = tkbuf[: nk * d].reshape((nk, d))
+                np.dot(dP.T, qs[:nq], tk_)
+                for j in range(nk):
+                    for c in range(d):
+                        dkacc[j, c] += tk_[j, c]
             for j in range(nk):
                 for c in range(d):
-                    dk[n, j0 + j, c] = dkacc[j, c] if use_blas else dKT[c, j]
+                    dk[n, j0 + j, c] = dkacc[j, c]
                 for c in range(dvw):
-                    dv[n, j0 + j, c] = dvacc[j, c] if use_blas else dVT[c, j]
-        if not use_blas:
-            for i in range(Lq):
+                    dv[n, j0 + j, c] = dvacc[j, c]
+
+
+@jit_serial
+def attention_backward_direct(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
+                              fast):
+    """The same backward for small heads (d ≤ SMALL_HEAD_DIM), row blocks n in [lo, hi): the K = d tile
+    products are axpys along the keys (dVᵀ, dP, dKᵀ) and, on dS transposed once per tile, along the
+    queries (dQᵀ)."""
+    for n in range(lo, hi):  # parallel_for's share of the tasks
+        Lq, d = q.shape[1], q.shape[2]
+        Lk, dvw = k.shape[1], v.shape[2]
+        qs = np.empty((tq, d), q.dtype)
+        sbuf = np.empty(tq * tk, q.dtype)
+        pbuf = np.empty(tq * tk, q.dtype)
+        ib = np.empty(tk, np.int32)
+        fb = ib.view(np.float32)
+        kT = np.empty((d, tk), q.dtype)
+        vT = np.empty((dvw, tk), q.dtype)
+        dST = np.empty((tk, tq), q.dtype)
+        dKT = np.empty((d, tk), q.dtype)
+        dVT = np.empty((dvw, tk), q.dtype)
+        dQT = np.zeros((d, Lq), q.dtype)
+        for j0 in range(0, Lk, tk):
+            nk = min(tk, Lk - j0)
+            dKT[:] = 0
+            dVT[:] = 0
+            for j in range(nk):
+                for c in range(dvw):
+                    vT[c, j] = v[n, j0 + j, c]
+            for i0 in range(0, Lq, tq):
+                nq = min(tq, Lq - i0)
+                S = sbuf[: nq * nk].reshape((nq, nk))
+                dP = pbuf[: nq * nk].reshape((nq, nk))
+                # 1. P = exp(S − lse) (S recomputed, as in the forward)
+                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, False, ib, fb, C,
+                        fast)
+                # 2. dVᵀ_j += gᵀ P ; dP = g_i v_jᵀ
+                for i in range(nq):
+                    prow = S[i]
+                    for c in range(dvw):
+                        gc = g[n, i0 + i, c]
+                        a = dVT[c]
+                        for j in range(nk):
+                            a[j] += gc * prow[j]
+                    drow = dP[i]
+                    drow[:] = 0
+                    for c in range(dvw):
+                        gc = g[n, i0 + i, c]
+                        vc = vT[c]
+                        for j in range(nk):
+                            drow[j] += gc * vc[j]
+                # 3. dS = P ∘ (dP − D)   (stored in dP)
+                _ds_in_place(S, dP, D, n, i0, nq, nk)
+                # 4. dQᵀ_i += s·k_jᵀ dSᵀ ; dKᵀ_j += qsᵀ dS  (qs carries s)
+                for i in range(nq):
+                    for j in range(nk):
+                        dST[j, i] = dP[i, j]
+                for j in range(nk):
+                    srow = dST[j]
+                    for c in range(d):
+                        kc = k[n, j0 + j, c] * scale
+                        a = dQT[c, i0 : i0 + nq]
+                        for i in range(nq):
+                            a[i] += kc * srow[i]
+                for i in range(nq):
+                    drow = dP[i]
+                    for c in range(d):
+                        qc = qs[i, c]
+                        a = dKT[c]
+                        for j in range(nk):
+                            a[j] += qc * drow[j]
+            for j in range(nk):
                 for c in range(d):
-                    dq[n, i, c] = dQT[c, i]
+                    dk[n, j0 + j, c] = dKT[c, j]
+                for c in range(dvw):
+                    dv[n, j0 + j, c] = dVT[c, j]
+        for i in range(Lq):
+            for c in range(d):
+                dq[n, i, c] = dQT[c, i]
 
 
 # ---------------------------------------------------------------------------
@@ -566,8 +616,9 @@ def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
     b, bi, has_b = _bias_args(q, bias, bias_index)
     kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
     with blas_single_thread():
-        kernel(q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, TILE_Q, TILE_K, _exp_constants(q.dtype),
-               q.dtype == np.float32)
+        tasks = q.shape[0] * -(-q.shape[1] // TILE_Q)  # (row block, query tile) pairs
+        parallel_for(kernel, tasks, q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, TILE_Q, TILE_K,
+                     _exp_constants(q.dtype), q.dtype == np.float32)
     return out.reshape(lead + (v.shape[2],)), lse.reshape(lead)
 
 
@@ -578,8 +629,8 @@ def attention_backward_numba(g, q, k, v, out, lse, bias=None, bias_index=None, s
     D = np.einsum("nic,nic->ni", g, out)  # (N, Lq): D_i = dO_i · O_i
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     b, bi, has_b = _bias_args(q, bias, bias_index)
-    use_blas = q.shape[2] > SMALL_HEAD_DIM
+    kernel = attention_backward_blas if q.shape[2] > SMALL_HEAD_DIM else attention_backward_direct
     with blas_single_thread():
-        attention_backward_tiled(g, q, k, v, D, lse.reshape(q.shape[:2]), b, bi, has_b, q.dtype.type(scale), dq, dk,
-                                 dv, TILE_Q, TILE_K, use_blas, _exp_constants(q.dtype), q.dtype == np.float32)
+        parallel_for(kernel, q.shape[0], g, q, k, v, D, lse.reshape(q.shape[:2]), b, bi, has_b, q.dtype.type(scale),
+                     dq, dk, dv, TILE_Q, TILE_K, _exp_constants(q.dtype), q.dtype == np.float32)
     return tuple(a.reshape(shape) for a, shape in zip((dq, dk, dv), shapes))

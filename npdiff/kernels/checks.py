@@ -185,6 +185,16 @@ def group_norm_backward(g, x, mean, rstd, num_groups, weight=None):
     return _c(g, x.dtype), _c(x), mean, rstd, int(num_groups), weight
 
 
+def group_norm_silu_forward(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """group_norm_forward's arguments (silu(group_norm(x)) fused)."""
+    return group_norm_forward(x, num_groups, weight, bias, eps)
+
+
+def group_norm_silu_backward(g, x, mean, rstd, num_groups, weight=None, bias=None):
+    """group_norm_backward's arguments and the bias (the backward recomputes z = group_norm(x))."""
+    return group_norm_backward(g, x, mean, rstd, num_groups, weight) + (bias,)
+
+
 def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     """x (..., *D), D = normalized_shape; weight/bias D or None -> (y, mean, rstd of x.shape[:-len(D)])."""
     ns = _ns(normalized_shape)

@@ -1,30 +1,37 @@
-"""Numba flags, set in one place.
+"""Numba flags and the thread policy, set in one place.
 
-Every jitted kernel in ``npdiff/kernels`` is decorated with ``jit_serial`` (one
-thread; the inner loop of a parallel driver) or ``jit_parallel`` (uses
-``numba.prange``). ``fastmath`` stays off: the fast kernels are tested against
-the reference ones to tight tolerances, and reassociation would change sums in
-ways a test cannot predict. ``cache=True`` stores compiled code next to the
-source so that only the first run on a machine pays compilation.
+Every jitted kernel in ``npdiff/kernels`` is decorated with ``jit_serial`` (one thread, GIL
+released: ``nogil=True``). Kernels that use several cores are serial functions over a range
+``[lo, hi)`` of independent work items (rows, planes, chunks), run by ``parallel_for`` on a
+small pool of Python threads, one contiguous range per thread. ``fastmath`` stays off: the
+fast kernels are tested against the reference ones to tight tolerances, and reassociation
+would change sums in ways a test cannot predict. ``cache=True`` stores compiled code next to
+the source so that only the first run on a machine pays compilation.
 
-Thread pools: Numba's prange runs on an OpenMP pool while numpy's sgemm runs on
-OpenBLAS's own pool. OpenMP's default wait policy leaves finished threads
-spinning, which steals the cores OpenBLAS needs right after (tens of ms per
-hand-over on 2 cores), so unless the user chose otherwise we ask OpenMP to
-sleep idle threads (``OMP_WAIT_POLICY=PASSIVE``; read when the pool starts).
+Why not Numba's ``prange`` (``parallel=True``)? Compile time. A parfor kernel is compiled
+and optimised as a serial body, a gufunc and a driver; measured on the conv kernels, that is
+2-3x the compile time of the same loop as a serial function (3.0 s vs 1.4 s CPU for the conv
+forward), and with every family parallel the first ``npdiff train`` on a fresh machine spent
+about 30 s of CPU compiling before its first step (15 s with ``parallel_for``, Winograd and the
+fused group norm included; ``benchmarks/cold_start.py``). At run time the two are the same static split; waking a
+pool thread costs tens of microseconds, against kernels of hundreds of microseconds and up.
+``jit_parallel`` (``prange``) is used by the two group-norm kernels only, whose loop measured 25 %
+faster as a prange body than as a serial loop (``norm.py``).
 
-One pool: npdiff parallelises with Numba's threads only and keeps BLAS on one
-thread (set process-wide when this module is imported). Multi-threaded OpenBLAS
-barriers collapse when the cores are busy: measured on this 2-core machine with
-another process running, a (64×512)·(512×128) sgemm took 24 ms on 2 OpenBLAS
-threads and 0.09 ms on one. Large GEMMs are split over Numba threads instead
+Thread pools: numpy's sgemm runs on OpenBLAS's own pool. npdiff parallelises with its own
+threads only and keeps BLAS on one thread (set process-wide when this module is imported).
+Multi-threaded OpenBLAS barriers collapse when the cores are busy: measured on this 2-core
+machine with another process running, a (64×512)·(512×128) sgemm took 24 ms on 2 OpenBLAS
+threads and 0.09 ms on one. Large GEMMs are split over npdiff's threads instead
 (``gemm.matmul``), each thread calling single-threaded BLAS on its rows.
-``blas_single_thread()`` also holds BLAS to one thread inside a kernel when the
-user has raised the global limit.
+``blas_single_thread()`` also holds BLAS to one thread inside a kernel when the user has
+raised the global limit. The thread count is Numba's (``numba.set_num_threads``, the CLI's
+``--threads``, ``NUMBA_NUM_THREADS``). Should anything start Numba's OpenMP pool, its idle
+threads are asked to sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE`` unless set).
 
 Environment overrides (read once at import):
   NPDIFF_NUMBA_CACHE=0     disable the on-disk cache
-  NPDIFF_NUMBA_PARALLEL=0  compile ``jit_parallel`` kernels serially
+  NPDIFF_NUMBA_PARALLEL=0  compile ``jit_parallel`` kernels serially (and run parallel_for on one thread)
   NPDIFF_BLAS_THREADS=n    leave BLAS at n threads instead of 1 (0: do not touch it)
 """
 
@@ -41,16 +48,58 @@ CACHE = os.environ.get("NPDIFF_NUMBA_CACHE", "1") != "0"
 PARALLEL = os.environ.get("NPDIFF_NUMBA_PARALLEL", "1") != "0"
 FASTMATH = False
 
-jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True)
-jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True)
+# error_model="numpy": a float division by zero gives ±inf / nan as in numpy instead of raising
+# ZeroDivisionError. Python's model puts a zero test before every division, and that branch
+# stops LLVM from vectorising any loop that divides: the loop of ``x / (1 + e)`` compiled to
+# scalar code only; with this model the fused GroupNorm + SiLU forward went from 2.9 to 1.8 ms
+# on (64, 128, 16, 16), one thread. Kernels test their own denominators where zero is possible
+# (a fully masked attention row, an empty pooling window). Numba's cache does not notice a
+# change of these flags: clear ``__pycache__/*.nbi, *.nbc`` after editing them.
+ERROR_MODEL = "numpy"
+
+jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
+jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True, error_model=ERROR_MODEL)
 # scalar functions mapped by a kernel factory: inlined into the caller's loop (Numba IR level),
 # so the loop sees straight-line arithmetic and vectorises as if it were written there
-jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always")
+jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
 prange = numba.prange
 
 
 def num_threads() -> int:
     return numba.get_num_threads()
+
+
+_EXECUTOR = []
+
+
+def parallel_for(kernel, n, *args):
+    """Run ``kernel(lo, hi, *args)`` over [0, n) cut into ``num_threads()`` contiguous ranges, one per thread.
+
+    The kernel is a serial, GIL-free Numba function (``jit_serial``: ``nogil=True``) that loops
+    ``for r in range(lo, hi)``; the ranges run at once on a small pool of Python threads, the
+    calling thread taking the first. This replaces Numba's ``prange``: a parallel (parfor)
+    kernel compiles its body two to three times over (serial body, gufunc, driver; measured
+    2-3x the compile time of the same loop serial), which made the first training step on a
+    fresh machine spend most of its ~45 s compiling. Ranges are static and disjoint, so a
+    kernel that writes only the rows it owns has no races; exceptions reach the caller.
+    """
+    T = min(num_threads() if PARALLEL else 1, n)
+    if T <= 1:
+        kernel(0, n, *args)
+        return
+    if not _EXECUTOR or _EXECUTOR[0][0] != os.getpid():  # first use, or a forked child (no threads there)
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                                                         thread_name_prefix="npdiff-kernel"))]
+    pool = _EXECUTOR[0][1]
+    cuts = [t * n // T for t in range(T + 1)]
+    futures = [pool.submit(kernel, cuts[t], cuts[t + 1], *args) for t in range(1, T)]
+    try:
+        kernel(cuts[0], cuts[1], *args)
+    finally:
+        for f in futures:
+            f.result()
 
 
 _POOLS = []

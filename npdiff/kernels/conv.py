@@ -23,7 +23,7 @@ Backward, read off the definitions:
            gw = the conv2d weight gradient with the roles of x and g swapped.
 
 The file reads top to bottom: reference loops (the oracle), the fast CPU path
-(one Numba parallel region per call: per-thread im2col + one-thread BLAS sgemm),
+(one parallel pass per call, ``config.parallel_for``: per-thread im2col + one-thread BLAS sgemm),
 the xp-vectorised path (numpy or cupy), then the columns of the kernel table
 (``table.py``; groups split here, once for both fast columns). Validation and the
 choice of column are the one dispatch's (``dispatch.py``, ``checks.py``).
@@ -40,7 +40,8 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import conv2d_output_size, conv_transpose2d_output_size
-from .config import blas_single_thread, jit_parallel, jit_serial, num_threads, prange
+from . import winograd
+from .config import blas_single_thread, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -164,7 +165,7 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 
 
 # ---------------------------------------------------------------------------
-# fast CPU path: one parallel region per call; each thread does its own im2col
+# fast CPU path: one parallel pass per call (config.parallel_for); each thread does its own im2col
 # and a single-threaded BLAS sgemm (np.dot inside Numba)
 #
 # The im2col matrix of a chunk of `nb` images and output rows [i0, i0+ni) is
@@ -174,7 +175,7 @@ def conv_transpose2d_backward_reference(x, w, g, stride=(1, 1), padding=(0, 0), 
 # For one whole image (nb = 1, ni = Ho) res IS out[n] in NCHW, so the product
 # is written there directly; otherwise its rows (o, b, pixel) are copied out.
 #
-# Threads: a driver runs `prange` over the T Numba threads; thread t takes a
+# Threads: parallel_for runs a serial driver on each of T threads; thread t takes a
 # contiguous run of chunks and works in its own slice of a preallocated
 # workspace (T, ...), calling BLAS held to one thread (config.blas_single_thread).
 # One pool owns the cores for the whole call: handing them back and forth
@@ -298,13 +299,16 @@ def _gather_rows(g3, n0, mb, p0, L, gt):
     return out
 
 
-@jit_parallel
-def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
-    """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk, one thread per workspace row."""
+@jit_serial
+def _forward_chunks(t0, t1, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
+    """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk; workspace rows [t0, t1) (one per thread).
+
+    Run by ``config.parallel_for`` over the T workspace rows (as are the two backward drivers below).
+    """
     N = x.shape[0]
     O, K = w2.shape
     T = cols_ws.shape[0]
-    for tid in prange(T):
+    for tid in range(t0, t1):
         lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
         for t in range(lo, hi):
             n0, mb, i0, mi = _chunk(t, N, nb, Ho, band)
@@ -327,8 +331,9 @@ def _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_w
                         dst[m] = src[m] + bo
 
 
-@jit_parallel
-def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, prod_ws, acc):
+@jit_serial
+def _weight_grad_chunks(t0, t1, x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, prod_ws,
+                        acc):
     """acc[t] (K, O) = Σ over thread t's chunks of im2col(x)_chunk (K, pixels) @ g_chunkᵀ (pixels, O).
 
     The caller sums acc over t and transposes: gw2 = gwᵀ. Computing the
@@ -336,7 +341,7 @@ def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
     """
     N = g3.shape[0]
     T, K, O = acc.shape
-    for tid in prange(T):
+    for tid in range(t0, t1):  # parallel_for's share of the T workspace rows
         lo, hi = _thread_chunks(tid, T, N, nb, Ho, band)
         if hi <= lo:
             acc[tid] = 0
@@ -357,8 +362,8 @@ def _weight_grad_chunks(x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
                     dst[o] += src[o]
 
 
-@jit_parallel
-def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
+@jit_serial
+def _input_grad_chunks(t0, t1, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
     """gx (N, C, H, W) = col2im(w2ᵀ (K, O) @ g (O, pixels)), by chunks of whole images or bands of gx rows.
 
     A band of gx rows [r0, r1) receives from the output rows i with
@@ -368,7 +373,7 @@ def _input_grad_chunks(g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws,
     N, C, H, W = gx.shape
     K = w2.shape[1]
     T = cols_ws.shape[0]
-    for tid in prange(T):
+    for tid in range(t0, t1):  # parallel_for's share of the T workspace rows
         lo, hi = _thread_chunks(tid, T, N, nb, H, band)
         for t in range(lo, hi):
             n0, mb, r0, nr = _chunk(t, N, nb, H, band)
@@ -433,7 +438,7 @@ def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     res_ws = _workspace("res", (T, O * size), x.dtype)
     pad_ws = _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype)
     with blas_single_thread():
-        _forward_chunks(x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
+        parallel_for(_forward_chunks, T, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
                         out.reshape(N, O, Ho * Wo))  # (N, O, P)
     return out
 
@@ -447,7 +452,7 @@ def _weight_grad(x, g, kh, kw, stride, padding):
     size = nb * band * Wo
     acc = np.empty((T, K, O), dtype=x.dtype)
     with blas_single_thread():
-        _weight_grad_chunks(x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+        parallel_for(_weight_grad_chunks, T, x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
                             _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype),
                             _workspace("cols", (T, K * size), x.dtype), _workspace("res", (T, O * size), x.dtype),
                             _workspace("gw", (T, K, O), x.dtype), acc)
@@ -467,22 +472,51 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
         band, rows = gx.shape[2], Ho
     size = nb * rows * Wo
     with blas_single_thread():
-        _input_grad_chunks(g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+        parallel_for(_input_grad_chunks, T, g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
                            _workspace("pad", (T, band, max(gx.shape[3] + 2 * pw, sw * (Wo - 1) + kw)), g.dtype),
                            _workspace("cols", (T, K * size), g.dtype), _workspace("res", (T, O * size), g.dtype), gx)
     return gx
 
 
-def conv2d_forward_cpu(x, w, b, stride, padding, out):
+# Which algorithm a 3×3 stride-1 convolution takes (decided once per call from the shapes):
+# Winograd F(2×2, 3×3) does 2.25× fewer multiplies, but in 16 GEMMs whose inner dimension is
+# the channel count C instead of one GEMM of inner dimension 9C (sgemm runs them at about half
+# its best rate), plus input and output transforms whose inner loops run along a row of tiles.
+# Measured in-process against im2col, alternating (benchmarks/conv_algorithms.py, 2 threads, a
+# loaded machine): forward 0.7–0.9 of im2col's time from 8×8 outputs with ≥ 32 channels in and
+# out, 3× slower on the stem (C = 3: K = 3 GEMMs), about even at 4×4. Grad-input (im2col's is
+# one GEMM and a col2im, no im2col) measured 0.8–1.1: Winograd only where it was clearly ahead,
+# ≥ 16×16 with ≥ 64 channels.
+WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo), forward
+WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out), forward
+WINOGRAD_GRAD_MIN_SIZE = 16  # min(H, W), grad-input
+WINOGRAD_GRAD_MIN_CHANNELS = 64  # min(C_in, C_out), grad-input
+
+
+def winograd_applies(kh, kw, stride, padding):
+    """Winograd F(2×2, 3×3) computes this conv and its grad-input (3×3, stride 1, padding ≤ 2)."""
+    return kh == 3 and kw == 3 and stride == (1, 1) and max(padding) <= 2
+
+
+def winograd_pays(c_in, c_out, Ho, Wo, grad_input=False):
+    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo)."""
+    if grad_input:
+        return min(Ho, Wo) >= WINOGRAD_GRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_GRAD_MIN_CHANNELS
+    return min(Ho, Wo) >= WINOGRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
+
+
+def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
     """Fast conv2d: fills ``out`` (N, O, Ho, Wo).
 
     Shapes and definition: see conv2d_forward_reference.
-    Fast path: one parallel region; each thread builds the im2col cols
+    Fast path: one parallel pass; each thread builds the im2col cols
     (C·kh·kw, pixels) of its chunks (whole images or row bands) and multiplies
     w.reshape(O, K) @ cols with a one-thread sgemm, straight into out[n] for a
     whole image (already NCHW), then adds the bias.
     A 1×1 stride-1 unpadded conv needs no im2col: out[n] = w (O, C) @ x[n] (C, H·W),
     a stacked matmul straight into ``out``.
+    3×3 stride-1 convs take Winograd F(2×2, 3×3) (``winograd.py``) where ``winograd_pays``
+    (``algorithm="auto"``), or always (``"winograd"``), or never (``"im2col"``).
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -495,17 +529,22 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out):
         if b is not None:
             out3 += b[:, None]
         return out
+    if winograd_applies(kh, kw, stride, padding) and (
+            algorithm == "winograd" or (algorithm == "auto" and winograd_pays(C, O, Ho, Wo))):
+        return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
     return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out)
 
 
-def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need_b=True):
+def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need_b=True, algorithm="auto"):
     """Fast conv2d backward -> (gx, gw, gb), None where not needed.
 
     gx is conv_transpose2d(g, w): per chunk a one-thread sgemm w2ᵀ @ g then
     col2im, each thread owning whole images or bands of gx rows (no races).
     gwᵀ sums cols @ g_chunkᵀ in one accumulator per thread, added up at the end
     (im2col(x) recomputed, not stored by forward). gb sums g over (n, i, j).
-    1×1 stride-1 convs use stacked matmuls directly.
+    1×1 stride-1 convs use stacked matmuls directly. For 3×3 stride-1 convs gx is itself a
+    3×3 stride-1 conv, of g with the flipped, transposed kernel and padding 2 − p, so it
+    can take Winograd (``winograd_pays(..., grad_input=True)``).
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -519,7 +558,11 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
         if need_w:
             gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n (O, C)
     else:
-        if need_x:
+        if need_x and winograd_applies(kh, kw, stride, padding) and (
+                algorithm == "winograd" or (algorithm == "auto" and winograd_pays(C, O, H, W, grad_input=True))):
+            gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True),
+                                           np.zeros(C, x.dtype), (2 - padding[0], 2 - padding[1]), np.empty_like(x))
+        elif need_x:
             gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
         if need_w:
             gw = _weight_grad(x, g, kh, kw, stride, padding).reshape(w.shape)
@@ -714,6 +757,29 @@ def conv2d_forward_numba(x, w, b, stride, padding, groups):
 def conv2d_backward_numba(x, w, g, stride, padding, groups, need_x, need_w, need_b):
     """numba column of conv2d_backward (``conv2d_backward_cpu``)."""
     return _grouped_backward(_conv2d_backward_numba_one, x, w, g, groups, False, stride, padding, need_x, need_w,
+                             need_b)
+
+
+def _conv2d_forward_winograd_one(x, w, b, stride, padding):
+    x, w, b = _contig(x, w, b)
+    size = conv2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding)
+    return conv2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + size, x.dtype),
+                              algorithm="winograd")
+
+
+def _conv2d_backward_winograd_one(x, w, g, stride, padding, need_x, need_w, need_b):
+    return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b, algorithm="winograd")
+
+
+def conv2d_forward_winograd(x, w, b, stride, padding, groups):
+    """winograd column of conv2d_forward: the numba column with Winograd F(2×2, 3×3) for every
+    3×3 stride-1 conv (whatever the shape), so the harness checks it on every drawn shape."""
+    return _grouped_forward(_conv2d_forward_winograd_one, x, w, b, groups, False, stride, padding)
+
+
+def conv2d_backward_winograd(x, w, g, stride, padding, groups, need_x, need_w, need_b):
+    """winograd column of conv2d_backward (grad-input by Winograd for every 3×3 stride-1 conv)."""
+    return _grouped_backward(_conv2d_backward_winograd_one, x, w, g, groups, False, stride, padding, need_x, need_w,
                              need_b)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..backend import get_array_module
 
-COLUMNS = ("reference", "numba", "cuda", "xp")
+COLUMNS = ("reference", "numba", "cuda", "xp", "winograd")  # winograd: conv2d rows only (numba + F(2×2, 3×3) always)
 SWITCHES = ("fast", "reference") + COLUMNS[1:]
 
 _DEFAULT = os.environ.get("NPDIFF_KERNELS", "fast")

@@ -20,7 +20,8 @@ softmax subtracts the row max, so logits of 1e30 are exact.
 
 Each op: reference (a Python loop over elements / rows, the formula visible), numba (each
 activation a named pair of scalar functions, value and derivative, mapped by one parallel
-kernel factory over flat chunks of CHUNK elements; softmax ``prange`` over rows; all writing
+kernel factory over flat chunks of CHUNK elements; softmax over rows; ``config.parallel_for``
+splits the chunks (rows) over threads; all writing
 into a preallocated ``out``), xp-generic (numpy or cupy ufuncs). The columns are registered
 in ``table.py``; the one dispatch validates (``checks.py``) and makes the arrays contiguous.
 
@@ -36,7 +37,7 @@ import types
 import numpy as np
 
 from ..backend import get_array_module, special
-from .config import jit_parallel, jit_scalar, prange
+from .config import jit_scalar, jit_serial, parallel_for
 from .vexp import exp_constants, exp_inplace
 
 CHUNK = 16384
@@ -264,44 +265,50 @@ ACTIVATIONS = {
 }
 
 
-def _map_template(x, out, C, fast):
-    """out[t] = f(x[t], e_t): prange over chunks; e for the chunk by one vectorised exp."""
+def _map_template(lo, hi, x, out, C, fast):
+    """out[t] = f(x[t], e_t) over chunks [lo, hi) (parallel_for splits them); e for the chunk by one vectorised exp.
+
+    Each chunk is sliced first (``xc = x[a:a+m]``) and indexed from 0: an index ``a + i`` may be
+    negative as far as Numba knows, and its wraparound test stops vectorisation (conv.py's note).
+    """
     n = x.shape[0]
     one = C.one
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo = c * CHUNK
-        m = min(n, lo + CHUNK) - lo
+    for c in range(lo, hi):
+        a = c * CHUNK
+        m = min(n, a + CHUNK) - a
+        xc, oc = x[a : a + m], out[a : a + m]
         if USES_EXP:  # noqa: F821 (bound by _specialise)
             buf = np.empty(m, x.dtype)
             ib = np.empty(m, np.int32)
             for i in range(m):
-                buf[i] = ARG(x[lo + i])  # noqa: F821
+                buf[i] = ARG(xc[i])  # noqa: F821
             exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
             for i in range(m):
-                out[lo + i] = F(x[lo + i], buf[i], one)  # noqa: F821
+                oc[i] = F(xc[i], buf[i], one)  # noqa: F821
         else:
             for i in range(m):
-                out[lo + i] = F(x[lo + i], one, one)  # noqa: F821 (no exp: e unused)
+                oc[i] = F(xc[i], one, one)  # noqa: F821 (no exp: e unused)
 
 
-def _zip_template(g, x, out, C, fast):
+def _zip_template(lo, hi, g, x, out, C, fast):
     """out[t] = g[t]·df(x[t], e_t), the same chunks and exp as the map."""
     n = x.shape[0]
     one = C.one
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo = c * CHUNK
-        m = min(n, lo + CHUNK) - lo
+    for c in range(lo, hi):
+        a = c * CHUNK
+        m = min(n, a + CHUNK) - a
+        gc, xc, oc = g[a : a + m], x[a : a + m], out[a : a + m]
         if USES_EXP:  # noqa: F821
             buf = np.empty(m, x.dtype)
             ib = np.empty(m, np.int32)
             for i in range(m):
-                buf[i] = ARG(x[lo + i])  # noqa: F821
+                buf[i] = ARG(xc[i])  # noqa: F821
             exp_inplace(buf, m, ib, ib.view(np.float32), C, fast)
             for i in range(m):
-                out[lo + i] = g[lo + i] * F(x[lo + i], buf[i], one)  # noqa: F821
+                oc[i] = gc[i] * F(xc[i], buf[i], one)  # noqa: F821
         else:
             for i in range(m):
-                out[lo + i] = g[lo + i] * F(x[lo + i], one, one)  # noqa: F821
+                oc[i] = gc[i] * F(xc[i], one, one)  # noqa: F821
 
 
 def _specialise(template, name, arg, f):
@@ -314,7 +321,7 @@ def _specialise(template, name, arg, f):
     fn = types.FunctionType(template.__code__, scope, name)
     fn.__qualname__ = name
     fn.__doc__ = template.__doc__
-    return jit_parallel(fn)
+    return jit_serial(fn)
 
 
 # the kernels: MAPS[name] fills f(x), GRADS[name] fills g·f'(x) (flat contiguous arrays)
@@ -322,11 +329,11 @@ MAPS = {name: _specialise(_map_template, f"map_{name}", arg, f) for name, (arg, 
 GRADS = {name: _specialise(_zip_template, f"grad_{name}", arg, df) for name, (arg, _, df) in ACTIVATIONS.items()}
 
 
-@jit_parallel
-def _softmax_forward_rows(x, out, log):
+@jit_serial
+def _softmax_forward_rows(lo, hi, x, out, log):
     """Rows of x (R, C): m = max, s = Σ e^{x−m}; out = e^{x−m}/s or x − m − log s."""
     R, C = x.shape
-    for r in prange(R):
+    for r in range(lo, hi):  # parallel_for's share of [0, R)
         m = x[r, 0]
         for j in range(1, C):
             if x[r, j] > m:
@@ -346,11 +353,11 @@ def _softmax_forward_rows(x, out, log):
                 out[r, j] = out[r, j] * inv
 
 
-@jit_parallel
-def _softmax_backward_rows(g, y, out, log):
+@jit_serial
+def _softmax_backward_rows(lo, hi, g, y, out, log):
     """softmax: out = y(g − Σ g y); log_softmax: out = g − e^{y} Σ g (rows of (R, C))."""
     R, C = g.shape
-    for r in prange(R):
+    for r in range(lo, hi):  # parallel_for's share of [0, R)
         acc = 0.0
         for j in range(C):
             acc += g[r, j] if log else g[r, j] * y[r, j]
@@ -361,11 +368,11 @@ def _softmax_backward_rows(g, y, out, log):
                 out[r, j] = y[r, j] * (g[r, j] - acc)
 
 
-@jit_parallel
-def _squared_error(x, t, out, partial):
+@jit_serial
+def _squared_error(lo, hi, x, t, out, partial):
     """out[i] = (x[i] − t[i])²; partial[c] = Σ over chunk c (one slot per chunk: no race)."""
     n = x.shape[0]
-    for c in prange((n + CHUNK - 1) // CHUNK):
+    for c in range(lo, hi):  # parallel_for's share of [0, (n + CHUNK - 1) // CHUNK)
         s = 0.0
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             d = x[i] - t[i]
@@ -374,21 +381,21 @@ def _squared_error(x, t, out, partial):
         partial[c] = s
 
 
-@jit_parallel
-def _scale_diff(x, t, g, scale, out):
+@jit_serial
+def _scale_diff(lo, hi, x, t, g, scale, out):
     """out[i] = scale·(x[i] − t[i])·g[i]  (g has one element when broadcast)."""
     n = x.shape[0]
     one = g.shape[0] == 1
-    for c in prange((n + CHUNK - 1) // CHUNK):
+    for c in range(lo, hi):  # parallel_for's share of [0, (n + CHUNK - 1) // CHUNK)
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             out[i] = scale * (x[i] - t[i]) * (g[0] if one else g[i])
 
 
-@jit_parallel
-def _masked_scale(x, mask, scale, out):
+@jit_serial
+def _masked_scale(lo, hi, x, mask, scale, out):
     """out[i] = x[i]·mask[i]·scale (dropout forward and backward)."""
     n = x.shape[0]
-    for c in prange((n + CHUNK - 1) // CHUNK):
+    for c in range(lo, hi):  # parallel_for's share of [0, (n + CHUNK - 1) // CHUNK)
         for i in range(c * CHUNK, min(n, (c + 1) * CHUNK)):
             out[i] = x[i] * scale if mask[i] else 0
 
@@ -464,6 +471,11 @@ def dropout_forward_xp(x, mask, p):
 # the columns of the kernel table (arguments arrive checked and C-contiguous)
 
 
+def _chunks(n):
+    """The number of CHUNK-element chunks of a flat array of n elements (the units parallel_for splits)."""
+    return -(-n // CHUNK)
+
+
 def activation_columns(name):
     """{column: (forward(x), backward(g, x))} of activation ``name`` for the kernel table."""
     fast_map, fast_grad = MAPS[name], GRADS[name]
@@ -471,12 +483,14 @@ def activation_columns(name):
 
     def forward_numba(x):
         out = np.empty(x.shape, x.dtype)
-        fast_map(x.reshape(-1), out.reshape(-1), exp_constants(x.dtype), x.dtype == np.float32)
+        parallel_for(fast_map, _chunks(x.size), x.reshape(-1), out.reshape(-1), exp_constants(x.dtype),
+                     x.dtype == np.float32)
         return out
 
     def backward_numba(g, x):
         out = np.empty(x.shape, x.dtype)
-        fast_grad(g.reshape(-1), x.reshape(-1), out.reshape(-1), exp_constants(x.dtype), x.dtype == np.float32)
+        parallel_for(fast_grad, _chunks(x.size), g.reshape(-1), x.reshape(-1), out.reshape(-1),
+                     exp_constants(x.dtype), x.dtype == np.float32)
         return out
 
     def forward_xp(x):
@@ -495,11 +509,11 @@ def _rows(a, dim, dtype=None):
 
 
 def softmax_forward_numba(x, dim, log=False):
-    """Softmax (or log-softmax) along ``dim``, max-subtracted: rows moved last, prange over rows."""
+    """Softmax (or log-softmax) along ``dim``, max-subtracted: rows moved last, rows split over threads."""
     rows, shape = _rows(x, dim)
     out = np.empty_like(rows)
     if rows.size:
-        _softmax_forward_rows(rows, out, log)
+        parallel_for(_softmax_forward_rows, rows.shape[0], rows, out, log)
     return np.moveaxis(out.reshape(shape), -1, dim)
 
 
@@ -509,15 +523,15 @@ def softmax_backward_numba(g, y, dim, log=False):
     yr, _ = _rows(y, dim)
     out = np.empty_like(yr)
     if yr.size:
-        _softmax_backward_rows(gr, yr, out, log)
+        parallel_for(_softmax_backward_rows, yr.shape[0], gr, yr, out, log)
     return np.moveaxis(out.reshape(shape), -1, dim)
 
 
 def mse_loss_forward_numba(x, t, reduction="mean"):
     """Squared error (x − t)², reduced by "mean", "sum" or "none"; per-chunk float64 partial sums."""
     e = np.empty(x.shape, x.dtype)
-    partial = np.zeros(max(1, -(-x.size // CHUNK)), np.float64)
-    _squared_error(x.reshape(-1), t.reshape(-1), e.reshape(-1), partial)
+    partial = np.zeros(max(1, _chunks(x.size)), np.float64)
+    parallel_for(_squared_error, _chunks(x.size), x.reshape(-1), t.reshape(-1), e.reshape(-1), partial)
     if reduction == "none":
         return e
     total = partial.sum()
@@ -528,7 +542,8 @@ def mse_loss_backward_numba(g, x, t, reduction="mean"):
     """(gx, gt) = (2(x − t)g/n, −gx) for "mean"; without /n for "sum"; g elementwise for "none"."""
     k = 2.0 / x.size if reduction == "mean" else 2.0
     gx = np.empty(x.shape, x.dtype)
-    _scale_diff(x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k), gx.reshape(-1))
+    parallel_for(_scale_diff, _chunks(x.size), x.reshape(-1), t.reshape(-1), g.reshape(-1), x.dtype.type(k),
+                 gx.reshape(-1))
     return gx, -gx
 
 
@@ -536,7 +551,7 @@ def dropout_forward_numba(x, mask, p):
     """x·mask/(1 − p) — the forward, and (applied to g) the backward; p = 1 gives zeros."""
     scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
     out = np.empty(x.shape, x.dtype)
-    _masked_scale(x.reshape(-1), mask.reshape(-1), x.dtype.type(scale), out.reshape(-1))
+    parallel_for(_masked_scale, _chunks(x.size), x.reshape(-1), mask.reshape(-1), x.dtype.type(scale), out.reshape(-1))
     return out
 
 

@@ -11,7 +11,7 @@ Backward:     gx[m, k] = Σ_n g[m, n] · w[n, k]     (gx = g W)
 The reference version is the triple loop above. The fast CPU version is BLAS
 sgemm — already near the machine's peak, nothing for hand-written loops to win —
 but run npdiff's way (see config.py): BLAS stays single-threaded and ``matmul``
-splits the rows of the output over Numba threads, each thread one sgemm on its
+splits the rows of the output over threads (``config.parallel_for``), each thread one sgemm on its
 rows (``np.dot`` inside Numba). On a GPU, ``xp.matmul`` is cuBLAS (the xp and cuda columns). The
 columns are registered in ``table.py``; the one dispatch validates (``checks.py``).
 
@@ -24,30 +24,26 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from .config import jit_parallel, num_threads, prange
+from .config import jit_serial, num_threads, parallel_for
 
 # below this many multiply-adds one thread finishes before a parallel launch pays off
 PARALLEL_MIN_MACS = 1 << 23
 
 
-@jit_parallel
-def _matmul_rows(a, b, out, nthreads):
-    """out = a @ b with the M rows split into ``nthreads`` contiguous bands (no shared writes)."""
-    M = a.shape[0]
-    step = (M + nthreads - 1) // nthreads
-    for t in prange(nthreads):
-        lo = t * step
-        hi = min(M, lo + step)
-        if lo < hi:
-            np.dot(a[lo:hi], b, out[lo:hi])
+@jit_serial
+def _matmul_rows(lo, hi, a, b, out):
+    """out[lo:hi] = a[lo:hi] @ b: one band of rows (``parallel_for`` gives each thread one band)."""
+    if lo < hi:
+        np.dot(a[lo:hi], b, out[lo:hi])
 
 
-@jit_parallel
-def _matmul_tn_split(a, b, parts, nthreads):
-    """parts[t] = a[rows_t]ᵀ · b[rows_t]: the M-long reduction of aᵀb split into per-thread partial sums."""
-    M = a.shape[0]
-    step = (M + nthreads - 1) // nthreads
-    for t in prange(nthreads):
+@jit_serial
+def _matmul_tn_split(t0, t1, a, b, parts):
+    """parts[t] = a[rows_t]ᵀ · b[rows_t] for t in [t0, t1): the M-long reduction of aᵀb split into
+    len(parts) per-thread partial sums (row bands of a and b)."""
+    M, T = a.shape[0], parts.shape[0]
+    step = (M + T - 1) // T
+    for t in range(t0, t1):
         lo = t * step
         hi = min(M, lo + step)
         if lo < hi:
@@ -68,12 +64,12 @@ def matmul_tn(a, b):
     if get_array_module(a, b) is not np or nt < 2 or M * N * K < PARALLEL_MIN_MACS or a.dtype != b.dtype:
         return a.T @ b
     parts = np.empty((nt, N, K), a.dtype)
-    _matmul_tn_split(np.ascontiguousarray(a), np.ascontiguousarray(b), parts, nt)
+    parallel_for(_matmul_tn_split, nt, np.ascontiguousarray(a), np.ascontiguousarray(b), parts)
     return parts.sum(axis=0)
 
 
 def matmul(a, b):
-    """a (M, K) @ b (K, N) on the CPU: rows over Numba threads, single-threaded sgemm each."""
+    """a (M, K) @ b (K, N) on the CPU: rows over threads (parallel_for), single-threaded sgemm each."""
     xp = get_array_module(a, b)
     M, K = a.shape
     N = b.shape[1]
@@ -84,7 +80,7 @@ def matmul(a, b):
     if not (b.flags.c_contiguous or b.flags.f_contiguous):
         b = np.ascontiguousarray(b)
     out = np.empty((M, N), a.dtype)
-    _matmul_rows(a, b, out, nt)
+    parallel_for(_matmul_rows, M, a, b, out)
     return out
 
 

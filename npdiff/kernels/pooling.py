@@ -10,7 +10,7 @@ Window of output (i, j): rows h ∈ [i·sh − ph, i·sh − ph + kh), columns l
 positions outside [0, H) × [0, W) are padding.
 
 Every op here is independent per (n, c) plane, so the fast Numba kernels use
-``prange`` over the N·C planes; a backward that scatters (overlapping windows,
+the N·C planes split over threads (``config.parallel_for``); a backward that scatters (overlapping windows,
 upsampling's many-to-one reads) accumulates into its own plane only, so threads
 never write the same element.
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import pool_output_size
-from .config import jit_parallel, prange
+from .config import jit_serial, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -222,14 +222,14 @@ def interpolate_backward_reference(g, x_shape, mode="nearest", align_corners=Fal
 
 
 # ---------------------------------------------------------------------------
-# fast CPU versions (Numba): prange over the N·C planes
+# fast CPU versions (Numba): the N·C planes split over threads (config.parallel_for)
 
 
-@jit_parallel
-def _max_pool2d_forward_fast(x3, kh, kw, sh, sw, ph, pw, out, arg):
-    P, H, W = x3.shape
+@jit_serial
+def _max_pool2d_forward_fast(lo, hi, x3, kh, kw, sh, sw, ph, pw, out, arg):
+    H, W = x3.shape[1], x3.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         for i in range(Ho):
             h_lo = max(i * sh - ph, 0)
             h_hi = min(i * sh - ph + kh, H)
@@ -250,11 +250,10 @@ def _max_pool2d_forward_fast(x3, kh, kw, sh, sw, ph, pw, out, arg):
                 arg[r, i, j] = at
 
 
-@jit_parallel
-def _max_pool2d_backward_fast(g3, arg, dx):
-    P = g3.shape[0]
+@jit_serial
+def _max_pool2d_backward_fast(lo, hi, g3, arg, dx):
     Ho, Wo = g3.shape[1], g3.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         plane = dx[r]
         plane[:] = 0
         for i in range(Ho):
@@ -262,11 +261,11 @@ def _max_pool2d_backward_fast(g3, arg, dx):
                 plane[arg[r, i, j]] += g3[r, i, j]
 
 
-@jit_parallel
-def _avg_pool2d_forward_fast(x3, kh, kw, sh, sw, ph, pw, include_pad, out):
-    P, H, W = x3.shape
+@jit_serial
+def _avg_pool2d_forward_fast(lo, hi, x3, kh, kw, sh, sw, ph, pw, include_pad, out):
+    H, W = x3.shape[1], x3.shape[2]
     Ho, Wo = out.shape[1], out.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         for i in range(Ho):
             h0 = i * sh - ph
             h_lo, h_hi = max(h0, 0), min(h0 + kh, H)
@@ -284,11 +283,11 @@ def _avg_pool2d_forward_fast(x3, kh, kw, sh, sw, ph, pw, include_pad, out):
                 out[r, i, j] = acc / div
 
 
-@jit_parallel
-def _avg_pool2d_backward_fast(g3, kh, kw, sh, sw, ph, pw, include_pad, dx):
-    P, H, W = dx.shape
+@jit_serial
+def _avg_pool2d_backward_fast(lo, hi, g3, kh, kw, sh, sw, ph, pw, include_pad, dx):
+    H, W = dx.shape[1], dx.shape[2]
     Ho, Wo = g3.shape[1], g3.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         plane = dx[r]
         plane[:] = 0
         for i in range(Ho):
@@ -307,22 +306,20 @@ def _avg_pool2d_backward_fast(g3, kh, kw, sh, sw, ph, pw, include_pad, dx):
                         plane[h, w] += share
 
 
-@jit_parallel
-def _nearest_forward_fast(x3, src_h, src_w, out):
-    P = x3.shape[0]
+@jit_serial
+def _nearest_forward_fast(lo, hi, x3, src_h, src_w, out):
     Ho, Wo = out.shape[1], out.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         for i in range(Ho):
             row = x3[r, src_h[i]]
             for j in range(Wo):
                 out[r, i, j] = row[src_w[j]]
 
 
-@jit_parallel
-def _nearest_backward_fast(g3, src_h, src_w, dx):
-    P = g3.shape[0]
+@jit_serial
+def _nearest_backward_fast(lo, hi, g3, src_h, src_w, dx):
     Ho, Wo = g3.shape[1], g3.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         plane = dx[r]
         plane[:] = 0
         for i in range(Ho):
@@ -331,11 +328,10 @@ def _nearest_backward_fast(g3, src_h, src_w, dx):
                 row[src_w[j]] += g3[r, i, j]
 
 
-@jit_parallel
-def _bilinear_forward_fast(x3, h0, h1, lh0, lh1, w0, w1, lw0, lw1, out):
-    P = x3.shape[0]
+@jit_serial
+def _bilinear_forward_fast(lo, hi, x3, h0, h1, lh0, lh1, w0, w1, lw0, lw1, out):
     Ho, Wo = out.shape[1], out.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         for i in range(Ho):
             top = x3[r, h0[i]]
             bot = x3[r, h1[i]]
@@ -346,11 +342,10 @@ def _bilinear_forward_fast(x3, h0, h1, lh0, lh1, w0, w1, lw0, lw1, out):
                 )
 
 
-@jit_parallel
-def _bilinear_backward_fast(g3, h0, h1, lh0, lh1, w0, w1, lw0, lw1, dx):
-    P = g3.shape[0]
+@jit_serial
+def _bilinear_backward_fast(lo, hi, g3, h0, h1, lh0, lh1, w0, w1, lw0, lw1, dx):
     Ho, Wo = g3.shape[1], g3.shape[2]
-    for r in prange(P):
+    for r in range(lo, hi):  # parallel_for's share of the P = N·C planes
         plane = dx[r]
         plane[:] = 0
         for i in range(Ho):
@@ -373,7 +368,7 @@ def _planes(x):
 def max_pool2d_forward_numba(x, kernel_size, stride, padding):
     """Max pooling on the CPU; contract of ``max_pool2d_forward_reference``.
 
-    Fast path: prange over N·C planes; each window's bounds are clipped to the
+    Fast path: N·C planes split over threads; each window's bounds are clipped to the
     input once, so the inner loop has no padding test, and the running maximum is
     updated with selects rather than a branch (3x faster on random data).
     """
@@ -381,63 +376,66 @@ def max_pool2d_forward_numba(x, kernel_size, stride, padding):
     Ho, Wo = pool_output_size(H, W, kernel_size, stride, padding)
     out = np.empty((N * C, Ho, Wo), x.dtype)
     arg = np.empty((N * C, Ho, Wo), np.int64)
-    _max_pool2d_forward_fast(_planes(x), *kernel_size, *stride, *padding, out, arg)
+    parallel_for(_max_pool2d_forward_fast, N * C, _planes(x), *kernel_size, *stride, *padding, out, arg)
     return out.reshape(N, C, Ho, Wo), arg.reshape(N, C, Ho, Wo)
 
 
 def max_pool2d_backward_numba(g, argmax, x_shape):
-    """Scatter of g to the argmax positions; prange over planes (each thread owns its plane)."""
+    """Scatter of g to the argmax positions; planes split over threads (each thread owns its plane)."""
     N, C, H, W = x_shape
     dx = np.empty((N * C, H * W), g.dtype)
-    _max_pool2d_backward_fast(_planes(g), np.ascontiguousarray(argmax).reshape(N * C, *g.shape[2:]), dx)
+    parallel_for(_max_pool2d_backward_fast, N * C, _planes(g),
+                 np.ascontiguousarray(argmax).reshape(N * C, *g.shape[2:]), dx)
     return dx.reshape(x_shape)
 
 
 def avg_pool2d_forward_numba(x, kernel_size, stride, padding, count_include_pad=True):
-    """Average pooling on the CPU (prange over planes, clipped windows, float64 sums)."""
+    """Average pooling on the CPU (planes split over threads, clipped windows, float64 sums)."""
     N, C, H, W = x.shape
     Ho, Wo = pool_output_size(H, W, kernel_size, stride, padding)
     out = np.empty((N * C, Ho, Wo), x.dtype)
-    _avg_pool2d_forward_fast(_planes(x), *kernel_size, *stride, *padding, bool(count_include_pad), out)
+    parallel_for(_avg_pool2d_forward_fast, N * C, _planes(x), *kernel_size, *stride, *padding, bool(count_include_pad),
+                 out)
     return out.reshape(N, C, Ho, Wo)
 
 
 def avg_pool2d_backward_numba(g, x_shape, kernel_size, stride, padding, count_include_pad=True):
-    """Each window spreads g/divisor over its real elements; prange over planes."""
+    """Each window spreads g/divisor over its real elements; planes split over threads."""
     N, C, H, W = x_shape
     dx = np.empty((N * C, H, W), g.dtype)
-    _avg_pool2d_backward_fast(_planes(g), *kernel_size, *stride, *padding, bool(count_include_pad), dx)
+    parallel_for(_avg_pool2d_backward_fast, N * C, _planes(g), *kernel_size, *stride, *padding, bool(count_include_pad),
+                 dx)
     return dx.reshape(x_shape)
 
 
 def interpolate_forward_numba(x, size, mode="nearest", align_corners=False, scale_factor=(None, None)):
     """Interpolation on the CPU: source indices/weights per axis computed once
-    (small arrays), then a gather per plane, prange over planes."""
+    (small arrays), then a gather per plane, planes split over threads."""
     N, C, H, W = x.shape
     Ho, Wo = size
     out = np.empty((N * C, Ho, Wo), x.dtype)
     if mode == "nearest":
         sh, sw = nearest_source_index(H, Ho, scale_factor[0]), nearest_source_index(W, Wo, scale_factor[1])
-        _nearest_forward_fast(_planes(x), sh, sw, out)
+        parallel_for(_nearest_forward_fast, N * C, _planes(x), sh, sw, out)
     else:
         hw = linear_source_weights(H, Ho, align_corners, scale_factor[0], x.dtype)
         ww = linear_source_weights(W, Wo, align_corners, scale_factor[1], x.dtype)
-        _bilinear_forward_fast(_planes(x), *hw, *ww, out)
+        parallel_for(_bilinear_forward_fast, N * C, _planes(x), *hw, *ww, out)
     return out.reshape(N, C, Ho, Wo)
 
 
 def interpolate_backward_numba(g, x_shape, mode="nearest", align_corners=False, scale_factor=(None, None)):
-    """Adjoint of the forward: scatter-add per plane (prange over planes)."""
+    """Adjoint of the forward: scatter-add per plane (planes split over threads)."""
     N, C, H, W = x_shape
     Ho, Wo = g.shape[2:]
     dx = np.empty((N * C, H, W), g.dtype)
     if mode == "nearest":
         sh, sw = nearest_source_index(H, Ho, scale_factor[0]), nearest_source_index(W, Wo, scale_factor[1])
-        _nearest_backward_fast(_planes(g), sh, sw, dx)
+        parallel_for(_nearest_backward_fast, N * C, _planes(g), sh, sw, dx)
     else:
         hw = linear_source_weights(H, Ho, align_corners, scale_factor[0], g.dtype)
         ww = linear_source_weights(W, Wo, align_corners, scale_factor[1], g.dtype)
-        _bilinear_backward_fast(_planes(g), *hw, *ww, dx)
+        parallel_for(_bilinear_backward_fast, N * C, _planes(g), *hw, *ww, dx)
     return dx.reshape(x_shape)
 
 

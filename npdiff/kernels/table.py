@@ -30,11 +30,15 @@ def _row(name, module, check=None):
 
 
 conv2d_forward = _row("conv2d_forward", _conv)
+conv2d_forward.columns["winograd"] = _conv.conv2d_forward_winograd  # Winograd F(2×2, 3×3) whatever the shape
 conv2d_backward = _row("conv2d_backward", _conv)
+conv2d_backward.columns["winograd"] = _conv.conv2d_backward_winograd
 conv_transpose2d_forward = _row("conv_transpose2d_forward", _conv)
 conv_transpose2d_backward = _row("conv_transpose2d_backward", _conv)
 group_norm_forward = _row("group_norm_forward", _norm)
 group_norm_backward = _row("group_norm_backward", _norm)
+group_norm_silu_forward = _row("group_norm_silu_forward", _norm)
+group_norm_silu_backward = _row("group_norm_silu_backward", _norm)
 layer_norm_forward = _row("layer_norm_forward", _norm)
 layer_norm_backward = _row("layer_norm_backward", _norm)
 batch_norm_forward = _row("batch_norm_forward", _norm)

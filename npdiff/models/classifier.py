@@ -96,5 +96,5 @@ class EncoderUNetModel(ModelMixin):
         for block in self.down_blocks:
             h, _ = block(h, emb)
         h = self.mid_block(h, emb)
-        h = self.conv_act(self.conv_norm_out(h)).mean(axis=(2, 3))  # (B, C_{K−1}): global average pool
+        h = nn.norm_act(self.conv_norm_out, self.conv_act, h).mean(axis=(2, 3))  # (B, C_{K−1}): global average pool
         return self.classifier(h)

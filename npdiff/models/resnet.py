@@ -54,7 +54,7 @@ class ResnetBlock2D(nn.Module):
 
     def forward(self, input_tensor, temb=None):
         act = self.nonlinearity
-        h = self.conv1(act(self.norm1(input_tensor)))
+        h = self.conv1(nn.norm_act(self.norm1, act, input_tensor))
         tau = None
         if self.time_emb_proj is not None and temb is not None:
             B = temb.shape[0]
@@ -64,10 +64,10 @@ class ResnetBlock2D(nn.Module):
             if tau is None:
                 raise ValueError("ResnetBlock2D with time_embedding_norm='scale_shift' needs a time embedding")
             scale, shift = tau.chunk(2, dim=1)  # each (B, C_out, 1, 1)
-            h = self.norm2(h) * (scale + 1.0) + shift
+            h = act(self.norm2(h) * (scale + 1.0) + shift)
         else:
-            h = self.norm2(h + tau if tau is not None else h)
-        h = self.conv2(self.dropout(act(h)))
+            h = nn.norm_act(self.norm2, act, h + tau if tau is not None else h)  # one fused kernel for GroupNorm + SiLU
+        h = self.conv2(self.dropout(h))
         x = self.conv_shortcut(input_tensor) if self.conv_shortcut is not None else input_tensor
         out = x + h
         if self.output_scale_factor != 1.0:

@@ -250,5 +250,5 @@ class UNet2DModel(UNetBase):
             n = len(block.resnets)
             h = block(h, skips[-n:], emb)
             skips = skips[:-n]
-        out = self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, out_channels, H, W)
+        out = self.conv_out(nn.norm_act(self.conv_norm_out, self.conv_act, h))  # (B, out_channels, H, W)
         return UNet2DOutput(sample=out) if return_dict else out

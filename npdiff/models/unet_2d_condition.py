@@ -336,5 +336,5 @@ class UNet2DConditionModel(UNetBase):
             else:
                 h = block(h, skips[-n:], emb)
             skips = skips[:-n]
-        out = self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, out_channels, H, W)
+        out = self.conv_out(nn.norm_act(self.conv_norm_out, self.conv_act, h))  # (B, out_channels, H, W)
         return UNet2DConditionOutput(sample=out) if return_dict else out

@@ -111,7 +111,7 @@ class Encoder(nn.Module):
         for block in self.down_blocks:
             h = block(h)
         h = self.mid_block(h)  # (B, C_{K-1}, h, w)
-        return self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        return self.conv_out(nn.norm_act(self.conv_norm_out, self.conv_act, h))
 
 
 class Decoder(nn.Module):
@@ -137,7 +137,7 @@ class Decoder(nn.Module):
         h = self.mid_block(self.conv_in(sample))  # (B, C_{K-1}, h, w)
         for block in self.up_blocks:
             h = block(h)
-        return self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, C_out, H, W)
+        return self.conv_out(nn.norm_act(self.conv_norm_out, self.conv_act, h))  # (B, C_out, H, W)
 
 
 class DiagonalGaussianDistribution:

@@ -83,6 +83,7 @@ class Spec:
     terms: object = 1  # (case) -> the longest sum in the op (for ``close``)
     bad: list = field(default_factory=list)  # [(call, regex)]
     oracle_dtype: object = np.float64
+    column_terms: dict = field(default_factory=dict)  # column -> factor on ``terms`` (a column's own error bound)
 
     def __repr__(self):
         return self.name
@@ -136,7 +137,7 @@ def check_agreement(spec, case, column, reference=None):
     """``column``'s output and gradients on ``case`` equal the reference column's (same dtype and
     shape) within ``close``; ``reference`` = run(spec, case, "reference") when already computed."""
     y_ref, g_ref = reference or run(spec, case, "reference")
-    terms = spec.terms(case) if callable(spec.terms) else spec.terms
+    terms = (spec.terms(case) if callable(spec.terms) else spec.terms) * spec.column_terms.get(column, 1)
     y, grads = run(spec, case, column)
     assert np.asarray(y).dtype == case.dtype, (column, np.asarray(y).dtype)
     close(y, y_ref, case.dtype, terms, f"{spec.name} {column} forward")

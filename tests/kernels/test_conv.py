@@ -115,3 +115,73 @@ def test_backward_skips_unneeded_gradients():
     gx, gw, gb = KT.conv2d_backward(x, w, g, 1, 1, need_x=False, need_b=False)
     assert gx is None and gb is None
     close(gw, K.conv2d_backward_reference(x, w, g, (1, 1), (1, 1))[1], np.float64, TERMS)
+
+
+# -- Winograd F(2×2, 3×3) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,C,O,H,W,padding", [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 7, 1), (3, 2, 5, 6, 6, 0),
+                                               (1, 4, 3, 4, 5, 2), (2, 5, 2, 9, 3, (2, 0)), (5, 3, 3, 3, 4, 1)])
+def test_winograd_forward_and_grad_input_match_the_reference(N, C, O, H, W, padding, dtype):
+    """Odd and even sizes (a last half tile), paddings 0-2, batches over several chunks; the winograd
+    column against the reference, with the direct tolerance times winograd.ERROR_FACTOR."""
+    rng = np.random.default_rng(N * 100 + H)
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
+    want = K.conv2d_forward_reference(x, w, b, (1, 1), pair(padding, "padding"))
+    g = rng.standard_normal(want.shape)
+    gx_want, gw_want, _ = K.conv2d_backward_reference(x, w, g, (1, 1), pair(padding, "padding"))
+    with KT.use("winograd"):
+        y = KT.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), 1, padding)
+        gx, gw, _ = KT.conv2d_backward(x.astype(dtype), w.astype(dtype), g.astype(dtype), 1, padding)
+    terms = 9 * C * W_ERR  # sums of 9·C products, the Winograd bound
+    close(y, want, dtype, terms, "winograd forward")
+    close(gx, gx_want, dtype, 9 * O * W_ERR, "winograd grad-input")
+    close(gw, gw_want, dtype, N * H * W, "grad-weight (im2col)")
+
+
+W_ERR = K.winograd.ERROR_FACTOR
+
+
+def test_winograd_error_against_float64_is_within_its_bound():
+    """float32 Winograd and float32 im2col against float64 on UNet-like data (C = 64, unit normal x,
+    w scaled by 1/√(9C)): both within their bounds (ε·Σ|x||w| per output; Winograd: times
+    ERROR_FACTOR); the measured ratio is the number quoted in docs/kernels.md."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((4, 64, 16, 16)), rng.standard_normal((64, 64, 3, 3)) / np.sqrt(9 * 64)
+    exact = K.conv2d_forward_cpu(x, w, None, (1, 1), (1, 1), np.empty((4, 64, 16, 16)), algorithm="im2col")  # float64
+    scale = K.conv2d_forward_cpu(np.abs(x), np.abs(w), None, (1, 1), (1, 1), np.empty((4, 64, 16, 16)),
+                                 algorithm="im2col")  # Σ|x||w| per output
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    errs = {}
+    for algo in ("im2col", "winograd"):
+        y = K.conv2d_forward_cpu(x32, w32, None, (1, 1), (1, 1), np.empty((4, 64, 16, 16), np.float32),
+                                 algorithm=algo)
+        errs[algo] = float(np.max(np.abs(y - exact) / scale)) / np.finfo(np.float32).eps
+    assert errs["im2col"] <= 9 * 64  # n·ε·Σ|x||w| for a sum of n = 9C terms (any order)
+    assert errs["winograd"] <= W_ERR * 9 * 64
+    assert errs["winograd"] > 0 and errs["im2col"] > 0
+
+
+def test_winograd_choice_rule():
+    """Winograd where it measured faster (forward: ≥ 8×8 outputs with ≥ 32 channels in and out;
+    grad-input: ≥ 16×16 with ≥ 64), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
+    assert K.winograd_applies(3, 3, (1, 1), (1, 1)) and K.winograd_applies(3, 3, (1, 1), (2, 0))
+    assert not K.winograd_applies(3, 3, (2, 2), (1, 1)) and not K.winograd_applies(1, 1, (1, 1), (0, 0))
+    assert not K.winograd_applies(3, 3, (1, 1), (3, 3)) and not K.winograd_applies(5, 5, (1, 1), (2, 2))
+    assert K.winograd_pays(64, 64, 16, 16) and K.winograd_pays(128, 128, 8, 8)
+    assert not K.winograd_pays(3, 64, 64, 64) and not K.winograd_pays(64, 64, 4, 4)
+    assert K.winograd_pays(64, 64, 16, 16, grad_input=True)
+    assert not K.winograd_pays(32, 64, 32, 32, grad_input=True) and not K.winograd_pays(128, 128, 8, 8, grad_input=True)
+
+
+def test_the_fast_column_takes_winograd_where_it_pays(monkeypatch):
+    """The numba column calls the Winograd kernel exactly when the rule says so."""
+    calls = []
+    real = K.winograd.winograd_conv3x3
+    monkeypatch.setattr(K.winograd, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    rng = np.random.default_rng(0)
+    for C, H in [(32, 8), (16, 8), (32, 4)]:
+        x, w = rng.standard_normal((2, C, H, H)), rng.standard_normal((32, C, 3, 3))
+        KT.conv2d_forward(x, w, None, 1, 1)
+    assert calls == [(2, 32, 8, 8)]

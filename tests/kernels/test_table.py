@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import npdiff.kernels as K
 import npdiff.nn.functional as F
+from npdiff.kernels.winograd import ERROR_FACTOR as WINOGRAD_ERROR_FACTOR
 from tests.kernels.harness import Case, Spec, array, check_agreement, check_central_differences, close, columns, run
 
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -91,7 +92,9 @@ def _conv_spec(transposed):
                (lambda: F.conv_transpose2d(z((1, 3, 4, 4)), z((3, 2, 3, 3)), stride=2, output_padding=2),
                 r"output_padding"),
                (lambda: F.conv_transpose2d(z((1, 3, 1, 1)), z((3, 2, 1, 1)), padding=1), r"output size")]
-    return Spec(name, (fwd.name, bwd.name), _conv_case(transposed), forward, backward, fixed, torch_fn, terms, bad)
+    # the winograd column's error bound is WINOGRAD_ERROR_FACTOR times the direct sum's (winograd.py)
+    return Spec(name, (fwd.name, bwd.name), _conv_case(transposed), forward, backward, fixed, torch_fn, terms, bad,
+                column_terms={"winograd": WINOGRAD_ERROR_FACTOR})
 
 
 # -- norms ----------------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def _batch_norm_case(draw):
 
 def _norm_spec(name, draw, fixed, torch_fn, bad):
     fwd, bwd = K.OPS[name + "_forward"], K.OPS[name + "_backward"]
-    a = "num_groups" if name == "group_norm" else "normalized_shape"
+    a = "num_groups" if name.startswith("group_norm") else "normalized_shape"
 
     def forward(c):
         x, w, b = c.arrays["x"], c.arrays["weight"], c.arrays["bias"]
@@ -152,6 +155,8 @@ def _norm_spec(name, draw, fixed, torch_fn, bad):
         x, w = c.arrays["x"], c.arrays["weight"]
         if name == "batch_norm":
             return _grads(("x", "weight", "bias"), bwd(g, x, *saved, w, c.params["training"]), c)
+        if name == "group_norm_silu":  # the backward recomputes z = group_norm(x), which needs the bias
+            return _grads(("x", "weight", "bias"), bwd(g, x, *saved, c.params[a], w, c.arrays["bias"]), c)
         return _grads(("x", "weight", "bias"), bwd(g, x, *saved, c.params[a], w), c)
 
     def terms(c):
@@ -192,6 +197,13 @@ NORMS = [
                [(lambda: F.group_norm(z((2, 6, 3)), 4), r"\(2, 6, 3\)"), (lambda: F.group_norm(z(6), 3), r"\(6,\)"),
                 (lambda: F.group_norm(z((2, 6, 3)), 3, np.ones(5)), r"\(5,\)"),
                 (lambda: K.group_norm_backward(z((2, 6)), z((2, 6, 3)), z((2, 3)), z((2, 3)), 3),
+                 r"grad shape \(2, 6\)")]),
+    _norm_spec("group_norm_silu", _group_norm_case(), _gn_fixed,
+               lambda torch, t, p: torch.nn.functional.silu(torch.nn.functional.group_norm(
+                   t["x"], p["num_groups"], t["weight"], t["bias"], p["eps"])),
+               [(lambda: F.group_norm_silu(z((2, 6, 3)), 4), r"\(2, 6, 3\)"),
+                (lambda: F.group_norm_silu(z((2, 6, 3)), 3, None, np.ones(5)), r"bias.*\(5,\)"),
+                (lambda: K.group_norm_silu_backward(z((2, 6)), z((2, 6, 3)), z((2, 3)), z((2, 3)), 3),
                  r"grad shape \(2, 6\)")]),
     _norm_spec("layer_norm", _layer_norm_case(), _ln_fixed,
                lambda torch, t, p: torch.nn.functional.layer_norm(t["x"], p["normalized_shape"], t["weight"],
@@ -505,7 +517,7 @@ def test_torch_oracle(spec, column):
     y, grads = run(spec, case, column)
     g = np.random.default_rng(0).standard_normal(np.shape(y)).astype(case.dtype).reshape(np.shape(y))
     yt.backward(torch.tensor(g))
-    terms = spec.terms(case) if callable(spec.terms) else spec.terms
+    terms = (spec.terms(case) if callable(spec.terms) else spec.terms) * spec.column_terms.get(column, 1)
     close(y, yt.detach().numpy(), case.dtype, 4 * terms, f"{spec.name} {column} forward vs torch")
     for name, t in tensors.items():
         if t is not None:

@@ -33,6 +33,24 @@ class GroupNormFn(Function):
         return _grads(ctx, dx, dw, db, 2)
 
 
+class GroupNormSiLUFn(Function):
+    """silu(group_norm(x)) in one kernel each way: the normalised z is never stored; the backward
+    recomputes it from x and the statistics (``kernels.group_norm_silu_*``)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, num_groups, eps):
+        y, mean, rstd = K.group_norm_silu_forward(x, num_groups, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.num_groups = num_groups
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dw, db = K.group_norm_silu_backward(g, x, mean, rstd, ctx.num_groups, weight, bias)
+        return _grads(ctx, dx, dw, db, 2)
+
+
 class LayerNormFn(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape, eps):
@@ -81,6 +99,12 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
     """torch.nn.functional.group_norm: x (N, C, *) normalised over groups of C/num_groups
     channels and all spatial positions; weight, bias (C,). See ``kernels.norm``."""
     return GroupNormFn.apply(_wrap(input), _opt(weight), _opt(bias), num_groups, float(eps))
+
+
+def group_norm_silu(input, num_groups, weight=None, bias=None, eps=1e-5) -> Tensor:
+    """silu(group_norm(input, ...)) fused: one pass over memory forward and one backward (the
+    ResNet block's norm → activation). Same arguments as ``group_norm``."""
+    return GroupNormSiLUFn.apply(_wrap(input), _opt(weight), _opt(bias), num_groups, float(eps))
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Tensor:

@@ -32,6 +32,16 @@ class GroupNorm(Module):
     def forward(self, x):
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
+
+def norm_act(norm, act, x):
+    """act(norm(x)), as one fused kernel (``F.group_norm_silu``) when norm is a GroupNorm and act a
+    SiLU (the ResNet blocks' and UNets' "norm → SiLU"), else the two modules in turn."""
+    from .activation import SiLU
+
+    if isinstance(norm, GroupNorm) and isinstance(act, SiLU):
+        return F.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    return act(norm(x))
+
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
 

@@ -1,0 +1,90 @@
+"""Cold start: how long the default ``npdiff train`` takes to reach its first training steps.
+
+Each measurement is a fresh Python process running the CLI's default training (``TrainConfig()``,
+digits, the default UNet) for a few steps with Numba's cache in a folder of this script's
+choosing: an empty folder the first time (cold: every kernel the run uses is compiled) and the
+same folder again (warm: compiled code is loaded from the cache). Printed per run: the import
+time, the time to build the trainer (model, data, optimiser), the time of the first step
+(compilation happens here) and the median of the following steps, all in seconds.
+
+    python benchmarks/cold_start.py [--steps 4] [--runs 1] [--json out.json]
+
+The ``--worker`` mode is the measured process itself (one run, JSON on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def worker(steps: int) -> dict:
+    t0 = time.perf_counter()
+    from npdiff.kernels import config as _kernel_config  # noqa: F401  (the CLI's import order: pool policy first)
+    from npdiff.training import TrainConfig, trainer_class
+
+    t_import = time.perf_counter() - t0
+    # steps far beyond this run: the end-of-training sample grid and checkpoint stay out of the timing
+    config = TrainConfig(steps=10**6, sample_every=10**9, checkpoint_every=10**9)
+    run_dir = tempfile.mkdtemp(prefix="npdiff-cold-")
+    trainer = trainer_class(config)(config, run_dir, progress=False)
+    t_build = time.perf_counter() - t0 - t_import
+    marks = []
+
+    def on_step(_trainer, _record):
+        marks.append(time.perf_counter())
+
+    start = time.perf_counter()
+    trainer.train(stop_after=steps, callback=on_step)
+    steps_s = [b - a for a, b in zip([start] + marks[:-1], marks)]
+    return {"import_s": t_import, "build_s": t_build, "first_step_s": steps_s[0],
+            "later_step_s": statistics.median(steps_s[1:]) if len(steps_s) > 1 else None,
+            "to_first_step_s": t_import + t_build + steps_s[0]}
+
+
+def measure(cache_dir: str, steps: int) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, __file__, "--worker", "--steps", str(steps)], env=env,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold-start worker failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4, help="training steps per run (first + later ones)")
+    p.add_argument("--runs", type=int, default=1, help="cold/warm pairs, each with a fresh cache")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.steps)))
+        return 0
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    print(f"{'run':<6} {'import':>7} {'build':>7} {'step 1':>7} {'later':>7} {'to step 1':>10}  (s)")
+    results = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="npdiff-numba-cache-") as cache:
+            for kind in ("cold", "warm"):
+                r = dict(measure(cache, args.steps), run=kind)
+                results.append(r)
+                later = f"{r['later_step_s']:7.2f}" if r["later_step_s"] is not None else f"{'-':>7}"
+                print(f"{kind:<6} {r['import_s']:7.2f} {r['build_s']:7.2f} {r['first_step_s']:7.2f} {later} "
+                      f"{r['to_first_step_s']:10.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
