@@ -46,7 +46,7 @@ def test_tiny_unet_training_step_on_the_cuda_column_equals_the_cpu_step():
     finally:
         undo()
     assert gpu_columns == {"cuda"}
-    for op in ["conv2d", "group_norm", "attention", "silu", "linear", "mse_loss"]:
+    for op in ["conv2d", "group_norm", "group_norm_silu", "attention", "silu", "linear", "mse_loss"]:
         assert {op + "_forward", op + "_backward"} <= gpu_ops, op
     assert abs(gpu[0] - cpu[0]) <= 16 * TERMS * np.finfo(np.float64).eps * max(1.0, abs(cpu[0]))
     close(gpu[1], cpu[1], np.float64, TERMS, "output")

@@ -35,6 +35,8 @@ import numpy as np
 from numba import cuda
 
 from ..checks import normalized_shape as _normalized_shape
+from ..norm import _group_norm_output
+from .elementwise import silu_backward_cuda, silu_forward_cuda
 from .common import BLOCK, block_sum, kernel, launch, threads_for, xp_of
 
 
@@ -204,6 +206,20 @@ def group_norm_backward_cuda(g, x, mean, rstd, num_groups, weight=None):
                            num_groups, C // num_groups, num_groups, x3.shape[2], True)
     wdt = x.dtype if weight is None else weight.dtype
     return dx.reshape(x.shape), dw.astype(wdt), db.astype(wdt)
+
+
+def group_norm_silu_forward_cuda(x, num_groups, weight=None, bias=None, eps=1e-5):
+    """cuda column of group_norm_silu_forward: the group-norm kernels, then the SiLU map (two
+    passes over memory; the one-pass fusion is the numba column's)."""
+    z, mean, rstd = group_norm_forward_cuda(x, num_groups, weight, bias, eps)
+    return silu_forward_cuda(z), mean, rstd
+
+
+def group_norm_silu_backward_cuda(g, x, mean, rstd, num_groups, weight=None, bias=None):
+    """cuda column of group_norm_silu_backward: z recomputed from the statistics, dz = g·silu'(z)
+    (the SiLU gradient kernel), then the group-norm backward of dz."""
+    z = _group_norm_output(x, mean, rstd, num_groups, weight, bias)
+    return group_norm_backward_cuda(silu_backward_cuda(g, z), x, mean, rstd, num_groups, weight)
 
 
 def layer_norm_forward_cuda(x, normalized_shape, weight=None, bias=None, eps=1e-5):
