@@ -105,9 +105,14 @@ def part_inpaint(run, args, test_x, test_y):
                 key = (f"inpaint_{args.inpaint_scheduler}{args.inpaint_steps or args.steps}_keep_{keep}_rg{w:g}"
                        f"_repaint_{name}{'_uncond_run' if args.uncond_run else ''}")
                 result[key] = {"accuracy": acc, "kept_pixels_exact": exact, "seconds": round(time.perf_counter() - t0, 1)}
+                held = ""
+                if 0 < args.validation - args.first < n:  # the digits after the validation subset, alone
+                    v = args.validation - args.first
+                    result[key]["accuracy_after_validation"] = conditional_accuracy(np.clip(out[v:], -1, 1), y[v:])
+                    held = f" ({result[key]['accuracy_after_validation']:.3f} on the {n - v} after the validation subset)"
                 print(f"inpaint ({args.inpaint_scheduler}, {args.inpaint_steps or args.steps} steps, test digits "
                       f"{args.first}…{args.first + n - 1}) keep {keep:5s} reconstruction guidance {w:<4g} RePaint "
-                      f"{name:3s}: accuracy {acc:.3f}, kept pixels exact: {exact}", flush=True)
+                      f"{name:3s}: accuracy {acc:.3f}{held}, kept pixels exact: {exact}", flush=True)
         # the last configuration's first 8: input | mask | result rows
         pictures += [x[:8], np.broadcast_to(mask[0] * 2 - 1, (8, 1, size, size)), np.clip(out[:8], -1, 1)]
     result["inpaint_n"] = n
@@ -190,6 +195,8 @@ def main(argv=None):
     p.add_argument("--classifier-scales", type=float, nargs="+", default=[0.0, 1.0, 3.0, 10.0])
     p.add_argument("--cfg-scales", type=float, nargs="*", default=[1.0, 2.0, 3.0])
     p.add_argument("--inpaint-scheduler", choices=("ddim", "ddpm"), default="ddim")
+    p.add_argument("--validation", type=int, default=120, help="inpainting: the first VALIDATION test digits "
+                   "chose the settings (reconstruction guidance w, steps); accuracy on the rest is reported too")
     p.add_argument("--inpaint-steps", type=int, default=None, help="inpainting steps (default: --steps)")
     p.add_argument("--reconstruction-guidance", type=float, nargs="+", default=[0.0],
                    help="inpainting: weights w of reconstruction guidance, each run with RePaint off and on")
