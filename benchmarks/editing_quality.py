@@ -183,7 +183,7 @@ def main(argv=None):
     p.add_argument("--uncond-run", default=None, help="an unconditional run (`npdiff train --unconditional`) for "
                    "inpainting and classifier guidance (default: the --run model's null class)")
     p.add_argument("--parts", nargs="+", default=["inversion", "inpaint", "sdedit", "guidance"])
-    p.add_argument("--n", type=int, default=360, help="test digits per measurement (the test split has 360)")
+    p.add_argument("--n", type=int, default=359, help="test digits per measurement (the test split has 359)")
     p.add_argument("--first", type=int, default=0, help="inpainting: index of the first test digit (a validation "
                    "subset is --first 0 --n 120, the held-out rest --first 120)")
     p.add_argument("--n-inversion", type=int, default=100, help="test digits of the inversion round trip")

@@ -136,7 +136,7 @@ def strength_start(num_steps: int, strength: float) -> int:
 
 
 class ReconstructionGuidedPredictor:
-    """``predict(x, t)``: the model's output with x̂₀ replaced by the reconstruction-guided x̃₀ (module docstring).
+    """``predict(x, t)``: the model's output with x̂₀ replaced by the reconstruction-guided x̃₀ (module doc).
 
     model:   ``model(x, t, class_labels=None) -> Tensor`` predicting the scheduler's prediction_type.
     image:   (B, *S) the input x⁰;  mask: its {0, 1} mask (1 = known), broadcastable to image.

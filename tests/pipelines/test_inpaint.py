@@ -181,8 +181,9 @@ class GaussianModel:
 
 @pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
 def test_reconstruction_guidance_is_the_gradient_correction_of_x0(kind):
-    """x̃₀ = x̂₀ − w √ᾱ ∇ ½‖m ⊙ (x⁰ − x̂₀)‖² (Ho et al. 2022, eq. 7), for a linear model where the
-    gradient is (m ⊙ (x A − x⁰)) Aᵀ exactly; the predictor's output converted back to x̃₀ must match."""
+    """x̃₀ = x̂₀ − w √ᾱ ∇ ½‖m ⊙ (x⁰ − x̂₀)‖² (Ho et al. 2022, eq. 7), for a linear model where
+    the gradient is (m ⊙ (x A − x⁰)) Aᵀ exactly; the predictor's output converted back to x̃₀
+    must match."""
     from npdiff.diffusion import model_output_to_x0_eps
 
     sched = DDIMScheduler(prediction_type=kind, clip_sample=False)
