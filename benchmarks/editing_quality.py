@@ -1,13 +1,16 @@
 """The editing targets of issue 14, measured on trained digits runs, and the pictures in docs/images.
 
     python benchmarks/editing_quality.py --run runs/digits --classifier runs/digits-clf [--parts ...]
+    python benchmarks/editing_quality.py --uncond-run runs/digits-uncond --parts inpaint --reconstruction-guidance 30
 
 Parts (each prints a table and merges its numbers into --out JSON, so a partial run keeps them):
 
   inversion  DDIM inversion round trip at guidance 1: mean |x − x̂| on test digits in [-1, 1]
   inpaint    left / right half kept, the other half filled by the run's null-class (unconditional)
              model; kept pixels must equal the input; accuracy = the fixed digits classifier
-             (npdiff.metrics) names the original digit; RePaint resampling off and on
+             (npdiff.metrics) names the original digit; RePaint resampling off and on, for each
+             --reconstruction-guidance w; settings are chosen on the first --validation digits,
+             and the accuracy on the rest is printed too
   sdedit     test digits of class y edited towards class k ≠ y at several strengths: accuracy of
              k and the mean |x − x⁰| to the input
   guidance   classifier guidance of the null-class model over scales (accuracy, Fréchet ratio),
