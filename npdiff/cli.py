@@ -205,6 +205,9 @@ def _add_editing(p) -> None:
                         "--img2img)")
     g.add_argument("--jump-length", type=int, default=10, help="RePaint: steps per jump back")
     g.add_argument("--jump-n-sample", type=int, default=1, help="RePaint: passes over each jump (1 = no resampling)")
+    g.add_argument("--reconstruction-guidance", type=float, default=0.0, metavar="W",
+                   help="inpainting: correct x̂₀ by W·√ᾱ·∇ of its error on the kept pixels (Ho et al. 2022; one "
+                        "backward per step; 30 on digits, see README 'Editing and guidance'; default 0: off)")
     g.add_argument("--source-class", type=int, default=None, help="for --invert: the input's class")
     g.add_argument("--classifier", metavar="DIR", default=None,
                    help="classifier guidance of an unconditional run (or of a class-conditional run's null class) "
@@ -531,7 +534,8 @@ def _sample_edit(args, run, steps: int, guidance: float) -> int:
         mask = _input_mask(args.mask, info.sample_shape)
         out = inpaint(model, scheduler, image, mask, num_inference_steps=steps,
                       strength=1.0 if args.strength is None else args.strength, jump_length=args.jump_length,
-                      jump_n_sample=args.jump_n_sample, generator=args.seed, progress=True, **cond)
+                      jump_n_sample=args.jump_n_sample, reconstruction_guidance=args.reconstruction_guidance,
+                      generator=args.seed, progress=True, **cond)
         rows.append(np.broadcast_to(mask * 2.0 - 1.0, (1, *info.sample_shape)))
         what = "inpaint"
     elif args.img2img:

@@ -28,12 +28,25 @@ with the forward transition
 
 and denoises them again, ``jump_n_sample`` times in all (``jump_n_sample = 1``: no resampling).
 Each resample costs ``jump_length`` extra model calls per ``jump_length`` steps.
+
+Reconstruction guidance (Ho et al. 2022, "Video Diffusion Models", §3.1, eq. 7): replacement
+alone tells the unknown region about the known one only through x_t, where early on the known
+region is mostly noise, so the coarse shape of the fill is chosen before it can agree with the
+kept half. ``reconstruction_guidance = w`` corrects the model's clean-image estimate with the
+gradient of how badly it reproduces the known pixels,
+
+    x̃₀ = x̂₀(x_t) − w √ᾱ_t ∇_{x_t} ½ ‖m ⊙ (x⁰ − x̂₀(x_t))‖²
+
+and steps with x̃₀ (and the ε̃ it implies at this x_t) instead of the model's output. The
+gradient goes through the denoiser with npdiff's autograd: one backward per step.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..autograd import Tensor, set_grad_enabled
+from ..diffusion import model_output_to_x0_eps, training_target
 from ..schedulers import DDIMScheduler, DDPMScheduler
 from .sampling import (SampleOutput, as_generator, check_conditioning, denoiser, eval_mode, no_grad,
                        scheduler_timesteps, step_kwargs_for)
@@ -122,9 +135,68 @@ def strength_start(num_steps: int, strength: float) -> int:
     return num_steps - min(int(num_steps * strength), num_steps)
 
 
+class ReconstructionGuidedPredictor:
+    """``predict(x, t)``: the model's output with x̂₀ replaced by the reconstruction-guided x̃₀ (module doc).
+
+    model:   ``model(x, t, class_labels=None) -> Tensor`` predicting the scheduler's prediction_type.
+    image:   (B, *S) the input x⁰;  mask: its {0, 1} mask (1 = known), broadcastable to image.
+    weight:  w ≥ 0 (0: the model's output unchanged, no backward pass).
+    class_labels, guidance_scale, null_class: as ``sample`` (classifier-free guidance is
+    differentiated through both passes).
+    """
+
+    def __init__(self, model, scheduler, image, mask, weight: float, class_labels=None, guidance_scale: float = 1.0,
+                 null_class: int | None = None):
+        if weight < 0:
+            raise ValueError(f"reconstruction_guidance must be >= 0, got {weight}")
+        self.model, self.scheduler, self.weight = model, scheduler, float(weight)
+        self.image, self.mask = np.asarray(image, np.float32), np.asarray(mask, np.float32)
+        self.class_labels, self.guidance_scale, self.null_class = class_labels, float(guidance_scale), null_class
+
+    def _forward(self, xt: Tensor, t_batch: np.ndarray) -> Tensor:
+        if self.class_labels is None:
+            return self.model(xt, t_batch)
+        out = self.model(xt, t_batch, class_labels=self.class_labels)
+        if self.guidance_scale == 1.0:
+            return out
+        out_null = self.model(xt, t_batch, class_labels=np.full_like(self.class_labels, self.null_class))
+        return out_null + self.guidance_scale * (out - out_null)
+
+    def __call__(self, x, t):
+        x = np.asarray(x, dtype=np.float32)
+        t_batch = np.full((x.shape[0],), int(t), dtype=np.int64)
+        ab = float(self.scheduler.alphas_cumprod[int(t)])
+        kind = self.scheduler.config.prediction_type
+        if self.weight == 0.0:
+            with no_grad():
+                return np.asarray(self._forward(Tensor(x), t_batch).data)
+        a, b = float(np.sqrt(ab)), float(np.sqrt(1.0 - ab))  # Python floats: numpy scalars would swallow a Tensor
+        xt = Tensor(x, requires_grad=True)
+        params = [p for p in getattr(self.model, "parameters", lambda: [])() if p.requires_grad]
+        for p in params:  # only ∂/∂x_t is wanted: leave the weights off the tape
+            p.requires_grad = False
+        try:
+            with set_grad_enabled(True):
+                out = self._forward(xt, t_batch)
+                # x̂₀ as an affine function of the output (the tape needs Tensor arithmetic, not numpy)
+                x0_hat = {"epsilon": lambda: (xt - b * out) * (1.0 / a), "sample": lambda: out,
+                          "v_prediction": lambda: a * xt - b * out}[kind]()
+                residual = (x0_hat - Tensor(self.image)) * Tensor(self.mask)
+                (0.5 * (residual * residual).sum()).backward()
+        finally:
+            for p in params:
+                p.requires_grad = True
+        out = np.asarray(out.data)
+        x0, _ = model_output_to_x0_eps(out, x, ab, kind)
+        x0 = x0 - self.weight * a * np.asarray(xt.grad.data)
+        eps = (x - a * x0) / b
+        return training_target(x0, eps, ab, kind).astype(np.float32)
+
+
 def inpaint(model, scheduler, image, mask, *, num_inference_steps: int | None = None, strength: float = 1.0,
             class_labels=None, guidance_scale: float = 1.0, null_class: int | None = None, jump_length: int = 10,
-            jump_n_sample: int = 1, generator=None, predict=None, progress: bool = False) -> SampleOutput:
+            jump_n_sample: int = 1, reconstruction_guidance: float = 0.0, generator=None, predict=None,
+            progress: bool = False) -> SampleOutput:
     """Fill the region where ``mask`` is 0, keeping ``image`` where it is 1.
 
     image:      (B, *S) in the model's data space (digits: [-1, 1]).
@@ -132,6 +204,7 @@ def inpaint(model, scheduler, image, mask, *, num_inference_steps: int | None = 
     strength:   1 starts from pure noise; s < 1 from the input noised to the step ⌊n·s⌋ before
                 the end (as diffusers' inpainting pipelines), keeping more of the masked content.
     jump_length, jump_n_sample: RePaint resampling (``jump_n_sample = 1``: off).
+    reconstruction_guidance: w of the reconstruction-guided x̃₀ (module docstring; 0: off).
     predict:    ``predict(x, t) -> output`` instead of ``model`` with class labels / guidance.
     Returns SampleOutput with ``samples`` (B, *S); kept pixels equal ``image`` bit for bit.
     """
@@ -145,6 +218,9 @@ def inpaint(model, scheduler, image, mask, *, num_inference_steps: int | None = 
     if begin == len(timesteps):
         return SampleOutput(samples=image.copy())
     step_kwargs = step_kwargs_for(scheduler, rng)
+    if predict is None and reconstruction_guidance:
+        predict = ReconstructionGuidedPredictor(model, scheduler, image, m, reconstruction_guidance, class_labels,
+                                                guidance_scale, null_class)
     predict = predict or denoiser(model, class_labels, guidance_scale, null_class)
     keep = m == 1
 
@@ -192,7 +268,8 @@ class InpaintPipeline:
 
     def __call__(self, image, mask_image, strength: float = 1.0, num_inference_steps: int = 50,
                  class_labels=None, guidance_scale: float = 1.0, generator=None, jump_length: int = 10,
-                 jump_n_sample: int = 1, progress: bool = False) -> SampleOutput:
+                 jump_n_sample: int = 1, reconstruction_guidance: float = 0.0,
+                 progress: bool = False) -> SampleOutput:
         from .latents import decode_latents, encode_images, latent_mask
 
         image = np.asarray(image, dtype=np.float32)
@@ -201,7 +278,7 @@ class InpaintPipeline:
         out = inpaint(self.model, self.scheduler, z, latent_mask(m, z.shape), num_inference_steps=num_inference_steps,
                       strength=strength, class_labels=class_labels, guidance_scale=guidance_scale,
                       null_class=self.null_class, jump_length=jump_length, jump_n_sample=jump_n_sample,
-                      generator=generator, progress=progress)
+                      reconstruction_guidance=reconstruction_guidance, generator=generator, progress=progress)
         if self.vae is not None:
             out.samples = np.where(m == 1, image, decode_latents(self.vae, out.samples)).astype(np.float32)
         return out

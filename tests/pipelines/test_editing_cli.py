@@ -47,7 +47,7 @@ def test_sample_editing_options_write_pictures(runs, tmp_path):
                  "--jump-length", "1", "--jump-n-sample", "2", "--out", out]) == 0
     assert Image.open(out).size[0] > Image.open(out).size[1]  # one row: input | mask | 2 results
     for run, flags in ((uncond, ["--classifier", clf, "--class", "2"]),  # an unconditional run, guided
-                       (uncond, ["--inpaint", image, "--mask", "top"]),
+                       (uncond, ["--inpaint", image, "--mask", "top", "--reconstruction-guidance", "30"]),
                        (digits, ["--img2img", image, "--strength", "0.5"]),  # no --class: the null class
                        (digits, ["--img2img", image, "--strength", "0.5", "--class", "3"]),
                        (digits, ["--invert", image, "--source-class", "1", "--class", "7"]),
