@@ -154,7 +154,7 @@ def load_digits(size: int = 16, split: str = "train", test_fraction: float = 0.2
     images: (N, 1, size, size) float32 in [-1, 1] (the 0..16 pixel values scaled,
     then resized bilinearly from 8×8); labels: (N,) int64 in 0..9.
     The train/test split is stratified by class and fixed by ``seed``: with the
-    defaults, 1,437 training and 360 test images.
+    defaults, 1,438 training and 359 test images.
     """
     if not isinstance(size, (int, np.integer)) or size < 2:
         raise ValueError(f"size must be an integer >= 2, got {size!r}")
