@@ -166,6 +166,8 @@ def _assert_matches_one_process(two_dir, one_dir, global_batch: int):
     n = global_batch * 64  # 8×8 one-channel images: the loss is a mean of at most n terms
     for r2, r1 in zip(log2, log1):
         np.testing.assert_allclose(r2["loss"], r1["loss"], rtol=4 * n * EPS32, err_msg=f"step {r1['step']}")
+        # the norm of the averaged gradient (before clipping): the same sums, the same bound
+        np.testing.assert_allclose(r2["grad_norm"], r1["grad_norm"], rtol=4 * n * EPS32, err_msg=f"step {r1['step']}")
     movement = sum(r["lr"] for r in log1)  # Σ_s lr_s: how far AdamW can move an element
     assert sorted(a) == sorted(b)
     for key in a:
