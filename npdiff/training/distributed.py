@@ -6,7 +6,9 @@ a *rank*; they hold identical models and split every batch between them:
     global batch   N·B items, in the seeded order one process with batch N·B would use;
                    rank r keeps items [r·B, (r+1)·B)                   (``DataLoader(num_replicas, rank)``)
     random draws   every rank draws the global batch's t, ε, label drops (VAE: z's ε) from
-                   the same generator and keeps its slice              (``ShardedGenerator``)
+                   the same generator and keeps its slice              (``ShardedGenerator``);
+                   dropout masks (npdiff's global generator) come from a per-rank, per-step
+                   stream                                              (``seed_step``)
     gradients      ḡ = (1/N) Σ_r g_r, with g_r the mean over rank r's B items, so ḡ is the
                    mean over the N·B items: one in-place Allreduce of one flat buffer per step
                    (``Distributed.average_gradients``), which also carries the loss terms and
@@ -168,6 +170,16 @@ class Distributed:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def seed_step(self, seed: int, step: int) -> None:
+        """Under MPI, npdiff's global generator (dropout masks) draws from ``default_rng([seed, 3,
+        rank, step])`` during ``step``: independent on every rank, and a function of the step, so
+        a resumed run draws the same masks without storing every rank's state. One rank: untouched
+        (its state is checkpointed as before)."""
+        if self.distributed:
+            from .. import backend
+
+            backend.manual_seed([int(seed), 3, self.rank, int(step)])
 
     def sharded(self, generator: np.random.Generator):
         """``generator`` itself for one rank, else a ``ShardedGenerator`` over it."""

@@ -310,6 +310,7 @@ class BaseTrainer:
             while self.step < end and not self._stop_agreed:
                 snapshot = (rng_state(self.rng), self.loader.state_dict())
                 t0 = time.perf_counter()
+                self.dist.seed_step(cfg.seed, self.step)  # per-rank dropout stream (no-op for one process)
                 try:
                     x0, y = next(batches)
                     record = self.train_step(x0, y)
