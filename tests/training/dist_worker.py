@@ -5,7 +5,7 @@ JOBS.json is a list of runs done one after the other by the same processes. Each
 ``resume: true`` (continue the run in ``run_dir`` from its checkpoint); optionally
 ``stop_after`` (steps of this invocation) and ``fail_rank`` / ``fail_step`` /
 ``fail_how`` ("raise": an exception on that rank after that step; "exit": the process
-vanishes without a word, as if killed).
+vanishes without a word, as if killed; "stop": that rank asks to stop, as Ctrl-C does).
 """
 
 import json
@@ -27,11 +27,18 @@ def run(job: dict) -> None:
         if t.dist.rank == fail_rank and t.step == fail_step:
             if how == "exit":
                 os._exit(3)  # no exception, no message: the other ranks must find out by themselves
+            if how == "stop":
+                t._stop_requested = True  # what the SIGINT handler does
+                return
             raise RuntimeError(f"injected failure at step {t.step}")
 
-    trainer.train(stop_after=job.get("stop_after"), callback=callback)
+    stopped = False
+    try:
+        trainer.train(stop_after=job.get("stop_after"), callback=callback)
+    except KeyboardInterrupt:
+        stopped = True
     print(json.dumps({"rank": trainer.dist.rank, "world_size": trainer.dist.world_size, "step": trainer.step,
-                      "batch": trainer.loader.batch_size, "run_dir": job["run_dir"]}), flush=True)
+                      "batch": trainer.loader.batch_size, "run_dir": job["run_dir"], "stopped": stopped}), flush=True)
 
 
 if __name__ == "__main__":

@@ -237,6 +237,18 @@ def test_cli_trains_on_two_ranks(tmp_path):
     assert load_checkpoint(str(run / CHECKPOINT_NAME)).meta["world_size"] == 2
 
 
+def test_a_stop_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Ctrl-C reaches the ranks at different moments: rank 1 asks after step 2, the request
+    travels in step 3's all-reduce, and every rank stops after step 3; rank 0 saves it."""
+    job = {"config": _tiny("unet", 4, steps=50), "run_dir": str(tmp_path / "run"), "fail_rank": 1,
+           "fail_step": 2, "fail_how": "stop"}
+    out = _workers([job], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert sorted((r["rank"], r["step"], r["stopped"]) for r in records) == [(0, 3, True), (1, 3, True)]
+    assert load_checkpoint(str(tmp_path / "run" / CHECKPOINT_NAME)).step == 3
+
+
 @pytest.mark.parametrize("how", ["raise", "exit"])
 def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
     """rank 1 fails after step 2. "raise": it tells rank 0 at once; "exit": it vanishes and rank 0
