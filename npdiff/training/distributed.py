@@ -232,7 +232,7 @@ class Distributed:
         for r in others:
             self._send(np.array([self.rank], np.int32), r, _TAG_PING)
         answered, status, reply = set(), MPI.Status(), np.empty(1, np.int32)
-        deadline = time.monotonic() + min(10.0, self.timeout)
+        deadline = time.monotonic() + min(10.0, max(1.0, self.timeout / 4))  # pollers answer within 20 ms
         while time.monotonic() < deadline and len(answered) < len(others):
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=_TAG_PONG, status=status):
                 self.comm.Recv(reply, source=status.Get_source(), tag=_TAG_PONG)

@@ -255,7 +255,7 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
     finds out at the deadline (Hydra's own clean-up is switched off so that npdiff's is tested)."""
     job = {"config": {**_tiny("unet", 4, steps=50), "checkpoint_every": 1},
            "run_dir": str(tmp_path / "run"), "fail_rank": 1, "fail_step": 2, "fail_how": how}
-    out = _workers([job], tmp_path, timeout=90, env={"NPDIFF_DIST_TIMEOUT": "4"}, extra=["-disable-auto-cleanup"])
+    out = _workers([job], tmp_path, timeout=90, env={"NPDIFF_DIST_TIMEOUT": "6"}, extra=["-disable-auto-cleanup"])
     assert out.returncode != 0
     expected = "rank 1 of 2 failed: RuntimeError: injected failure at step 2" if how == "raise" else \
         "rank(s) 1 of 2 did not arrive and do not answer"
