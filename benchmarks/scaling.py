@@ -42,7 +42,8 @@ def worker(args) -> None:
 
     from npdiff.training import TrainConfig, trainer_class
 
-    config = TrainConfig(batch_size=args.batch, steps=args.warmup + args.steps, checkpoint_every=10**6,
+    # one step more than timed: the callback stops the run before the last step's sample grid
+    config = TrainConfig(batch_size=args.batch, steps=args.warmup + args.steps + 1, checkpoint_every=10**6,
                          sample_every=10**6, log_every=10**6)
     run_dir = tempfile.mkdtemp(prefix="npdiff-scaling-")
     try:

@@ -267,8 +267,10 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench",
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
                        description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
-                                   "checkout with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae"), default="all",
+                                   "checkout with this Python; extra arguments are passed on to each script. "
+                                   "`npdiff bench scaling` (not in 'all'; needs the dist extra) measures "
+                                   "data-parallel weak scaling with mpiexec.")
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "scaling"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)

@@ -37,7 +37,10 @@ def run(job: dict) -> None:
         trainer.train(stop_after=job.get("stop_after"), callback=callback)
     except KeyboardInterrupt:
         stopped = True
+    import numba
+
     print(json.dumps({"rank": trainer.dist.rank, "world_size": trainer.dist.world_size, "step": trainer.step,
+                      "numba_threads": numba.config.NUMBA_NUM_THREADS,
                       "batch": trainer.loader.batch_size, "run_dir": job["run_dir"], "stopped": stopped}), flush=True)
 
 

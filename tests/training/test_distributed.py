@@ -187,42 +187,70 @@ def _checkpoint_equal(a_dir, b_dir):
         assert ma[key] == mb[key], key
 
 
-def test_two_ranks_equal_one_process_and_resume_exactly(tmp_path):
-    """UNet (class-conditional, label dropout), then a 2-rank run stopped after 2 steps and
-    resumed by a fresh mpiexec: bit-identical to the straight 2-rank run."""
-    jobs = [{"config": _tiny("unet", 4), "run_dir": str(tmp_path / "two")},
-            {"config": _tiny("unet", 4), "run_dir": str(tmp_path / "split"), "stop_after": 2}]
-    out = _workers(jobs, tmp_path)
+KINDS = ("vae", "dit", "classifier")
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(tmp_path_factory):
+    """One ``mpiexec -n 2`` for several runs (process start-up is most of a tiny run's time):
+    a UNet run straight and the same run stopped after 2 steps, a VAE, a DiT and a classifier
+    run, and a run in which rank 1 asks to stop after step 2. Returns (folder, {run: records})."""
+    tmp = tmp_path_factory.mktemp("two_ranks")
+    jobs = [{"config": _tiny("unet", 4), "run_dir": str(tmp / "two")},
+            {"config": _tiny("unet", 4), "run_dir": str(tmp / "split"), "stop_after": 2},
+            *({"config": _tiny(k, 4, steps=3), "run_dir": str(tmp / f"{k}2")} for k in KINDS),
+            {"config": _tiny("unet", 4, steps=50), "run_dir": str(tmp / "stop"), "fail_rank": 1, "fail_step": 2,
+             "fail_how": "stop"}]
+    out = _workers(jobs, tmp)
     assert out.returncode == 0, out.stderr[-3000:]
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert sorted((r["rank"], r["world_size"], r["batch"]) for r in records) == [(0, 2, 4)] * 2 + [(1, 2, 4)] * 2
-    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    records = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            records.setdefault(os.path.basename(record["run_dir"]), []).append(record)
+    return tmp, records
+
+
+def test_two_ranks_equal_one_process_and_resume_exactly(two_rank_runs):
+    """UNet (class-conditional, label dropout): 2 ranks × 4 = 1 × 8; the run stopped after 2
+    steps and resumed by a fresh mpiexec is bit-identical to the straight 2-rank run."""
+    tmp, records = two_rank_runs
+    assert sorted((r["rank"], r["world_size"], r["batch"]) for r in records["two"]) == [(0, 2, 4), (1, 2, 4)]
+    if "NUMBA_NUM_THREADS" not in os.environ:  # each rank's pool: cores ÷ 2 ranks on this machine
+        assert {r["numba_threads"] for r in records["two"]} == {kernel_config.threads_per_rank(2)}
+    config = json.loads((tmp / "two" / "config.json").read_text())
     assert config["distributed"] == {"world_size": 2, "global_batch_size": 8}
-    out = _workers([{"resume": True, "run_dir": str(tmp_path / "split")}], tmp_path)
+    out = _workers([{"resume": True, "run_dir": str(tmp / "split")}], tmp)
     assert out.returncode == 0, out.stderr[-3000:]
-    _checkpoint_equal(tmp_path / "two", tmp_path / "split")
-    steps = [r["step"] for r in read_jsonl(str(tmp_path / "split" / "log.jsonl"))]
+    _checkpoint_equal(tmp / "two", tmp / "split")
+    steps = [r["step"] for r in read_jsonl(str(tmp / "split" / "log.jsonl"))]
     assert steps == [1, 2, 3, 4]  # rank 0 alone logged, once per step
     cfg = TrainConfig(**_tiny("unet", 8))
-    trainer_class(cfg)(cfg, tmp_path / "one", progress=False).train()
-    _assert_matches_one_process(tmp_path / "two", tmp_path / "one", 8)
+    trainer_class(cfg)(cfg, tmp / "one", progress=False).train()
+    _assert_matches_one_process(tmp / "two", tmp / "one", 8)
     # resuming with another number of ranks is refused, naming both
     from npdiff.training import resume
 
     with pytest.raises(ValueError, match="trained by 2 process"):
-        resume(tmp_path / "split")
+        resume(tmp / "split")
 
 
-def test_every_trainer_runs_on_two_ranks(tmp_path):
+def test_every_trainer_runs_on_two_ranks(two_rank_runs):
     """VAE (the posterior's ε is sharded too), DiT and the noisy classifier: 2 ranks × 4 = 1 × 8."""
-    kinds = ("vae", "dit", "classifier")
-    jobs = [{"config": _tiny(k, 4, steps=3), "run_dir": str(tmp_path / f"{k}2")} for k in kinds]
-    out = _workers(jobs, tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for k in kinds:
+    tmp, records = two_rank_runs
+    for k in KINDS:
+        assert sorted(r["step"] for r in records[f"{k}2"]) == [3, 3]
         cfg = TrainConfig(**_tiny(k, 8, steps=3))
-        trainer_class(cfg)(cfg, tmp_path / f"{k}1", progress=False).train()
-        _assert_matches_one_process(tmp_path / f"{k}2", tmp_path / f"{k}1", 8)
+        trainer_class(cfg)(cfg, tmp / f"{k}1", progress=False).train()
+        _assert_matches_one_process(tmp / f"{k}2", tmp / f"{k}1", 8)
+
+
+def test_a_stop_on_one_rank_stops_every_rank_after_the_same_step(two_rank_runs):
+    """Ctrl-C reaches the ranks at different moments: rank 1 asks after step 2, the request
+    travels in step 3's all-reduce, and every rank stops after step 3; rank 0 saves it."""
+    tmp, records = two_rank_runs
+    assert sorted((r["rank"], r["step"], r["stopped"]) for r in records["stop"]) == [(0, 3, True), (1, 3, True)]
+    assert load_checkpoint(str(tmp / "stop" / CHECKPOINT_NAME)).step == 3
 
 
 def test_cli_trains_on_two_ranks(tmp_path):
@@ -237,28 +265,31 @@ def test_cli_trains_on_two_ranks(tmp_path):
     assert load_checkpoint(str(run / CHECKPOINT_NAME)).meta["world_size"] == 2
 
 
-def test_a_stop_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
-    """Ctrl-C reaches the ranks at different moments: rank 1 asks after step 2, the request
-    travels in step 3's all-reduce, and every rank stops after step 3; rank 0 saves it."""
-    job = {"config": _tiny("unet", 4, steps=50), "run_dir": str(tmp_path / "run"), "fail_rank": 1,
-           "fail_step": 2, "fail_how": "stop"}
-    out = _workers([job], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    assert sorted((r["rank"], r["step"], r["stopped"]) for r in records) == [(0, 3, True), (1, 3, True)]
-    assert load_checkpoint(str(tmp_path / "run" / CHECKPOINT_NAME)).step == 3
-
-
 @pytest.mark.parametrize("how", ["raise", "exit"])
 def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
     """rank 1 fails after step 2. "raise": it tells rank 0 at once; "exit": it vanishes and rank 0
     finds out at the deadline (Hydra's own clean-up is switched off so that npdiff's is tested)."""
-    job = {"config": {**_tiny("unet", 4, steps=50), "checkpoint_every": 1},
+    job = {"config": _tiny("unet", 4, steps=50),
            "run_dir": str(tmp_path / "run"), "fail_rank": 1, "fail_step": 2, "fail_how": how}
-    out = _workers([job], tmp_path, timeout=90, env={"NPDIFF_DIST_TIMEOUT": "6"}, extra=["-disable-auto-cleanup"])
+    out = _workers([job], tmp_path, timeout=90, env={"NPDIFF_DIST_TIMEOUT": "4"}, extra=["-disable-auto-cleanup"])
     assert out.returncode != 0
     expected = "rank 1 of 2 failed: RuntimeError: injected failure at step 2" if how == "raise" else \
         "rank(s) 1 of 2 did not arrive and do not answer"
     assert expected in out.stderr, out.stderr[-3000:]
-    # rank 0 kept the last completed step
+    # rank 0 saved the last completed step on its way out (the run checkpoints only every 1000)
     assert load_checkpoint(str(tmp_path / "run" / CHECKPOINT_NAME)).step == 2
+
+
+def test_scaling_benchmark_runs(tmp_path):
+    """benchmarks/scaling.py end to end at the smallest size (speed is never asserted)."""
+    _mpiexec()
+    out_json = tmp_path / "scaling.json"
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scaling.py"), "--batch", "2", "--steps",
+                          "1", "--warmup", "1", "--rounds", "1", "--json", str(out_json)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "weak-scaling efficiency" in out.stdout
+    result = json.loads(out_json.read_text())
+    assert result["one"]["ranks"] == 1 and result["many"]["ranks"] == 2
+    assert result["many"]["gradient_bytes"] == 4 * result["many"]["parameters"] > 0
+    assert result["efficiency"] > 0 and result["many"]["transfer_s"] > 0
