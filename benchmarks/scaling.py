@@ -17,6 +17,9 @@ Printed:
                   the slower rank included), and its share of the step
   transfer        the same all-reduce timed alone after a barrier (no waiting): the
                   communication cost the model in docs/distributed.md predicts
+  CPU time        process CPU seconds per step on each rank: on a machine shared with
+                  other jobs, the CPU-time ratio shows what the ranks cost themselves
+                  (extra work, spinning while waiting) apart from the cores they did not get
   gradient bytes  the flat buffer reduced each step
 
 State the machine's load (printed: os.getloadavg) next to any figure you quote.
@@ -53,10 +56,10 @@ def worker(args) -> None:
 
         def callback(t, record):
             if t.step == args.warmup:
-                stamps["start"] = time.perf_counter()
+                stamps["start"], stamps["cpu"] = time.perf_counter(), time.process_time()
                 stamps["allreduce"] = dist.allreduce_seconds
             if t.step == args.warmup + args.steps:
-                stamps["end"] = time.perf_counter()
+                stamps["end"], stamps["cpu_end"] = time.perf_counter(), time.process_time()
                 stamps["allreduce_end"] = dist.allreduce_seconds
                 raise StopIteration  # skip the end-of-run grid and checkpoint
 
@@ -68,8 +71,13 @@ def worker(args) -> None:
         params = trainer.optimizer.params
         n_values = sum(int(p.data.size) for p in params)
         transfer = None
-        if dist.distributed:  # the all-reduce alone, after a barrier
+        cpu = np.array([(stamps["cpu_end"] - stamps["cpu"]) / args.steps])  # CPU seconds per step, this rank
+        if dist.distributed:  # every rank's CPU time; then the all-reduce alone, after a barrier
             from mpi4py import MPI
+
+            everyone = np.empty(dist.world_size)
+            dist._wait(dist.comm.Iallgather(cpu, everyone), "the CPU-time gather")
+            cpu = everyone
 
             buf = np.zeros(n_values + len(params) + 2, np.float32)
             times = []
@@ -85,6 +93,7 @@ def worker(args) -> None:
                 "seconds": seconds, "images_per_s": dist.world_size * trainer.loader.batch_size * args.steps / seconds,
                 "allreduce_s_per_step": (stamps["allreduce_end"] - stamps["allreduce"]) / args.steps,
                 "transfer_s": transfer, "gradient_bytes": 4 * n_values, "parameters": n_values,
+                "cpu_s_per_step": cpu.tolist(),
             }), flush=True)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -137,13 +146,17 @@ def main() -> None:
     print(f"1 rank:  {one['images_per_s']:.1f} img/s ({1e3 * one['seconds'] / one['steps']:.0f} ms/step)")
     print(f"{args.ranks} ranks: {many['images_per_s']:.1f} img/s ({1e3 * step:.0f} ms/step)")
     print(f"weak-scaling efficiency: {100 * efficiency:.1f} %")
+    cpu_eff = one["cpu_s_per_step"][0] / max(many["cpu_s_per_step"])
+    print(f"CPU seconds per step: 1 rank {one['cpu_s_per_step'][0]:.3f}; {args.ranks} ranks "
+          f"{', '.join(f'{c:.3f}' for c in many['cpu_s_per_step'])} -> CPU-time efficiency {100 * cpu_eff:.1f} % "
+          f"(what a quiet machine would give if the cores were free; spinning in the all-reduce counts)")
     print(f"all-reduce: {1e3 * many['allreduce_s_per_step']:.2f} ms/step = "
           f"{100 * many['allreduce_s_per_step'] / step:.1f} % of the step (waiting included); "
           f"alone after a barrier: {1e3 * many['transfer_s']:.2f} ms")
     print(f"load average: {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1-minute)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"one": one, "many": many, "efficiency": efficiency,
+            json.dump({"one": one, "many": many, "efficiency": efficiency, "cpu_efficiency": cpu_eff,
                        "load_before": load_before, "load_after": os.getloadavg()}, f, indent=1)
 
 
