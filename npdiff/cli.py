@@ -113,7 +113,8 @@ def _add_train(sub) -> None:
                    "(default: off, uniform weights)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 2000; 5000 for toys)")
-    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; 256 for toys)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size, per rank under mpiexec (default 32; "
+                   "256 for toys)")
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 2e-3; 1e-3 for toys)")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay (default 0)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps, then cosine decay "
@@ -329,7 +330,10 @@ def _default_run_dir(data: str) -> str:
 def cmd_train(args) -> int:
     from .training.distributed import get_world
 
-    world = get_world()  # one process, or this rank of `mpiexec -n N npdiff train` (training/distributed.py)
+    try:
+        world = get_world()  # one process, or this rank of `mpiexec -n N npdiff train` (training/distributed.py)
+    except RuntimeError as e:  # started by a launcher, but MPI cannot be used: say why, exit 2
+        raise ValueError(str(e)) from None
     if not world.distributed:
         return _train(args, world)
     trainer = []

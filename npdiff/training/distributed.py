@@ -154,10 +154,16 @@ class Distributed:
         global _WORLD
         if _WORLD is None:
             comm = None
-            if launcher_world_size() > 1:
+            expected = launcher_world_size()
+            if expected > 1:
                 MPI = _import_mpi()
-                if MPI.COMM_WORLD.Get_size() > 1:
-                    comm = MPI.COMM_WORLD
+                if MPI.COMM_WORLD.Get_size() != expected:  # else N unaware copies would write one run folder
+                    raise RuntimeError(
+                        f"the launcher started {expected} processes but MPI sees {MPI.COMM_WORLD.Get_size()}: "
+                        f"mpi4py's MPI library ({' '.join(MPI.Get_library_version().split()[:3])}) does not "
+                        f"match the launcher. Use that library's own mpiexec, or srun with the matching "
+                        f"--mpi=pmi2/pmix plugin.")
+                comm = MPI.COMM_WORLD
             _WORLD = cls(comm)
             if comm is not None:  # an uncaught exception on one rank must not leave the others waiting
                 _WORLD._previous_hook, sys.excepthook = sys.excepthook, _WORLD._excepthook

@@ -265,6 +265,18 @@ def test_cli_trains_on_two_ranks(tmp_path):
     assert load_checkpoint(str(run / CHECKPOINT_NAME)).meta["world_size"] == 2
 
 
+def test_a_launcher_that_mpi_cannot_see_is_refused(tmp_path):
+    """A launcher's environment says 2 processes but MPI sees 1 (library and launcher do not match):
+    refused with the reason, not trained as 2 unaware copies writing one run folder."""
+    _mpiexec()
+    env = {**os.environ, "OMPI_COMM_WORLD_SIZE": "2", "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, "-m", "npdiff.cli", "train", "--steps", "1", "-o", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "the launcher started 2 processes but MPI sees 1" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("how", ["raise", "exit"])
 def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
     """rank 1 fails after step 2. "raise": it tells rank 0 at once; "exit": it vanishes and rank 0
