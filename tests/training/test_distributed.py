@@ -151,28 +151,31 @@ def _tiny(model: str, batch: int, steps: int = 4) -> dict:
 def _assert_matches_one_process(two_dir, one_dir, global_batch: int):
     """2 ranks × B against one process × 2B after several AdamW steps.
 
-    Losses: the same per-sample terms averaged in another grouping, with weights that
-    differ by rounding only: n·ε relative with n = 2B·D terms (D values per image).
-    Weights and EMA: Adam divides each gradient by its running RMS, so a gradient that is
-    zero in exact arithmetic (the attention key bias, directions a GroupNorm cancels)
-    turns rounding noise into steps of up to lr; such elements can drift apart by up to
-    Σ_s lr_s. Every other element must agree far closer; the bound 2 % of Σ_s lr_s
-    still fails by two orders of magnitude if one sample, timestep or noise draw differs.
+    Loss and gradient norm, every step: the same per-sample terms summed in another
+    grouping (two half sums added), with weights that differ by rounding only: n·ε
+    relative with n = 2B·D terms (D values per image), ×4 for the few layers of error.
+    Weights and EMA: AdamW divides each gradient by its running RMS, so an element whose
+    gradient is zero or tiny in exact arithmetic (the attention key bias: softmax ignores a
+    constant added to every key) turns rounding noise into steps of up to lr, and a single
+    element can drift by up to the movement Σ_s lr_s on either side: each element is held
+    to 2·Σ_s lr_s, and the RMS over all elements to 1 % of Σ_s lr_s (rounding gives < 0.1 %;
+    one different sample, timestep or noise draw changes most elements by O(Σ_s lr_s)).
     """
     log2, log1 = list(read_jsonl(os.path.join(two_dir, "log.jsonl"))), list(read_jsonl(os.path.join(one_dir, "log.jsonl")))
     assert [r["step"] for r in log2] == [r["step"] for r in log1]
-    a = load_safetensors(os.path.join(two_dir, CHECKPOINT_NAME))
-    b = load_safetensors(os.path.join(one_dir, CHECKPOINT_NAME))
     n = global_batch * 64  # 8×8 one-channel images: the loss is a mean of at most n terms
     for r2, r1 in zip(log2, log1):
         np.testing.assert_allclose(r2["loss"], r1["loss"], rtol=4 * n * EPS32, err_msg=f"step {r1['step']}")
         # the norm of the averaged gradient (before clipping): the same sums, the same bound
         np.testing.assert_allclose(r2["grad_norm"], r1["grad_norm"], rtol=4 * n * EPS32, err_msg=f"step {r1['step']}")
-    movement = sum(r["lr"] for r in log1)  # Σ_s lr_s: how far AdamW can move an element
+    movement = sum(r["lr"] for r in log1)  # Σ_s lr_s: how far AdamW moves an element, about
+    a = load_safetensors(os.path.join(two_dir, CHECKPOINT_NAME))
+    b = load_safetensors(os.path.join(one_dir, CHECKPOINT_NAME))
     assert sorted(a) == sorted(b)
-    for key in a:
-        bound = 2 * movement if key.endswith("to_k.bias") else 0.02 * movement
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=bound, err_msg=key)
+    for group in ("model/", "ema/"):
+        diff = np.concatenate([(a[k].astype(np.float64) - b[k]).ravel() for k in a if k.startswith(group)])
+        assert np.abs(diff).max() <= 2 * movement, group
+        assert np.sqrt(np.mean(diff**2)) <= 0.01 * movement, group
 
 
 def _checkpoint_equal(a_dir, b_dir):
