@@ -281,8 +281,9 @@ class BaseTrainer:
         if self._stop_requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._stop_requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)",
-              file=sys.stderr, flush=True)
+        if self.dist.is_root:
+                print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)",
+                  file=sys.stderr, flush=True)
 
     def train(self, stop_after: int | None = None, callback=None) -> dict:
         """Train until ``config.steps`` (or for ``stop_after`` more steps); returns a summary.
