@@ -282,7 +282,7 @@ class BaseTrainer:
             raise KeyboardInterrupt
         self._stop_requested = True
         if self.dist.is_root:
-                print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)",
+            print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)",
                   file=sys.stderr, flush=True)
 
     def train(self, stop_after: int | None = None, callback=None) -> dict:
