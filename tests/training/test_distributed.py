@@ -161,7 +161,8 @@ def _assert_matches_one_process(two_dir, one_dir, global_batch: int):
     to 2·Σ_s lr_s, and the RMS over all elements to 1 % of Σ_s lr_s (rounding gives < 0.1 %;
     one different sample, timestep or noise draw changes most elements by O(Σ_s lr_s)).
     """
-    log2, log1 = list(read_jsonl(os.path.join(two_dir, "log.jsonl"))), list(read_jsonl(os.path.join(one_dir, "log.jsonl")))
+    log2 = list(read_jsonl(os.path.join(two_dir, "log.jsonl")))
+    log1 = list(read_jsonl(os.path.join(one_dir, "log.jsonl")))
     assert [r["step"] for r in log2] == [r["step"] for r in log1]
     n = global_batch * 64  # 8×8 one-channel images: the loss is a mean of at most n terms
     for r2, r1 in zip(log2, log1):
@@ -179,7 +180,8 @@ def _assert_matches_one_process(two_dir, one_dir, global_batch: int):
 
 
 def _checkpoint_equal(a_dir, b_dir):
-    a, b = load_safetensors(os.path.join(a_dir, CHECKPOINT_NAME)), load_safetensors(os.path.join(b_dir, CHECKPOINT_NAME))
+    a = load_safetensors(os.path.join(a_dir, CHECKPOINT_NAME))
+    b = load_safetensors(os.path.join(b_dir, CHECKPOINT_NAME))
     assert sorted(a) == sorted(b)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
