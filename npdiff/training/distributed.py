@@ -195,10 +195,11 @@ class Distributed:
     def _wait(self, request, what: str) -> None:
         """Poll a non-blocking request until done; a failure notice or the deadline raises.
 
-        MPI progresses a non-blocking collective only inside MPI calls, so the first second
-        polls Test() back to back as the blocking call would, yielding the core between
-        polls (on a quiet machine the yield returns at once; on a busy one the other rank
-        or job runs instead of a spinning wait); after that it sleeps 0.2 ms between polls.
+        MPI progresses a non-blocking collective only inside MPI calls, so for the first
+        5 ms (when the ranks arrive together the transfer is done by then: 0.3 ms for the
+        digits UNet here) it polls Test() back to back as the blocking call would, yielding
+        the core between polls; after that the ranks are out of step (one was slower or
+        descheduled) and it sleeps 0.1 ms between polls, leaving the core to the others.
         Notices from other ranks are checked every 20 ms."""
         start = time.monotonic()
         next_check = start
@@ -209,8 +210,8 @@ class Distributed:
                 next_check = now + 0.02
                 if now - start > self.timeout:
                     self._timed_out(what)
-            if now - start > 1.0:
-                time.sleep(2e-4)
+            if now - start > 5e-3:
+                time.sleep(1e-4)
             else:
                 os.sched_yield()
 
