@@ -9,6 +9,7 @@ rank that raises or silently dies ends the job with a message naming it instead 
 hang. The MPI tests skip with the reason when mpi4py or its MPI library is missing.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -110,16 +111,28 @@ def test_threads_per_rank_from_the_launcher(monkeypatch):
 # ----------------------------------------------------------------------------
 
 
-def _mpiexec():
-    """The mpiexec next to this Python (the mpich wheel's) or on PATH, if mpi4py can load MPI."""
+@functools.lru_cache(maxsize=None)
+def _find_mpiexec():
+    """(path or None, why not): MPICH's mpiexec (Hydra) next to this Python (the mpich wheel's) or
+    on PATH, if mpi4py can load MPI."""
     candidates = [os.path.join(os.path.dirname(sys.executable), "mpiexec"), shutil.which("mpiexec")]
     exe = next((c for c in candidates if c and os.path.isfile(c)), None)
     if exe is None:
-        pytest.skip("no mpiexec found: install the dist extra (pip install -e '.[dist]': mpi4py and mpich)")
+        return None, "no mpiexec found: install the dist extra (pip install -e '.[dist]': mpi4py and mpich)"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    if "HYDRA" not in version.stdout + version.stderr:  # the launch flags below are Hydra's
+        return None, f"{exe} is not MPICH's Hydra launcher; install the dist extra (mpi4py and mpich)"
     probe = subprocess.run([sys.executable, "-c", "from mpi4py import MPI"], capture_output=True, text=True)
     if probe.returncode != 0:
         reason = (probe.stderr.strip().splitlines() or ["?"])[-1]
-        pytest.skip(f"mpi4py cannot load an MPI library ({reason}); install the dist extra (mpi4py and mpich)")
+        return None, f"mpi4py cannot load an MPI library ({reason}); install the dist extra (mpi4py and mpich)"
+    return exe, ""
+
+
+def _mpiexec():
+    exe, why = _find_mpiexec()
+    if exe is None:
+        pytest.skip(why)
     return exe
 
 
@@ -285,10 +298,11 @@ def test_a_launcher_that_mpi_cannot_see_is_refused(tmp_path):
 @pytest.mark.parametrize("how", ["raise", "exit"])
 def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
     """rank 1 fails after step 2. "raise": it tells rank 0 at once; "exit": it vanishes and rank 0
-    finds out at the deadline (Hydra's own clean-up is switched off so that npdiff's is tested)."""
+    finds out at the deadline (Hydra's own clean-up is switched off so that npdiff's is tested).
+    The deadline, 8 s, leaves room for a loaded machine's skew between the ranks before that."""
     job = {"config": _tiny("unet", 4, steps=50),
            "run_dir": str(tmp_path / "run"), "fail_rank": 1, "fail_step": 2, "fail_how": how}
-    out = _workers([job], tmp_path, timeout=90, env={"NPDIFF_DIST_TIMEOUT": "4"}, extra=["-disable-auto-cleanup"])
+    out = _workers([job], tmp_path, timeout=90, env={"NPDIFF_DIST_TIMEOUT": "8"}, extra=["-disable-auto-cleanup"])
     assert out.returncode != 0
     expected = "rank 1 of 2 failed: RuntimeError: injected failure at step 2" if how == "raise" else \
         "rank(s) 1 of 2 did not arrive and do not answer"
@@ -296,17 +310,3 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path, how):
     # rank 0 saved the last completed step on its way out (the run checkpoints only every 1000)
     assert load_checkpoint(str(tmp_path / "run" / CHECKPOINT_NAME)).step == 2
 
-
-def test_scaling_benchmark_runs(tmp_path):
-    """benchmarks/scaling.py end to end at the smallest size (speed is never asserted)."""
-    _mpiexec()
-    out_json = tmp_path / "scaling.json"
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "scaling.py"), "--batch", "2", "--steps",
-                          "1", "--warmup", "1", "--rounds", "1", "--json", str(out_json)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "weak-scaling efficiency" in out.stdout
-    result = json.loads(out_json.read_text())
-    assert result["one"]["ranks"] == 1 and result["many"]["ranks"] == 2
-    assert result["many"]["gradient_bytes"] == 4 * result["many"]["parameters"] > 0
-    assert result["efficiency"] > 0 and result["many"]["transfer_s"] > 0
