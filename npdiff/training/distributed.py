@@ -357,14 +357,14 @@ class Distributed:
         """Report this rank's failure, tell the other ranks, and end the job with ``code``."""
         print(f"npdiff: error (rank {self.rank} of {self.world_size}): {message}", file=sys.stderr, flush=True)
         self.notify_failure(message)
-        self.abort(code, grace=min(60.0, self.timeout))
+        self.abort(code, grace=60.0)
 
     def _excepthook(self, kind, value, traceback) -> None:
         """An uncaught exception in a script run under mpiexec: print it, tell the others, end the job."""
         self._previous_hook(kind, value, traceback)
         if not issubclass(kind, KeyboardInterrupt):
             self.notify_failure(f"{kind.__name__}: {value}")
-        self.abort(1, grace=min(60.0, self.timeout))
+        self.abort(1, grace=60.0)
 
     def abort(self, code: int, grace: float = 10.0) -> None:
         """End the whole job with ``code`` (MPI_Abort). A rank other than 0 first waits up to
