@@ -115,7 +115,8 @@ def _add_train(sub) -> None:
                    "(default: off, uniform weights)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 2000; 5000 for toys)")
-    g.add_argument("--batch-size", type=int, default=None, help="batch size (default 32; 256 for toys)")
+    g.add_argument("--batch-size", type=int, default=None, help="batch size, per rank under mpiexec (default 32; "
+                   "256 for toys)")
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 2e-3; 1e-3 for toys)")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW decoupled weight decay (default 0)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up steps, then cosine decay "
@@ -273,8 +274,10 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench",
                        help="run the benchmarks (npdiff vs PyTorch on the same workloads, each in its own process)",
                        description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
-                                   "checkout with this Python; extra arguments are passed on to each script.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters"), default="all",
+                                   "checkout with this Python; extra arguments are passed on to each script. "
+                                   "`npdiff bench scaling` (not in 'all'; needs the dist extra) measures "
+                                   "data-parallel weak scaling with mpiexec.")
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters", "scaling"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -332,12 +335,35 @@ def _default_run_dir(data: str) -> str:
 
 
 def cmd_train(args) -> int:
+    from .training.distributed import get_world
+
+    try:
+        world = get_world()  # one process, or this rank of `mpiexec -n N npdiff train` (training/distributed.py)
+    except RuntimeError as e:  # started by a launcher, but MPI cannot be used: say why, exit 2
+        raise ValueError(str(e)) from None
+    if not world.distributed:
+        return _train(args, world)
+    trainer = []
+    try:
+        return _train(args, world, trainer)
+    except KeyboardInterrupt:
+        if trainer and trainer[0]._stop_agreed:  # every rank stopped after the same step: a clean exit
+            raise
+        world.end_on_error("interrupted", 130)
+    except BaseException as e:  # noqa: BLE001 - under MPI every failure must end the whole job
+        world.end_on_error(f"{type(e).__name__}: {e}", 2 if isinstance(e, ValueError) else 1)
+
+
+def _train(args, world, holder=None) -> int:
     from .training import TrainConfig, TrainingDiverged, resume, toy_defaults, trainer_class, vae_defaults
 
     progress = not args.quiet
+    say = world.is_root  # rank 0 alone reports
     if args.resume is not None:
         trainer = resume(args.resume, steps=args.steps, progress=progress)
-        print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}", file=sys.stderr)
+        if say:
+            print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}"
+                  + (f" on {world.world_size} ranks" if world.distributed else ""), file=sys.stderr)
     else:
         if args.model == "vae":
             fields = vae_defaults()
@@ -349,14 +375,20 @@ def cmd_train(args) -> int:
         run_dir = args.output or _default_run_dir(config.data)
         trainer = trainer_class(config)(config, run_dir, progress=progress)
         n_params = sum(int(p.data.size) for p in trainer.model.parameters())
-        print(f"training {trainer.info.model_class} ({n_params:,} parameters) on {config.data!r} "
-              f"({len(trainer.dataset)} items) for {config.steps} steps -> {run_dir}", file=sys.stderr)
+        ranks = (f" on {world.world_size} ranks × batch {trainer.loader.batch_size}" if world.distributed else "")
+        if say:
+            print(f"training {trainer.info.model_class} ({n_params:,} parameters) on {config.data!r} "
+                  f"({len(trainer.dataset)} items) for {config.steps} steps{ranks} -> {run_dir}", file=sys.stderr)
+    if holder is not None:
+        holder.append(trainer)
     try:
         summary = trainer.train(stop_after=args.stop_after)
     except TrainingDiverged as e:
-        print(f"npdiff train: {e}", file=sys.stderr)
+        if say:
+            print(f"npdiff train: {e}", file=sys.stderr)
         return 1
-    print(f"done: step {summary['step']} in {summary['seconds']:.1f} s; run folder {summary['run_dir']}")
+    if say:
+        print(f"done: step {summary['step']} in {summary['seconds']:.1f} s; run folder {summary['run_dir']}")
     return 0
 
 

@@ -717,10 +717,17 @@ class DataLoader:
     Iterating (``for x, y in loader``) yields the rest of the current epoch and then
     moves to the next one; ``infinite()`` yields batches forever, for step-based
     training. Each batch is ``(x, y)``: x (B, ...) float32 (a copy), y (B,) int64 or None.
+
+    Sharding for data-parallel training (``num_replicas`` = R processes, this one ``rank``):
+    every process walks the same seeded order in global batches of R·B items and keeps
+    items [rank·B, (rank+1)·B) of each, so R processes with batch B together see exactly
+    the batches (and flips) one process with batch R·B sees, and the resumable position
+    (seed, epoch, batch) is the same on every rank. Shards must be equal (``drop_last``).
     """
 
     def __init__(self, data, labels=None, batch_size: int = 64, *, shuffle: bool = True,
-                 drop_last: bool = True, hflip: bool = False, seed: int = 0):
+                 drop_last: bool = True, hflip: bool = False, seed: int = 0, num_replicas: int = 1,
+                 rank: int = 0):
         if isinstance(data, Dataset):
             data, labels = data.images, data.labels
         data = np.asarray(data)
@@ -728,22 +735,28 @@ class DataLoader:
             raise ValueError(f"labels of length {len(labels)} do not match data of length {len(data)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if len(data) == 0 or (drop_last and batch_size > len(data)):
-            raise ValueError(
-                f"batch_size {batch_size} with drop_last={drop_last} gives no batches from {len(data)} items"
-            )
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, num_replicas) with num_replicas >= 1, got rank {rank} of "
+                             f"{num_replicas}")
+        if num_replicas > 1 and not drop_last:
+            raise ValueError("a sharded DataLoader (num_replicas > 1) needs drop_last=True: every rank must get "
+                             "a batch of the same size")
+        global_batch = batch_size * num_replicas
+        if len(data) == 0 or (drop_last and global_batch > len(data)):
+            what = f"batch_size {batch_size}" + (f" × {num_replicas} ranks" if num_replicas > 1 else "")
+            raise ValueError(f"{what} with drop_last={drop_last} gives no batches from {len(data)} items")
         if hflip and data.ndim != 4:
             raise ValueError(f"hflip needs images (N, C, H, W), got data of shape {data.shape}")
         self.data = data
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.batch_size, self.shuffle, self.drop_last, self.hflip = int(batch_size), shuffle, drop_last, hflip
-        self.seed = int(seed)
+        self.seed, self.num_replicas, self.rank = int(seed), int(num_replicas), int(rank)
         self.epoch = 0
         self.batch = 0  # index of the next batch within self.epoch
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n, b = len(self.data), self.batch_size
+        """Batches per epoch (global batches of batch_size · num_replicas items)."""
+        n, b = len(self.data), self.batch_size * self.num_replicas
         return n // b if self.drop_last else -(-n // b)
 
     def _epoch_plan(self, epoch: int):
@@ -765,9 +778,9 @@ class DataLoader:
             self.epoch, self.batch = self.epoch + 1, 0
         order, flip = self._epoch_plan(self.epoch)
         while self.batch < len(self):
-            b = self.batch
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            self.batch = b + 1  # advance before yielding: state_dict() now points past this batch
+            start = (self.batch * self.num_replicas + self.rank) * self.batch_size  # this rank's shard
+            sl = slice(start, start + self.batch_size)
+            self.batch += 1  # advance before yielding: state_dict() now points past this batch
             yield self._make_batch(order[sl], None if flip is None else flip[sl])
 
     def infinite(self) -> Iterator[tuple]:

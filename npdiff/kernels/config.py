@@ -29,6 +29,13 @@ raised the global limit. The thread count is Numba's (``numba.set_num_threads``,
 ``--threads``, ``NUMBA_NUM_THREADS``). Should anything start Numba's OpenMP pool, its idle
 threads are asked to sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE`` unless set).
 
+Several processes on one machine (``mpiexec -n N``, ``srun``; see training/distributed.py):
+each would start a pool of one thread per core, N·cores threads fighting over the cores.
+Unless ``NUMBA_NUM_THREADS`` is set, a process started by an MPI launcher gets
+cores ÷ (its ranks on this node), at least 1 (``threads_per_rank``), set before Numba
+reads it; a rank the launcher already bound to fewer cores (``--bind-to``, srun's
+``--cpus-per-task``) gets the cores it was bound to.
+
 Environment overrides (read once at import):
   NPDIFF_NUMBA_CACHE=0     disable the on-disk cache
   NPDIFF_NUMBA_PARALLEL=0  compile ``jit_parallel`` kernels serially (and run parallel_for on one thread)
@@ -41,6 +48,45 @@ import contextlib
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def ranks_on_this_node() -> int:
+    """How many processes an MPI launcher started on this node (1 without a launcher).
+
+    MPICH/Hydra: MPI_LOCALNRANKS; Open MPI: OMPI_COMM_WORLD_LOCAL_SIZE; MVAPICH:
+    MV2_COMM_WORLD_LOCAL_SIZE; Slurm's srun: SLURM_STEP_TASKS_PER_NODE (e.g. "2(x3),1")
+    at index SLURM_NODEID."""
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return max(1, int(value))
+    spec, node = os.environ.get("SLURM_STEP_TASKS_PER_NODE", ""), os.environ.get("SLURM_NODEID", "0")
+    if spec and node.isdigit():
+        counts = []
+        for part in spec.split(","):
+            count, _, repeat = part.partition("(x")
+            if count.isdigit():
+                counts += [int(count)] * (int(repeat.rstrip(")")) if repeat.rstrip(")").isdigit() else 1)
+        if int(node) < len(counts):
+            return max(1, counts[int(node)])
+    return 1
+
+
+def threads_per_rank(local_ranks: int) -> int:
+    """Numba threads for one of ``local_ranks`` processes on this node: its bound cores if the
+    launcher bound it to fewer than all, else cores // local_ranks, at least 1."""
+    cores = os.cpu_count() or 1
+    try:
+        bound = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        bound = cores
+    if bound < cores:
+        return max(1, bound)
+    return max(1, cores // max(1, local_ranks))
+
+
+if "NUMBA_NUM_THREADS" not in os.environ and ranks_on_this_node() > 1:
+    os.environ["NUMBA_NUM_THREADS"] = str(threads_per_rank(ranks_on_this_node()))
 
 import numba  # noqa: E402
 

@@ -25,7 +25,7 @@ import npdiff.nn.functional as F
 
 from .. import io as nd_io
 from ..autograd import Tensor, no_grad
-from ..data import DataLoader, Dataset, load_dataset
+from ..data import Dataset, load_dataset
 from .config import TrainConfig
 from .run import RunInfo, scheduler_config
 from .trainer import Trainer
@@ -71,8 +71,7 @@ class ClassifierTrainer(Trainer):
             raise ValueError(f"ClassifierTrainer needs config.model='classifier', got {config.model!r}")
         super().__init__(config, run_dir, **kwargs)
         # the DDPM trainer feeds labels only to class-conditional denoisers; a classifier always needs them
-        self.loader = DataLoader(self.dataset.images, self.dataset.labels, min(config.batch_size, len(self.dataset)),
-                                 shuffle=True, drop_last=True, hflip=config.hflip, seed=config.seed)
+        self.loader = self.make_loader(self.dataset.labels)
 
     def train_step(self, x0: np.ndarray, y: np.ndarray | None) -> dict:
         cfg, b = self.config, len(x0)

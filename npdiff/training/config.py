@@ -57,7 +57,8 @@ class TrainConfig:
                         after short training; ε-prediction needs far more steps for that).
       snr_gamma         min-SNR-γ loss weighting (Hang et al. 2023); None: uniform.
     Optimisation
-      steps, batch_size, lr, weight_decay (AdamW), warmup_steps (linear warm-up, then
+      steps, batch_size (per process under mpiexec: N ranks train on global batches of
+      N·batch_size, see distributed.py), lr, weight_decay (AdamW), warmup_steps (linear warm-up, then
       cosine decay to min_lr_ratio·lr), grad_clip (max global grad norm),
       ema_decay (EMA of the weights, with diffusers-style warm-up; used for sampling).
     Logging

@@ -64,6 +64,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import TrainConfig
+from .distributed import DistributedError, get_world
 from .run import load_train_data, make_scheduler, plan_run, read_run_config, trainer_class
 
 
@@ -118,7 +119,9 @@ class BaseTrainer:
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
         self.config, self.run_dir, self.progress = config, os.fspath(run_dir), progress
-        if not _resuming and os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME)):
+        self.dist = dist = get_world()  # one rank, or this process's place under mpiexec (distributed.py)
+        exists = os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME))
+        if not _resuming and dist.broadcast_flag(exists, "the run-folder check"):  # rank 0's view of the folder
             raise ValueError(f"{self.run_dir!r} already holds a training run; use --resume to continue it "
                              f"or choose another --output folder")
         self.dataset = load_train_data(config)
@@ -127,28 +130,52 @@ class BaseTrainer:
         self.model = self.info.build_model()
         self.model.train()
         params = list(self.model.parameters())
+        dist.broadcast_arrays([p.data for p in params] + list(self.model.buffers()))  # rank 0's initial weights
         self.optimizer = AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.lr_schedule = cosine_with_warmup(self.optimizer, config.warmup_steps, config.steps,
                                               min_lr=config.min_lr_ratio * config.lr)
         self.ema = EMA(params, decay=config.ema_decay, warmup=True)
         labels = self.dataset.labels if self.info.null_class is not None else None
-        self.loader = DataLoader(self.dataset.images, labels, min(config.batch_size, len(self.dataset)),
-                                 shuffle=True, drop_last=True, hflip=config.hflip, seed=config.seed)
-        self.rng = np.random.default_rng([config.seed, 1])  # the step's random draws (noise, t, dropout)
+        self.loader = self.make_loader(labels)
+        # the step's random draws (noise, t, label dropout); under MPI each rank keeps its slice of the
+        # global batch's draws (distributed.ShardedGenerator)
+        self.rng = dist.sharded(np.random.default_rng([config.seed, 1]))
         self.step = 0
-        self._stop_requested = False
+        self._stop_requested = False  # Ctrl-C seen by this process
+        self._stop_agreed = False  # ... by any rank, agreed in the step's all-reduce: every rank stops together
+
+    def make_loader(self, labels) -> DataLoader:
+        """The seeded, resumable loader: this rank's shard of global batches of ranks × batch_size."""
+        n = self.dist.world_size
+        return DataLoader(self.dataset.images, labels, min(self.config.batch_size, len(self.dataset) // n or 1),
+                          shuffle=True, drop_last=True, hflip=self.config.hflip, seed=self.config.seed,
+                          num_replicas=n, rank=self.dist.rank)
 
     # -- run folder ------------------------------------------------------------
     def path(self, name: str) -> str:
         return os.path.join(self.run_dir, name)
 
     def write_config(self) -> None:
-        nd_io.save_json(self.path(CONFIG_NAME), {"train": self.config.to_dict(), **self.info.to_dict()})
+        if not self.dist.is_root:  # rank 0 alone writes
+            return
+        ranks = {"world_size": self.dist.world_size,
+                 "global_batch_size": self.dist.world_size * self.loader.batch_size}
+        nd_io.save_json(self.path(CONFIG_NAME), {"train": self.config.to_dict(), **self.info.to_dict(),
+                                                  "distributed": ranks})
+
+    def replica_arrays(self) -> list:
+        """Everything that must be identical on every rank: weights, EMA, optimizer moments."""
+        moments = [v for st in self.optimizer.state.values() for v in st.values()
+                   if isinstance(v, np.ndarray) and v.shape != ()]
+        return [p.data for p in self.optimizer.params] + list(self.ema.shadow) + moments
 
     def save(self) -> None:
-        """Write the checkpoint (atomically), the EMA model folder and the loss curve."""
+        """Write the checkpoint (atomically), the EMA model folder and the loss curve (rank 0 only)."""
+        if not self.dist.is_root:
+            return
         meta = {
             "step": self.step,
+            "world_size": self.dist.world_size,
             "lr_schedule": self.lr_schedule.state_dict(),
             "trainer_rng": rng_state(self.rng),
             "loader": self.loader.state_dict(),
@@ -199,13 +226,22 @@ class BaseTrainer:
         trainer.loader.load_state_dict(state.meta["loader"])
         backend.set_rng_state(state.meta["global_rng"])
         trainer.step = state.step
+        saved_ranks = int(state.meta.get("world_size", 1))
+        if saved_ranks != trainer.dist.world_size:
+            raise ValueError(
+                f"{run_dir!r} was trained by {saved_ranks} process(es) (global batch {saved_ranks} × "
+                f"{trainer.loader.batch_size}); resume it with the same number (mpiexec -n {saved_ranks}), "
+                f"not {trainer.dist.world_size}, so that the batches and random draws continue exactly")
+        # rank 0's state on every rank (whatever each rank read), then a check that all agree
+        trainer.dist.broadcast_arrays(trainer.replica_arrays(), "the resume broadcast")
+        trainer.dist.check_replicas(trainer.replica_arrays(), "resumed state")
         trainer._truncate_log()
         return trainer
 
     def _truncate_log(self) -> None:
         """Drop log records written after the checkpoint (a crash between log and checkpoint)."""
         path = self.path(LOG_NAME)
-        if os.path.isfile(path):
+        if self.dist.is_root and os.path.isfile(path):
             kept = [r for r in nd_io.read_jsonl(path) if r.get("step", 0) <= self.step]
             nd_io.atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
@@ -217,12 +253,19 @@ class BaseTrainer:
     def _optimise(self, loss, **extra) -> dict:
         """Stop on a NaN/Inf loss, then backward, clip, AdamW step, LR schedule step, EMA update.
 
-        ``extra`` (plain floats, e.g. the terms of the loss) joins the returned record."""
+        ``extra`` (plain floats, e.g. the terms of the loss) joins the returned record.
+        Under MPI the gradients, the loss and ``extra`` are averaged over the ranks (and a
+        Ctrl-C on any rank stops all of them after this step) before the NaN check."""
         loss_value = float(loss.item())
+        self.optimizer.zero_grad()
+        if math.isfinite(loss_value):  # a NaN/Inf loss is not differentiated; every rank stops below
+            loss.backward()
+        terms, stop = self.dist.average_gradients(self.optimizer.params, {"loss": loss_value, **extra},
+                                                  stop=self._stop_requested)
+        loss_value = terms.pop("loss")
+        self._stop_agreed = stop
         if not math.isfinite(loss_value):  # before anything is updated
             raise TrainingDiverged(f"loss is {loss_value} at step {self.step + 1}")
-        self.optimizer.zero_grad()
-        loss.backward()
         grad_norm = clip_grad_norm_(self.optimizer.params, self.config.grad_clip)
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.step + 1}")
@@ -231,15 +274,16 @@ class BaseTrainer:
         self.lr_schedule.step()
         self.ema.update()
         self.step += 1
-        return {"loss": loss_value, **extra, "grad_norm": grad_norm, "lr": lr}
+        return {"loss": loss_value, **terms, "grad_norm": grad_norm, "lr": lr}
 
     # -- the loop ------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
         if self._stop_requested:  # second Ctrl-C: stop now
             raise KeyboardInterrupt
         self._stop_requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)",
-              file=sys.stderr, flush=True)
+        if self.dist.is_root:
+            print("\nCtrl-C: finishing this step and saving a checkpoint (press again to abort without saving)",
+                  file=sys.stderr, flush=True)
 
     def train(self, stop_after: int | None = None, callback=None) -> dict:
         """Train until ``config.steps`` (or for ``stop_after`` more steps); returns a summary.
@@ -255,7 +299,8 @@ class BaseTrainer:
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + int(stop_after))
         if self.step == 0 and not os.path.exists(self.path(CHECKPOINT_NAME)):
             self.save()  # step 0: resuming is possible from the very start
-        bar = _Progress(cfg.steps, self.step, self.progress)
+        root = self.dist.is_root  # rank 0 alone writes logs, grids, checkpoints and the progress bar
+        bar = _Progress(cfg.steps, self.step, self.progress and root)
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
@@ -263,13 +308,14 @@ class BaseTrainer:
         t_start = time.perf_counter()
         batches = self.loader.infinite()
         try:
-            while self.step < end and not self._stop_requested:
+            while self.step < end and not self._stop_agreed:
                 snapshot = (rng_state(self.rng), self.loader.state_dict())
                 t0 = time.perf_counter()
+                self.dist.seed_step(cfg.seed, self.step)  # per-rank dropout stream (no-op for one process)
                 try:
                     x0, y = next(batches)
                     record = self.train_step(x0, y)
-                except KeyboardInterrupt:
+                except (KeyboardInterrupt, DistributedError):
                     # the interrupted step is discarded: rewind its random draws
                     set_rng_state(self.rng, snapshot[0])
                     self.loader.load_state_dict(snapshot[1])
@@ -277,15 +323,16 @@ class BaseTrainer:
                 for key, value in {**record, "step_time": time.perf_counter() - t0}.items():
                     window.setdefault(key, []).append(value)
                 bar.update(self.step, record["loss"], record["lr"])
-                if self.step % cfg.log_every == 0 or self.step == end:
+                if root and (self.step % cfg.log_every == 0 or self.step == end):
                     # window means of every term (the learning rate: its last value)
                     means = {k: float(np.mean(v)) for k, v in window.items() if k != "lr"}
                     nd_io.append_jsonl(self.path(LOG_NAME), {"step": self.step, **means, "lr": record["lr"],
                                                              "elapsed": time.perf_counter() - t_start})
                     window = {}
-                if self.step % cfg.sample_every == 0 or self.step == cfg.steps:
+                if root and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0:
+                    self.dist.check_replicas(self.replica_arrays(), "weights, EMA and optimizer state")
                     self.save()
                 if callback is not None:
                     callback(self, record)
@@ -295,20 +342,26 @@ class BaseTrainer:
                 f"{e}; training stopped. The last good checkpoint (step {self._checkpoint_step()}) is kept in "
                 f"{self.path(CHECKPOINT_NAME)}. {self.divergence_hint}"
             ) from None
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, DistributedError) as e:
+            # every rank holds the state of the last completed step: rank 0 saves it
             bar.close()
             self.save()
-            print(f"\ninterrupted: checkpoint saved at step {self.step} in {self.run_dir} "
-                  f"(continue with: npdiff train --resume {self.run_dir})", file=sys.stderr, flush=True)
+            if root:
+                what = "interrupted" if isinstance(e, KeyboardInterrupt) else "another rank failed"
+                print(f"\n{what}: checkpoint saved at step {self.step} in {self.run_dir} "
+                      f"(continue with: npdiff train --resume {self.run_dir})", file=sys.stderr, flush=True)
             raise
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
         bar.close()
+        if self.step % cfg.checkpoint_every:  # (the loop checked the replicas at checkpoint steps)
+            self.dist.check_replicas(self.replica_arrays(), "weights, EMA and optimizer state")
         self.save()
-        if self._stop_requested:
+        if self._stop_agreed and root:
             print(f"stopped at step {self.step}: checkpoint saved in {self.run_dir} "
                   f"(continue with: npdiff train --resume {self.run_dir})", file=sys.stderr, flush=True)
+        if self._stop_agreed:
             raise KeyboardInterrupt
         return {"step": self.step, "seconds": time.perf_counter() - t_start, "run_dir": self.run_dir}
 
