@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 
-MODEL_TYPES = ("unet", "mlp", "dit", "classifier", "vae")
+MODEL_TYPES = ("unet", "mlp", "dit", "classifier", "vae", "clip", "ldm")
 RECON_LOSSES = ("l1", "mse")
 
 
@@ -43,7 +43,16 @@ class TrainConfig:
                         None: on when the data has labels.
       label_dropout     probability of replacing y by the null class (index num_classes),
                         so one model also learns p(x) for classifier-free guidance
-                        (Ho & Salimans 2022, §3.2).
+                        (Ho & Salimans 2022, §3.2); for captioned data ("ldm"), the probability
+                        of training with the empty prompt.
+    CLIP and latent diffusion (training/clip_trainer.py, training/latent_trainer.py)
+      model "clip"      contrastive pre-training of a CLIPModel on captioned data: text encoder
+                        width hidden_dim, num_blocks layers; image encoder block_out_channels.
+      model "ldm"       latent diffusion: a UNet2DConditionModel (captions) or UNet2DModel
+                        (class labels) on the latents of the frozen VAE ``vae``.
+      vae               a VAE run folder (or its ``vae/``): the frozen autoencoder of "ldm".
+      text_encoder      a CLIP run folder (``text_encoder/`` + ``tokenizer/``): the frozen
+                        text encoder of "ldm" on captioned data.
     VAE
       latent_channels   channels of the latent z (B, c, H/f, W/f).
       recon_loss        "l1" or "mse": the reconstruction term, a mean over pixels.
@@ -85,6 +94,9 @@ class TrainConfig:
     latent_channels: int = 4
     recon_loss: str = "l1"
     kl_weight: float = 1e-6
+    # CLIP / latent diffusion
+    vae: str | None = None
+    text_encoder: str | None = None
     # diffusion
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"

@@ -24,11 +24,13 @@ def model_classes() -> dict:
     """Model class names that may appear in a run's config.json."""
     from ..models.autoencoder_kl import AutoencoderKL
     from ..models.classifier import EncoderUNetModel
+    from ..models.clip import CLIPModel
     from ..models.dit import DiTTransformer2DModel
     from ..models.toy import ToyMLPDenoiser
     from ..models.unet_2d import UNet2DModel
+    from ..models.unet_2d_condition import UNet2DConditionModel
 
-    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser, "AutoencoderKL": AutoencoderKL,
+    return {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel, "CLIPModel": CLIPModel, "ToyMLPDenoiser": ToyMLPDenoiser, "AutoencoderKL": AutoencoderKL,
             "EncoderUNetModel": EncoderUNetModel, "DiTTransformer2DModel": DiTTransformer2DModel}
 
 
@@ -156,6 +158,14 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
         from .classifier import plan_classifier
 
         return plan_classifier(config, dataset)
+    if config.model == "clip":
+        from .clip_trainer import plan_clip
+
+        return plan_clip(config, dataset)
+    if config.model == "ldm":
+        from .latent_trainer import plan_latent
+
+        return plan_latent(config, dataset)
     kind = config.model or ("mlp" if dataset.is_toy else "unet")
     if kind == "mlp" and not dataset.is_toy:
         raise ValueError(f"model 'mlp' needs 2-D toy points, but {dataset.name!r} holds images {dataset.sample_shape}")
@@ -205,6 +215,14 @@ def trainer_class(config: TrainConfig):
         from .classifier import ClassifierTrainer
 
         return ClassifierTrainer
+    if config.model == "clip":
+        from .clip_trainer import CLIPTrainer
+
+        return CLIPTrainer
+    if config.model == "ldm":
+        from .latent_trainer import LatentTrainer
+
+        return LatentTrainer
     from .trainer import Trainer
 
     return Trainer
