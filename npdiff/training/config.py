@@ -27,6 +27,7 @@ class TrainConfig:
       image_size        resize images to this size (None: the loader's default).
       toy_samples       how many points to draw for a toy dataset.
       hflip             random horizontal flips (off for digits: a mirrored 2 is not a 2).
+      subset            train on the first ``subset`` items of the training split only (None: all).
     Model
       model             "unet" (UNet2DModel, images), "dit" (DiTTransformer2DModel, images,
                         patch 2), "mlp" (ToyMLPDenoiser, 2-D points) or "vae" (AutoencoderKL,
@@ -80,6 +81,7 @@ class TrainConfig:
     image_size: int | None = 16
     toy_samples: int = 8192
     hflip: bool = False
+    subset: int | None = None
     # model
     model: str | None = None
     block_out_channels: tuple = (32, 64)
@@ -160,6 +162,8 @@ class TrainConfig:
                        f"0 <= min_lr_ratio <= 1)")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             bad.append(f"snr_gamma={self.snr_gamma} (expected > 0 or None)")
+        if self.subset is not None and int(self.subset) < 1:
+            bad.append(f"subset={self.subset!r} (expected >= 1 or None)")
         if self.image_size is not None and int(self.image_size) < 4:
             bad.append(f"image_size={self.image_size} (expected >= 4 or None)")
         if bad:

@@ -11,6 +11,7 @@ a model (``RunInfo.build_model``), and a folder back into a model with its plan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -200,8 +201,15 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
 
 
 def load_train_data(config: TrainConfig, split: str = "train") -> Dataset:
-    """The run's data (``split`` "test" for held-out evaluation)."""
-    return load_dataset(config.data, split, size=config.image_size, n=config.toy_samples, seed=config.seed)
+    """The run's data (``split`` "test" for held-out evaluation); the training split cut to its
+    first ``config.subset`` items when that is set."""
+    data = load_dataset(config.data, split, size=config.image_size, n=config.toy_samples, seed=config.seed)
+    if split != "train" or config.subset is None or config.subset >= len(data):
+        return data
+    k = config.subset
+    cut = (lambda a: None if a is None else a[:k])
+    return dataclasses.replace(data, images=data.images[:k], labels=cut(data.labels), attributes=cut(data.attributes),
+                               masks=cut(data.masks), captions=cut(data.captions))
 
 
 def trainer_class(config: TrainConfig):
