@@ -436,6 +436,15 @@ def _draw(run, scheduler_name: str, steps: int, n: int, labels, guidance: float,
     info = run.info
     gen = np.random.default_rng(seed)
     batch = batch or n
+    vae = None
+    if run.config.model == "ldm":  # latent diffusion with class labels: decode with the run's frozen VAE
+        from .models import AutoencoderKL
+        from .pipelines.latents import decode_latents
+        from .training.latent_trainer import vae_folder
+
+        if trajectory is not None:
+            raise ValueError("--trajectory is not available for latent runs")
+        vae = AutoencoderKL.from_pretrained(vae_folder(run.config.vae))
     outs, first = [], None
     for start in range(0, n, batch):
         stop = min(n, start + batch)
@@ -445,7 +454,7 @@ def _draw(run, scheduler_name: str, steps: int, n: int, labels, guidance: float,
                      guidance_scale=guidance if y is not None else 1.0, null_class=info.null_class, generator=gen,
                      num_inference_steps=steps, trajectory_steps=trajectory if start == 0 else None,
                      progress=True)
-        outs.append(out.samples)
+        outs.append(out.samples if vae is None else decode_latents(vae, out.samples))
         first = first or out
     return np.concatenate(outs), first
 
@@ -535,7 +544,7 @@ def cmd_sample(args) -> int:
         nd_io.save_scatter(out, samples, ref, title=f"{args.scheduler}, {steps} steps", lim=3.0)
     else:
         nrow = info.num_classes if conditional and args.class_label is None else int(np.ceil(np.sqrt(n)))
-        nd_io.save_image_grid(out, samples, nrow=nrow, scale=max(1, 64 // info.sample_shape[-1]))
+        nd_io.save_image_grid(out, samples, nrow=nrow, scale=max(1, 64 // samples.shape[-1]))
     print(f"wrote {out}")
     stem = os.path.splitext(out)[0]
     if args.npy:
@@ -689,7 +698,7 @@ def cmd_eval(args) -> int:
         report = toy_report(samples, data, seed=args.seed)
         nd_io.save_scatter(os.path.join(run.run_dir, "eval_samples.png"), samples[:2000], None, lim=3.0,
                            title=f"{args.scheduler}, {steps} steps")
-    elif data == "digits" and info.sample_shape[0] == 1:
+    elif data == "digits" and samples.shape[1] == 1:
         report = digits_report(samples, labels, seed=args.seed)
         nd_io.save_image_grid(os.path.join(run.run_dir, "eval_samples.png"), samples[:100],
                               nrow=info.num_classes if conditional else 10, scale=2)
