@@ -777,11 +777,16 @@ def _eval_t2i(args, folder: str) -> int:
     for (scale, split), x in images.items():
         nd_io.save_image_grid(os.path.join(run_dir, f"eval_{split}_s{scale:g}.png"), np.clip(x[:32], -1, 1), nrow=8,
                               scale=2)
+    for split in ("seen", "unseen"):  # one row per prompt, one column per guidance scale (same initial latents)
+        strip = np.stack([images[(float(s), split)][:8] for s in scales], axis=1)  # (8, scales, 3, H, W)
+        nd_io.save_image_grid(os.path.join(run_dir, f"eval_{split}_guidance.png"),
+                              np.clip(strip.reshape(-1, *strip.shape[2:]), -1, 1), nrow=len(scales), scale=2)
     print(format_table(report))
     if "clip_zero_shot" in report:
         for split, r in report["clip_zero_shot"].items():
             print(f"CLIP zero-shot ({split}): " + ", ".join(f"{k} {v:.1%}" for k, v in r.items() if k.endswith("accuracy")))
-    print(f"wrote {out} and eval_<seen|unseen>_s<scale>.png in {run_dir}")
+    print(f"wrote {out}, eval_<seen|unseen>_s<scale>.png and eval_<seen|unseen>_guidance.png (rows: the first "
+          f"8 prompts, columns: guidance {', '.join(f'{s:g}' for s in scales)}) in {run_dir}")
     return 0
 
 
