@@ -5,7 +5,8 @@ One training step:
     1. images x, item indices i ← next batch                    (seeded, resumable DataLoader)
     2. captions c_i = caption of item i;  hard negatives c⁻_i = c_i with the shape of one
        object changed, c⁼_i = c_i with ONE attribute (shape, colour, size or position) of one
-       object changed (the trainer's generator)
+       object changed (the trainer's generator), never naming a colour–shape pair that the
+       training captions do not contain
     3. v = normalise(W_v · image_encoder(x)),  t = normalise(W_t · text_encoder(c)),
        t⁻, t⁼ the same for c⁻, c⁼                                (N, E) each
     4. L = ½ [CE(S_img, diag) + CE(S_txtᵀ, diag)],  S_img = e^s V [T; T⁻; T⁼]ᵀ (N, 3N),
@@ -113,17 +114,31 @@ def attribute_variants(attributes: np.ndarray, obj: int, attribute: str) -> tupl
     return out, index
 
 
-def hard_negative(attributes: np.ndarray, rng: np.random.Generator, attribute: str | None = None) -> np.ndarray:
+def colour_shape_pairs(attributes: np.ndarray) -> set:
+    """The (colour, shape) index pairs that occur in (N, 2, 4) attributes."""
+    a = attributes.reshape(-1, 4)
+    a = a[a[:, 0] >= 0]
+    return set(zip(a[:, 1].tolist(), a[:, 0].tolist()))
+
+
+def hard_negative(attributes: np.ndarray, rng: np.random.Generator, attribute: str | None = None,
+                  allowed_pairs: set | None = None) -> np.ndarray:
     """A copy of one image's (2, 4) attributes with one attribute of one object changed
-    (object, attribute — unless given — and new value drawn uniformly from ``rng``)."""
+    (object, attribute — unless given — and new value drawn uniformly from ``rng``).
+
+    ``allowed_pairs``: only negatives whose every object is a (colour, shape) pair of this set.
+    A pair that never occurs in training (the held-out red triangle …) must not appear as a
+    negative either: seen only as a wrong answer, it is learnt as "never true", and zero-shot
+    accuracy on unseen combinations collapses (shape 39 % in a run without this rule)."""
     objects = np.flatnonzero(attributes[:, 0] >= 0)
     obj = int(objects[rng.integers(len(objects))])
     if attribute is None:
         attribute = list(ATTRIBUTE_VALUES)[rng.integers(len(ATTRIBUTE_VALUES))]
     variants, true = attribute_variants(attributes, obj, attribute)
-    if len(variants) == 1:  # no other value is allowed (cannot happen with 4 quadrants): change the colour
-        variants, true = attribute_variants(attributes, obj, "colour")
-    others = [v for k, v in enumerate(variants) if k != true]
+    others = [v for k, v in enumerate(variants) if k != true
+              and (allowed_pairs is None or colour_shape_pairs(v) <= allowed_pairs)]
+    if not others:  # e.g. no other shape makes a seen pair with this colour: change the size
+        return hard_negative(attributes, rng, "size", allowed_pairs)
     return others[rng.integers(len(others))]
 
 
@@ -212,6 +227,7 @@ class CLIPTrainer(BaseTrainer):
 
         self.tokenizer = build_tokenizer(self.dataset)
         self.texts = TextCache(self.tokenizer)
+        self.pairs = colour_shape_pairs(self.dataset.attributes)  # negatives only use pairs seen in training
         # the loader yields (images, item indices): an item's caption and attributes are looked up
         self.loader = DataLoader(self.dataset.images, np.arange(len(self.dataset)),
                                  min(config.batch_size, len(self.dataset)), shuffle=True, drop_last=True,
@@ -225,8 +241,8 @@ class CLIPTrainer(BaseTrainer):
         positives = self.texts([self.dataset.captions[i] for i in idx])  # 2.
         # two negatives per image: its shape changed (the attribute a batch's captions least
         # force the encoder to see), and any one attribute changed
-        negatives = self.texts([shapes_caption(hard_negative(a, self.rng, "shape")) for a in attrs]
-                               + [shapes_caption(hard_negative(a, self.rng)) for a in attrs])
+        negatives = self.texts([shapes_caption(hard_negative(a, self.rng, "shape", self.pairs)) for a in attrs]
+                               + [shapes_caption(hard_negative(a, self.rng, None, self.pairs)) for a in attrs])
         out = self.model(positives, x, return_loss=True, negative_input_ids=negatives)  # 3.-4.
         return self._optimise(out.loss, temperature=float(np.exp(-self.model.logit_scale.data)))  # 5.-6.
 

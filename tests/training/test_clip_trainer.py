@@ -10,7 +10,7 @@ import npdiff as nd
 from npdiff.autograd import Tensor
 from npdiff.data import make_shapes
 from npdiff.models.clip import CLIPImageEncoder, contrastive_loss
-from npdiff.training.clip_trainer import ATTRIBUTE_VALUES, attribute_variants, hard_negative
+from npdiff.training.clip_trainer import ATTRIBUTE_VALUES, attribute_variants, colour_shape_pairs, hard_negative
 
 DATA = make_shapes(64, "train", seed=3)
 
@@ -24,6 +24,16 @@ def test_hard_negative_changes_exactly_one_attribute(i, seed):
     present = neg[:, 0] >= 0
     assert len(set(neg[present, 3])) == int(present.sum())  # two objects never share a quadrant
     assert np.array_equal(neg[:, 0] >= 0, a[:, 0] >= 0)  # no object appears or vanishes
+
+
+@settings(deadline=None, max_examples=40)
+@given(i=st.integers(0, 63), seed=st.integers(0, 2**16), attribute=st.sampled_from([None, "shape", "colour"]))
+def test_hard_negatives_never_name_an_unseen_pair(i, seed, attribute):
+    allowed = colour_shape_pairs(DATA.attributes)
+    assert len(allowed) == 15  # 6 colours × 3 shapes − the 3 held-out pairs
+    neg = hard_negative(DATA.attributes[i], np.random.default_rng(seed), attribute, allowed)
+    assert colour_shape_pairs(neg[None]) <= allowed
+    assert np.sum(neg != DATA.attributes[i]) == 1
 
 
 @pytest.mark.parametrize("attribute", list(ATTRIBUTE_VALUES))
