@@ -2,7 +2,7 @@
 
 ``npdiff train --data shapes`` (no other argument) calls ``train_stack``:
 
-    OUT/vae/     ``VAETrainer``    AutoencoderKL, f = 4: 32×32×3 → 8×8×4, scaling_factor measured
+    OUT/vae/     ``VAETrainer``    AutoencoderKL, f = 2: 32×32×3 → 16×16×4, scaling_factor measured
     OUT/clip/    ``CLIPTrainer``   text encoder + image encoder, contrastive with hard negatives
     OUT/unet/    ``LatentTrainer`` UNet2DConditionModel on the VAE's latents, cross-attending to
                                    the frozen CLIP text encoder's hidden states; OUT/unet/pipeline/
@@ -29,16 +29,16 @@ STAGES = ("vae", "clip", "unet")
 def shapes_stack_configs(out: str, seed: int = 0) -> dict[str, TrainConfig]:
     """The default stage configs of ``npdiff train --data shapes`` (sized for ≤ 25 min on 2 cores)."""
     common = dict(data="shapes", image_size=None, seed=seed, class_conditional=False, log_every=10)
-    vae = TrainConfig(**common, model="vae", block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4,
-                      recon_loss="l1", kl_weight=1e-6, steps=500, batch_size=32, lr=2e-3, warmup_steps=50,
-                      ema_decay=0.99, sample_every=250, checkpoint_every=250)
+    vae = TrainConfig(**common, model="vae", block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
+                      recon_loss="l1", kl_weight=1e-6, steps=600, batch_size=32, lr=2e-3, warmup_steps=50,
+                      ema_decay=0.99, sample_every=200, checkpoint_every=200)
     clip = TrainConfig(**common, model="clip", block_out_channels=(32, 64, 128), layers_per_block=1, attention=False,
                        hidden_dim=64, num_blocks=3, steps=400, batch_size=128, lr=2e-3, warmup_steps=30,
                        ema_decay=0.99, sample_every=200, checkpoint_every=100)
     unet = TrainConfig(**common, model="ldm", vae=os.path.join(out, "vae"), text_encoder=os.path.join(out, "clip"),
-                       block_out_channels=(64, 128), layers_per_block=1, norm_num_groups=8, label_dropout=0.1,
-                       prediction_type="v_prediction", steps=800, batch_size=64, lr=1e-3, warmup_steps=100,
-                       ema_decay=0.995, sample_every=500, checkpoint_every=250, sample_steps=25, guidance_scale=4.0)
+                       block_out_channels=(48, 96), layers_per_block=1, norm_num_groups=8, label_dropout=0.1,
+                       prediction_type="v_prediction", steps=600, batch_size=32, lr=1e-3, warmup_steps=50,
+                       ema_decay=0.995, sample_every=300, checkpoint_every=100, sample_steps=25, guidance_scale=4.0)
     return {"vae": vae, "clip": clip, "unet": unet}
 
 
