@@ -232,7 +232,11 @@ def _add_eval(sub) -> None:
                                    "to fresh data vs the fresh-vs-fresh floor. Other image data: nearest-"
                                    "neighbour distance only. VAE runs: reconstruction PSNR and SSIM on the held-"
                                    "out split, KL per latent dimension, and (digits) the classifier's accuracy on "
-                                   "the reconstructions (psnr, ssim, kl_per_dim, recon_accuracy).",
+                                   "the reconstructions (psnr, ssim, kl_per_dim, recon_accuracy). CLIP runs: zero-shot "
+                                   "accuracy per attribute on the held-out shapes. Text-to-image runs (`npdiff train "
+                                   "--data shapes`): per-attribute accuracy of generated images under the fixed "
+                                   "attribute classifier on held-out seen- and unseen-combination prompts, and the "
+                                   "Fréchet ratio, at guidance 1, 2, 4, 7.5 (or --guidance-scale).",
                        formatter_class=_HelpFormatter)
     _add_run_sampling(p, "samples to generate (default: 50 per class for digits, 2000 for toys, 256 otherwise; "
                          "VAE runs: held-out images to reconstruct, default all)")
