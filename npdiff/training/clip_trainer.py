@@ -157,26 +157,22 @@ class TextCache:
         return np.stack([self.cache[c] for c in captions])
 
 
-def embed_texts(model, ids: np.ndarray, batch: int = 512) -> np.ndarray:
-    """Normalised text embeddings (N, E) of token ids (N, L), without a tape."""
+def _embed(features, inputs: np.ndarray, batch: int) -> np.ndarray:
+    """normalise(features(inputs)) in batches, without a tape: (N, E)."""
     from ..models.clip import normalize
 
-    out = []
     with no_grad():
-        for s in range(0, len(ids), batch):
-            out.append(normalize(model.get_text_features(ids[s:s + batch])).numpy())
-    return np.concatenate(out)
+        return np.concatenate([normalize(features(inputs[s:s + batch])).numpy() for s in range(0, len(inputs), batch)])
+
+
+def embed_texts(model, ids: np.ndarray, batch: int = 512) -> np.ndarray:
+    """Normalised text embeddings (N, E) of token ids (N, L)."""
+    return _embed(model.get_text_features, ids, batch)
 
 
 def embed_images(model, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Normalised image embeddings (N, E) of images (N, C, H, W), without a tape."""
-    from ..models.clip import normalize
-
-    out = []
-    with no_grad():
-        for s in range(0, len(images), batch):
-            out.append(normalize(model.get_image_features(images[s:s + batch])).numpy())
-    return np.concatenate(out)
+    """Normalised image embeddings (N, E) of images (N, C, H, W)."""
+    return _embed(model.get_image_features, images, batch)
 
 
 def zero_shot_report(model, tokenizer, images: np.ndarray, attributes: np.ndarray) -> dict:

@@ -29,19 +29,22 @@ def tiny_configs(out):
     return {"vae": vae, "clip": clip, "unet": unet}
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def train_tiny_stack(out) -> int:
+    """`npdiff train --data shapes -o out` with the tiny stage configs (and a small CLIP monitor)."""
     from npdiff.training.clip_trainer import CLIPTrainer
 
-    out = str(tmp_path_factory.mktemp("t2i") / "stack")
-    CLIPTrainer.n_monitor, monitor = 16, CLIPTrainer.n_monitor
-    original = stack_module.shapes_stack_configs
-    stack_module.shapes_stack_configs = lambda o, seed=0: tiny_configs(o)
+    original, monitor = stack_module.shapes_stack_configs, CLIPTrainer.n_monitor
+    stack_module.shapes_stack_configs, CLIPTrainer.n_monitor = (lambda o, seed=0: tiny_configs(o)), 16
     try:
-        assert cli.main(["train", "--data", "shapes", "-o", out, "--quiet"]) == 0
+        return cli.main(["train", "--data", "shapes", "-o", out, "--quiet"])
     finally:
-        stack_module.shapes_stack_configs = original
-        CLIPTrainer.n_monitor = monitor
+        stack_module.shapes_stack_configs, CLIPTrainer.n_monitor = original, monitor
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("t2i") / "stack")
+    assert train_tiny_stack(out) == 0
     return out
 
 
@@ -57,12 +60,7 @@ def test_stack_writes_each_stage_and_reuses_them(stack, capsys):
     vae_cfg = json.load(open(os.path.join(stack, "unet", "pipeline", "vae", "config.json")))
     assert vae_cfg["scaling_factor"] != 1.0
     # a second call finds every stage finished and trains nothing
-    original = stack_module.shapes_stack_configs
-    stack_module.shapes_stack_configs = lambda o, seed=0: tiny_configs(o)
-    try:
-        assert cli.main(["train", "--data", "shapes", "-o", stack, "--quiet"]) == 0
-    finally:
-        stack_module.shapes_stack_configs = original
+    assert train_tiny_stack(stack) == 0
     assert capsys.readouterr().out.count("reused") == 3
 
 
