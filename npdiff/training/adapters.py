@@ -52,6 +52,7 @@ from ..optim import EMA, AdamW, cosine_with_warmup
 from ..pipelines.latents import encode_images
 from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore_ema, rng_state, save_checkpoint,
                          set_rng_state)
+from .distributed import get_world
 from .trainer import BaseTrainer
 
 ADAPTER_KINDS = ("controlnet", "lora")
@@ -178,7 +179,9 @@ class AdapterTrainer(BaseTrainer):
     def __init__(self, config: AdapterConfig, run_dir: str, *, pipeline=None, progress: bool = True,
                  _resuming: bool = False):
         self.config, self.run_dir, self.progress = config, os.fspath(run_dir), progress
-        if not _resuming and os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME)):
+        self.dist = dist = get_world()  # one rank, or this process's place under mpiexec (distributed.py)
+        exists = os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME))
+        if not _resuming and dist.broadcast_flag(exists, "the run-folder check"):
             raise ValueError(f"{self.run_dir!r} already holds a training run; resume it or choose another folder")
         self.pipe = load_base_pipeline(config.base) if pipeline is None else pipeline
         pipe = self.pipe
@@ -228,15 +231,18 @@ class AdapterTrainer(BaseTrainer):
             self.model = AdapterParameters(**adapted)
         self.model.train()
         params = list(self.model.parameters())
+        dist.broadcast_arrays([p.data for p in params])  # rank 0's initial adapter
         self.optimizer = AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.lr_schedule = cosine_with_warmup(self.optimizer, config.warmup_steps, config.steps,
                                               min_lr=config.min_lr_ratio * config.lr)
         self.ema = EMA(params, decay=config.ema_decay, warmup=True)
-        self.loader = DataLoader(data.images, np.arange(len(data)), min(config.batch_size, len(data)),
-                                 shuffle=True, drop_last=True, seed=config.seed)
-        self.rng = np.random.default_rng([config.seed, 1])
+        n = dist.world_size  # this rank's shard of global batches of ranks × batch_size, as BaseTrainer's
+        self.loader = DataLoader(data.images, np.arange(len(data)), min(config.batch_size, len(data) // n or 1),
+                                 shuffle=True, drop_last=True, seed=config.seed, num_replicas=n, rank=dist.rank)
+        self.rng = dist.sharded(np.random.default_rng([config.seed, 1]))
         self.step = 0
         self._stop_requested = False
+        self._stop_agreed = False
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         with no_grad():
@@ -249,10 +255,13 @@ class AdapterTrainer(BaseTrainer):
 
     # -- run folder ----------------------------------------------------------------------
     def write_config(self) -> None:
-        nd_io.save_json(self.path(CONFIG_NAME), {"adapter": self.config.to_dict()})
+        if self.dist.is_root:  # rank 0 alone writes
+            nd_io.save_json(self.path(CONFIG_NAME), {"adapter": self.config.to_dict()})
 
     def save(self) -> None:
-        meta = {"step": self.step, "lr_schedule": self.lr_schedule.state_dict(), "trainer_rng": rng_state(self.rng),
+        if not self.dist.is_root:
+            return
+        meta = {"step": self.step, "world_size": self.dist.world_size, "lr_schedule": self.lr_schedule.state_dict(), "trainer_rng": rng_state(self.rng),
                 "loader": self.loader.state_dict(), "global_rng": backend.get_rng_state()}
         save_checkpoint(self.path(CHECKPOINT_NAME), model=self.model, ema=self.ema, optimizer=self.optimizer, meta=meta)
         self.export_ema_model(self.run_dir)
@@ -311,7 +320,7 @@ class AdapterTrainer(BaseTrainer):
         trainer.loader.load_state_dict(state.meta["loader"])
         backend.set_rng_state(state.meta["global_rng"])
         trainer.step = state.step
-        trainer._truncate_log()
+        trainer._agree_on_resume(run_dir, state.meta)
         return trainer
 
     # -- one step -----------------------------------------------------------------------------

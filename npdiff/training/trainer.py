@@ -226,17 +226,21 @@ class BaseTrainer:
         trainer.loader.load_state_dict(state.meta["loader"])
         backend.set_rng_state(state.meta["global_rng"])
         trainer.step = state.step
-        saved_ranks = int(state.meta.get("world_size", 1))
-        if saved_ranks != trainer.dist.world_size:
+        trainer._agree_on_resume(run_dir, state.meta)
+        return trainer
+
+    def _agree_on_resume(self, run_dir: str, meta: dict) -> None:
+        """After a checkpoint is loaded: refuse another number of ranks than the run's, put rank 0's
+        state on every rank (whatever each rank read) and check that all agree, drop stale log lines."""
+        saved_ranks = int(meta.get("world_size", 1))
+        if saved_ranks != self.dist.world_size:
             raise ValueError(
                 f"{run_dir!r} was trained by {saved_ranks} process(es) (global batch {saved_ranks} × "
-                f"{trainer.loader.batch_size}); resume it with the same number (mpiexec -n {saved_ranks}), "
-                f"not {trainer.dist.world_size}, so that the batches and random draws continue exactly")
-        # rank 0's state on every rank (whatever each rank read), then a check that all agree
-        trainer.dist.broadcast_arrays(trainer.replica_arrays(), "the resume broadcast")
-        trainer.dist.check_replicas(trainer.replica_arrays(), "resumed state")
-        trainer._truncate_log()
-        return trainer
+                f"{self.loader.batch_size}); resume it with the same number (mpiexec -n {saved_ranks}), "
+                f"not {self.dist.world_size}, so that the batches and random draws continue exactly")
+        self.dist.broadcast_arrays(self.replica_arrays(), "the resume broadcast")
+        self.dist.check_replicas(self.replica_arrays(), "resumed state")
+        self._truncate_log()
 
     def _truncate_log(self) -> None:
         """Drop log records written after the checkpoint (a crash between log and checkpoint)."""
