@@ -3,6 +3,8 @@
     npdiff train                          class-conditional digits UNet, run folder in runs/
     npdiff train --data moons             a 2-D toy with the MLP denoiser
     npdiff train --model vae              the digits VAE (AutoencoderKL, f = 4), run folder with vae/
+    npdiff train --data shapes            the text-to-image stack: VAE, CLIP, latent U-Net (runs/shapes-*/)
+    npdiff sample --run runs/shapes-... --prompt "a large red circle at the top left" --guidance-scale 4
     npdiff train --resume runs/digits     continue a run exactly where it stopped
     npdiff sample --run runs/digits --scheduler dpm++ --steps 20 --class 7
     npdiff eval --run runs/digits         sample-quality metrics (VAE runs: reconstruction), eval.json
@@ -78,11 +80,14 @@ def _add_train(sub) -> None:
     g.add_argument("--toy-samples", type=int, default=None, help="number of points drawn for a toy dataset "
                    "(default 8192)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=("unet", "dit", "mlp", "classifier", "vae"), default=None,
+    g.add_argument("--model", choices=("unet", "dit", "mlp", "classifier", "vae", "clip", "ldm"), default=None,
                    help="denoiser: UNet2DModel or DiTTransformer2DModel (patch 2) for images, a residual MLP "
                         "for 2-D points (default: by data); 'classifier': the noise-conditional classifier "
                         "p(y | x_t, t) for classifier guidance (`npdiff sample --classifier DIR`); 'vae': train "
-                        "an AutoencoderKL on the images instead")
+                        "an AutoencoderKL on the images instead; 'clip': contrastive CLIP pre-training on captioned "
+                        "data; 'ldm': latent diffusion on the latents of --vae (captions: text-conditional with "
+                        "--text-encoder; labels: class-conditional). --data shapes without --model trains the "
+                        "whole text-to-image stack (vae, clip, unet stages under --output)")
     g.add_argument("--channels", type=_channels, default=None,
                    help="UNet/VAE channels per resolution level, e.g. 32,64,64 (default 32,64; VAE 16,32,32: "
                         "3 levels, downsampling factor 4)")
@@ -103,6 +108,11 @@ def _add_train(sub) -> None:
     g.add_argument("--kl-weight", type=float, default=None,
                    help="β of recon + β·KL(q(z|x) ‖ N(0, I)), relative to per-image sums as SD's kl_weight "
                         "(default 1e-6)")
+    g = p.add_argument_group("latent diffusion (--model ldm)")
+    g.add_argument("--vae", default=None, metavar="DIR", help="the frozen VAE: a `--model vae` run folder of the "
+                   "same data (or a diffusers AutoencoderKL folder)")
+    g.add_argument("--text-encoder", default=None, metavar="DIR", help="captioned data: the frozen text encoder, "
+                   "a `--model clip` run folder (text_encoder/ + tokenizer/)")
     g = p.add_argument_group("diffusion")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="what the network predicts: the noise ε, the clean sample x₀, or the velocity v "
@@ -152,6 +162,7 @@ _TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every", "sample_every": "sample_every",
     "checkpoint_every": "checkpoint_every", "guidance_scale": "guidance_scale",
     "latent_channels": "latent_channels", "recon_loss": "recon_loss", "kl_weight": "kl_weight",
+    "vae": "vae", "text_encoder": "text_encoder",
 }
 
 
@@ -179,6 +190,10 @@ def _add_sample(sub) -> None:
                          "2000 points for toys)")
     p.add_argument("--class", dest="class_label", type=int, default=None,
                    help="draw every sample from this class (default: cycle through the classes)")
+    p.add_argument("--prompt", default=None, help="text-to-image runs (`npdiff train --data shapes`): what to "
+                   "draw, e.g. \"a large red circle at the top left and a small blue triangle at the bottom right\"")
+    p.add_argument("--negative-prompt", default=None, help="text-to-image runs: the prompt guidance pushes away "
+                   "from (default: the empty prompt)")
     p.add_argument("--out", default=None, help="output PNG (default: DIR/samples_<scheduler>_<steps>.png)")
     p.add_argument("--npy", action="store_true", help="also save the raw samples (and labels) as .npy")
     p.add_argument("--trajectory", type=int, default=None, metavar="K",
@@ -232,7 +247,7 @@ def _add_eval(sub) -> None:
 def _add_viz(sub) -> None:
     p = sub.add_parser("viz", help="pictures: noise schedules, forward noising strips, a VAE's latent space",
                        description="Draw the pictures that explain diffusion.")
-    vs = p.add_subparsers(dest="what", required=True, metavar="{schedules,forward,latent}")
+    vs = p.add_subparsers(dest="what", required=True, metavar="{schedules,forward,latent,attention}")
     s = vs.add_parser("schedules", help="ᾱ_t and log-SNR(t) of every beta schedule",
                       formatter_class=_HelpFormatter)
     s.add_argument("--timesteps", type=int, default=1000, help="number of diffusion steps T")
@@ -264,6 +279,20 @@ def _add_viz(sub) -> None:
     lat.add_argument("--out", default=None, help="output PNG (default: DIR/latent.png)")
     lat.add_argument("--no-ema", dest="ema", action="store_false", help="use the live weights instead of the EMA")
     lat.set_defaults(func=cmd_viz_latent)
+    att = vs.add_parser("attention", help="a text-to-image run's cross-attention map of each word over the image",
+                        description="Generate one image of --prompt and show, for each --word (default: every "
+                                    "word of the prompt but a/at/the/and), which pixels the U-Net's cross-attention "
+                                    "layers read that word at: softmax(QKᵀ/√d) averaged over heads, layers and "
+                                    "denoising steps (Hertz et al. 2022).",
+                        formatter_class=_HelpFormatter)
+    att.add_argument("--run", required=True, metavar="DIR", help="a text-to-image run (`npdiff train --data shapes`)")
+    att.add_argument("--prompt", required=True, help="what to draw")
+    att.add_argument("--word", action="append", default=None, help="a word of the prompt (repeatable)")
+    att.add_argument("--guidance-scale", type=float, default=None, help="guidance scale (default: the run's)")
+    att.add_argument("--steps", type=int, default=25, help="DDIM steps")
+    att.add_argument("--seed", type=int, default=0, help="seed of the initial latents")
+    att.add_argument("--out", default=None, help="output PNG (default: DIR/attention.png)")
+    att.set_defaults(func=cmd_viz_attention, scheduler="ddim", ema=True)
 
 
 def _add_bench(sub) -> None:
@@ -332,6 +361,8 @@ def cmd_train(args) -> int:
     from .training import TrainConfig, TrainingDiverged, resume, toy_defaults, trainer_class, vae_defaults
 
     progress = not args.quiet
+    if args.resume is None and args.model is None and args.data == "shapes":
+        return _train_stack(args)
     if args.resume is not None:
         trainer = resume(args.resume, steps=args.steps, progress=progress)
         print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}", file=sys.stderr)
@@ -354,6 +385,34 @@ def cmd_train(args) -> int:
         print(f"npdiff train: {e}", file=sys.stderr)
         return 1
     print(f"done: step {summary['step']} in {summary['seconds']:.1f} s; run folder {summary['run_dir']}")
+    return 0
+
+
+def _train_stack(args) -> int:
+    """npdiff train --data shapes: the VAE, CLIP and latent U-Net stages (training/stack.py)."""
+    from .training import TrainingDiverged
+    from .training.stack import train_stack
+
+    allowed = {"data", "seed"}
+    extra = sorted(f"--{dest.replace('_', '-')}" for dest in _TRAIN_FLAGS
+                   if dest not in allowed and getattr(args, dest) is not None)
+    if args.stop_after is not None:
+        extra.append("--stop-after")
+    if extra:
+        raise ValueError(f"`npdiff train --data shapes` trains the whole stack with its own settings; {extra} "
+                         f"apply to one stage: train a stage alone with --model vae, clip or ldm")
+    out = args.output or _default_run_dir("shapes")
+    t0 = time.perf_counter()
+    try:
+        summary = train_stack(out, seed=args.seed or 0, progress=not args.quiet)
+    except TrainingDiverged as e:
+        print(f"npdiff train: {e}", file=sys.stderr)
+        return 1
+    for name, stage in summary.items():
+        how = "reused" if stage["reused"] else f"{stage['seconds']:.0f} s"
+        print(f"  {name:5s} step {stage['step']}  {how}")
+    print(f"done in {time.perf_counter() - t0:.0f} s; stack folder {out} (sample: npdiff sample --run {out} "
+          f"--prompt \"a large red circle at the top left\")")
     return 0
 
 
@@ -381,6 +440,15 @@ def _draw(run, scheduler_name: str, steps: int, n: int, labels, guidance: float,
     info = run.info
     gen = np.random.default_rng(seed)
     batch = batch or n
+    vae = None
+    if run.config.model == "ldm":  # latent diffusion with class labels: decode with the run's frozen VAE
+        from .models import AutoencoderKL
+        from .pipelines.latents import decode_latents
+        from .training.latent_trainer import vae_folder
+
+        if trajectory is not None:
+            raise ValueError("--trajectory is not available for latent runs")
+        vae = AutoencoderKL.from_pretrained(vae_folder(run.config.vae))
     outs, first = [], None
     for start in range(0, n, batch):
         stop = min(n, start + batch)
@@ -390,7 +458,7 @@ def _draw(run, scheduler_name: str, steps: int, n: int, labels, guidance: float,
                      guidance_scale=guidance if y is not None else 1.0, null_class=info.null_class, generator=gen,
                      num_inference_steps=steps, trajectory_steps=trajectory if start == 0 else None,
                      progress=True)
-        outs.append(out.samples)
+        outs.append(out.samples if vae is None else decode_latents(vae, out.samples))
         first = first or out
     return np.concatenate(outs), first
 
@@ -408,9 +476,57 @@ def _labels_for(run, n: int, class_label):
     return np.arange(n, dtype=np.int64) % info.num_classes
 
 
-def cmd_sample(args) -> int:
+def _t2i_pipeline(args, folder: str):
+    """The StableDiffusionPipeline of a text-to-image run with --scheduler, and the run's guidance scale."""
+    from . import io as nd_io
+    from .pipelines import StableDiffusionPipeline
+    from .training import make_scheduler
+
+    if not args.ema:
+        raise ValueError("a text-to-image run's pipeline/ holds the EMA weights only; drop --no-ema")
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.scheduler = make_scheduler(args.scheduler, dict(pipe.scheduler.config))
+    config = os.path.join(os.path.dirname(folder), "config.json")
+    guidance = nd_io.load_json(config)["train"]["guidance_scale"] if os.path.isfile(config) else 4.0
+    return pipe, guidance
+
+
+def _sample_t2i(args, folder: str) -> int:
+    """npdiff sample --run DIR --prompt "...": a grid of --n images of one prompt."""
     from . import io as nd_io
 
+    if args.prompt is None:
+        raise ValueError(f"{args.run!r} is a text-to-image run: say what to draw with --prompt \"...\"")
+    if args.class_label is not None or args.inpaint or args.img2img or args.invert or args.classifier:
+        raise ValueError("a text-to-image run takes --prompt (and --negative-prompt), not --class or editing flags")
+    pipe, guidance = _t2i_pipeline(args, folder)
+    guidance = args.guidance_scale if args.guidance_scale is not None else guidance
+    steps = args.steps if args.steps is not None else (1000 if args.scheduler == "ddpm" else 50)
+    n = args.n or 16
+    if n < 1 or steps < 1:
+        raise ValueError(f"--n and --steps must be >= 1, got {n} and {steps}")
+    out = pipe(args.prompt, negative_prompt=args.negative_prompt, num_inference_steps=steps,
+               guidance_scale=guidance, num_images_per_prompt=n, generator=np.random.default_rng(args.seed),
+               output_type="np", progress=True).images  # (n, H, W, 3) in [0, 1]
+    images = out.transpose(0, 3, 1, 2) * 2.0 - 1.0
+    path = args.out or os.path.join(os.path.dirname(folder), f"prompt_{args.scheduler}_{steps}_s{guidance:g}.png")
+    nd_io.save_image_grid(path, images, nrow=int(np.ceil(np.sqrt(n))), scale=max(1, 64 // images.shape[-1]))
+    print(f"wrote {path}: {n} images of {args.prompt!r} (guidance {guidance:g}, {args.scheduler}, {steps} steps)")
+    if args.npy:
+        np.save(os.path.splitext(path)[0] + ".npy", images)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from . import io as nd_io
+    from .training.stack import find_pipeline
+
+    folder = find_pipeline(args.run) if os.path.isdir(args.run) else None
+    if folder is not None:
+        return _sample_t2i(args, folder)
+    if args.prompt is not None or args.negative_prompt is not None:
+        raise ValueError(f"--prompt needs a text-to-image run (`npdiff train --data shapes`); {args.run!r} has no "
+                         f"pipeline/ folder")
     run, steps, guidance = _open_run(args)
     if args.inpaint or args.img2img or args.invert or args.classifier:
         return _sample_edit(args, run, steps, guidance)
@@ -432,7 +548,7 @@ def cmd_sample(args) -> int:
         nd_io.save_scatter(out, samples, ref, title=f"{args.scheduler}, {steps} steps", lim=3.0)
     else:
         nrow = info.num_classes if conditional and args.class_label is None else int(np.ceil(np.sqrt(n)))
-        nd_io.save_image_grid(out, samples, nrow=nrow, scale=max(1, 64 // info.sample_shape[-1]))
+        nd_io.save_image_grid(out, samples, nrow=nrow, scale=max(1, 64 // samples.shape[-1]))
     print(f"wrote {out}")
     stem = os.path.splitext(out)[0]
     if args.npy:
@@ -559,10 +675,16 @@ def cmd_eval(args) -> int:
     from . import io as nd_io
     from .metrics import digits_report, nearest_neighbour_distance, toy_report
     from .training import load_run
+    from .training.stack import find_pipeline
 
+    folder = find_pipeline(args.run) if os.path.isdir(args.run) else None
+    if folder is not None:
+        return _eval_t2i(args, folder)
     run = load_run(args.run, use_ema=args.ema)
     if run.info.model_class == "AutoencoderKL":
         return _eval_vae(run, args)
+    if run.info.model_class == "CLIPModel":
+        return _eval_clip(run, args)
     run, steps, guidance = _open_run(args, run)
     info, data = run.info, run.config.data
     toy = info.is_points
@@ -580,7 +702,7 @@ def cmd_eval(args) -> int:
         report = toy_report(samples, data, seed=args.seed)
         nd_io.save_scatter(os.path.join(run.run_dir, "eval_samples.png"), samples[:2000], None, lim=3.0,
                            title=f"{args.scheduler}, {steps} steps")
-    elif data == "digits" and info.sample_shape[0] == 1:
+    elif data == "digits" and samples.shape[1] == 1:
         report = digits_report(samples, labels, seed=args.seed)
         nd_io.save_image_grid(os.path.join(run.run_dir, "eval_samples.png"), samples[:100],
                               nrow=info.num_classes if conditional else 10, scale=2)
@@ -603,6 +725,73 @@ def _write_report(report: dict, out: str) -> None:
     for k, v in report.items():
         print(f"{k:26s} {v:.4g}" if isinstance(v, float) else f"{k:26s} {v}")
     print(f"wrote {out}")
+
+
+def _clip_zero_shot(clip_dir: str, model=None, n: int | None = None) -> dict:
+    """Zero-shot accuracy per attribute of a CLIP run on the real test and unseen images."""
+    from .data import make_shapes
+    from .models import CLIPTokenizer
+    from .training.clip_trainer import zero_shot_report
+
+    if model is None:
+        from .training import load_run
+
+        model = load_run(clip_dir).model
+    tok = CLIPTokenizer.from_pretrained(os.path.join(clip_dir, "tokenizer"))
+    out = {}
+    for split in ("test", "unseen"):
+        d = make_shapes(None, split)
+        k = len(d) if n is None else min(n, len(d))
+        out[split] = zero_shot_report(model, tok, d.images[:k], d.attributes[:k])
+    return out
+
+
+def _eval_clip(run, args) -> int:
+    """npdiff eval on a CLIP run: zero-shot accuracy per attribute on held-out real images."""
+    t0 = time.perf_counter()
+    zs = _clip_zero_shot(run.run_dir, run.model, args.n)
+    report = {f"{split}_{k}": v for split, r in zs.items() for k, v in r.items()}
+    report.update({"run": run.run_dir, "step": run.step, "ema": args.ema, "seconds": round(time.perf_counter() - t0, 2)})
+    _write_report(report, args.out or os.path.join(run.run_dir, "eval.json"))
+    return 0
+
+
+def _eval_t2i(args, folder: str) -> int:
+    """npdiff eval on a text-to-image run: attribute accuracies and Fréchet ratio per guidance scale."""
+    from . import io as nd_io
+    from .training.t2i_eval import GUIDANCE_SCALES, format_table, t2i_report
+
+    pipe, _ = _t2i_pipeline(args, folder)
+    scales = GUIDANCE_SCALES if args.guidance_scale is None else (args.guidance_scale,)
+    steps = args.steps if args.steps is not None else 25
+    n = args.n if args.n is not None else 200
+    if n < 2 or steps < 1 or args.batch < 1:
+        raise ValueError(f"--n must be >= 2, --steps and --batch >= 1; got {n}, {steps}, {args.batch}")
+    run_dir = os.path.dirname(folder)
+    t0 = time.perf_counter()
+    report = t2i_report(pipe, n=n, guidance_scales=scales, steps=steps, seed=args.seed, batch=args.batch,
+                        progress=True)
+    images = report.pop("images")
+    report.update({"run": run_dir, "scheduler": args.scheduler, "seconds": round(time.perf_counter() - t0, 1)})
+    clip_dir = os.path.join(os.path.dirname(run_dir), "clip")
+    if os.path.isfile(os.path.join(clip_dir, "checkpoint.safetensors")):
+        report["clip_zero_shot"] = _clip_zero_shot(clip_dir)
+    out = args.out or os.path.join(run_dir, "eval.json")
+    nd_io.save_json(out, report)
+    for (scale, split), x in images.items():
+        nd_io.save_image_grid(os.path.join(run_dir, f"eval_{split}_s{scale:g}.png"), np.clip(x[:32], -1, 1), nrow=8,
+                              scale=2)
+    for split in ("seen", "unseen"):  # one row per prompt, one column per guidance scale (same initial latents)
+        strip = np.stack([images[(float(s), split)][:8] for s in scales], axis=1)  # (8, scales, 3, H, W)
+        nd_io.save_image_grid(os.path.join(run_dir, f"eval_{split}_guidance.png"),
+                              np.clip(strip.reshape(-1, *strip.shape[2:]), -1, 1), nrow=len(scales), scale=2)
+    print(format_table(report))
+    if "clip_zero_shot" in report:
+        for split, r in report["clip_zero_shot"].items():
+            print(f"CLIP zero-shot ({split}): " + ", ".join(f"{k} {v:.1%}" for k, v in r.items() if k.endswith("accuracy")))
+    print(f"wrote {out}, eval_<seen|unseen>_s<scale>.png and eval_<seen|unseen>_guidance.png (rows: the first "
+          f"8 prompts, columns: guidance {', '.join(f'{s:g}' for s in scales)}) in {run_dir}")
+    return 0
 
 
 def _held_out_split(run):
@@ -711,6 +900,39 @@ def cmd_viz_latent(args) -> int:
     nd_io.save_class_scatter(out, points, test.labels, test.class_names, xlabel=axes[0], ylabel=axes[1],
                              title=f"posterior means of {len(test)} held-out images ({mu.shape[1]}-D latent)")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_viz_attention(args) -> int:
+    from . import io as nd_io
+    from .pipelines.attention_maps import CrossAttentionRecorder, token_positions, word_maps
+    from .training.stack import find_pipeline
+
+    folder = find_pipeline(args.run) if os.path.isdir(args.run) else None
+    if folder is None:
+        raise ValueError(f"{args.run!r} is not a text-to-image run (no pipeline/ folder)")
+    pipe, guidance = _t2i_pipeline(args, folder)
+    guidance = args.guidance_scale if args.guidance_scale is not None else guidance
+    stop = {"a", "an", "at", "the", "and"}
+    words = args.word or [w for w in args.prompt.lower().split() if w not in stop]
+    positions = {w: token_positions(pipe.tokenizer, args.prompt, w) for w in words}
+    with CrossAttentionRecorder(pipe.unet, guided=guidance > 1.0) as maps:
+        image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=guidance,
+                     generator=np.random.default_rng(args.seed), output_type="np").images[0]  # (H, W, 3)
+    attn = word_maps(maps)[0]  # (Lk, h, w)
+    panels = [image]
+    h = image.shape[0]
+    for w in words:
+        m = attn[positions[w]].mean(axis=0)  # (h, w)
+        m = (m - m.min()) / max(float(m.max() - m.min()), 1e-12)
+        big = np.kron(m, np.ones((h // m.shape[0], h // m.shape[1])))  # (H, W), nearest upsampling
+        heat = np.stack([big, 0.25 * big, 1.0 - big], axis=-1)  # blue (ignored) → red (attended)
+        panels.append(0.45 * image + 0.55 * heat)
+    strip = np.stack(panels).transpose(0, 3, 1, 2) * 2.0 - 1.0  # (1 + words, 3, H, W)
+    out = args.out or os.path.join(os.path.dirname(folder), "attention.png")
+    nd_io.save_image_grid(out, strip.astype(np.float32), nrow=len(strip), scale=max(1, 128 // h))
+    print(f"wrote {out}: the image, then the cross-attention map of {', '.join(repr(w) for w in words)} "
+          f"(red = attended; averaged over heads, layers and {args.steps} steps)")
     return 0
 
 

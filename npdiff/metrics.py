@@ -348,6 +348,29 @@ def shapes_report(samples, attributes, classifier: ShapesClassifier | None = Non
     return report
 
 
+def shapes_features(images, classifier: ShapesClassifier | None = None) -> np.ndarray:
+    """Fixed features of shapes images (N, 3, 32, 32) for Fréchet distances: per quadrant, the
+    object classifier's hidden ReLU activations of the silhouette and the crop's mean RGB
+    (N, 4·(HIDDEN + 3)), so both the drawn shapes and their colours count."""
+    clf = shapes_classifier() if classifier is None else classifier
+    crops = _quadrants(images)  # (N, 4, 3, 16, 16)
+    sil = _silhouette(crops.reshape(-1, 3, 16, 16))  # (N·4, 256)
+    w, b = clf.object_model.coefs_[0], clf.object_model.intercepts_[0]
+    hidden = np.maximum(sil @ w + b, 0.0)  # (N·4, HIDDEN)
+    rgb = crops.reshape(-1, 3, 256).mean(axis=2)  # (N·4, 3)
+    return np.concatenate([hidden, rgb], axis=1).reshape(len(crops), -1)
+
+
+def shapes_fd_ratio(samples, real, floor_images) -> dict:
+    """FD(samples, real) in ``shapes_features`` over the floor FD(floor_images, real) of as many
+    other real images: 1 means as close to ``real`` as fresh real data is."""
+    n = min(len(samples), len(floor_images))
+    real_f = shapes_features(real)
+    fd = frechet_distance(shapes_features(samples), real_f)
+    floor = frechet_distance(shapes_features(floor_images[:n]), real_f)
+    return {"fd": fd, "fd_floor": floor, "fd_ratio": fd / floor if floor > 0 else float("inf")}
+
+
 # ----------------------------------------------------------------------------
 # reconstructions: PSNR, SSIM
 # ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 
-MODEL_TYPES = ("unet", "mlp", "dit", "classifier", "vae")
+MODEL_TYPES = ("unet", "mlp", "dit", "classifier", "vae", "clip", "ldm")
 RECON_LOSSES = ("l1", "mse")
 
 
@@ -27,6 +27,7 @@ class TrainConfig:
       image_size        resize images to this size (None: the loader's default).
       toy_samples       how many points to draw for a toy dataset.
       hflip             random horizontal flips (off for digits: a mirrored 2 is not a 2).
+      subset            train on the first ``subset`` items of the training split only (None: all).
     Model
       model             "unet" (UNet2DModel, images), "dit" (DiTTransformer2DModel, images,
                         patch 2), "mlp" (ToyMLPDenoiser, 2-D points) or "vae" (AutoencoderKL,
@@ -43,7 +44,16 @@ class TrainConfig:
                         None: on when the data has labels.
       label_dropout     probability of replacing y by the null class (index num_classes),
                         so one model also learns p(x) for classifier-free guidance
-                        (Ho & Salimans 2022, §3.2).
+                        (Ho & Salimans 2022, §3.2); for captioned data ("ldm"), the probability
+                        of training with the empty prompt.
+    CLIP and latent diffusion (training/clip_trainer.py, training/latent_trainer.py)
+      model "clip"      contrastive pre-training of a CLIPModel on captioned data: text encoder
+                        width hidden_dim, num_blocks layers; image encoder block_out_channels.
+      model "ldm"       latent diffusion: a UNet2DConditionModel (captions) or UNet2DModel
+                        (class labels) on the latents of the frozen VAE ``vae``.
+      vae               a VAE run folder (or its ``vae/``): the frozen autoencoder of "ldm".
+      text_encoder      a CLIP run folder (``text_encoder/`` + ``tokenizer/``): the frozen
+                        text encoder of "ldm" on captioned data.
     VAE
       latent_channels   channels of the latent z (B, c, H/f, W/f).
       recon_loss        "l1" or "mse": the reconstruction term, a mean over pixels.
@@ -71,6 +81,7 @@ class TrainConfig:
     image_size: int | None = 16
     toy_samples: int = 8192
     hflip: bool = False
+    subset: int | None = None
     # model
     model: str | None = None
     block_out_channels: tuple = (32, 64)
@@ -85,6 +96,9 @@ class TrainConfig:
     latent_channels: int = 4
     recon_loss: str = "l1"
     kl_weight: float = 1e-6
+    # CLIP / latent diffusion
+    vae: str | None = None
+    text_encoder: str | None = None
     # diffusion
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
@@ -148,6 +162,8 @@ class TrainConfig:
                        f"0 <= min_lr_ratio <= 1)")
         if self.snr_gamma is not None and self.snr_gamma <= 0:
             bad.append(f"snr_gamma={self.snr_gamma} (expected > 0 or None)")
+        if self.subset is not None and int(self.subset) < 1:
+            bad.append(f"subset={self.subset!r} (expected >= 1 or None)")
         if self.image_size is not None and int(self.image_size) < 4:
             bad.append(f"image_size={self.image_size} (expected >= 4 or None)")
         if bad:

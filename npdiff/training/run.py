@@ -11,6 +11,7 @@ a model (``RunInfo.build_model``), and a folder back into a model with its plan
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -24,11 +25,13 @@ def model_classes() -> dict:
     """Model class names that may appear in a run's config.json."""
     from ..models.autoencoder_kl import AutoencoderKL
     from ..models.classifier import EncoderUNetModel
+    from ..models.clip import CLIPModel
     from ..models.dit import DiTTransformer2DModel
     from ..models.toy import ToyMLPDenoiser
     from ..models.unet_2d import UNet2DModel
+    from ..models.unet_2d_condition import UNet2DConditionModel
 
-    return {"UNet2DModel": UNet2DModel, "ToyMLPDenoiser": ToyMLPDenoiser, "AutoencoderKL": AutoencoderKL,
+    return {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel, "CLIPModel": CLIPModel, "ToyMLPDenoiser": ToyMLPDenoiser, "AutoencoderKL": AutoencoderKL,
             "EncoderUNetModel": EncoderUNetModel, "DiTTransformer2DModel": DiTTransformer2DModel}
 
 
@@ -156,6 +159,14 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
         from .classifier import plan_classifier
 
         return plan_classifier(config, dataset)
+    if config.model == "clip":
+        from .clip_trainer import plan_clip
+
+        return plan_clip(config, dataset)
+    if config.model == "ldm":
+        from .latent_trainer import plan_latent
+
+        return plan_latent(config, dataset)
     kind = config.model or ("mlp" if dataset.is_toy else "unet")
     if kind == "mlp" and not dataset.is_toy:
         raise ValueError(f"model 'mlp' needs 2-D toy points, but {dataset.name!r} holds images {dataset.sample_shape}")
@@ -190,8 +201,15 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
 
 
 def load_train_data(config: TrainConfig, split: str = "train") -> Dataset:
-    """The run's data (``split`` "test" for held-out evaluation)."""
-    return load_dataset(config.data, split, size=config.image_size, n=config.toy_samples, seed=config.seed)
+    """The run's data (``split`` "test" for held-out evaluation); the training split cut to its
+    first ``config.subset`` items when that is set."""
+    data = load_dataset(config.data, split, size=config.image_size, n=config.toy_samples, seed=config.seed)
+    if split != "train" or config.subset is None or config.subset >= len(data):
+        return data
+    k = config.subset
+    cut = (lambda a: None if a is None else a[:k])
+    return dataclasses.replace(data, images=data.images[:k], labels=cut(data.labels), attributes=cut(data.attributes),
+                               masks=cut(data.masks), captions=cut(data.captions))
 
 
 def trainer_class(config: TrainConfig):
@@ -205,6 +223,14 @@ def trainer_class(config: TrainConfig):
         from .classifier import ClassifierTrainer
 
         return ClassifierTrainer
+    if config.model == "clip":
+        from .clip_trainer import CLIPTrainer
+
+        return CLIPTrainer
+    if config.model == "ldm":
+        from .latent_trainer import LatentTrainer
+
+        return LatentTrainer
     from .trainer import Trainer
 
     return Trainer
