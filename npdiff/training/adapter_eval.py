@@ -13,6 +13,9 @@ LoRA (``lora_report``):
                generator's ground truth (train split + concept set), one per colour name
     old        the shapes classifiers' all-attribute accuracy on old (test) prompts, without
                and with the LoRA (same latents), and the drop in points
+    ceiling    the same concept classifier on the locked VAE's round trip decode(encode(x)) of
+               the concept's ground-truth test images: the most any U-Net / text-encoder
+               adapter can reach (a VAE trained on six colours may have no latent for a seventh)
     file_ratio size of the LoRA file / size of the U-Net's weights (float32)
     merged     max |merged − unmerged| / max |unmerged| of the U-Net's prediction
 """
@@ -123,6 +126,20 @@ def _quadrant_masks(attributes: np.ndarray, images: np.ndarray) -> np.ndarray:
     return masks
 
 
+def vae_concept_ceiling(vae, data, centroids: ColourCentroids, batch: int = 50) -> float:
+    """Fraction of ``data``'s concept objects still classified as the concept after the VAE's
+    round trip decode(mode(encode(x))) of the ground-truth images (module docstring)."""
+    parts = []
+    with no_grad():
+        for start in range(0, len(data.images), batch):
+            x = data.images[start:start + batch]
+            out = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            parts.append(np.asarray(out.numpy() if hasattr(out, "numpy") else out))
+    predicted = centroids.predict(object_colours(np.concatenate(parts), data.masks))
+    asked = data.attributes[:, :, 1]
+    return float(np.mean(predicted[asked == CONCEPT_INDEX] == CONCEPT_INDEX))
+
+
 def lora_report(base, lora_file: str, n: int = 100, seed: int = 0, steps: int = 20, guidance: float = 3.0,
                 batch: int = 25, concept: str = "pink", replaces: str = "red", scale: float = 1.0,
                 centroids: "ColourCentroids | None" = None) -> dict:
@@ -144,6 +161,7 @@ def lora_report(base, lora_file: str, n: int = 100, seed: int = 0, steps: int = 
     predicted = centroids.predict(object_colours(drawn, _quadrant_masks(test.attributes, drawn)))  # (N, 2)
     asked = test.attributes[:, :, 1]
     concept_acc = float(np.mean(predicted[asked == CONCEPT_INDEX] == CONCEPT_INDEX))
+    ceiling = vae_concept_ceiling(base.vae, test, centroids)
     # merged vs unmerged: the U-Net's prediction on fixed inputs
     rng = np.random.default_rng(seed)
     cfg = base.unet.config
@@ -156,7 +174,8 @@ def lora_report(base, lora_file: str, n: int = 100, seed: int = 0, steps: int = 
         merge_lora(base.unet)
         merged = base.unet(x, np.array([100, 700]), text).numpy()
     unet_bytes = sum(v.nbytes for v in base.unet.state_dict().values())
-    return {"concept": concept, "n_prompts": n, "concept_accuracy": concept_acc, "old_all_correct_base": before,
+    return {"concept": concept, "n_prompts": n, "concept_accuracy": concept_acc,
+            "concept_accuracy_vae_ceiling": ceiling, "old_all_correct_base": before,
             "old_all_correct_lora": after, "old_accuracy_drop_points": 100.0 * (before - after),
             "lora_file_bytes": os.path.getsize(lora_file), "unet_bytes": int(unet_bytes),
             "file_ratio": os.path.getsize(lora_file) / unet_bytes,
