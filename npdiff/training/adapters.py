@@ -50,8 +50,7 @@ from ..data import DataLoader, make_shapes
 from ..diffusion import NoiseSchedule, diffusion_loss
 from ..optim import EMA, AdamW, cosine_with_warmup
 from ..pipelines.latents import encode_images
-from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint, restore_ema, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, rng_state, save_checkpoint
 from .distributed import get_world
 from .trainer import BaseTrainer
 
@@ -311,16 +310,7 @@ class AdapterTrainer(BaseTrainer):
         if steps is not None:
             config = dataclasses.replace(config, steps=int(steps))
         trainer = cls(config, run_dir, pipeline=pipeline, progress=progress, _resuming=True)
-        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
-        trainer.model.load_state_dict(state.model)
-        restore_ema(trainer.model, trainer.ema, state.ema, state.meta["ema_hyper"])
-        trainer.optimizer.load_state_dict(state.optimizer)
-        trainer.lr_schedule.load_state_dict(state.meta["lr_schedule"])
-        set_rng_state(trainer.rng, state.meta["trainer_rng"])
-        trainer.loader.load_state_dict(state.meta["loader"])
-        backend.set_rng_state(state.meta["global_rng"])
-        trainer.step = state.step
-        trainer._agree_on_resume(run_dir, state.meta)
+        trainer.restore(run_dir)
         return trainer
 
     # -- one step -----------------------------------------------------------------------------

@@ -217,17 +217,22 @@ class BaseTrainer:
         if steps is not None:
             config = config.replace(steps=int(steps))
         trainer = cls(config, run_dir, progress=progress, _resuming=True)
-        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
-        trainer.model.load_state_dict(state.model)
-        restore_ema(trainer.model, trainer.ema, state.ema, state.meta["ema_hyper"])
-        trainer.optimizer.load_state_dict(state.optimizer)
-        trainer.lr_schedule.load_state_dict(state.meta["lr_schedule"])
-        set_rng_state(trainer.rng, state.meta["trainer_rng"])
-        trainer.loader.load_state_dict(state.meta["loader"])
-        backend.set_rng_state(state.meta["global_rng"])
-        trainer.step = state.step
-        trainer._agree_on_resume(run_dir, state.meta)
+        trainer.restore(run_dir)
         return trainer
+
+    def restore(self, run_dir: str) -> None:
+        """Load the run's checkpoint into this freshly built trainer: weights, EMA, optimizer, LR
+        schedule, every RNG state, the loader's place and the step; then agree across ranks."""
+        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT_NAME))
+        self.model.load_state_dict(state.model)
+        restore_ema(self.model, self.ema, state.ema, state.meta["ema_hyper"])
+        self.optimizer.load_state_dict(state.optimizer)
+        self.lr_schedule.load_state_dict(state.meta["lr_schedule"])
+        set_rng_state(self.rng, state.meta["trainer_rng"])
+        self.loader.load_state_dict(state.meta["loader"])
+        backend.set_rng_state(state.meta["global_rng"])
+        self.step = state.step
+        self._agree_on_resume(run_dir, state.meta)
 
     def _agree_on_resume(self, run_dir: str, meta: dict) -> None:
         """After a checkpoint is loaded: refuse another number of ranks than the run's, put rank 0's
