@@ -41,6 +41,7 @@ import numpy as np
 from ..backend import get_array_module
 from .checks import conv2d_output_size, conv_transpose2d_output_size
 from . import winograd
+from .winograd import copy_padded_rows
 from .config import blas_single_thread, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
@@ -205,22 +206,13 @@ def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, pad, cols):
     then every tap (u, v) is a branch-free copy of pad rows sh·r+u from column v
     (3× faster than clipping every tap at the border on 8×8 planes).
     """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    C, W = x.shape[1], x.shape[3]
     R, Wp = sh * (ni - 1) + kh, sw * (Wo - 1) + kw  # the padded rows and columns read
     lo = min(pw, Wp)
     hi = max(lo, min(Wp, pw + W))  # pad columns [lo, hi) hold x columns [0, hi − lo)
     for b in range(nb):
         for c in range(C):
-            for q in range(R):
-                row, h = pad[q, :Wp], sh * i0 - ph + q
-                if h < 0 or h >= H:
-                    row[:] = 0
-                    continue
-                row[:lo] = 0
-                row[hi:] = 0
-                inside, src = row[lo:hi], x[n0 + b, c, h]
-                for m in range(hi - lo):
-                    inside[m] = src[m]
+            copy_padded_rows(x, n0 + b, c, sh * i0 - ph, R, Wp, lo, hi, pad)
             for u in range(kh):
                 for v in range(kw):
                     block = cols[(c * kh + u) * kw + v, b]  # (ni·Wo,)

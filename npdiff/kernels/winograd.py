@@ -105,6 +105,24 @@ def _weight_transform(w, flip, U):
 
 
 @jit_serial
+def copy_padded_rows(x, n, c, h0, nrows, Wp, lo, hi, pad):
+    """pad[q, :Wp] = row h0 + q of the plane x[n, c] with its zero border, q < nrows: columns
+    [lo, hi) hold x's columns [0, hi − lo), the rest (and rows outside the image) are 0.
+    Shared with conv's ``_im2col``, which copies each plane's rows the same way."""
+    H = x.shape[2]
+    for q in range(nrows):
+        row, h = pad[q, :Wp], h0 + q
+        if h < 0 or h >= H:
+            row[:] = 0
+            continue
+        row[:lo] = 0
+        row[hi:] = 0
+        inside, src = row[lo:hi], x[n, c, h]
+        for m in range(hi - lo):
+            inside[m] = src[m]
+
+
+@jit_serial
 def _input_tiles(x, n0, nb, ph, pw, th, tw, pad, V):
     """V[ξ, c, b·th·tw + ti·tw + tj] = (Bᵀ d B)[ξ] of the 4×4 patch at (2ti − ph, 2tj − pw) of x[n0+b, c].
 
@@ -113,7 +131,7 @@ def _input_tiles(x, n0, nb, ph, pw, th, tw, pad, V):
     tiles of the row at once (vectors along tj), and the row transform combines them.
     Plain form: t = Bᵀ d (rows: d0 − d2, d1 + d2, d2 − d1, d1 − d3), V = t B (the same on columns).
     """
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    C, W = x.shape[1], x.shape[3]
     Hp, Wp = 2 * th + 2, 2 * tw + 2
     P = th * tw
     cols = np.empty((4, 4, tw), x.dtype)  # [k, r, tj]: column combination k of patch row r
@@ -122,16 +140,7 @@ def _input_tiles(x, n0, nb, ph, pw, th, tw, pad, V):
             # 1. the padded plane
             lo = min(pw, Wp)
             hi = max(lo, min(Wp, pw + W))  # pad columns [lo, hi) hold x columns [0, hi − lo)
-            for q in range(Hp):
-                row, h = pad[q, :Wp], q - ph
-                if h < 0 or h >= H:
-                    row[:] = 0
-                    continue
-                row[:lo] = 0
-                row[hi:] = 0
-                inside, src = row[lo:hi], x[n0 + b, c, h]
-                for m in range(hi - lo):
-                    inside[m] = src[m]
+            copy_padded_rows(x, n0 + b, c, -ph, Hp, Wp, lo, hi, pad)
             for ti in range(th):
                 # 2. column transform of the 4 patch rows r, for every tile of this tile row
                 for r in range(4):
