@@ -17,12 +17,19 @@ import importlib
 import importlib.util
 import os
 
+from ... import backend
+
 
 def column(family: str, name: str):
     """The table's ``cuda`` entry for ``cuda/<family>.py``'s ``name``: imported on first call."""
 
     def run(*args):
-        return getattr(importlib.import_module(f"{__name__}.{family}"), name)(*args)
+        fn = getattr(importlib.import_module(f"{__name__}.{family}"), name)
+        if not any(isinstance(a, backend.SimulatedDeviceArray) for a in args):
+            return fn(*args)  # cupy arrays on a GPU, numpy arrays under the simulator (the kernel tests)
+        # arrays of the simulated device: the simulator's kernels run on their numpy memory, and
+        # what they return (allocated by the family's ``xp_of``, numpy here) stays on the device
+        return backend.as_device_arrays(fn(*[backend.device_memory(a) for a in args]))
 
     run.__name__ = run.__qualname__ = name
     run.__doc__ = f"cuda column: npdiff/kernels/cuda/{family}.py:{name} (imported on first call)"
