@@ -17,8 +17,14 @@ One training step (Ho et al. 2020, Alg. 1, with the usual modern additions):
     4. x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε                            (Ho et al. 2020, eq. 4)
     5. L = mean_b w_t ‖f_θ(x_t, t, y) − target‖² / D          target ε, x₀ or v; w_t = 1 or
                                                               min-SNR-γ (Hang et al. 2023)
-    6. stop if L is NaN/Inf (the last good checkpoint is kept)
-    7. backward, clip the global grad norm, AdamW step, LR schedule step, EMA update
+    6. backward, clip the global grad norm, AdamW step, LR schedule step, EMA update
+    7. at each log line (and before a grid or a checkpoint): read the pending steps' L and
+       ‖g‖ in one device → host copy; stop at the first NaN/Inf (the last good checkpoint
+       is kept: none is written before that read)
+
+On ``--device cuda`` (``TrainConfig.device``) the weights, AdamW's moments, the EMA and each
+batch live on the GPU; the draws of steps 1-3 stay on the host generators and go over with
+the batch, and nothing is read back inside a step (docs/device.md).
 
 Every random draw comes from a generator whose state is checkpointed (the trainer's
 generator for steps 2-3, the DataLoader's (seed, epoch, batch) for step 1, npdiff's
@@ -122,6 +128,7 @@ class BaseTrainer:
     """
 
     model_folder = "ema_model"  # the EMA weights as a diffusers-layout folder, in the run folder
+    devices = ("cpu",)  # where this trainer's train_step can run (its batches moved with ``to_device``)
     divergence_hint = "Try a lower --lr or a smaller --grad-clip."
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
@@ -130,6 +137,9 @@ class BaseTrainer:
         # where weights, optimizer state, EMA and batches live; a clear error before anything is built when
         # "cuda" is asked for and there is no GPU (nor the simulator)
         self.device = backend.check_device(config.device)
+        if self.device not in self.devices:
+            raise ValueError(f"{type(self).__name__} (model {config.model!r}) trains on {' or '.join(self.devices)} "
+                             f"only for now, not --device {self.device}; the diffusion models' Trainer runs on cuda")
         if self.device != "cpu" and dist.distributed:
             raise ValueError(f"--device {self.device} with {dist.world_size} MPI ranks is not supported: "
                              f"data-parallel training all-reduces host buffers; train on one GPU, or on CPUs")
@@ -442,6 +452,7 @@ class Trainer(BaseTrainer):
     """The DDPM trainer (steps 1-7 of the module docstring) on a UNet2DModel or the toy MLP."""
 
     divergence_hint = "Try a lower --lr, a smaller --grad-clip or another --prediction-type."
+    devices = ("cpu", "cuda")
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
         super().__init__(config, run_dir, progress=progress, _resuming=_resuming)
@@ -468,7 +479,7 @@ class Trainer(BaseTrainer):
         # 5. per-sample loss against the prediction target, optionally min-SNR-γ weighted
         out = self.model(Tensor(x_t), t, class_labels=y)
         loss = diffusion_loss(self.schedule, out, x0, noise, t, cfg.prediction_type, cfg.snr_gamma).mean()
-        # 6.-7. NaN/Inf stop, backward, clip, update
+        # 6.-7. backward, clip, update (the NaN/Inf stop comes at the next read)
         return self._optimise(loss)
 
     def sample_grid(self, rows: int = 4) -> str:

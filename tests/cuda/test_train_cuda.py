@@ -77,6 +77,8 @@ def runs(tmp_path_factory):
 
 def test_a_training_step_runs_on_the_cuda_column_and_reads_nothing_back(runs):
     assert runs["columns"] == [{"cuda"}] * 2  # every kernel of both steps, chosen by the arrays' type alone
+    if backend.gpu_kind() != "simulator":
+        pytest.skip("host transfers are counted on the simulated device only (cupy does not count them)")
     assert runs["steps"] == [{"reads": 0, "writes": WRITES_PER_STEP}] * 2
     assert runs["reads"] == [(1, 1), (1, 1)]  # log every step here: one read of one step's loss and grad norm
 
@@ -121,12 +123,12 @@ def test_resume_restores_the_checkpoint_bit_exactly_on_the_device(runs):
     assert trainer.device == "cuda" and trainer.step == 2
     named = dict(trainer.model.named_parameters())
     for name, p in named.items():
-        assert isinstance(p.data, backend.SimulatedDeviceArray), name
+        assert backend.device_of(p.data) == "cuda", name
         assert np.array_equal(backend.to_device(p.data, "cpu"), state.model[name]), name
     for s, name in zip(trainer.ema.shadow, named):
-        assert isinstance(s, backend.SimulatedDeviceArray) and np.array_equal(backend.to_device(s, "cpu"), state.ema[name])
+        assert backend.device_of(s) == "cuda" and np.array_equal(backend.to_device(s, "cpu"), state.ema[name])
     for i, st in trainer.optimizer.state.items():
         for key in ("exp_avg", "exp_avg_sq"):
             v = st[key]
-            assert isinstance(v, backend.SimulatedDeviceArray)
+            assert backend.device_of(v) == "cuda"
             assert np.array_equal(backend.to_device(v, "cpu"), state.optimizer["state"][f"{i}.{key}"])

@@ -69,3 +69,11 @@ def test_loss_is_read_once_per_log_line_and_a_nan_is_caught_there(tmp_path, monk
 
     with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5.*last good checkpoint \(step 0\)"):
         Trainer(_toy(), tmp_path / "nan", progress=False).train(callback=poison)
+
+
+def test_trainers_not_ported_to_the_device_refuse_it_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(backend, "gpu_kind", lambda: "simulator")  # as if "cuda" were there
+    with pytest.raises(ValueError, match=r"VAETrainer \(model 'vae'\) trains on cpu only.*--device cuda"):
+        from npdiff.training.vae_trainer import VAETrainer
+
+        VAETrainer(TrainConfig(model="vae", device="cuda", steps=1), tmp_path / "vae", progress=False)
