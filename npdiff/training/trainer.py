@@ -166,11 +166,6 @@ class BaseTrainer:
         self.step = 0
         self._stop_requested = False  # Ctrl-C seen by this process
         self._stop_agreed = False  # ... by any rank, agreed in the step's all-reduce: every rank stops together
-        # the records of the steps since the last host read: their loss and grad norm stay on the device
-        # (reading them is a device → host copy and a synchronisation); ``_read_pending`` reads them all at once
-        self._pending: list = []
-        self._window: dict = {}  # host values of the steps since the last log line
-        self._last_loss: float | None = None
 
     def to_device(self, array):
         """A host array (a batch, its noise) on the run's device: one host → device copy on a GPU."""
@@ -318,7 +313,7 @@ class BaseTrainer:
         """Read the loss and grad norm of the steps since the last read in one device → host copy,
         stop on the first NaN/Inf (``TrainingDiverged`` naming its step), and add the host values
         to the log window."""
-        if not self._pending:
+        if not getattr(self, "_pending", None):
             return
         xp = backend.get_array_module(*[v for _, rec in self._pending for v in rec.values()])
         on_device = [(i, k) for i, (_, rec) in enumerate(self._pending) for k, v in rec.items() if _is_array(v)]
@@ -366,6 +361,11 @@ class BaseTrainer:
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+        # the records of the steps since the last host read: their loss and grad norm stay on the device
+        # (reading them is a device → host copy and a synchronisation); ``_read_pending`` reads them all at once
+        self._pending: list = []
+        self._window: dict = {}  # host values of the steps since the last log line
+        self._last_loss: float | None = None
         t_start = time.perf_counter()
         batches = self.loader.infinite()
         try:

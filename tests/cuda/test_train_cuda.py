@@ -57,7 +57,7 @@ def runs(tmp_path_factory):
         return record
 
     def counted_read(self):
-        pending, before = len(self._pending), backend.transfers()["reads"]
+        pending, before = len(getattr(self, "_pending", ())), backend.transfers()["reads"]
         read_pending(self)
         if pending:
             reads.append((pending, backend.transfers()["reads"] - before))

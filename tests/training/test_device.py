@@ -51,7 +51,7 @@ def test_loss_is_read_once_per_log_line_and_a_nan_is_caught_there(tmp_path, monk
     original = Trainer._read_pending
 
     def counting(self):
-        if self._pending:
+        if getattr(self, "_pending", None):  # (the step-0 checkpoint comes before train() starts a window)
             reads.append([s for s, _ in self._pending])
             assert all(isinstance(r["loss"], np.ndarray) and r["loss"].shape == () for _, r in self._pending)
         original(self)
