@@ -139,7 +139,7 @@ def _add_train(sub) -> None:
     g.add_argument("--output", "-o", default=None, help="run folder (default: runs/<data>-<date>-<time>)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR exactly where its checkpoint stopped (other flags except "
-                        "--steps, --stop-after and --quiet are taken from DIR/config.json)")
+                        "--steps, --stop-after, --device and --quiet are taken from DIR/config.json)")
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of this invocation; --resume continues")
     g.add_argument("--seed", type=int, default=None, help="seed of init, data order, timesteps and noise (default 0)")
@@ -151,7 +151,7 @@ def _add_train(sub) -> None:
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="where the weights, optimizer, EMA and batches live: cpu, or cuda (a GPU through cupy: "
                         "pip install -e '.[gpu]'; without one, Numba's CUDA simulator under NUMBA_ENABLE_CUDASIM=1). "
-                        "Default cpu; a resumed run keeps its device")
+                        "Default cpu; a resumed run keeps its device unless --device is given")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     _add_threads(g)
     p.set_defaults(func=cmd_train)
@@ -400,7 +400,7 @@ def _train(args, world, holder=None) -> int:
     if args.resume is None and args.model is None and args.data == "shapes":
         return _train_stack(args)
     if args.resume is not None:
-        trainer = resume(args.resume, steps=args.steps, progress=progress)
+        trainer = resume(args.resume, steps=args.steps, progress=progress, device=args.device)
         if say:
             print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}"
                   + (f" on {world.world_size} ranks" if world.distributed else ""), file=sys.stderr)

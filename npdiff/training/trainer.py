@@ -231,11 +231,14 @@ class BaseTrainer:
         return "training loss"
 
     @classmethod
-    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True) -> "BaseTrainer":
+    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True,
+               device: str | None = None) -> "BaseTrainer":
         """Rebuild a trainer from a run folder and its checkpoint, exactly where it stopped.
 
         ``steps`` may raise the total step count; the cosine LR schedule then stretches to
-        the new total, so the result differs from a run started with that total.
+        the new total, so the result differs from a run started with that total. ``device``
+        moves the run to another device (the checkpoint holds host copies); the draws continue
+        exactly, the arithmetic is the other device's kernels'.
         """
         run_dir = os.fspath(run_dir)
         config = TrainConfig.from_dict(read_run_config(run_dir, "a resumable run folder")["train"])
@@ -244,6 +247,8 @@ class BaseTrainer:
                              f"{trainer_class(config).__name__}, not {cls.__name__}")
         if steps is not None:
             config = config.replace(steps=int(steps))
+        if device is not None:
+            config = config.replace(device=device)
         trainer = cls(config, run_dir, progress=progress, _resuming=True)
         trainer.restore(run_dir)
         return trainer

@@ -136,14 +136,19 @@ def test_resume_restores_the_checkpoint_bit_exactly_on_the_device(runs):
 
 def test_the_toy_mlp_trains_on_the_device_as_on_the_cpu(tmp_path):
     """The MLP denoiser makes its time code where the sample is (a host-side code would be refused
-    by the device): 2 steps on the moons, the logged loss and grad norm as on the CPU."""
+    by the device): 2 steps on the moons, the logged loss and grad norm as on the CPU; then each run
+    resumed on the other device for a third step."""
     flags = ["--data", "moons", "--toy-samples", "64", "--hidden-dim", "8", "--num-blocks", "1", "--batch-size", "4",
              "--steps", "2", "--log-every", "1", "--sample-every", "1000", "--quiet"]
     logs = {}
     for device in ("cpu", "cuda"):
         assert cli.main(["train", *flags, "--device", device, "--output", str(tmp_path / device)]) == 0
         logs[device] = [json.loads(line) for line in open(tmp_path / device / "log.jsonl")]
-    assert [r["step"] for r in logs["cuda"]] == [r["step"] for r in logs["cpu"]] == [1, 2]
+    for device, other in (("cpu", "cuda"), ("cuda", "cpu")):
+        assert cli.main(["train", "--resume", str(tmp_path / device), "--steps", "3", "--device", other, "--quiet"]) == 0
+        logs[device] = [json.loads(line) for line in open(tmp_path / device / "log.jsonl")]
+        assert json.load(open(tmp_path / device / "config.json"))["train"]["device"] == other
+    assert [r["step"] for r in logs["cuda"]] == [r["step"] for r in logs["cpu"]] == [1, 2, 3]
     for cpu, gpu in zip(logs["cpu"], logs["cuda"]):
         for key in ("loss", "grad_norm"):  # a few layers of 8-wide sums of float32 products
             assert abs(gpu[key] - cpu[key]) <= 16 * 64 * np.finfo(np.float32).eps * max(1.0, abs(cpu[key])), key

@@ -39,9 +39,10 @@ def test_unknown_device_is_refused_by_name():
 
 
 def _toy(**kw):
-    return TrainConfig(data="moons", model="mlp", image_size=None, toy_samples=256, hidden_dim=16, num_blocks=1,
-                       class_conditional=False, prediction_type="epsilon", batch_size=32, steps=6, warmup_steps=1,
-                       log_every=3, sample_every=1000, checkpoint_every=1000, sample_steps=2, **kw)
+    fields = dict(data="moons", model="mlp", image_size=None, toy_samples=256, hidden_dim=16, num_blocks=1,
+                  class_conditional=False, prediction_type="epsilon", batch_size=32, steps=6, warmup_steps=1,
+                  log_every=3, sample_every=1000, checkpoint_every=1000, sample_steps=2)
+    return TrainConfig(**{**fields, **kw})
 
 
 def test_loss_is_read_once_per_log_line_and_a_nan_is_caught_there(tmp_path, monkeypatch):
@@ -77,3 +78,9 @@ def test_trainers_not_ported_to_the_device_refuse_it_by_name(tmp_path, monkeypat
         from npdiff.training.vae_trainer import VAETrainer
 
         VAETrainer(TrainConfig(model="vae", device="cuda", steps=1), tmp_path / "vae", progress=False)
+
+
+def test_resume_onto_a_missing_device_says_so(no_gpu, tmp_path, capsys):
+    Trainer(_toy(steps=1), tmp_path / "run", progress=False).train()
+    assert cli.main(["train", "--resume", str(tmp_path / "run"), "--steps", "2", "--device", "cuda", "--quiet"]) == 2
+    assert "device 'cuda' requested" in capsys.readouterr().err
