@@ -353,7 +353,8 @@ class BaseTrainer:
         Checkpoints every ``checkpoint_every`` steps and at the end. Ctrl-C (SIGINT) or a
         KeyboardInterrupt saves a checkpoint at the last completed step and re-raises
         KeyboardInterrupt. NaN/Inf raises TrainingDiverged without saving. ``callback(trainer,
-        record)`` is called after every step (tests use it).
+        record)`` is called after every step (tests use it); the record's loss and grad_norm are
+        0-d arrays on the run's device (``float()`` reads one back).
         """
         cfg = self.config
         os.makedirs(self.run_dir, exist_ok=True)
