@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One shot on a machine with an NVIDIA GPU (about 5 minutes): install the gpu extra and a CUDA
 # build of torch where the machine can, run the GPU tests for real, then time our CUDA kernels
-# and a UNet2DModel training step against torch CUDA eager. Prints the table and JSON, and keeps
+# and a UNet2DModel training step against torch CUDA eager, then time `npdiff train --device cuda`
+# (the whole run on the GPU) beside the same run on the CPU. Prints the tables and JSON, and keeps
 # everything in the folder given as $1 (default gpu_results/).
 #
 #   bash benchmarks/gpu.sh [OUT_DIR]
@@ -37,12 +38,42 @@ PY
 # 2. the GPU tests, for real: the cuda column of every table row against the reference and the
 #    UNet step (tests/cuda), cupy arrays dispatched to the cuda column, the table harness's central
 #    differences and torch oracle on the cuda column, the PTX compile check.
-timeout 170 python -m pytest -q -p no:cacheprovider tests/cuda tests/kernels/test_cuda_ptx.py \
+timeout 150 python -m pytest -q -p no:cacheprovider tests/cuda tests/kernels/test_cuda_ptx.py \
   "tests/kernels/test_table.py" -k "cuda" 2>&1 | tee "$OUT/tests.txt" | tail -25
 echo "tests exit status: ${PIPESTATUS[0]}"
 
 # 3. kernels and training steps: npdiff cuda column vs torch CUDA eager
-timeout $(( 290 - (SECONDS - start) > 60 ? 290 - (SECONDS - start) : 60 )) \
+timeout $(( 200 - (SECONDS - start) > 45 ? 200 - (SECONDS - start) : 45 )) \
   python benchmarks/gpu.py --rounds 5 --iters 10 --json "$OUT/gpu_bench.json" 2>"$OUT/bench_stderr.txt" \
   | tee "$OUT/gpu_bench.txt"
+# 4. the whole training step on the device: `npdiff train --device cuda` (weights, AdamW, EMA and
+#    batches on the GPU; one host read per log line), 100 steps of the default digits UNet, timed
+#    from its log beside 10 steps of the same run on the CPU (≤ 100 s together)
+rm -rf "$OUT/train_cuda" "$OUT/train_cpu"
+for dev in cuda cpu; do
+  steps=$([ "$dev" = cuda ] && echo 100 || echo 10)
+  limit=$([ "$dev" = cuda ] && echo 60 || echo 40)
+  timeout "$limit" python -m npdiff.cli train --device "$dev" --steps "$steps" --log-every 5 --sample-every 100000 \
+    --checkpoint-every 100000 --quiet --output "$OUT/train_$dev" 2>&1 | tail -3
+done
+python - "$OUT" <<'PY' | tee "$OUT/train.txt"
+import json, sys
+rows = {}
+for dev in ("cuda", "cpu"):
+    try:
+        log = [json.loads(line) for line in open(f"{sys.argv[1]}/train_{dev}/log.jsonl")]
+    except OSError:
+        print(f"npdiff train --device {dev}: no log (failed or timed out)")
+        continue
+    if len(log) < 2:
+        print(f"npdiff train --device {dev}: one log line only, no rate")
+        continue
+    # wall time between the first and last log lines (each line's host read waits for the device, so
+    # this is the GPU's time, not the launches'); the first window, with the JIT compile, is left out
+    rows[dev] = (log[-1]["elapsed"] - log[0]["elapsed"]) / (log[-1]["step"] - log[0]["step"])
+    print(f"npdiff train --device {dev}: {1e3 * rows[dev]:.1f} ms/step (batch 32, digits 16×16 UNet, "
+          f"steps {log[0]['step']}–{log[-1]['step']}), final loss {log[-1]['loss']:.4f}")
+if len(rows) == 2:
+    print(f"GPU speed-up of the training step: {rows['cpu'] / rows['cuda']:.1f}×")
+PY
 echo "gpu.sh: done in $(( SECONDS - start )) s; results in $OUT/"

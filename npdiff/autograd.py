@@ -452,7 +452,8 @@ def _wrap(x, like=None):
         return x
     if like is not None and np.isscalar(x):
         xp = backend.get_array_module(like.data)
-        return Tensor(xp.asarray(x, dtype=like.dtype if like.dtype.kind == "f" else None))
+        # made where ``like`` lives by a fill (on a GPU: a kernel argument, not a host → device copy)
+        return Tensor(xp.full((), x, dtype=like.dtype if like.dtype.kind == "f" else None))
     return Tensor(x)
 
 

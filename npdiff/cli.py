@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from .backend import DeviceUnavailableError
 from .cli_adapters import add_adapt, add_sample_flags, adapter_route
 from .data import TOY_DATASETS
 
@@ -138,7 +139,7 @@ def _add_train(sub) -> None:
     g.add_argument("--output", "-o", default=None, help="run folder (default: runs/<data>-<date>-<time>)")
     g.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run in DIR exactly where its checkpoint stopped (other flags except "
-                        "--steps, --stop-after and --quiet are taken from DIR/config.json)")
+                        "--steps, --stop-after, --device and --quiet are taken from DIR/config.json)")
     g.add_argument("--stop-after", type=int, default=None,
                    help="stop (with a checkpoint) after this many steps of this invocation; --resume continues")
     g.add_argument("--seed", type=int, default=None, help="seed of init, data order, timesteps and noise (default 0)")
@@ -147,6 +148,10 @@ def _add_train(sub) -> None:
     g.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 500)")
     g.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale of the periodic sample grids (default 2)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="where the weights, optimizer, EMA and batches live: cpu, or cuda (a GPU through cupy: "
+                        "pip install -e '.[gpu]'; without one, Numba's CUDA simulator under NUMBA_ENABLE_CUDASIM=1). "
+                        "Default cpu; a resumed run keeps its device unless --device is given")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     _add_threads(g)
     p.set_defaults(func=cmd_train)
@@ -163,7 +168,7 @@ _TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every", "sample_every": "sample_every",
     "checkpoint_every": "checkpoint_every", "guidance_scale": "guidance_scale",
     "latent_channels": "latent_channels", "recon_loss": "recon_loss", "kl_weight": "kl_weight",
-    "vae": "vae", "text_encoder": "text_encoder",
+    "vae": "vae", "text_encoder": "text_encoder", "device": "device",
 }
 
 
@@ -395,7 +400,7 @@ def _train(args, world, holder=None) -> int:
     if args.resume is None and args.model is None and args.data == "shapes":
         return _train_stack(args)
     if args.resume is not None:
-        trainer = resume(args.resume, steps=args.steps, progress=progress)
+        trainer = resume(args.resume, steps=args.steps, progress=progress, device=args.device)
         if say:
             print(f"resuming {args.resume} at step {trainer.step}/{trainer.config.steps}"
                   + (f" on {world.world_size} ranks" if world.distributed else ""), file=sys.stderr)
@@ -996,7 +1001,7 @@ def main(argv=None) -> int:
     try:
         with _numba_threads(getattr(args, "threads", None)):
             return int(adapter_route(args)(args) or 0)  # sample / eval with a ControlNet or LoRA: cli_adapters
-    except ValueError as e:
+    except (ValueError, DeviceUnavailableError) as e:
         print(f"npdiff {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -36,7 +36,7 @@ _FILE_MODE = 0o666 & ~_current_umask()  # what open() would give a new file
 def _host(x) -> np.ndarray:
     """A numpy array from a numpy/cupy array or an npdiff Tensor (whose ``.data`` is the array)."""
     if isinstance(x, np.ndarray):
-        return x
+        return to_device(x, "cpu")  # itself; an array of the simulated device is copied back (a counted read)
     inner = getattr(x, "data", None)
     if inner is not None and hasattr(inner, "shape"):  # a Tensor; cupy's .data is a pointer without a shape
         x = inner

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import device_of, get_array_module, to_device
 
 
 def _params_list(params):
@@ -72,8 +72,9 @@ class Optimizer:
                 raise ValueError(
                     f"optimizer state {key!r} has shape {v.shape}, parameter {i} has shape {self.params[i].shape}"
                 )
-            xp = get_array_module(self.params[i].data)
-            self.state.setdefault(i, {})[name] = xp.array(v, copy=True) if hasattr(v, "shape") and v.shape else v
+            if hasattr(v, "shape") and v.shape:  # a copy on the parameter's device
+                v = to_device(v, device_of(self.params[i].data)).copy()
+            self.state.setdefault(i, {})[name] = v
 
     def step(self):  # pragma: no cover - interface
         raise NotImplementedError
@@ -167,23 +168,27 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
 
-def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
-    """Scale all gradients so their joint norm is at most ``max_norm``; returns the norm before clipping."""
+def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False):
+    """Scale all gradients so their joint norm is at most ``max_norm``; returns the norm before
+    clipping as a 0-d array on the gradients' device (as torch returns a tensor).
+
+    ‖g‖ = (Σ_i Σ_j |g_ij|^p)^(1/p) over all gradients (max |g_ij| for p = ∞), then every g_i is
+    multiplied by min(1, max_norm / (‖g‖ + 1e-6)) — computed on the device, so that clipping
+    reads nothing back to the host (``error_if_nonfinite`` reads the norm once to check it)."""
     grads = [p.grad.data for p in params if p.grad is not None]
     if not grads:
         return 0.0
     xp = get_array_module(grads[0])
-    # per-gradient reductions stay on the arrays' device (0-d arrays); one host read per call
+    # per-gradient reductions stay on the arrays' device (0-d arrays), summed in float64
     if norm_type == math.inf:
-        total = float(functools.reduce(xp.maximum, [abs(g).max() for g in grads]))
+        total = functools.reduce(xp.maximum, [abs(g).max().astype(np.float64) for g in grads])
     else:
-        total = float(sum((abs(g.astype(np.float64)) ** norm_type).sum() for g in grads) ** (1.0 / norm_type))
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(f"the total norm of gradients is {total}; cannot clip")
-    coef = max_norm / (total + 1e-6)
-    if coef < 1:
-        for g in grads:
-            g *= coef
+        total = sum((abs(g.astype(np.float64)) ** norm_type).sum() for g in grads) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(float(total)):
+        raise RuntimeError(f"the total norm of gradients is {float(total)}; cannot clip")
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)  # 0-d; exactly 1 when no clipping is needed
+    for g in grads:
+        g *= coef.astype(g.dtype)
     return total
 
 
@@ -304,7 +309,7 @@ class EMA:
             src = shadow[str(i)]
             if src.shape != s.shape:
                 raise ValueError(f"EMA tensor {i}: state shape {src.shape} vs parameter shape {s.shape}")
-            s[...] = src
+            s[...] = to_device(src, device_of(s))  # a host checkpoint onto the device: one copy
         h = sd["hyper"]
         self.decay, self.warmup, self.inv_gamma = h["decay"], bool(h["warmup"]), h["inv_gamma"]
         self.power, self.min_decay, self.num_updates = h["power"], h["min_decay"], int(h["num_updates"])

@@ -1,4 +1,5 @@
-"""Runs tests/cuda — the kernel table's cuda column, a UNet training step on it — under Numba's
+"""Runs tests/cuda — the kernel table's cuda column, a UNet training step on it, ``npdiff train
+--device cuda`` on the simulated device — under Numba's
 CUDA simulator, in a subprocess: the simulator must be chosen (NUMBA_ENABLE_CUDASIM=1) before
 numba is first imported, and the rest of the suite keeps the real Numba."""
 

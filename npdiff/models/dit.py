@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import nn
 from ..autograd import Tensor
+from ..backend import get_array_module
 from ..nn import functional as F
 from .attention import BasicTransformerBlock, FeedForward
 from .modeling_utils import ModelMixin, register_to_config
@@ -151,8 +152,9 @@ class DiTTransformer2DModel(ModelMixin):
         B, _, H, W = x.shape
         if timestep is None:
             raise ValueError("DiTTransformer2DModel: timestep is required")
-        t = np.asarray(timestep.data if isinstance(timestep, Tensor) else timestep)
-        t = np.broadcast_to(t.reshape(-1) if t.size == 1 else t, (B,))
+        xp = get_array_module(x.data)  # the time code is made where the sample is (a host t is copied over once)
+        t = xp.asarray(timestep.data if isinstance(timestep, Tensor) else timestep)
+        t = xp.broadcast_to(t.reshape(-1) if t.size == 1 else t, (B,))
         y = np.full(B, cfg.num_embeds_ada_norm) if class_labels is None else class_labels
 
         h = self.pos_embed(x)  # (B, L, E)

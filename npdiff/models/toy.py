@@ -22,6 +22,7 @@ import numpy as np
 from .. import nn
 from ..nn import functional as F
 from ..autograd import Tensor
+from ..backend import get_array_module
 from .embeddings import get_timestep_embedding
 from .modeling_utils import ModelMixin, register_to_config
 
@@ -52,8 +53,9 @@ class ToyMLPDenoiser(ModelMixin):
         if x.ndim != 2 or x.shape[1] != self.config.in_dim:
             raise ValueError(f"ToyMLPDenoiser expects samples of shape (B, {self.config.in_dim}), got {x.shape}")
         b = x.shape[0]
-        t = np.asarray(getattr(timestep, "data", timestep), dtype=np.float32)
-        t = np.broadcast_to(t, (b,)) if t.ndim == 0 else t  # scalar t -> (B,)
+        xp = get_array_module(x.data)  # the time code is made where the sample is (a host t is copied over)
+        t = xp.asarray(getattr(timestep, "data", timestep), dtype=np.float32)
+        t = xp.broadcast_to(t, (b,)) if t.ndim == 0 else t  # scalar t -> (B,)
         if t.shape != (b,):
             raise ValueError(f"timestep must be a scalar or shape ({b},), got {t.shape}")
         code = Tensor(get_timestep_embedding(t, self.config.time_embed_dim))  # (B, time_embed_dim)

@@ -97,7 +97,9 @@ class UNetBase(ModelMixin):
             labels = self._per_sample(class_labels, B, xp, "class_labels")
             c = self.class_embedding(Tensor(self.time_proj(labels).data.astype(dtype, copy=False)))
         else:
-            c = self.class_embedding(self._per_sample(class_labels, B, xp, "class_labels"))
+            # integer labels stay where they are (on the host, usually): the lookup checks their range there
+            # and sends them to the table's device
+            c = self.class_embedding(self._per_sample(class_labels, B, get_array_module(class_labels), "class_labels"))
         return self._combine_class_embedding(emb, c)
 
     def _combine_class_embedding(self, emb: Tensor, class_emb: Tensor) -> Tensor:

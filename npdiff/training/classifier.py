@@ -66,6 +66,8 @@ def cross_entropy(logits: Tensor, labels: np.ndarray) -> Tensor:
 class ClassifierTrainer(Trainer):
     """Trains ``EncoderUNetModel`` on noisy labelled images; see the module docstring."""
 
+    devices = ("cpu",)  # cross_entropy's labels are not sent to the device yet
+
     def __init__(self, config: TrainConfig, run_dir: str, **kwargs):
         if config.model != "classifier":
             raise ValueError(f"ClassifierTrainer needs config.model='classifier', got {config.model!r}")

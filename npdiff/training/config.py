@@ -15,6 +15,7 @@ from npdiff.diffusion import BETA_SCHEDULES, PREDICTION_TYPES
 
 MODEL_TYPES = ("unet", "mlp", "dit", "classifier", "vae", "clip", "ldm")
 RECON_LOSSES = ("l1", "mse")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -75,6 +76,11 @@ class TrainConfig:
       log_every (JSONL record + progress bar), sample_every (sample grid PNG),
       checkpoint_every (safetensors checkpoint), sample_steps / sample_scheduler /
       guidance_scale (how the periodic grids are drawn), seed.
+    Device
+      device            "cpu" or "cuda": where the weights, optimizer state, EMA and every batch
+                        live (npdiff.backend; "cuda" is cupy on a GPU, or the simulated device
+                        under NUMBA_ENABLE_CUDASIM=1). Draws stay on the host generators, so a
+                        run draws the same batches, timesteps and noise on either device.
     """
 
     # data
@@ -124,6 +130,8 @@ class TrainConfig:
     sample_scheduler: str = "ddim"
     guidance_scale: float = 2.0
     seed: int = 0
+    # device
+    device: str = "cpu"
 
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -167,6 +175,8 @@ class TrainConfig:
             bad.append(f"subset={self.subset!r} (expected >= 1 or None)")
         if self.image_size is not None and int(self.image_size) < 4:
             bad.append(f"image_size={self.image_size} (expected >= 4 or None)")
+        if self.device not in DEVICES:
+            bad.append(f"device={self.device!r} (expected one of {DEVICES})")
         if bad:
             raise ValueError("invalid training config: " + "; ".join(bad))
 

@@ -251,10 +251,12 @@ def read_run_config(run_dir: str, what: str) -> dict:
     return saved
 
 
-def resume(run_dir: str, *, steps: int | None = None, progress: bool = True):
-    """Reopen a run folder with the trainer of its model kind, exactly where it stopped."""
+def resume(run_dir: str, *, steps: int | None = None, progress: bool = True, device: str | None = None):
+    """Reopen a run folder with the trainer of its model kind, exactly where it stopped (on ``device``
+    when given, else the run's own)."""
     saved = read_run_config(run_dir, "a resumable run folder")
-    return trainer_class(TrainConfig.from_dict(saved["train"])).resume(run_dir, steps=steps, progress=progress)
+    return trainer_class(TrainConfig.from_dict(saved["train"])).resume(run_dir, steps=steps, progress=progress,
+                                                                       device=device)
 
 
 # ----------------------------------------------------------------------------

@@ -17,8 +17,14 @@ One training step (Ho et al. 2020, Alg. 1, with the usual modern additions):
     4. x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε                            (Ho et al. 2020, eq. 4)
     5. L = mean_b w_t ‖f_θ(x_t, t, y) − target‖² / D          target ε, x₀ or v; w_t = 1 or
                                                               min-SNR-γ (Hang et al. 2023)
-    6. stop if L is NaN/Inf (the last good checkpoint is kept)
-    7. backward, clip the global grad norm, AdamW step, LR schedule step, EMA update
+    6. backward, clip the global grad norm, AdamW step, LR schedule step, EMA update
+    7. at each log line (and before a grid or a checkpoint): read the pending steps' L and
+       ‖g‖ in one device → host copy; stop at the first NaN/Inf (the last good checkpoint
+       is kept: none is written before that read)
+
+On ``--device cuda`` (``TrainConfig.device``) the weights, AdamW's moments, the EMA and each
+batch live on the GPU; the draws of steps 1-3 stay on the host generators and go over with
+the batch, and nothing is read back inside a step (docs/device.md).
 
 Every random draw comes from a generator whose state is checkpointed (the trainer's
 generator for steps 2-3, the DataLoader's (seed, epoch, batch) for step 1, npdiff's
@@ -72,6 +78,11 @@ class TrainingDiverged(RuntimeError):
     """The loss or the gradient norm became NaN/Inf; the last good checkpoint is kept."""
 
 
+def _is_array(v) -> bool:
+    """A record value still on its device (a 0-d array), not a host number."""
+    return hasattr(v, "shape") and hasattr(v, "dtype")
+
+
 class _Progress:
     """tqdm bar on a terminal; occasional plain lines when output is redirected (CI logs, files)."""
 
@@ -86,13 +97,15 @@ class _Progress:
         self.every = max(1, total // 20)
         self.t0, self.s0 = time.perf_counter(), initial
 
-    def update(self, step: int, loss: float, lr: float) -> None:
+    def update(self, step: int, loss: float | None, lr: float) -> None:
+        """``loss``: the last one read from the device (None before the first read)."""
+        shown = "…" if loss is None else f"{loss:.4f}"
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            self.bar.set_postfix(loss=shown, lr=f"{lr:.2e}", refresh=False)
         elif self.enabled and (step % self.every == 0 or step == self.total):
             rate = (step - self.s0) / max(time.perf_counter() - self.t0, 1e-9)
-            print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} steps/s",
+            print(f"step {step}/{self.total}  loss {shown}  lr {lr:.2e}  {rate:.2f} steps/s",
                   file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -115,11 +128,21 @@ class BaseTrainer:
     """
 
     model_folder = "ema_model"  # the EMA weights as a diffusers-layout folder, in the run folder
+    devices = ("cpu",)  # where this trainer's train_step can run (its batches moved with ``to_device``)
     divergence_hint = "Try a lower --lr or a smaller --grad-clip."
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
         self.config, self.run_dir, self.progress = config, os.fspath(run_dir), progress
         self.dist = dist = get_world()  # one rank, or this process's place under mpiexec (distributed.py)
+        # where weights, optimizer state, EMA and batches live; a clear error before anything is built when
+        # "cuda" is asked for and there is no GPU (nor the simulator)
+        self.device = backend.check_device(config.device)
+        if self.device not in self.devices:
+            raise ValueError(f"{type(self).__name__} (model {config.model!r}) trains on {' or '.join(self.devices)} "
+                             f"only for now, not --device {self.device}; the diffusion models' Trainer runs on cuda")
+        if self.device != "cpu" and dist.distributed:
+            raise ValueError(f"--device {self.device} with {dist.world_size} MPI ranks is not supported: "
+                             f"data-parallel training all-reduces host buffers; train on one GPU, or on CPUs")
         exists = os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME))
         if not _resuming and dist.broadcast_flag(exists, "the run-folder check"):  # rank 0's view of the folder
             raise ValueError(f"{self.run_dir!r} already holds a training run; use --resume to continue it "
@@ -127,7 +150,7 @@ class BaseTrainer:
         self.dataset = load_train_data(config)
         self.info = plan_run(config, self.dataset)
         backend.manual_seed(config.seed)  # parameter init (and dropout) draw from npdiff's global generator
-        self.model = self.info.build_model()
+        self.model = self.info.build_model().to(self.device)  # initialised on the host (same draws), then moved
         self.model.train()
         params = list(self.model.parameters())
         dist.broadcast_arrays([p.data for p in params] + list(self.model.buffers()))  # rank 0's initial weights
@@ -143,6 +166,10 @@ class BaseTrainer:
         self.step = 0
         self._stop_requested = False  # Ctrl-C seen by this process
         self._stop_agreed = False  # ... by any rank, agreed in the step's all-reduce: every rank stops together
+
+    def to_device(self, array):
+        """A host array (a batch, its noise) on the run's device: one host → device copy on a GPU."""
+        return backend.to_device(array, self.device)
 
     def make_loader(self, labels) -> DataLoader:
         """The seeded, resumable loader: this rank's shard of global batches of ranks × batch_size."""
@@ -171,6 +198,7 @@ class BaseTrainer:
 
     def save(self) -> None:
         """Write the checkpoint (atomically), the EMA model folder and the loss curve (rank 0 only)."""
+        self._read_pending()  # never write the weights of a step whose loss was NaN/Inf
         if not self.dist.is_root:
             return
         meta = {
@@ -203,11 +231,14 @@ class BaseTrainer:
         return "training loss"
 
     @classmethod
-    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True) -> "BaseTrainer":
+    def resume(cls, run_dir: str, *, steps: int | None = None, progress: bool = True,
+               device: str | None = None) -> "BaseTrainer":
         """Rebuild a trainer from a run folder and its checkpoint, exactly where it stopped.
 
         ``steps`` may raise the total step count; the cosine LR schedule then stretches to
-        the new total, so the result differs from a run started with that total.
+        the new total, so the result differs from a run started with that total. ``device``
+        moves the run to another device (the checkpoint holds host copies); the draws continue
+        exactly, the arithmetic is the other device's kernels'.
         """
         run_dir = os.fspath(run_dir)
         config = TrainConfig.from_dict(read_run_config(run_dir, "a resumable run folder")["train"])
@@ -216,6 +247,8 @@ class BaseTrainer:
                              f"{trainer_class(config).__name__}, not {cls.__name__}")
         if steps is not None:
             config = config.replace(steps=int(steps))
+        if device is not None:
+            config = config.replace(device=device)
         trainer = cls(config, run_dir, progress=progress, _resuming=True)
         trainer.restore(run_dir)
         return trainer
@@ -260,30 +293,50 @@ class BaseTrainer:
         raise NotImplementedError
 
     def _optimise(self, loss, **extra) -> dict:
-        """Stop on a NaN/Inf loss, then backward, clip, AdamW step, LR schedule step, EMA update.
+        """Backward, clip, AdamW step, LR schedule step, EMA update; returns the step's record.
 
-        ``extra`` (plain floats, e.g. the terms of the loss) joins the returned record.
-        Under MPI the gradients, the loss and ``extra`` are averaged over the ranks (and a
-        Ctrl-C on any rank stops all of them after this step) before the NaN check."""
-        loss_value = float(loss.item())
+        Nothing is read back to the host: the record's loss and grad norm stay 0-d arrays on the
+        device until ``_read_pending`` reads the pending steps' values in one copy (at log,
+        sample and checkpoint steps), checks them and stops on the first NaN/Inf; no checkpoint
+        is written before that check, so the last good one is kept. ``extra`` (plain floats, e.g.
+        the terms of the loss) joins the record. Under MPI the gradients, the loss and ``extra``
+        are averaged over the ranks (and a Ctrl-C on any rank stops all of them after this step)."""
         self.optimizer.zero_grad()
-        if math.isfinite(loss_value):  # a NaN/Inf loss is not differentiated; every rank stops below
-            loss.backward()
-        terms, stop = self.dist.average_gradients(self.optimizer.params, {"loss": loss_value, **extra},
+        loss.backward()
+        terms, stop = self.dist.average_gradients(self.optimizer.params, {"loss": loss.data, **extra},
                                                   stop=self._stop_requested)
-        loss_value = terms.pop("loss")
         self._stop_agreed = stop
-        if not math.isfinite(loss_value):  # before anything is updated
-            raise TrainingDiverged(f"loss is {loss_value} at step {self.step + 1}")
-        grad_norm = clip_grad_norm_(self.optimizer.params, self.config.grad_clip)
-        if not math.isfinite(grad_norm):
-            raise TrainingDiverged(f"gradient norm is {grad_norm} at step {self.step + 1}")
+        grad_norm = clip_grad_norm_(self.optimizer.params, self.config.grad_clip)  # 0-d, on the device
         lr = self.optimizer.lr
         self.optimizer.step()
         self.lr_schedule.step()
         self.ema.update()
         self.step += 1
-        return {"loss": loss_value, **terms, "grad_norm": grad_norm, "lr": lr}
+        return {**terms, "grad_norm": grad_norm, "lr": lr}
+
+    def _read_pending(self) -> None:
+        """Read the loss and grad norm of the steps since the last read in one device → host copy,
+        stop on the first NaN/Inf (``TrainingDiverged`` naming its step), and add the host values
+        to the log window."""
+        if not getattr(self, "_pending", None):
+            return
+        xp = backend.get_array_module(*[v for _, rec in self._pending for v in rec.values()])
+        on_device = [(i, k) for i, (_, rec) in enumerate(self._pending) for k, v in rec.items() if _is_array(v)]
+        values = backend.to_device(xp.stack([xp.asarray(self._pending[i][1][k], dtype=np.float64).reshape(())
+                                             for i, k in on_device]), "cpu") if on_device else []
+        records = [dict(rec) for _, rec in self._pending]
+        for (i, k), v in zip(on_device, values):
+            records[i][k] = float(v)
+        steps = [s for s, _ in self._pending]
+        self._pending = []
+        for step, rec in zip(steps, records):
+            if not math.isfinite(rec["loss"]):
+                raise TrainingDiverged(f"loss is {rec['loss']} at step {step}")
+            if not math.isfinite(rec["grad_norm"]):
+                raise TrainingDiverged(f"gradient norm is {rec['grad_norm']} at step {step}")
+            for key, value in rec.items():
+                self._window.setdefault(key, []).append(value)
+        self._last_loss = records[-1]["loss"]
 
     # -- the loop ------------------------------------------------------------------
     def _on_sigint(self, signum, frame):
@@ -300,7 +353,8 @@ class BaseTrainer:
         Checkpoints every ``checkpoint_every`` steps and at the end. Ctrl-C (SIGINT) or a
         KeyboardInterrupt saves a checkpoint at the last completed step and re-raises
         KeyboardInterrupt. NaN/Inf raises TrainingDiverged without saving. ``callback(trainer,
-        record)`` is called after every step (tests use it).
+        record)`` is called after every step (tests use it); the record's loss and grad_norm are
+        0-d arrays on the run's device (``float()`` reads one back).
         """
         cfg = self.config
         os.makedirs(self.run_dir, exist_ok=True)
@@ -313,7 +367,11 @@ class BaseTrainer:
         previous_handler = None
         if threading.current_thread() is threading.main_thread():
             previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
-        window = {}
+        # the records of the steps since the last host read: their loss and grad norm stay on the device
+        # (reading them is a device → host copy and a synchronisation); ``_read_pending`` reads them all at once
+        self._pending: list = []
+        self._window: dict = {}  # host values of the steps since the last log line
+        self._last_loss: float | None = None
         t_start = time.perf_counter()
         batches = self.loader.infinite()
         try:
@@ -329,16 +387,20 @@ class BaseTrainer:
                     set_rng_state(self.rng, snapshot[0])
                     self.loader.load_state_dict(snapshot[1])
                     raise
-                for key, value in {**record, "step_time": time.perf_counter() - t0}.items():
-                    window.setdefault(key, []).append(value)
-                bar.update(self.step, record["loss"], record["lr"])
-                if root and (self.step % cfg.log_every == 0 or self.step == end):
+                self._pending.append((self.step, {**record, "step_time": time.perf_counter() - t0}))
+                log = self.step % cfg.log_every == 0 or self.step == end
+                grid = self.step % cfg.sample_every == 0 or self.step == cfg.steps
+                if log or grid or self.step % cfg.checkpoint_every == 0:
+                    self._read_pending()  # one device → host copy for all steps since the last one
+                bar.update(self.step, self._last_loss, record["lr"])
+                if root and log:
                     # window means of every term (the learning rate: its last value)
-                    means = {k: float(np.mean(v)) for k, v in window.items() if k != "lr"}
+                    means = {k: float(np.mean(v)) for k, v in self._window.items() if k != "lr"}
                     nd_io.append_jsonl(self.path(LOG_NAME), {"step": self.step, **means, "lr": record["lr"],
                                                              "elapsed": time.perf_counter() - t_start})
-                    window = {}
-                if root and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
+                if log:
+                    self._window = {}
+                if root and grid:
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0:
                     self.dist.check_replicas(self.replica_arrays(), "weights, EMA and optimizer state")
@@ -396,6 +458,7 @@ class Trainer(BaseTrainer):
     """The DDPM trainer (steps 1-7 of the module docstring) on a UNet2DModel or the toy MLP."""
 
     divergence_hint = "Try a lower --lr, a smaller --grad-clip or another --prediction-type."
+    devices = ("cpu", "cuda")
 
     def __init__(self, config: TrainConfig, run_dir: str, *, progress: bool = True, _resuming: bool = False):
         super().__init__(config, run_dir, progress=progress, _resuming=_resuming)
@@ -415,12 +478,14 @@ class Trainer(BaseTrainer):
         if y is not None:
             drop = self.rng.random(b) < cfg.label_dropout
             y = np.where(drop, self.info.null_class, y)
-        # 4. forward process
+        # 4. forward process, on the run's device (the draws above stay on the host: the same stream on
+        # every device; x₀ and ε go over, t and y are sent by the model's embeddings)
+        x0, noise = self.to_device(x0), self.to_device(noise)
         x_t = self.schedule.q_sample(x0, t, noise).astype(np.float32)
         # 5. per-sample loss against the prediction target, optionally min-SNR-γ weighted
         out = self.model(Tensor(x_t), t, class_labels=y)
         loss = diffusion_loss(self.schedule, out, x0, noise, t, cfg.prediction_type, cfg.snr_gamma).mean()
-        # 6.-7. NaN/Inf stop, backward, clip, update
+        # 6.-7. backward, clip, update (the NaN/Inf stop comes at the next read)
         return self._optimise(loss)
 
     def sample_grid(self, rows: int = 4) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ... import backend
 from ... import kernels as K
 from ...autograd import Function, Tensor, _wrap, getitem
 
@@ -36,6 +37,6 @@ def embedding(input, weight) -> Tensor:
     n = w.shape[0]
     if getattr(idx, "dtype", None) is not None and idx.dtype.kind not in "iu":
         raise ValueError(f"embedding: indices must be integers, got dtype {idx.dtype}")
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
+    if idx.size and (idx.min() < 0 or idx.max() >= n):  # host indices (the usual case): checked for free
         raise ValueError(f"embedding: indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
-    return getitem(w, idx)
+    return getitem(w, backend.to_device(idx, w.device))  # indices go where the table is (one copy on a GPU)

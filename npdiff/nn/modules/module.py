@@ -204,14 +204,13 @@ class Module:
                 continue
             src = state_dict[k]
             src = src.data if isinstance(src, Tensor) else src
+            # a copy in the target's dtype, on the target's device (a host checkpoint onto a GPU model, or back)
             if kind == "param":
                 p = m._parameters[name]
-                xp = backend.get_array_module(p.data)
-                p.data = xp.asarray(src, dtype=p.dtype).copy()
+                p.data = backend.to_device(src, backend.device_of(p.data)).astype(p.dtype)
             else:
                 b = m._buffers[name]
-                xp = backend.get_array_module(b)
-                m._buffers[name] = xp.asarray(src, dtype=b.dtype).copy()
+                m._buffers[name] = backend.to_device(src, backend.device_of(b)).astype(b.dtype)
         return missing, unexpected
 
     # -- modes and utilities -------------------------------------------------
