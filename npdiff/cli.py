@@ -311,8 +311,11 @@ def _add_bench(sub) -> None:
                        description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
                                    "checkout with this Python; extra arguments are passed on to each script. "
                                    "`npdiff bench scaling` (not in 'all'; needs the dist extra) measures "
-                                   "data-parallel weak scaling with mpiexec.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters", "scaling"), default="all",
+                                   "data-parallel weak scaling with mpiexec; `npdiff bench unet_vs_dit` (not in "
+                                   "'all') the default UNet's and a DiT's training steps in one process, for "
+                                   "equal-wall-time runs.")
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters", "scaling",
+                                                "unet_vs_dit"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
