@@ -1,6 +1,7 @@
 """npdiff's DiTTransformer2DModel vs diffusers' (PyTorch CPU) on the same weights.
 
     python benchmarks/dit.py [--only digits16] [--rounds 5 --iters 3] [--json out.json]
+    python benchmarks/dit.py --profile [digits16|latent32]     # per-op profile of one npdiff training step
 
 Workloads (each side in its own process, alternating; see benchmarks/harness.py):
   digits16  the `npdiff train --model dit` digits model: 1×16×16, patch 2 (64 tokens),
@@ -110,5 +111,14 @@ def build(side, case):
     return run
 
 
+def main():
+    if "--profile" in sys.argv:  # each Function's forward/backward, AdamW, and the Python/tape rest
+        i = sys.argv.index("--profile")
+        config = sys.argv[i + 1] if i + 1 < len(sys.argv) and sys.argv[i + 1] in CONFIGS else "digits16"
+        return harness.profile_ops(build("npdiff", f"{config} train"),
+                                   f"npdiff DiT training step, {config} (batch {CONFIGS[config]['batch']})", steps=5)
+    return harness.main(CASES, build, os.path.abspath(__file__), "npdiff vs diffusers DiTTransformer2DModel (CPU)")
+
+
 if __name__ == "__main__":
-    harness.main(CASES, build, os.path.abspath(__file__), "npdiff vs diffusers DiTTransformer2DModel (CPU)")
+    main()

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import defaultdict
 
 import numpy as np
 
@@ -232,3 +233,83 @@ def twin_model(side: str, npdiff_model, diffusers_class: str, config: dict, trai
 
     model = npdiff_model.train(train)
     return model, AdamW(model.parameters(), lr=lr)
+
+
+# ----------------------------------------------------------------------------
+# per-op profile of one npdiff step
+
+
+def _function_classes():
+    """Every autograd Function subclass (the kernel-backed ones included)."""
+    import npdiff.autograd as ag
+    import npdiff.nn.functional  # noqa: F401  (defines the kernel-backed Functions)
+
+    seen, todo = [], [ag.Function]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.append(sub)
+                todo.append(sub)
+    return seen
+
+
+def profile_ops(step, title: str, steps: int = 3, threads: int = 2) -> dict:
+    """Time each autograd Function's forward and backward by class name (and the AdamW step)
+    over ``steps`` calls of ``step`` (npdiff alone, after one warm-up call); print a table and
+    return {op: {"fwd", "bwd", "opt", "calls"}} in seconds per step. What is left of the step's
+    wall time is Python, tape bookkeeping and data."""
+    import numba
+
+    from npdiff.optim import AdamW
+
+    numba.set_num_threads(threads)
+    step()  # warm-up: JIT compile outside the profile
+    stats = defaultdict(lambda: [0, 0.0])  # (op, "fwd"/"bwd") -> [calls, seconds]
+
+    def timed(fn, key):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                op = getattr(args[0], "op", None) if args else None  # e.g. UnaryFn's ctx.op = "silu"
+                s = stats[(f"{key[0]}[{op}]", key[1]) if isinstance(op, str) else key]
+                s[0] += 1
+                s[1] += time.perf_counter() - t0
+        return wrapper
+
+    patched = []
+    for cls in _function_classes():
+        for attr, tag in (("forward", "fwd"), ("backward", "bwd")):
+            own = cls.__dict__.get(attr)
+            if isinstance(own, staticmethod):
+                patched.append((cls, attr, own))
+                setattr(cls, attr, staticmethod(timed(own.__func__, (cls.__name__, tag))))
+    adamw_step = AdamW.step
+    AdamW.step = timed(adamw_step, ("AdamW.step", "opt"))
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        AdamW.step = adamw_step
+        for cls, attr, own in patched:
+            setattr(cls, attr, own)
+    ops = defaultdict(lambda: {"fwd": 0.0, "bwd": 0.0, "opt": 0.0, "calls": 0})
+    for (name, tag), (calls, sec) in stats.items():
+        ops[name][tag] += sec / steps
+        ops[name]["calls"] += calls // steps if tag != "bwd" else 0
+    rows = sorted(ops.items(), key=lambda kv: -(kv[1]["fwd"] + kv[1]["bwd"] + kv[1]["opt"]))
+    accounted = sum(v["fwd"] + v["bwd"] + v["opt"] for _, v in rows)
+    print(f"{title}: {total * 1e3:.1f} ms per step, mean of {steps}; load average {os.getloadavg()[0]:.2f}")
+    print(f"{'op':<28} {'calls':>6} {'fwd ms':>9} {'bwd ms':>9} {'total ms':>9} {'share':>6}")
+    for name, v in rows:
+        tot = v["fwd"] + v["bwd"] + v["opt"]
+        print(f"{name:<28} {v['calls']:>6} {v['fwd'] * 1e3:>9.1f} {(v['bwd'] + v['opt']) * 1e3:>9.1f} "
+              f"{tot * 1e3:>9.1f} {tot / total:>6.1%}")
+    rest = total - accounted
+    print(f"{'(python, tape, data)':<28} {'':>6} {'':>9} {'':>9} {rest * 1e3:>9.1f} {rest / total:>6.1%}")
+    return {**{k: dict(v) for k, v in rows}, "(python, tape, data)": {"fwd": rest, "bwd": 0.0, "opt": 0.0, "calls": 0},
+            "total": total}

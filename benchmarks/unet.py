@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from collections import defaultdict
 
 import numpy as np
 
@@ -143,71 +141,13 @@ def build(side, case):
 
 
 # ----------------------------------------------------------------------------
-# per-op profile
-
-
-def _function_classes():
-    import npdiff.autograd as ag
-    import npdiff.nn.functional  # noqa: F401  (defines the kernel-backed Functions)
-
-    seen, todo = [], [ag.Function]
-    while todo:
-        cls = todo.pop()
-        for sub in cls.__subclasses__():
-            if sub not in seen:
-                seen.append(sub)
-                todo.append(sub)
-    return seen
+# per-op profile (benchmarks/harness.py: profile_ops)
 
 
 def profile(config: str, steps: int = 3) -> None:
     """Time each Function's forward/backward by class name over ``steps`` training steps."""
-    import numba
-
-    numba.set_num_threads(2)
-    step = build("npdiff", f"{config} train")
-    step()  # warm-up: JIT compile outside the profile
-    stats = defaultdict(lambda: [0, 0.0])  # (op, "fwd"/"bwd") -> [calls, seconds]
-
-    def timed(fn, key):
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                op = getattr(args[0], "op", None) if args else None  # e.g. UnaryFn's ctx.op = "silu"
-                s = stats[(f"{key[0]}[{op}]", key[1]) if isinstance(op, str) else key]
-                s[0] += 1
-                s[1] += time.perf_counter() - t0
-        return wrapper
-
-    for cls in _function_classes():
-        for attr, tag in (("forward", "fwd"), ("backward", "bwd")):
-            own = cls.__dict__.get(attr)
-            if isinstance(own, staticmethod):
-                setattr(cls, attr, staticmethod(timed(own.__func__, (cls.__name__, tag))))
-    from npdiff.optim import AdamW
-
-    AdamW.step = timed(AdamW.step, ("AdamW.step", "opt"))
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    total = (time.perf_counter() - t0) / steps
-    ops = defaultdict(lambda: {"fwd": 0.0, "bwd": 0.0, "opt": 0.0, "calls": 0})
-    for (name, tag), (calls, sec) in stats.items():
-        ops[name][tag] += sec / steps
-        ops[name]["calls"] += calls // steps if tag != "bwd" else 0
-    rows = sorted(ops.items(), key=lambda kv: -(kv[1]["fwd"] + kv[1]["bwd"] + kv[1]["opt"]))
-    accounted = sum(v["fwd"] + v["bwd"] + v["opt"] for _, v in rows)
-    print(f"npdiff training step, {config} (batch {CONFIGS[config]['batch']}): {total * 1e3:.1f} ms per step, "
-          f"mean of {steps}")
-    print(f"{'op':<28} {'calls':>6} {'fwd ms':>9} {'bwd ms':>9} {'total ms':>9} {'share':>6}")
-    for name, v in rows:
-        tot = v["fwd"] + v["bwd"] + v["opt"]
-        print(f"{name:<28} {v['calls']:>6} {v['fwd'] * 1e3:>9.1f} {(v['bwd'] + v['opt']) * 1e3:>9.1f} "
-              f"{tot * 1e3:>9.1f} {tot / total:>6.1%}")
-    rest = total - accounted
-    print(f"{'(python, tape, data)':<28} {'':>6} {'':>9} {'':>9} {rest * 1e3:>9.1f} {rest / total:>6.1%}")
+    harness.profile_ops(build("npdiff", f"{config} train"),
+                        f"npdiff training step, {config} (batch {CONFIGS[config]['batch']})", steps)
 
 
 def main():

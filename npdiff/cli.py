@@ -98,6 +98,7 @@ def _add_train(sub) -> None:
     g.add_argument("--norm-groups", type=int, default=None, help="GroupNorm groups in the UNet/VAE (default 8)")
     g.add_argument("--hidden-dim", type=int, default=None, help="MLP width; DiT token width (default 128)")
     g.add_argument("--num-blocks", type=int, default=None, help="MLP residual blocks; DiT transformer blocks (default 3)")
+    g.add_argument("--patch-size", type=int, default=None, help="DiT patch side (default 2 on pixels, 1 on latents)")
     g.add_argument("--unconditional", dest="class_conditional", action="store_false", default=None,
                    help="ignore labels (default: class-conditional when the data has labels)")
     g.add_argument("--label-dropout", type=float, default=None,
@@ -109,9 +110,9 @@ def _add_train(sub) -> None:
     g.add_argument("--kl-weight", type=float, default=None,
                    help="β of recon + β·KL(q(z|x) ‖ N(0, I)), relative to per-image sums as SD's kl_weight "
                         "(default 1e-6)")
-    g = p.add_argument_group("latent diffusion (--model ldm)")
+    g = p.add_argument_group("latent diffusion (--model ldm, or --model dit with --vae)")
     g.add_argument("--vae", default=None, metavar="DIR", help="the frozen VAE: a `--model vae` run folder of the "
-                   "same data (or a diffusers AutoencoderKL folder)")
+                   "same data (or a diffusers AutoencoderKL folder); with --model dit the DiT learns its latents")
     g.add_argument("--text-encoder", default=None, metavar="DIR", help="captioned data: the frozen text encoder, "
                    "a `--model clip` run folder (text_encoder/ + tokenizer/)")
     g = p.add_argument_group("diffusion")
@@ -161,6 +162,7 @@ _TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "data": "data", "image_size": "image_size", "hflip": "hflip", "toy_samples": "toy_samples", "model": "model",
     "channels": "block_out_channels", "layers_per_block": "layers_per_block", "attention": "attention",
     "norm_groups": "norm_num_groups", "hidden_dim": "hidden_dim", "num_blocks": "num_blocks",
+    "patch_size": "patch_size",
     "class_conditional": "class_conditional", "label_dropout": "label_dropout",
     "prediction_type": "prediction_type", "beta_schedule": "beta_schedule", "timesteps": "num_train_timesteps",
     "snr_gamma": "snr_gamma", "steps": "steps", "batch_size": "batch_size", "lr": "lr",
@@ -314,8 +316,11 @@ def _add_bench(sub) -> None:
                        description="Runs benchmarks/kernels.py, unet.py, dit.py and vae.py from the source "
                                    "checkout with this Python; extra arguments are passed on to each script. "
                                    "`npdiff bench scaling` (not in 'all'; needs the dist extra) measures "
-                                   "data-parallel weak scaling with mpiexec.")
-    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters", "scaling"), default="all",
+                                   "data-parallel weak scaling with mpiexec; `npdiff bench unet_vs_dit` (not in "
+                                   "'all') the default UNet's and a DiT's training steps in one process, for "
+                                   "equal-wall-time runs.")
+    p.add_argument("which", nargs="?", choices=("all", "kernels", "unet", "dit", "vae", "adapters", "scaling",
+                                                "unet_vs_dit"), default="all",
                    help="which benchmark script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script(s)")
     p.set_defaults(func=cmd_bench)
@@ -485,7 +490,7 @@ def _draw(run, scheduler_name: str, steps: int, n: int, labels, guidance: float,
     gen = np.random.default_rng(seed)
     batch = batch or n
     vae = None
-    if run.config.model == "ldm":  # latent diffusion with class labels: decode with the run's frozen VAE
+    if run.config.latent:  # latent diffusion with class labels (U-Net or DiT): decode with the run's frozen VAE
         from .models import AutoencoderKL
         from .pipelines.latents import decode_latents
         from .training.latent_trainer import vae_folder

@@ -41,6 +41,8 @@ class TrainConfig:
                         K levels downsamples by f = 2^(K−1).
       hidden_dim, num_blocks  MLP size: width, residual blocks; for the DiT: token width
                         (heads of 32), transformer blocks.
+      patch_size        DiT patch side p (tokens = (H/p)·(W/p)); None: 2 on pixels, 1 on latents
+                        (a 4×4 latent would keep only 4 tokens at p = 2).
       class_conditional True: learn p(x | y) with label dropout (needs labelled data);
                         None: on when the data has labels.
       label_dropout     probability of replacing y by the null class (index num_classes),
@@ -52,6 +54,7 @@ class TrainConfig:
                         width hidden_dim, num_blocks layers; image encoder block_out_channels.
       model "ldm"       latent diffusion: a UNet2DConditionModel (captions) or UNet2DModel
                         (class labels) on the latents of the frozen VAE ``vae``.
+      model "dit" + vae a class-conditional DiT on those latents (``latent`` is then True).
       vae               a VAE run folder (or its ``vae/``): the frozen autoencoder of "ldm".
       text_encoder      a CLIP run folder (``text_encoder/`` + ``tokenizer/``): the frozen
                         text encoder of "ldm" on captioned data.
@@ -97,6 +100,7 @@ class TrainConfig:
     norm_num_groups: int = 8
     hidden_dim: int = 128
     num_blocks: int = 3
+    patch_size: int | None = None
     class_conditional: bool | None = None
     label_dropout: float = 0.1
     # VAE
@@ -173,12 +177,23 @@ class TrainConfig:
             bad.append(f"snr_gamma={self.snr_gamma} (expected > 0 or None)")
         if self.subset is not None and int(self.subset) < 1:
             bad.append(f"subset={self.subset!r} (expected >= 1 or None)")
+        if self.patch_size is not None and int(self.patch_size) < 1:
+            bad.append(f"patch_size={self.patch_size!r} (expected >= 1 or None)")
+        if self.patch_size is not None and self.model != "dit":
+            bad.append(f"patch_size={self.patch_size} (only the DiT has patches; model={self.model!r})")
+        if self.vae is not None and self.model not in ("ldm", "dit"):
+            bad.append(f"vae={self.vae!r} (a frozen VAE is used by model 'ldm' or 'dit' only; model={self.model!r})")
         if self.image_size is not None and int(self.image_size) < 4:
             bad.append(f"image_size={self.image_size} (expected >= 4 or None)")
         if self.device not in DEVICES:
             bad.append(f"device={self.device!r} (expected one of {DEVICES})")
         if bad:
             raise ValueError("invalid training config: " + "; ".join(bad))
+
+    @property
+    def latent(self) -> bool:
+        """Diffusion on the latents of the frozen VAE ``vae`` (model "ldm", or "dit" with a VAE)."""
+        return self.model == "ldm" or (self.model == "dit" and self.vae is not None)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

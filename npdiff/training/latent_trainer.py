@@ -3,7 +3,9 @@
 The conditioning is decided by the data: captioned data ("shapes") trains a
 ``UNet2DConditionModel`` that cross-attends to the hidden states of a frozen CLIP text
 encoder (Stable Diffusion); labelled data ("digits") trains a class-conditional
-``UNet2DModel`` on the latents. One training step:
+``UNet2DModel`` on the latents, or with ``model="dit"`` a class-conditional
+``DiTTransformer2DModel`` (Peebles & Xie 2023 train DiT on SD's VAE latents the same
+way; patch 1 by default on our small latents). One training step:
 
     0. once: q(z|x) = N(μ, σ²) of every training image   (frozen VAE encoder, no tape)
              e_i = text_encoder(caption_i).last_hidden_state, e_∅ = the empty prompt's
@@ -36,7 +38,7 @@ import numpy as np
 from .. import io as nd_io
 from ..autograd import Tensor, no_grad
 from ..diffusion import NoiseSchedule, diffusion_loss
-from .run import RunInfo, make_scheduler, scheduler_config, unet_config
+from .run import RunInfo, dit_config, make_scheduler, scheduler_config, unet_config
 from .trainer import BaseTrainer
 
 N_GRID_PROMPTS = 8  # held-out prompts in the periodic sample grids
@@ -83,7 +85,10 @@ def plan_latent(config, dataset) -> RunInfo:
                          f"by {f}; the data has shape {dataset.sample_shape}")
     size = h // f
     levels = len(config.block_out_channels)
-    if size % 2 ** (levels - 1):
+    if config.model == "dit" and dataset.captions is not None:
+        raise ValueError("the DiT is class-conditional (adaLN on a label); captioned data needs the "
+                         "cross-attention U-Net: --model ldm")
+    if config.model != "dit" and size % 2 ** (levels - 1):
         raise ValueError(f"latent size {size} must be divisible by {2 ** (levels - 1)} for {levels} U-Net levels")
     if dataset.captions is not None:
         text = _read_config(os.path.join(text_encoder_folders(config.text_encoder)[0], "config.json"))
@@ -103,8 +108,11 @@ def plan_latent(config, dataset) -> RunInfo:
     if conditional is None:
         conditional = dataset.labels is not None and dataset.num_classes > 1
     k = dataset.num_classes if conditional else 0
-    unet = unet_config(config, c, size, k + 1 if conditional else None)
-    return RunInfo("UNet2DModel", unet, scheduler_config(config), (c, size, size), k, k if conditional else None,
+    if config.model == "dit":  # the DiT's label table always has the null row ∅ = k
+        name, model = "DiTTransformer2DModel", dit_config(config, c, size, k)
+    else:
+        name, model = "UNet2DModel", unet_config(config, c, size, k + 1 if conditional else None)
+    return RunInfo(name, model, scheduler_config(config), (c, size, size), k, k if conditional else None,
                    dataset.class_names if conditional else None)
 
 

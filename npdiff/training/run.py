@@ -50,10 +50,14 @@ def unet_config(config: TrainConfig, channels: int, size: int, num_class_embeds:
 
 
 def dit_config(config: TrainConfig, channels: int, size: int, num_classes: int) -> dict:
-    """DiTTransformer2DModel keyword arguments: patch 2, width hidden_dim in heads of 32 (one
-    head if it is not a multiple of 32), num_blocks blocks; class ∅ = num_classes."""
+    """DiTTransformer2DModel keyword arguments: patch ``patch_size`` (None: 2 on pixels, 1 on a
+    VAE's latents), width hidden_dim in heads of 32 (one head if it is not a multiple of 32),
+    num_blocks blocks; class ∅ = num_classes."""
+    patch = config.patch_size or (1 if config.latent else 2)
+    if size % patch:
+        raise ValueError(f"the DiT's input side {size} must be a multiple of its patch size {patch}")
     heads = config.hidden_dim // 32 if config.hidden_dim % 32 == 0 else 1
-    return dict(sample_size=size, in_channels=channels, out_channels=channels, patch_size=2,
+    return dict(sample_size=size, in_channels=channels, out_channels=channels, patch_size=patch,
                 num_attention_heads=heads, attention_head_dim=config.hidden_dim // heads,
                 num_layers=config.num_blocks, num_embeds_ada_norm=num_classes)
 
@@ -163,7 +167,7 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
         from .clip_trainer import plan_clip
 
         return plan_clip(config, dataset)
-    if config.model == "ldm":
+    if config.latent:  # "ldm", or "dit" on a VAE's latents
         from .latent_trainer import plan_latent
 
         return plan_latent(config, dataset)
@@ -188,8 +192,8 @@ def plan_run(config: TrainConfig, dataset: Dataset) -> RunInfo:
         model_class, model_config = "UNet2DModel", unet_config(config, c, h, embeds)
     elif kind == "dit":
         c, h, w = dataset.sample_shape
-        if h != w or h % 2:
-            raise ValueError(f"the DiT needs square images of even size (patch 2), got {h}×{w}")
+        if h != w:
+            raise ValueError(f"the DiT needs square images, got {h}×{w}")
         model_class, model_config = "DiTTransformer2DModel", dit_config(config, c, h, num_classes)
     else:
         model_class = "ToyMLPDenoiser"
@@ -214,7 +218,8 @@ def load_train_data(config: TrainConfig, split: str = "train") -> Dataset:
 
 def trainer_class(config: TrainConfig):
     """The trainer of a config's model kind: ``VAETrainer`` for "vae", ``ClassifierTrainer`` for
-    "classifier", else the DDPM ``Trainer``."""
+    "classifier", ``CLIPTrainer`` for "clip", ``LatentTrainer`` for latent runs ("ldm", "dit" with a
+    VAE), else the DDPM ``Trainer``."""
     if config.model == "vae":
         from .vae_trainer import VAETrainer
 
@@ -227,7 +232,7 @@ def trainer_class(config: TrainConfig):
         from .clip_trainer import CLIPTrainer
 
         return CLIPTrainer
-    if config.model == "ldm":
+    if config.latent:
         from .latent_trainer import LatentTrainer
 
         return LatentTrainer
