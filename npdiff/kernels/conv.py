@@ -472,16 +472,17 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 
 # Which algorithm a 3×3 stride-1 convolution takes (decided once per call from the shapes):
 # Winograd F(2×2, 3×3) does 2.25× fewer multiplies, but in 16 GEMMs whose inner dimension is
-# the channel count C instead of one GEMM of inner dimension 9C (sgemm runs them at about half
-# its best rate), plus input and output transforms whose inner loops run along a row of tiles.
-# Measured in-process against im2col, alternating (benchmarks/conv_algorithms.py, 2 threads, a
-# loaded machine): forward 0.7–0.9 of im2col's time from 8×8 outputs with ≥ 32 channels in and
-# out, 3× slower on the stem (C = 3: K = 3 GEMMs), about even at 4×4. Grad-input (im2col's is
-# one GEMM and a col2im, no im2col) measured 0.8–1.1: Winograd only where it was clearly ahead,
-# ≥ 16×16 with ≥ 64 channels.
+# the channel count C instead of one GEMM of inner dimension 9C, plus input and output transforms
+# (memory-bound passes over the tiles). Measured in-process against im2col, alternating, one thread,
+# CPU time (``benchmarks/conv_algorithms.py --clock cpu --threads 1``; the machine was loaded, load
+# average 14, so the thread's CPU time stood in for wall time), winograd ÷ im2col:
+#   forward:    0.76-0.90 from 8×8 outputs with ≥ 32 channels in and out; 1.03 at 4×4; 3.0 on the
+#               stem (C = 3: GEMMs of inner dimension 3).
+#   grad-input: 0.78 (8×8, 128 channels), 0.90 (16×16, 64), 0.97 (8×8, 64); 1.11-1.20 with 32
+#               channels (im2col's grad-input is one GEMM and a col2im, no im2col to save).
 WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo), forward
 WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out), forward
-WINOGRAD_GRAD_MIN_SIZE = 16  # min(H, W), grad-input
+WINOGRAD_GRAD_MIN_SIZE = 8  # min(H, W), grad-input
 WINOGRAD_GRAD_MIN_CHANNELS = 64  # min(C_in, C_out), grad-input
 
 
