@@ -24,8 +24,12 @@ import time
 import numpy as np
 
 
-def _worker(build, side: str, threads: int):
-    """Serve timing requests on stdin/stdout until EOF."""
+def _worker(build, side: str, threads: int, clock: str = "wall"):
+    """Serve timing requests on stdin/stdout until EOF. ``clock``: "wall" (perf_counter) or "cpu"
+    (process_time: the CPU time of all the process's threads, which other processes on a loaded
+    machine do not inflate; a thread that waits for another costs nothing in it, so use it with
+    ``--threads 1`` to compare work, not parallel efficiency)."""
+    now = time.perf_counter if clock == "wall" else time.process_time
     if side == "torch":
         import torch
 
@@ -51,19 +55,19 @@ def _worker(build, side: str, threads: int):
         fn = built[case]
         times = []
         for _ in range(int(iters)):
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
         out.write(json.dumps({"times": times, "warmup_s": warm}) + "\n")
         out.flush()
 
 
 class _Side:
-    def __init__(self, script: str, side: str, threads: int):
+    def __init__(self, script: str, side: str, threads: int, clock: str = "wall"):
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads),
                    OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
-            [sys.executable, script, "--worker", side, "--threads", str(threads)],
+            [sys.executable, script, "--worker", side, "--threads", str(threads), "--clock", clock],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
 
@@ -172,13 +176,18 @@ def main(cases: dict, build, script: str, title: str, describe=None):
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per round (default 3)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only matching cases")
     ap.add_argument("--json", metavar="PATH", help="write one record per case to PATH")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time (default); cpu: the worker's CPU time, for a loaded machine "
+                         "(compares work; use with --threads 1)")
     args = ap.parse_args()
     if args.worker:
-        return _worker(build, args.worker, args.threads)
+        return _worker(build, args.worker, args.threads, args.clock)
 
     names = [c for c in cases if not args.only or any(s in c for s in args.only.split(","))]
     machine = describe_machine(args.threads)
-    sides = {s: _Side(script, s, args.threads) for s in ("npdiff", "torch")}
+    sides = {s: _Side(script, s, args.threads, args.clock) for s in ("npdiff", "torch")}
+    if args.clock == "cpu":
+        print("times are CPU times (process_time of each worker), not elapsed times")
     records = []
     if describe:
         describe(print)
