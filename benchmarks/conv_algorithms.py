@@ -4,7 +4,7 @@
 
 For each shape, forward and grad-input by both algorithms, alternating call by call, best of
 ``--repeats``; prints ms and the ratio winograd / im2col, and which one ``conv.winograd_pays``
-picks. This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``WINOGRAD_MIN_CHANNELS`` in
+picks. This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT`` in
 ``npdiff/kernels/conv.py``. Run it on a quiet machine (the load average is printed). On a loaded
 machine use ``--clock cpu --threads 1``: the thread's CPU time, which other processes taking the
 core do not inflate (cache sharing still does, a little).

@@ -157,9 +157,31 @@ def describe_machine(threads: int, out=print) -> dict:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     info = {"cpu": model, "isa": instruction_set(), "load_average": os.getloadavg()[0], "threads": threads}
     info.update(measured_peak(threads))
+    info["blas"] = blas_kernels()
     out(f"CPU: {info['cpu']} ({info['isa']}), load average {info['load_average']:.2f}; float32 peak on "
         f"{threads} threads: FMA loop {info['fma_gflops']:.0f} GFLOP/s, GEMM 1024² {info['gemm_gflops']:.0f} GFLOP/s")
+    out(f"BLAS kernels: {info['blas']} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}; "
+        f"npdiff's GEMMs run on scipy's OpenBLAS, torch's on oneDNN/MKL)")
     return info
+
+
+def blas_kernels() -> str:
+    """The kernel family each loaded BLAS library runs (threadpoolctl's "architecture"), e.g.
+    "openblas Haswell": with OPENBLAS_CORETYPE=Haswell, OpenBLAS runs its AVX2 kernels even on an
+    AVX-512 CPU (measured on an AMD EPYC with AVX-512: one-thread sgemm 123 vs 229 GFLOP/s), so the
+    GEMM figures above and every GEMM-based kernel depend on it."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return "unknown"
+    seen = []
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            name = f"{lib.get('internal_api')} {lib.get('architecture') or ''}".strip()
+            if name not in seen:
+                seen.append(name)
+    return ", ".join(seen) or "unknown"
 
 
 def main(cases: dict, build, script: str, title: str, describe=None):
