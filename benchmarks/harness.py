@@ -25,8 +25,12 @@ from collections import defaultdict
 import numpy as np
 
 
-def _worker(build, side: str, threads: int):
-    """Serve timing requests on stdin/stdout until EOF."""
+def _worker(build, side: str, threads: int, clock: str = "wall"):
+    """Serve timing requests on stdin/stdout until EOF. ``clock``: "wall" (perf_counter) or "cpu"
+    (process_time: the CPU time of all the process's threads, which other processes on a loaded
+    machine do not inflate; a thread that waits for another costs nothing in it, so use it with
+    ``--threads 1`` to compare work, not parallel efficiency)."""
+    now = time.perf_counter if clock == "wall" else time.process_time
     if side == "torch":
         import torch
 
@@ -52,19 +56,19 @@ def _worker(build, side: str, threads: int):
         fn = built[case]
         times = []
         for _ in range(int(iters)):
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append(now() - t0)
         out.write(json.dumps({"times": times, "warmup_s": warm}) + "\n")
         out.flush()
 
 
 class _Side:
-    def __init__(self, script: str, side: str, threads: int):
+    def __init__(self, script: str, side: str, threads: int, clock: str = "wall"):
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(threads),
                    OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
         self.proc = subprocess.Popen(
-            [sys.executable, script, "--worker", side, "--threads", str(threads)],
+            [sys.executable, script, "--worker", side, "--threads", str(threads), "--clock", clock],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
 
@@ -154,9 +158,31 @@ def describe_machine(threads: int, out=print) -> dict:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     info = {"cpu": model, "isa": instruction_set(), "load_average": os.getloadavg()[0], "threads": threads}
     info.update(measured_peak(threads))
+    info["blas"] = blas_kernels()
     out(f"CPU: {info['cpu']} ({info['isa']}), load average {info['load_average']:.2f}; float32 peak on "
         f"{threads} threads: FMA loop {info['fma_gflops']:.0f} GFLOP/s, GEMM 1024² {info['gemm_gflops']:.0f} GFLOP/s")
+    out(f"BLAS kernels: {info['blas']} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}; "
+        f"npdiff's GEMMs run on scipy's OpenBLAS, torch's on oneDNN/MKL)")
     return info
+
+
+def blas_kernels() -> str:
+    """The kernel family each loaded BLAS library runs (threadpoolctl's "architecture"), e.g.
+    "openblas Haswell": with OPENBLAS_CORETYPE=Haswell, OpenBLAS runs its AVX2 kernels even on an
+    AVX-512 CPU (measured on an AMD EPYC with AVX-512: one-thread sgemm 123 vs 229 GFLOP/s), so the
+    GEMM figures above and every GEMM-based kernel depend on it."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS Numba's np.dot calls)
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return "unknown"
+    seen = []
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            name = f"{lib.get('internal_api')} {lib.get('architecture') or ''}".strip()
+            if name not in seen:
+                seen.append(name)
+    return ", ".join(seen) or "unknown"
 
 
 def main(cases: dict, build, script: str, title: str, describe=None):
@@ -173,13 +199,18 @@ def main(cases: dict, build, script: str, title: str, describe=None):
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per round (default 3)")
     ap.add_argument("--only", default="", help="comma-separated substrings: run only matching cases")
     ap.add_argument("--json", metavar="PATH", help="write one record per case to PATH")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: elapsed time (default); cpu: the worker's CPU time, for a loaded machine "
+                         "(compares work; use with --threads 1)")
     args = ap.parse_args()
     if args.worker:
-        return _worker(build, args.worker, args.threads)
+        return _worker(build, args.worker, args.threads, args.clock)
 
     names = [c for c in cases if not args.only or any(s in c for s in args.only.split(","))]
     machine = describe_machine(args.threads)
-    sides = {s: _Side(script, s, args.threads) for s in ("npdiff", "torch")}
+    sides = {s: _Side(script, s, args.threads, args.clock) for s in ("npdiff", "torch")}
+    if args.clock == "cpu":
+        print("times are CPU times (process_time of each worker), not elapsed times")
     records = []
     if describe:
         describe(print)

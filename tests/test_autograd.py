@@ -144,6 +144,28 @@ def test_gradient_accumulates_over_reuse_and_calls():
     np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 4)
 
 
+def test_leaf_grads_share_memory_with_nothing():
+    """.grad is updated in place by optimizers and clipping, so it must not alias another .grad, the
+    upstream gradient passed to backward, or a saved array: the tape copies a gradient unless the
+    node computed it itself (a group norm's dx is kept as is, a + b's shared g is copied)."""
+    import npdiff.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    a, b = (nd.tensor(rng.standard_normal((2, 4, 3, 3)), requires_grad=True) for _ in range(2))
+    w, c = nd.tensor(np.ones(4), requires_grad=True), nd.tensor(np.zeros(4), requires_grad=True)
+    g = rng.standard_normal((2, 4, 3, 3))
+    (a + b).backward(g)
+    assert not np.shares_memory(a.grad.data, b.grad.data) and not np.shares_memory(a.grad.data, g)
+    a.grad = None
+    y = F.group_norm(a, 2, w, c)
+    y.backward(g)
+    grads = [a.grad.data, w.grad.data, c.grad.data, g, a.data]
+    assert not any(np.shares_memory(p, q) for i, p in enumerate(grads) for q in grads[i + 1 :])
+    a.grad = None
+    a.reshape(2, 36).backward(g.reshape(2, 36))  # a view of the upstream gradient: copied
+    assert not np.shares_memory(a.grad.data, g)
+
+
 def test_graph_is_freed_after_backward():
     x = nd.tensor(np.ones(3), requires_grad=True)
     y = (x * 2).exp()

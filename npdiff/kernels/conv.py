@@ -472,17 +472,32 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 
 # Which algorithm a 3×3 stride-1 convolution takes (decided once per call from the shapes):
 # Winograd F(2×2, 3×3) does 2.25× fewer multiplies, but in 16 GEMMs whose inner dimension is
-# the channel count C instead of one GEMM of inner dimension 9C (sgemm runs them at about half
-# its best rate), plus input and output transforms whose inner loops run along a row of tiles.
-# Measured in-process against im2col, alternating (benchmarks/conv_algorithms.py, 2 threads, a
-# loaded machine): forward 0.7–0.9 of im2col's time from 8×8 outputs with ≥ 32 channels in and
-# out, 3× slower on the stem (C = 3: K = 3 GEMMs), about even at 4×4. Grad-input (im2col's is
-# one GEMM and a col2im, no im2col) measured 0.8–1.1: Winograd only where it was clearly ahead,
-# ≥ 16×16 with ≥ 64 channels.
-WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo), forward
-WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out), forward
-WINOGRAD_GRAD_MIN_SIZE = 16  # min(H, W), grad-input
-WINOGRAD_GRAD_MIN_CHANNELS = 64  # min(C_in, C_out), grad-input
+# the channel count C instead of one GEMM of inner dimension 9C, plus input and output transforms
+# (memory-bound passes over the tiles, O(C + O) per tile against the GEMMs' O(C·O)), so it pays
+# where the channel product is large and the GEMMs are slow. Measured in-process against im2col,
+# alternating, one thread, CPU time (``benchmarks/conv_algorithms.py --clock cpu --threads 1``; the
+# machine was loaded, load average 10-14, so the thread's CPU time stood in for wall time), winograd ÷
+# im2col, forward / grad-input, with OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as exported
+# on the machines these figures come from) and with its AVX-512 kernels (its own choice on this AMD
+# EPYC, about 1.9× faster sgemm):
+#                              AVX2 sgemm    AVX-512 sgemm
+#   64→64 16×16, N 64         0.78 / 0.88   0.96 / 1.10
+#   128→128 8×8               0.75 / 0.77   0.88 / 0.93
+#   96→32 16×16               0.76 / 0.83   0.87 / 0.95
+#   128→64 8×8                0.80 / 0.75   0.90 / 0.84
+#   64→64 8×8, N 32           0.88 / 0.97   1.06 / 1.21
+#   32→64 32×32, 32→32 16×16  0.86-0.92 / 1.11-1.36   1.04-1.17 / 1.36-1.40
+#   64→64 4×4, 128→64 4×4     0.89-0.93 / 0.80-1.10   1.16-1.27 / 0.95-1.42
+#   3→64 64×64 (the stem)     2.9 / 3.9     4.7 / 2.9
+# Rule (forward and grad-input alike): Winograd from 8×8 with ≥ 32 channels in and out and
+# C_in·C_out ≥ 96·32 — faster with AVX2 sgemm on every shape it takes, at most 1.2× slower with
+# AVX-512 sgemm (64→64 on 8×8).
+# F(4×4, 3×3) (4× fewer multiplies) was also built and measured on these shapes (AVX2 sgemm): 0.83-1.9
+# of im2col, slower than F(2×2, 3×3) on all but one (its 6×6 transforms cost about twice its GEMMs), so
+# it is not used (branch ``perf-f4``, docs/kernels.md).
+WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo)
+WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out)
+WINOGRAD_MIN_PRODUCT = 96 * 32  # C_in·C_out
 
 
 def winograd_applies(kh, kw, stride, padding):
@@ -491,10 +506,10 @@ def winograd_applies(kh, kw, stride, padding):
 
 
 def winograd_pays(c_in, c_out, Ho, Wo, grad_input=False):
-    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo)."""
-    if grad_input:
-        return min(Ho, Wo) >= WINOGRAD_GRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_GRAD_MIN_CHANNELS
-    return min(Ho, Wo) >= WINOGRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
+    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo; the
+    same rule: ``grad_input`` kept so that callers say which one they ask about)."""
+    return (min(Ho, Wo) >= WINOGRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
+            and c_in * c_out >= WINOGRAD_MIN_PRODUCT)
 
 
 def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):

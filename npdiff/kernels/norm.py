@@ -597,13 +597,13 @@ def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, ac
     x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
     x3 = x4.reshape(N, G, -1)  # (N, G, M): the same memory, one row per slab
     w, b = _ones_zeros(weight, bias, C, x.dtype)
-    out = np.empty_like(x4)
+    out = np.empty(x.shape, x.dtype)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
     T, M = (numba.config.NUMBA_NUM_THREADS, x3.shape[2]) if act else (1, 0)  # scratch only for SiLU
     _group_norm_forward_fast(x3, x4, w, b, float(eps), bool(act), exp_constants(x.dtype), x.dtype == np.float32,
-                             np.empty((T, M), x.dtype), np.empty((T, M), np.int32), out, mean, rstd)
-    return out.reshape(x.shape), mean.astype(x.dtype), rstd.astype(x.dtype)
+                             np.empty((T, M), x.dtype), np.empty((T, M), np.int32), out.reshape(x4.shape), mean, rstd)
+    return out, mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
 def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=None, act=False):
@@ -622,15 +622,16 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=No
     g4 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x4.shape)
     w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     b = np.zeros(C) if bias is None else np.ascontiguousarray(bias, dtype=np.float64)
-    dx = np.empty_like(x4)
+    dx = np.empty(x.shape, x.dtype)  # returned as is (a reshaped view would be copied by the tape)
     sg = np.empty((N, C))
     sgx = np.empty((N, C))
     T, (Cg, S) = (numba.config.NUMBA_NUM_THREADS, x4.shape[2:]) if act else (1, (0, 0))  # scratch only for SiLU
     _group_norm_backward_fast(g4, x4, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, b, bool(act),
                               exp_constants(x.dtype), x.dtype == np.float32, np.empty((T, Cg, S), x.dtype),
-                              np.empty((T, Cg * S), x.dtype), np.empty((T, Cg * S), np.int32), dx, sg, sgx)
+                              np.empty((T, Cg * S), x.dtype), np.empty((T, Cg * S), np.int32), dx.reshape(x4.shape),
+                              sg, sgx)
     wdt = x.dtype if weight is None else weight.dtype
-    return dx.reshape(x.shape), sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
+    return dx, sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
 
 
 def group_norm_silu_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5):

@@ -21,6 +21,7 @@ def test_small_tiles_match_reference(case):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(K, "TILE_Q", 4)
         mp.setattr(K, "TILE_K", 8)
+        mp.setattr(K, "BLAS_TILE_SCALE", 1)
         y, grads = run(ATTENTION, case, "numba")
     close(y, y_ref, case.dtype, TERMS, "forward")
     for name, want in g_ref.items():
@@ -29,12 +30,13 @@ def test_small_tiles_match_reference(case):
 
 @pytest.mark.parametrize("d", [8, 64])
 def test_default_tiles_long_keys_match_xp(d):
-    """Lk = 300 spans three key tiles of the real sizes; both tile-product paths."""
+    """Lk = 1100 spans several key tiles of the real sizes (3 of the BLAS path's 512, 9 of the small
+    head's 128), Lq = 300 two query tiles of 256 (the second ragged); both tile-product paths."""
     rng = np.random.default_rng(1)
-    q = rng.standard_normal((2, 70, d)).astype(np.float32)
-    k = rng.standard_normal((2, 300, d)).astype(np.float32)
-    v = rng.standard_normal((2, 300, 5)).astype(np.float32)
-    g = rng.standard_normal((2, 70, 5)).astype(np.float32)
+    q = rng.standard_normal((2, 300, d)).astype(np.float32)
+    k = rng.standard_normal((2, 1100, d)).astype(np.float32)
+    v = rng.standard_normal((2, 1100, 5)).astype(np.float32)
+    g = rng.standard_normal((2, 300, 5)).astype(np.float32)
     o, l = KT.attention_forward(q, k, v)
     o64, l64 = K.attention_forward_xp(*(a.astype(np.float64) for a in (q, k, v)))
     np.testing.assert_allclose(o, o64, rtol=1e-4, atol=2e-5)

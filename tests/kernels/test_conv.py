@@ -164,15 +164,16 @@ def test_winograd_error_against_float64_is_within_its_bound():
 
 
 def test_winograd_choice_rule():
-    """Winograd where it measured faster (forward: ≥ 8×8 outputs with ≥ 32 channels in and out;
-    grad-input: ≥ 16×16 with ≥ 64), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
+    """Winograd where it measured faster (forward and grad-input: ≥ 8×8 with ≥ 32 channels in and out
+    and C_in·C_out ≥ 96·32), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
     assert K.winograd_applies(3, 3, (1, 1), (1, 1)) and K.winograd_applies(3, 3, (1, 1), (2, 0))
     assert not K.winograd_applies(3, 3, (2, 2), (1, 1)) and not K.winograd_applies(1, 1, (1, 1), (0, 0))
     assert not K.winograd_applies(3, 3, (1, 1), (3, 3)) and not K.winograd_applies(5, 5, (1, 1), (2, 2))
-    assert K.winograd_pays(64, 64, 16, 16) and K.winograd_pays(128, 128, 8, 8)
-    assert not K.winograd_pays(3, 64, 64, 64) and not K.winograd_pays(64, 64, 4, 4)
-    assert K.winograd_pays(64, 64, 16, 16, grad_input=True)
-    assert not K.winograd_pays(32, 64, 32, 32, grad_input=True) and not K.winograd_pays(128, 128, 8, 8, grad_input=True)
+    for gi in (False, True):
+        assert K.winograd_pays(64, 64, 16, 16, gi) and K.winograd_pays(128, 128, 8, 8, gi)
+        assert K.winograd_pays(96, 32, 16, 16, gi) and K.winograd_pays(128, 64, 8, 8, gi)
+        assert not K.winograd_pays(3, 64, 64, 64, gi) and not K.winograd_pays(64, 64, 4, 4, gi)
+        assert not K.winograd_pays(32, 64, 32, 32, gi) and not K.winograd_pays(32, 32, 16, 16, gi)
 
 
 def test_the_fast_column_takes_winograd_where_it_pays(monkeypatch):
@@ -181,7 +182,7 @@ def test_the_fast_column_takes_winograd_where_it_pays(monkeypatch):
     real = K.winograd.winograd_conv3x3
     monkeypatch.setattr(K.winograd, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
     rng = np.random.default_rng(0)
-    for C, H in [(32, 8), (16, 8), (32, 4)]:
+    for C, H in [(96, 8), (16, 8), (96, 4)]:
         x, w = rng.standard_normal((2, C, H, H)), rng.standard_normal((32, C, 3, 3))
         KT.conv2d_forward(x, w, None, 1, 1)
-    assert calls == [(2, 32, 8, 8)]
+    assert calls == [(2, 96, 8, 8)]
