@@ -37,8 +37,9 @@ def shapes_stack_configs(out: str, seed: int = 0) -> dict[str, TrainConfig]:
                        ema_decay=0.99, sample_every=200, checkpoint_every=100)
     unet = TrainConfig(**common, model="ldm", vae=os.path.join(out, "vae"), text_encoder=os.path.join(out, "clip"),
                        block_out_channels=(48, 96), layers_per_block=1, norm_num_groups=8, label_dropout=0.1,
-                       prediction_type="v_prediction", steps=600, batch_size=32, lr=1e-3, warmup_steps=50,
-                       ema_decay=0.995, sample_every=300, checkpoint_every=100, sample_steps=25, guidance_scale=4.0)
+                       prediction_type="v_prediction", steps=1200, batch_size=64, lr=2e-3,
+                       warmup_steps=100, ema_decay=0.995, sample_every=400, checkpoint_every=200, sample_steps=25,
+                       guidance_scale=4.0)
     return {"vae": vae, "clip": clip, "unet": unet}
 
 
