@@ -115,6 +115,9 @@ def _add_train(sub) -> None:
                    "same data (or a diffusers AutoencoderKL folder); with --model dit the DiT learns its latents")
     g.add_argument("--text-encoder", default=None, metavar="DIR", help="captioned data: the frozen text encoder, "
                    "a `--model clip` run folder (text_encoder/ + tokenizer/)")
+    g.add_argument("--cross-attention-max-tokens", type=int, default=None, metavar="N",
+                   help="captioned data: U-Net levels with at most N positions (h·w) cross-attend to the text; the "
+                        "lowest level always does (default 64: the 8×8 level of 16×16 latents; 256 adds 16×16)")
     g = p.add_argument_group("diffusion")
     g.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="what the network predicts: the noise ε, the clean sample x₀, or the velocity v "
@@ -171,6 +174,7 @@ _TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "checkpoint_every": "checkpoint_every", "guidance_scale": "guidance_scale",
     "latent_channels": "latent_channels", "recon_loss": "recon_loss", "kl_weight": "kl_weight",
     "vae": "vae", "text_encoder": "text_encoder", "device": "device",
+    "cross_attention_max_tokens": "cross_attention_max_tokens",
 }
 
 

@@ -58,6 +58,10 @@ class TrainConfig:
       vae               a VAE run folder (or its ``vae/``): the frozen autoencoder of "ldm".
       text_encoder      a CLIP run folder (``text_encoder/`` + ``tokenizer/``): the frozen
                         text encoder of "ldm" on captioned data.
+      cross_attention_max_tokens  "ldm" on captions: a U-Net level cross-attends to the text
+                        when it has at most this many positions (h·w; the lowest level and
+                        the mid block always do): 64 = the 8×8 level of a 16×16 latent,
+                        256 = the 16×16 level too.
     VAE
       latent_channels   channels of the latent z (B, c, H/f, W/f).
       recon_loss        "l1" or "mse": the reconstruction term, a mean over pixels.
@@ -110,6 +114,7 @@ class TrainConfig:
     # CLIP / latent diffusion
     vae: str | None = None
     text_encoder: str | None = None
+    cross_attention_max_tokens: int = 64
     # diffusion
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
@@ -156,7 +161,7 @@ class TrainConfig:
             bad.append(f"prediction_type={self.prediction_type!r} (expected one of {PREDICTION_TYPES})")
         for name in ("steps", "batch_size", "num_train_timesteps", "log_every", "sample_every",
                      "checkpoint_every", "sample_steps", "layers_per_block", "norm_num_groups", "hidden_dim",
-                     "toy_samples", "latent_channels"):
+                     "toy_samples", "latent_channels", "cross_attention_max_tokens"):
             if int(getattr(self, name)) < 1:
                 bad.append(f"{name}={getattr(self, name)!r} (expected >= 1)")
         for name in ("warmup_steps", "num_blocks"):

@@ -93,11 +93,11 @@ def plan_latent(config, dataset) -> RunInfo:
     if dataset.captions is not None:
         text = _read_config(os.path.join(text_encoder_folders(config.text_encoder)[0], "config.json"))
         width = config.block_out_channels
-        # cross-attention where a level has at most 8×8 = 64 tokens (and always at the lowest level
-        # and in the mid block): the text is read where each token sees a large part of the image,
-        # and attention's L² cost stays small
-        down = ["CrossAttnDownBlock2D" if size // 2**k <= 8 or k == levels - 1 else "DownBlock2D"
-                for k in range(levels)]
+        # cross-attention where a level has at most ``cross_attention_max_tokens`` positions (and
+        # always at the lowest level and in the mid block): attention's L² cost bounds where the
+        # text can be read
+        down = ["CrossAttnDownBlock2D" if (size // 2**k) ** 2 <= config.cross_attention_max_tokens
+                or k == levels - 1 else "DownBlock2D" for k in range(levels)]
         unet = dict(sample_size=size, in_channels=c, out_channels=c, block_out_channels=list(width),
                     layers_per_block=config.layers_per_block, norm_num_groups=config.norm_num_groups,
                     cross_attention_dim=int(text["hidden_size"]),

@@ -69,6 +69,22 @@ def test_stack_refuses_per_stage_flags(tmp_path, capsys):
     assert "--steps" in capsys.readouterr().err
 
 
+def test_cross_attention_levels(stack):
+    """cross_attention_max_tokens picks the levels that read the text (the lowest one always does)."""
+    from npdiff.training import load_train_data
+    from npdiff.training.latent_trainer import plan_latent
+
+    cfg = tiny_configs(stack)["unet"]  # 8×8 latents, two levels: 8×8 (64 positions) and 4×4 (16)
+    data = load_train_data(cfg)
+    for limit, want in ((64, ["CrossAttnDownBlock2D"] * 2), (63, ["DownBlock2D", "CrossAttnDownBlock2D"]),
+                        (1, ["DownBlock2D", "CrossAttnDownBlock2D"])):
+        config = plan_latent(cfg.replace(cross_attention_max_tokens=limit), data).model_config
+        assert config["down_block_types"] == want, limit
+        assert config["up_block_types"] == [t.replace("Down", "Up") for t in reversed(want)]
+    with pytest.raises(ValueError, match="cross_attention_max_tokens"):
+        cfg.replace(cross_attention_max_tokens=0)
+
+
 def test_latent_resume_is_exact(stack, tmp_path):
     """N steps straight == N/2, then resume, N/2 more (the latent U-Net; the frozen parts are data)."""
     from npdiff.training import resume, trainer_class

@@ -1,0 +1,101 @@
+"""Quality of the shapes latent U-Net against training steps (the ablations of docs/text_to_image.md).
+
+Trains the ``unet`` stage of ``shapes_stack_configs`` on an existing stack's frozen
+``vae/`` and ``clip/`` (with ``--set key=value`` overrides of its TrainConfig) and, at
+each ``--eval-at`` step, scores the EMA U-Net with ``t2i_report`` (held-out seen and
+unseen prompts, the fixed attribute classifier) at the ``--guidance`` scales. One JSON
+line per evaluation goes to ``OUT/quality.jsonl``; the run folder is a normal
+resumable run (``npdiff eval --run OUT`` works on it).
+
+The cosine LR schedule spans ``--steps``: the score at an earlier step is that of a run
+still at high LR, not of a shorter run (which would have decayed by then).
+
+    python benchmarks/t2i_quality.py --stack /work/runs/t2i-c --out /work/runs/t2i-c/abl-base \\
+        --steps 1200 --eval-at 300,600,1200 --set lr=2e-3
+
+``npdiff eval --run OUT`` gives the full guidance table of the finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_value(text: str):
+    """A --set value: JSON when it parses (numbers, lists, null, true), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv=None) -> int:
+    from npdiff import io as nd_io
+    from npdiff.training.latent_trainer import LatentTrainer
+    from npdiff.training.stack import shapes_stack_configs
+    from npdiff.training.t2i_eval import t2i_report
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--stack", required=True, help="a stack folder holding trained vae/ and clip/")
+    p.add_argument("--out", required=True, help="the new U-Net run folder")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--eval-at", default="", help="comma-separated steps to score (e.g. 300,600,1200)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (to --steps, which may "
+                   "differ from its own: the cosine schedule then spans the new total)")
+    p.add_argument("--guidance", default="2,4", help="comma-separated guidance scales")
+    p.add_argument("--n", type=int, default=64, help="held-out prompts per split")
+    p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps at evaluation")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
+    args = p.parse_args(argv)
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set wants KEY=VALUE, got {item!r}")
+        overrides[key] = parse_value(value)
+    config = shapes_stack_configs(args.stack)["unet"].replace(steps=args.steps, **overrides)
+    if "block_out_channels" in overrides:
+        config = config.replace(block_out_channels=tuple(overrides["block_out_channels"]))
+    marks = sorted({int(s) for s in args.eval_at.split(",") if s})
+    scales = tuple(float(s) for s in args.guidance.split(","))
+    if args.resume:
+        if overrides:
+            p.error("--resume continues the run's own config: drop --set")
+        trainer = LatentTrainer.resume(args.out, steps=args.steps, progress=False)
+    else:
+        trainer = LatentTrainer(config, args.out, progress=False)
+    log = os.path.join(args.out, "quality.jsonl")
+    t_train = 0.0
+    for mark in [m for m in marks if m > trainer.step] + [args.steps]:
+        t0 = time.perf_counter()
+        trainer.train(stop_after=mark - trainer.step)
+        t_train += time.perf_counter() - t0
+        if mark not in marks:
+            break
+        t0 = time.perf_counter()
+        report = t2i_report(trainer.pipeline(trainer.ema_model()), n=args.n, guidance_scales=scales,
+                            steps=args.sample_steps)
+        report.pop("images")
+        row = {"step": trainer.step, "train_seconds": round(t_train, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
+               "overrides": overrides}
+        for s, r in report["guidance"].items():
+            row[f"g{s}"] = {split: {k: round(v, 3) for k, v in r[split].items() if k != "n_samples"}
+                            for split in ("seen", "unseen")} | {"fd_ratio": round(r["fd_ratio"], 3)}
+            seen, unseen = r["seen"], r["unseen"]
+            print(f"step {trainer.step:5d} g {s:>4}: seen all {seen['all_correct']:.1%}  shape "
+                  f"{seen['shape_accuracy']:.1%} colour {seen['colour_accuracy']:.1%} size {seen['size_accuracy']:.1%} "
+                  f"position {seen['position_accuracy']:.1%} | unseen all {unseen['all_correct']:.1%} | "
+                  f"FD ratio {r['fd_ratio']:.2f}", flush=True)
+        nd_io.append_jsonl(log, row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
