@@ -4,7 +4,7 @@
 
 controlnet.png, on held-out (test split) conditions, one column per condition:
     row 1 the condition image, row 2 the base alone, row 3 base + ControlNet (same initial latents)
-lora.png, on held-out concept prompts ("... pink ..."), one column per prompt:
+lora.png, on held-out concept prompts ("... ring ..." by default), one column per prompt:
     row 1 the generator's ground truth, row 2 the base alone, row 3 base + LoRA (same latents)
 The prompts of each column are printed. Sampling settings are the eval's (DDIM, 20 steps, guidance 3).
 """

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .backend import DeviceUnavailableError
-from .cli_adapters import add_adapt, add_sample_flags, adapter_route
+from .cli_adapters import add_adapt, add_eval_flags, add_sample_flags, adapter_route
 from .data import TOY_DATASETS
 
 SCHEDULER_NAMES = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpm++")
@@ -260,6 +260,7 @@ def _add_eval(sub) -> None:
                          "VAE runs: held-out images to reconstruct, default all)")
     p.add_argument("--out", default=None, help="output JSON (default: DIR/eval.json)")
     p.add_argument("--batch", type=int, default=100, help="samples per sampling batch (memory vs speed)")
+    add_eval_flags(p)
     p.set_defaults(func=cmd_eval)
 
 

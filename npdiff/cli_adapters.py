@@ -1,10 +1,10 @@
 """The command line of ControlNet and LoRA: ``npdiff adapt``, and the adapter paths of ``sample`` / ``eval``.
 
     npdiff adapt controlnet --base DIR [--control mask|outline|edge] [-o RUN]   train a ControlNet
-    npdiff adapt lora --base DIR [--concept pink] [--rank 8] [-o RUN]           train LoRA adapters
+    npdiff adapt lora --base DIR [--concept ring] [--rank 8] [-o RUN]           train LoRA adapters
     npdiff adapt --resume RUN   (or npdiff train --resume RUN)                  continue either
     npdiff sample --run RUN|DIR --prompt "..." [--control PATH] [--lora FILE [--lora-scale S]]
-    npdiff eval --run RUN                                                       the targets (eval.json)
+    npdiff eval --run RUN [--lora-scale S]                                      the targets (eval.json)
 
 ``DIR`` is the base: a StableDiffusionPipeline folder (model_index.json) or a run / stack folder
 with ``pipeline/`` or ``unet/pipeline/`` (``npdiff train --data shapes``). ``RUN`` is an adapter
@@ -19,9 +19,11 @@ import time
 
 import numpy as np
 
-_ADAPT_FLAGS = ("control", "train_examples", "concept", "replaces", "examples", "rank", "alpha", "text_encoder",
-                "caption_dropout", "steps", "batch_size", "lr", "warmup_steps", "ema_decay", "log_every",
-                "sample_every", "checkpoint_every", "sample_steps", "guidance_scale", "seed")
+from .conditions import CONCEPTS
+
+_ADAPT_FLAGS = ("control", "train_examples", "concept", "replaces", "examples", "prior_examples", "prior_target",
+                "rank", "alpha", "text_encoder", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
+                "ema_decay", "log_every", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale", "seed")
 
 
 def add_adapt(sub, formatter_class) -> None:
@@ -40,17 +42,22 @@ def add_adapt(sub, formatter_class) -> None:
                    help="the condition image: object mask, its outline, or a Sobel edge map (default mask)")
     g.add_argument("--train-examples", type=int, default=None, help="shapes training images (default 2000)")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--concept", choices=("pink", "cyan", "white"), default=None,
-                   help="the new colour word (default pink)")
-    g.add_argument("--replaces", default=None, help="the colour whose objects the concept repaints (default red)")
+    g.add_argument("--concept", choices=CONCEPTS, default=None,
+                   help="the new word: a shape (ring, always large) or a colour (default ring)")
+    g.add_argument("--replaces", default=None,
+                   help="the shape (default circle) or colour (default red) whose objects become the concept")
     g.add_argument("--examples", type=int, default=None, help="concept images (default 300)")
+    g.add_argument("--prior-examples", type=int, default=None,
+                   help="images of the base's data mixed in (prior preservation; default 450, 0: none)")
+    g.add_argument("--prior-target", choices=("base", "data"), default=None,
+                   help="their target: the data's ε / v (default) or the locked base's prediction")
     g.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8)")
     g.add_argument("--alpha", type=float, default=None, help="LoRA α (default: the rank)")
     g.add_argument("--no-text-encoder", dest="text_encoder", action="store_false", default=None,
                    help="adapt the U-Net only (default: the text encoder too)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--caption-dropout", type=float, default=None, help="empty-caption probability (default 0.1)")
-    g.add_argument("--steps", type=int, default=None, help="optimisation steps (default 600)")
+    g.add_argument("--steps", type=int, default=None, help="optimisation steps (default 600 ControlNet, 900 LoRA)")
     g.add_argument("--batch-size", type=int, default=None, help="batch size (default 16)")
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 1e-3)")
     g.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default 50)")
@@ -87,6 +94,12 @@ def cmd_adapt(args) -> int:
 
 
 # -- sample / eval ------------------------------------------------------------------------
+
+
+def add_eval_flags(p) -> None:
+    """``eval``'s adapter flags."""
+    p.add_argument("--lora-scale", type=float, default=1.0,
+                   help="LoRA runs: scale s of the LoRA update in the evaluation (default 1, as trained)")
 
 
 def add_sample_flags(p) -> None:
@@ -240,7 +253,8 @@ def cmd_eval_adapter(args) -> int:
                                    batch=args.batch)
     else:
         report = lora_report(base, os.path.join(args.run, LORA_FILE), n=n, seed=args.seed, steps=steps,
-                             guidance=guidance, batch=args.batch, concept=config.concept, replaces=config.replaces)
+                             guidance=guidance, batch=args.batch, concept=config.concept, replaces=config.replaces,
+                             scale=args.lora_scale)
     report.update(run=args.run, seconds=round(time.perf_counter() - t0, 1))
     out = args.out or os.path.join(args.run, "eval.json")
     nd_io.save_json(out, report)

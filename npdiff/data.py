@@ -522,14 +522,14 @@ class ShapesData:
         return len(self.images)
 
 
-def shapes_caption(attributes, colour_names=COLOUR_NAMES) -> str:
+def shapes_caption(attributes, colour_names=COLOUR_NAMES, shape_names=SHAPE_NAMES) -> str:
     """The caption of one image's (2, 4) attribute rows (a row of −1 is no object); ``colour_names``
-    maps colour indices to words (a LoRA concept set adds one, see npdiff.conditions)."""
+    and ``shape_names`` map indices to words (a LoRA concept set adds one, see npdiff.conditions)."""
     parts = []
     for shape, colour, size, position in np.asarray(attributes):
         if shape < 0:
             continue
-        parts.append(f"a {SIZE_NAMES[size]} {colour_names[colour]} {SHAPE_NAMES[shape]} at the {POSITION_NAMES[position]}")
+        parts.append(f"a {SIZE_NAMES[size]} {colour_names[colour]} {shape_names[shape]} at the {POSITION_NAMES[position]}")
     if not parts:
         raise ValueError("an image of the shapes dataset has at least one object")
     return " and ".join(parts)
@@ -540,7 +540,8 @@ def _shape_coverage(shape: str, cx: float, cy: float, r: float, top: int, left: 
     (sub-pixel average); the shape is centred at (cx, cy) in image pixel units.
 
     circle: (x−cx)² + (y−cy)² ≤ r²;  square: |x−cx|, |y−cy| ≤ 0.85 r (same area order);
-    triangle: apex (cx, cy − r), base y = cy + r of half-width r (pointing up)."""
+    triangle: apex (cx, cy − r), base y = cy + r of half-width r (pointing up);
+    ring (a LoRA concept shape, npdiff.conditions; never in the dataset): r/2 ≤ distance ≤ r."""
     k = _SHAPES_SUPERSAMPLE
     t = (np.arange(size * k) + 0.5) / k  # sub-pixel centres in pixel units, from the window's corner
     y, x = top + t[:, None], left + t[None, :]  # (size·k, 1), (1, size·k)
@@ -548,6 +549,9 @@ def _shape_coverage(shape: str, cx: float, cy: float, r: float, top: int, left: 
         inside = (x - cx) ** 2 + (y - cy) ** 2 <= r * r
     elif shape == "square":
         inside = (np.abs(x - cx) <= 0.85 * r) & (np.abs(y - cy) <= 0.85 * r)
+    elif shape == "ring":
+        d2 = (x - cx) ** 2 + (y - cy) ** 2
+        inside = (d2 <= r * r) & (d2 >= 0.25 * r * r)
     else:
         inside = (y >= cy - r) & (y <= cy + r) & (np.abs(x - cx) <= (y - (cy - r)) / 2.0)
     return inside.reshape(size, k, size, k).mean(axis=(1, 3))  # (size, size)
@@ -566,8 +570,9 @@ def _draw_object(rng, force_held_out: bool) -> list[int]:
     return [int(s), int(c), int(rng.integers(len(SIZE_NAMES)))]
 
 
-def _render_shapes_image(rng, attrs: np.ndarray):
-    """One image (3, 32, 32) in [0, 1] and its masks (2, 32, 32) for (2, 4) attribute rows."""
+def _render_shapes_image(rng, attrs: np.ndarray, shape_names=SHAPE_NAMES):
+    """One image (3, 32, 32) in [0, 1] and its masks (2, 32, 32) for (2, 4) attribute rows
+    (``shape_names``: the shape indices' names; a LoRA concept set adds one)."""
     S = SHAPES_SIZE
     if rng.random() < 0.5:  # plain background, a dark grey
         img = np.full((3, S, S), rng.uniform(0.0, 0.2), dtype=np.float64)
@@ -581,7 +586,7 @@ def _render_shapes_image(rng, attrs: np.ndarray):
         top, left = 16 * row, 16 * col  # the object's quadrant; it never leaves it
         cx = left + 8.0 + rng.uniform(-1.0, 1.0)  # quadrant centre + jitter
         cy = top + 8.0 + rng.uniform(-1.0, 1.0)
-        cov = _shape_coverage(SHAPE_NAMES[shape], cx, cy, _SHAPES_RADIUS[SIZE_NAMES[size]], top, left)
+        cov = _shape_coverage(shape_names[shape], cx, cy, _SHAPES_RADIUS[SIZE_NAMES[size]], top, left)
         rgb = np.clip(np.asarray(COLOURS[COLOUR_NAMES[colour]]) + rng.uniform(-0.05, 0.05, 3), 0.0, 1.0)
         window = img[:, top:top + 16, left:left + 16]
         img[:, top:top + 16, left:left + 16] = window * (1.0 - cov) + rgb[:, None, None] * cov  # paint over

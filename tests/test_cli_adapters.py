@@ -43,10 +43,24 @@ def test_controlnet_train_sample_eval(base, tmp_path):
 
 def test_lora_train_and_sample_with_a_file(base, tmp_path):
     run = str(tmp_path / "lora")
-    assert main(["adapt", "lora", "--base", base, "--examples", "8", "--rank", "2", "-o", run, *TINY]) == 0
+    assert main(["adapt", "lora", "--base", base, "--examples", "8", "--prior-examples", "4", "--rank", "2", "-o", run,
+                 *TINY]) == 0
     lora = os.path.join(run, "pytorch_lora_weights.safetensors")
     out = str(tmp_path / "s.png")
-    assert main(["sample", "--run", base, "--prompt", "a small pink square at the top right", "--lora", lora,
+    assert main(["sample", "--run", base, "--prompt", "a large red ring at the top right", "--lora", lora,
                  "--lora-scale", "0.5", "--steps", "2", "--out", out]) == 0
     assert os.path.isfile(out)
     assert main(["adapt", "lora", "--quiet"]) == 2  # no --base
+
+
+def test_eval_passes_the_lora_scale(base, tmp_path, monkeypatch):
+    """``npdiff eval --run LORA_RUN --lora-scale S`` evaluates with the LoRA at scale S."""
+    import npdiff.training.adapter_eval as adapter_eval
+
+    run = str(tmp_path / "lora")
+    assert main(["adapt", "lora", "--base", base, "--examples", "4", "--prior-examples", "0", "--rank", "2", "-o", run,
+                 *TINY]) == 0
+    seen = {}
+    monkeypatch.setattr(adapter_eval, "lora_report", lambda base, path, **kw: seen.update(kw) or {"concept": "ring"})
+    assert main(["eval", "--run", run, "--lora-scale", "0.25", "--n", "2"]) == 0
+    assert seen["scale"] == 0.25 and seen["concept"] == "ring" and seen["n"] == 2

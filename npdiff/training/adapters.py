@@ -21,8 +21,14 @@ residuals to the locked U-Net's skips. One step:
 LoRA (Hu et al. 2021): rank-r adapters on the U-Net's attention projections (to_q, to_k,
 to_v, to_out.0) and, by default, the text encoder's (q_proj, k_proj, v_proj, out_proj),
 trained on a few hundred images of a concept the base never saw (``make_concept_shapes``:
-a new colour word). Steps 1-7 with no ControlNet, and the text encoder on the tape; only
-the adapters' A and B get gradients and optimiser state.
+a new shape or colour word) mixed with ``prior_examples`` images of the base's own data
+(prior preservation, after DreamBooth, Ruiz et al. 2023, §3.3). With ``prior_target="base"``
+the target of those items is the locked base's own prediction at the same z_t, t and caption
+(the adapters at scale 0), so their loss ‖ŷ_LoRA − ŷ_base‖² measures how far the adapted model
+has moved from the base on old prompts, exactly what must stay small; ``"data"`` uses the
+data's ε / v as for the concept items (DreamBooth's form with ground-truth images), which
+also pulls the model towards the data where the base misses it. Steps 1-7 with no ControlNet,
+and the text encoder on the tape; only the adapters' A and B get gradients and optimiser state.
 
 The base is locked three ways: its parameters have ``requires_grad = False`` (no gradient
 is even computed for them), the optimiser holds only the adapter's parameters, and the
@@ -45,9 +51,9 @@ import numpy as np
 from .. import backend, nn
 from .. import io as nd_io
 from ..autograd import Tensor, no_grad
-from ..conditions import CONTROL_KINDS, control_condition, make_concept_shapes
-from ..data import DataLoader, make_shapes
-from ..diffusion import NoiseSchedule, diffusion_loss
+from ..conditions import CONTROL_KINDS, concept_replaces, control_condition, make_concept_shapes
+from ..data import DataLoader, ShapesData, make_shapes
+from ..diffusion import NoiseSchedule, simple_loss, training_target
 from ..optim import EMA, AdamW, cosine_with_warmup
 from ..pipelines.latents import encode_images
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, rng_state, save_checkpoint
@@ -55,6 +61,8 @@ from .distributed import get_world
 from .trainer import BaseTrainer
 
 ADAPTER_KINDS = ("controlnet", "lora")
+PRIOR_TARGETS = ("base", "data")
+DEFAULT_STEPS = {"controlnet": 600, "lora": 900}
 CONTROLNET_FOLDER = "controlnet"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -72,13 +80,19 @@ class AdapterConfig:
       conditioning_embedding_out_channels   None: 16 · 2^i per VAE level (the embedding
                          downsamples by the VAE's factor).
     LoRA
-      concept, replaces  the new colour word and the colour whose objects it repaints.
+      concept, replaces  the new word (a shape or colour, ``npdiff.conditions.CONCEPTS``) and the
+                         shape or colour whose objects become it (None: circle / red).
       examples           concept images (a few hundred).
+      prior_examples     images of the base's data (shapes train split) mixed into the concept
+                         set (prior preservation); 0: the concept images alone.
+      prior_target       "data" (ε / v of the data) or "base" (the locked base's prediction: one
+                         more no-grad forward per step, ~30 % longer; the same drop within noise).
       rank, alpha        adapter rank r and α (None: α = r).
       text_encoder       also adapt the text encoder (the new word must get a meaning).
     Both
       caption_dropout    probability of training on the empty caption (keeps guidance working).
-      steps, batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, ema_decay,
+      steps              None: 600 (ControlNet) or 900 (LoRA).
+      batch_size, lr, weight_decay, warmup_steps, min_lr_ratio, grad_clip, ema_decay,
       log_every, sample_every, checkpoint_every, sample_steps, guidance_scale, seed: as TrainConfig.
     """
 
@@ -87,14 +101,16 @@ class AdapterConfig:
     control: str = "mask"
     train_examples: int = 2000
     conditioning_embedding_out_channels: tuple | None = None
-    concept: str = "pink"
-    replaces: str = "red"
+    concept: str = "ring"
+    replaces: str | None = None
     examples: int = 300
+    prior_examples: int = 450
+    prior_target: str = "data"
     rank: int = 8
     alpha: float | None = None
     text_encoder: bool = True
     caption_dropout: float = 0.1
-    steps: int = 600
+    steps: int | None = None
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -110,6 +126,8 @@ class AdapterConfig:
     seed: int = 0
 
     def __post_init__(self):
+        if self.steps is None:  # what meets the targets in ≤ 10 min (docs/controlnet_lora.md)
+            self.steps = DEFAULT_STEPS.get(self.kind, 600)
         if self.conditioning_embedding_out_channels is not None:
             self.conditioning_embedding_out_channels = tuple(int(c) for c in self.conditioning_embedding_out_channels)
         self.validate()
@@ -123,6 +141,11 @@ class AdapterConfig:
                     "checkpoint_every", "sample_steps"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)!r}")
+        if self.prior_target not in PRIOR_TARGETS:
+            raise ValueError(f"prior_target must be one of {PRIOR_TARGETS}, got {self.prior_target!r}")
+        if int(self.prior_examples) < 0:
+            raise ValueError(f"prior_examples must be >= 0, got {self.prior_examples!r}")
+        concept_replaces(self.concept, self.replaces)  # a known concept, and a colour / shape of its kind
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
         if not self.lr > 0 or not 0.0 <= self.ema_decay <= 1.0:
@@ -137,6 +160,8 @@ class AdapterConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown adapter config keys {unknown}; known: {sorted(known)}")
+        if "prior_examples" not in d:  # a run written before prior preservation trained on the concept alone
+            d = {**d, "prior_examples": 0, "prior_target": "data"}
         return cls(**d)
 
 
@@ -197,6 +222,12 @@ class AdapterTrainer(BaseTrainer):
             self.conditions = control_condition(config.control, data)
         else:
             data = make_concept_shapes(config.examples, "train", config.seed, config.concept, config.replaces)
+            self.n_concept = len(data)  # items from here on are prior-preservation items
+            if config.prior_examples:  # prior preservation: the base's own data in the same batches
+                prior = make_shapes(config.prior_examples, "train", config.seed)
+                data = ShapesData(np.concatenate([data.images, prior.images]), data.captions + prior.captions,
+                                  np.concatenate([data.attributes, prior.attributes]),
+                                  np.concatenate([data.masks, prior.masks]))
             self.conditions = None
         self.data = data
         self.ids = self._tokens(list(data.captions))
@@ -336,9 +367,34 @@ class AdapterTrainer(BaseTrainer):
             out = pipe.unet(z_t, t, text, down_block_additional_residuals=down, mid_block_additional_residual=mid)
         else:
             out = pipe.unet(z_t, t, text)
-        # 6.-7. loss, NaN stop, backward, clip, AdamW on the adapter only, EMA
-        loss = diffusion_loss(self.schedule, out, z0, noise, t, self.prediction_type).mean()
+        # 6. target: ε or v of the data; prior-preservation items with prior_target "base": the base's
+        #    own prediction (module docstring)
+        target = training_target(z0, noise, self.schedule.alphas_cumprod[t], self.prediction_type)
+        prior = index >= self.n_concept if cfg.kind == "lora" and cfg.prior_target == "base" else np.zeros(b, bool)
+        if prior.any():
+            target = np.array(target, dtype=np.float32)
+            caption = ids[prior] if self.text is None else text.data[prior]
+            target[prior] = self._base_prediction(z_t.data[prior], t[prior], caption)
+        # 7. loss, NaN stop, backward, clip, AdamW on the adapter only, EMA
+        loss = simple_loss(out, target).mean()
         return self._optimise(loss)
+
+    def _base_prediction(self, z_t: np.ndarray, t: np.ndarray, caption: np.ndarray) -> np.ndarray:
+        """The locked base's U-Net output (every LoRA at scale 0: exactly the base) for noisy latents,
+        timesteps and token ids (text encoder adapted) or text states (text encoder locked)."""
+        from ..models.lora import set_lora_scale
+
+        pipe = self.pipe
+        adapted = [pipe.unet] + ([pipe.text_encoder] if self.text is None else [])
+        for model in adapted:
+            set_lora_scale(model, 0.0)
+        try:
+            with no_grad():
+                text = pipe.text_encoder(caption).last_hidden_state if self.text is None else Tensor(caption)
+                return np.asarray(pipe.unet(Tensor(z_t), t, text).data)
+        finally:
+            for model in adapted:
+                set_lora_scale(model, 1.0)
 
     # -- pictures -------------------------------------------------------------------------------
     def sample_grid(self, n: int = 8) -> str:

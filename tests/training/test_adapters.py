@@ -12,7 +12,7 @@ from npdiff.models.lora import load_lora_weights, lora_layers
 from npdiff.training.adapters import AdapterConfig, AdapterTrainer
 from tests.pipelines.sd_stack import tiny_pipeline_32
 
-SMALL = dict(train_examples=12, examples=12, batch_size=4, steps=3, log_every=1, sample_every=1000,
+SMALL = dict(train_examples=12, examples=12, prior_examples=4, batch_size=4, steps=3, log_every=1, sample_every=1000,
              checkpoint_every=1000, sample_steps=2, warmup_steps=1, lr=1e-2, conditioning_embedding_out_channels=(4, 8))
 
 
@@ -81,6 +81,47 @@ def test_resume_is_exact(kind, tmp_path):
         np.testing.assert_array_equal(a, b, err_msg=k)
 
 
+def test_lora_data_mixes_the_concept_with_the_prior(tmp_path):
+    """Prior preservation: the LoRA set is the concept images followed by the base's own (shapes
+    train) images, with their captions; prior_examples=0 leaves the concept alone."""
+    from npdiff.conditions import make_concept_shapes
+    from npdiff.data import make_shapes
+
+    pipe = tiny_pipeline_32()
+    config = AdapterConfig(kind="lora", **{**SMALL, "examples": 6, "prior_examples": 5})
+    trainer = AdapterTrainer(config, tmp_path / "a", pipeline=pipe, progress=False)
+    concept, prior = make_concept_shapes(6, "train", 0, "ring"), make_shapes(5, "train", 0)
+    assert trainer.data.captions == concept.captions + prior.captions
+    np.testing.assert_array_equal(trainer.data.images, np.concatenate([concept.images, prior.images]))
+    assert len(trainer.latents) == len(trainer.ids) == 11
+    alone = AdapterTrainer(AdapterConfig(kind="lora", **{**SMALL, "examples": 6, "prior_examples": 0}),
+                           tmp_path / "b", pipeline=tiny_pipeline_32(), progress=False)
+    assert alone.data.captions == concept.captions
+
+
+def test_prior_target_is_the_base_prediction(tmp_path):
+    """prior_target "base": the target of a prior item is the locked base's own U-Net output (a fresh
+    copy of the base computes the same numbers bit for bit), while the adapted model, after a few
+    steps, predicts something else; the adapters are back at scale 1 afterwards."""
+    from npdiff.autograd import Tensor, no_grad
+
+    pipe = tiny_pipeline_32()
+    config = AdapterConfig(kind="lora", **{**SMALL, "lr": 5e-2, "prior_target": "base"})
+    trainer = AdapterTrainer(config, tmp_path / "a", pipeline=pipe, progress=False)
+    trainer.train()
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((2,) + trainer.latents.shape[1:]).astype(np.float32)
+    t, ids = np.array([50, 700]), trainer.ids[-2:]
+    got = trainer._base_prediction(z, t, ids)
+    fresh = tiny_pipeline_32()
+    with no_grad():
+        want = fresh.unet(Tensor(z), t, fresh.text_encoder(ids).last_hidden_state).numpy()
+        adapted = pipe.unet(Tensor(z), t, pipe.text_encoder(ids).last_hidden_state).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.abs(adapted - want).max() > 1e-4 * np.abs(want).max()
+    assert all(layer.scale == 1.0 for layer in lora_layers(pipe.unet).values())
+
+
 def test_bad_config_is_named():
     with pytest.raises(ValueError, match="kind"):
         AdapterConfig(kind="dreambooth")
@@ -88,6 +129,15 @@ def test_bad_config_is_named():
         AdapterConfig(control="depth")
     with pytest.raises(ValueError, match="unknown adapter config keys \\['rnak'\\]"):
         AdapterConfig.from_dict({"rnak": 4})
+    with pytest.raises(ValueError, match="a shape concept \\('ring'\\) replaces one of the shapes"):
+        AdapterConfig(kind="lora", concept="ring", replaces="red")
+    with pytest.raises(ValueError, match="concept must be one of"):
+        AdapterConfig(kind="lora", concept="mauve")
+    with pytest.raises(ValueError, match="prior_target"):
+        AdapterConfig(kind="lora", prior_target="samples")
+    with pytest.raises(ValueError, match="prior_examples"):
+        AdapterConfig(kind="lora", prior_examples=-1)
+    assert AdapterConfig.from_dict({"kind": "lora", "concept": "pink"}).prior_examples == 0  # a run from before
 
 
 @pytest.mark.parametrize("kind", ["controlnet", "lora"])
@@ -99,8 +149,8 @@ def test_training_lowers_the_loss_on_its_data(kind, tmp_path):
     from npdiff.autograd import Tensor, no_grad
 
     pipe = tiny_pipeline_32()
-    cfg = AdapterConfig(kind=kind, **{**SMALL, "train_examples": 8, "examples": 8, "batch_size": 8, "steps": 25,
-                                      "lr": 1e-2, "caption_dropout": 0.0, "ema_decay": 0.0, "rank": 4})
+    cfg = AdapterConfig(kind=kind, **{**SMALL, "train_examples": 8, "examples": 8, "prior_examples": 0, "batch_size": 8,
+                                      "steps": 25, "lr": 1e-2, "caption_dropout": 0.0, "ema_decay": 0.0, "rank": 4})
     trainer = AdapterTrainer(cfg, tmp_path / kind, pipeline=pipe, progress=False)
     rng = np.random.default_rng(7)
     t = rng.integers(100, 900, 8)
