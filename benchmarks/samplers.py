@@ -86,6 +86,12 @@ SAMPLERS = {
     "dpm++2m-sde": Sampler("dpm++", config={"algorithm_type": "sde-dpmsolver++"}, label="DPM-Solver++ 2M SDE"),
 }
 
+#: Variants outside the default grid, for ``--only`` (e.g. the σ spacing Karras et al. pair Heun with).
+EXTRA_SAMPLERS = {
+    "heun-karras": Sampler("heun", config={"use_karras_sigmas": True}, label="Heun, Karras σ (ρ = 7)"),
+}
+KNOWN_SAMPLERS = {**SAMPLERS, **EXTRA_SAMPLERS}
+
 
 class CountingModel:
     """``model`` with a call counter: each call is one network evaluation, whatever its batch holds."""
@@ -156,7 +162,7 @@ def run_cell(model, info, name: str, target: int, n: int, guidance_scale: float,
     ``model`` is called as ``model(x, t, class_labels=…)``; ``info`` is the run's RunInfo
     (scheduler_config, sample_shape, null_class, num_classes). One batch: the NFE per sample
     equals the counted calls."""
-    spec = SAMPLERS[name]
+    spec = KNOWN_SAMPLERS[name]
     steps, expected = steps_for_nfe(spec, info.scheduler_config, target)
     conditional = info.null_class is not None
     labels = np.arange(n, dtype=np.int64) % info.num_classes if conditional else None
@@ -180,16 +186,17 @@ def run_cell(model, info, name: str, target: int, n: int, guidance_scale: float,
             "seconds": round(seconds, 3), "load_average": round(load, 2)}
 
 
-def parse_only(items, samplers=SAMPLERS, nfes=NFES) -> list[tuple[str, int]]:
-    """The (sampler, target NFE) cells of ``--only`` items "SAMPLER" or "SAMPLER:NFE,NFE"; None: all,
-    column by column (every sampler at the smallest NFE first), so an interrupted run holds whole columns."""
+def parse_only(items, nfes=NFES) -> list[tuple[str, int]]:
+    """The (sampler, target NFE) cells of ``--only`` items "SAMPLER" or "SAMPLER:NFE,NFE"; None: the
+    grid of ``SAMPLERS``, column by column (every sampler at the smallest NFE first), so an interrupted
+    run holds whole columns. ``--only`` also takes the ``EXTRA_SAMPLERS``."""
     if not items:
-        return [(s, k) for k in nfes for s in samplers]
+        return [(s, k) for k in nfes for s in SAMPLERS]
     cells = []
     for item in items:
         name, _, targets = item.partition(":")
-        if name not in samplers:
-            raise ValueError(f"--only {item!r}: unknown sampler {name!r}; expected one of {list(samplers)}")
+        if name not in KNOWN_SAMPLERS:
+            raise ValueError(f"--only {item!r}: unknown sampler {name!r}; expected one of {list(KNOWN_SAMPLERS)}")
         try:
             ks = [int(k) for k in targets.split(",")] if targets else list(nfes)
         except ValueError:
@@ -213,7 +220,7 @@ def format_tables(results: dict) -> str:
 
     A cell whose counted NFE differs from its column's target shows the count in brackets."""
     cells = {_key(c): c for c in results["cells"]}
-    names = [s for s in SAMPLERS if any(k[0] == s for k in cells)]
+    names = [s for s in KNOWN_SAMPLERS if any(k[0] == s for k in cells)]
     nfes = sorted({k[1] for k in cells})
     meta = results["meta"]
     lines = [f"Run `{meta['run']}` (step {meta['step']}), {meta['n']} samples per cell, guidance "
@@ -233,7 +240,7 @@ def format_tables(results: dict) -> str:
                     continue
                 text = fmt(c)
                 row.append(text if c["nfe"] == k else f"{text} [{c['nfe']}]")
-            lines.append(f"| {SAMPLERS[s].label} | " + " | ".join(row) + " |")
+            lines.append(f"| {KNOWN_SAMPLERS[s].label} | " + " | ".join(row) + " |")
         lines.append("")
 
     table("Fréchet ratio (FD / floor at the same n; lower is better, 1 = real data)",
@@ -247,10 +254,10 @@ def format_tables(results: dict) -> str:
 def save_plot(results: dict, path: str) -> None:
     """Fréchet ratio against the counted NFE (log x), one line per sampler, and the floor (ratio 1)."""
     curves = {}
-    for s in SAMPLERS:
+    for s in KNOWN_SAMPLERS:
         cs = sorted((c for c in results["cells"] if c["sampler"] == s), key=lambda c: c["nfe"])
         if cs:
-            curves[SAMPLERS[s].label] = ([c["nfe"] for c in cs], [c["fd_ratio"] for c in cs])
+            curves[KNOWN_SAMPLERS[s].label] = ([c["nfe"] for c in cs], [c["fd_ratio"] for c in cs])
     if not curves:
         return
     xs = [x for xy in curves.values() for x in xy[0]]
@@ -296,7 +303,7 @@ def study(model, info, cells, out: str, n: int, guidance_scale: float, seed: int
         results["cells"].append(cell)
         _write(results, out, plot)
         acc = cell["conditional_accuracy"]
-        say(f"{SAMPLERS[name].label:22s} NFE {cell['nfe']:4d} ({cell['steps']:4d} steps)  Fréchet ratio "
+        say(f"{KNOWN_SAMPLERS[name].label:22s} NFE {cell['nfe']:4d} ({cell['steps']:4d} steps)  Fréchet ratio "
             f"{cell['fd_ratio']:6.2f}  accuracy {'–' if acc is None else f'{100 * acc:5.1f} %'}  "
             f"{cell['seconds']:7.1f} s  load {cell['load_average']:.1f}")
     invocation["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -311,7 +318,7 @@ def main(argv=None) -> int:
     p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise and step noise of every cell")
     p.add_argument("--only", nargs="+", default=None, metavar="SAMPLER[:NFE,...]",
-                   help=f"run these cells only; samplers: {', '.join(SAMPLERS)}")
+                   help=f"run these cells only; samplers: {', '.join(KNOWN_SAMPLERS)}")
     p.add_argument("--nfe", type=int, nargs="+", default=list(NFES), help="target NFEs (default: %(default)s)")
     p.add_argument("--out", default="samplers.json", help="results JSON; tables go to <out>.md")
     p.add_argument("--plot", default=None, help="also draw the Fréchet ratio vs NFE plot to this PNG")

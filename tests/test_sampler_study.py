@@ -53,9 +53,9 @@ def _info():
                    num_classes=10, null_class=10, class_names=None)
 
 
-@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+@pytest.mark.parametrize("name", list(samplers.KNOWN_SAMPLERS))
 def test_steps_for_nfe_picks_the_closest_count(name):
-    spec = samplers.SAMPLERS[name]
+    spec = samplers.KNOWN_SAMPLERS[name]
     for target in (1, 2, 5, 10, 37, 1000):
         steps, count = samplers.steps_for_nfe(spec, SCHED, target)
         assert count == samplers.evaluations(spec, SCHED, steps)
