@@ -34,9 +34,9 @@ stochastic samplers draw their step noise from the same stream after it. Differe
 between cells are then differences of the samplers, not of the draws.
 
 The JSON (``--out``) is rewritten after every cell, so a crash keeps the finished cells;
-``--resume`` skips the cells already in it (its run, n, guidance and seed must match) and
-``--only`` runs a subset. Each invocation is logged in the JSON, so a table can be traced to
-the one run that made it. The Markdown tables (``<out>.md``) and the plot (``--plot``) are
+``--resume`` skips the cells already in it (its run, step, EMA choice, n, guidance and seed
+must match) and ``--only`` runs a subset. Each invocation is logged in the JSON, so a table
+can be traced to the invocations that made it. The Markdown tables (``<out>.md``) and the plot (``--plot``) are
 written from the JSON after every cell. This is a quality measurement; speed is measured
 by the other scripts here.
 """
@@ -281,8 +281,8 @@ def _open_results(out: str, resume: bool, meta: dict) -> dict:
     if not resume:
         raise ValueError(f"{out} exists: pass --resume to add to it, or another --out")
     results = nd_io.load_json(out)
-    for key in ("run", "n", "guidance_scale", "seed"):
-        if results["meta"].get(key) != meta[key]:
+    for key in ("run", "step", "ema", "n", "guidance_scale", "seed"):
+        if results["meta"].get(key) != meta.get(key):
             raise ValueError(f"--resume: {out} was made with {key}={results['meta'].get(key)!r}, "
                              f"this invocation has {meta[key]!r}")
     return results
