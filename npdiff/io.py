@@ -328,20 +328,23 @@ def _save_figure(path: str, fig) -> None:
 
 
 def save_curves(path: str, x, curves: Mapping[str, Iterable[float]], *, xlabel: str = "", ylabel: str = "",
-                title: str = "", logy: bool = False, figsize=(6.0, 4.0)) -> None:
+                title: str = "", logy: bool = False, logx: bool = False, figsize=(6.0, 4.0)) -> None:
     """Plot several named curves against a shared ``x`` and save a PNG.
 
     ``curves`` maps a legend label to y values of the same length as ``x``
-    (e.g. ᾱ_t of each beta schedule against t).
+    (e.g. ᾱ_t of each beta schedule against t). With ``x=None`` each curve is its own
+    ``(x, y)`` pair instead (e.g. quality against the NFE each sampler actually used).
     """
-    x = np.asarray(x, dtype=np.float64)
     fig = _new_figure(figsize)
     ax = fig.add_subplot(1, 1, 1)
     for label, y in curves.items():
-        y = np.asarray(y, dtype=np.float64)
-        if y.shape != x.shape:
-            raise ValueError(f"curve {label!r} has shape {y.shape}, x has shape {x.shape}")
-        ax.plot(x, y, label=label)
+        cx = np.asarray(x if x is not None else y[0], dtype=np.float64)
+        y = np.asarray(y if x is not None else y[1], dtype=np.float64)
+        if y.shape != cx.shape:
+            raise ValueError(f"curve {label!r} has shape {y.shape}, its x has shape {cx.shape}")
+        ax.plot(cx, y, label=label, marker="o" if x is None else None, markersize=3)
+    if logx:
+        ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
