@@ -9,9 +9,9 @@ import os
 import numpy as np
 
 from npdiff import backend, cli
-from npdiff.training import BaseTrainer, load_checkpoint
+from npdiff.training import BaseTrainer, TrainConfig, load_checkpoint
 from npdiff.training.checkpoint import CHECKPOINT_NAME
-from npdiff.training.run import load_run
+from npdiff.training.run import load_run, trainer_class
 from tests.kernels.harness import close
 from tests.models.test_unet_2d_reference_kernels import _record_columns
 
@@ -19,10 +19,15 @@ BETA1, EPS = 0.9, 1e-8  # AdamW's β₁ and ε (TrainConfig's defaults)
 
 
 def train(out, flags, device, resume=False):
-    """``npdiff train FLAGS --device DEVICE --output OUT`` (or ``--resume OUT``); the checkpoint it leaves."""
-    args = ["train", "--resume", str(out), "--quiet"] if resume else \
-        ["train", *flags, "--device", device, "--output", str(out)]
-    assert cli.main(args) == 0
+    """``npdiff train FLAGS --device DEVICE --output OUT`` (or ``--resume OUT``); ``flags`` may also be a
+    ``TrainConfig`` (for settings the CLI does not take), trained by its trainer. The checkpoint it leaves."""
+    if isinstance(flags, TrainConfig):
+        config = flags.replace(device=device)
+        trainer_class(config)(config, str(out), progress=False).train()
+    else:
+        args = ["train", "--resume", str(out), "--quiet"] if resume else \
+            ["train", *flags, "--device", device, "--output", str(out)]
+        assert cli.main(args) == 0
     return load_checkpoint(os.path.join(out, CHECKPOINT_NAME))
 
 
