@@ -74,10 +74,10 @@ def test_loss_is_read_once_per_log_line_and_a_nan_is_caught_there(tmp_path, monk
 
 def test_trainers_not_ported_to_the_device_refuse_it_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(backend, "gpu_kind", lambda: "simulator")  # as if "cuda" were there
-    with pytest.raises(ValueError, match=r"ClassifierTrainer \(model 'classifier'\) trains on cpu only.*--device cuda"):
-        from npdiff.training.classifier import ClassifierTrainer
+    with pytest.raises(ValueError, match=r"CLIPTrainer \(model 'clip'\) trains on cpu only.*--device cuda"):
+        from npdiff.training.clip_trainer import CLIPTrainer
 
-        ClassifierTrainer(TrainConfig(model="classifier", device="cuda", steps=1), tmp_path / "clf", progress=False)
+        CLIPTrainer(TrainConfig(model="clip", data="shapes", device="cuda", steps=1), tmp_path / "clip", progress=False)
 
 
 def test_resume_onto_a_missing_device_says_so(no_gpu, tmp_path, capsys):
