@@ -3,8 +3,6 @@ AutoencoderKL (one level of 2 channels, 4×4 digits, batch 1: each simulated con
 runs on the cuda column, copies only its batch and its noise over, and leaves the CPU run's
 checkpoint."""
 
-import pytest
-
 from npdiff import backend
 from npdiff.training import VAETrainer
 from tests.cuda.device_runs import assert_first_steps_agree, recorded, train
