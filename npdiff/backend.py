@@ -160,8 +160,12 @@ class SimulatedDeviceArray(np.ndarray):
 
 def device_memory(x):
     """A simulated device array's memory as a plain numpy array (no copy, no transfer: what a
-    simulated GPU kernel reads and writes); anything else unchanged."""
-    return x.view(np.ndarray) if isinstance(x, SimulatedDeviceArray) else x
+    simulated GPU kernel reads and writes); anything else unchanged. A read-only one (a broadcast
+    view, such as an attention mask) is given as a copy: the simulator writes every array argument
+    back after a launch (a GPU kernel reads a broadcast view in place, through its strides)."""
+    if not isinstance(x, SimulatedDeviceArray):
+        return x
+    return x.view(np.ndarray) if x.flags.writeable else np.array(x.view(np.ndarray))
 
 
 def as_device_arrays(result):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import nn
+from .. import backend, nn
 from ..autograd import Tensor, cat
 from ..nn import functional as F
 from .clip_text import CLIPTextModel
@@ -58,10 +58,11 @@ def contrastive_loss(image_embeds, text_embeds, logit_scale, negative_text_embed
     v, t = normalize(image_embeds), normalize(text_embeds)
     if v.ndim != 2 or v.shape != t.shape:
         raise ValueError(f"contrastive_loss: image_embeds {v.shape} and text_embeds {t.shape} must be the same (N, E)")
-    s = logit_scale if isinstance(logit_scale, Tensor) else Tensor(np.asarray(logit_scale, dtype=v.dtype))
+    s = logit_scale if isinstance(logit_scale, Tensor) else \
+        Tensor(backend.to_device(np.asarray(logit_scale, dtype=v.dtype), v.device))
     scale = s.clip(max=LOGIT_SCALE_MAX).exp()
     logits = (v @ t.T) * scale  # (N, N): S_ij, images × captions
-    diag = np.arange(v.shape[0])
+    diag = backend.to_device(np.arange(v.shape[0]), v.device)  # the pairs' indices, where the logits are
     if negative_text_embeds is None:
         image_logits = logits
     else:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import nn
+from .. import backend, nn
 from ..autograd import Tensor
 from ..nn import functional as F
 from .modeling_utils import ModelMixin, register_to_config
@@ -237,6 +237,8 @@ class CLIPTextModel(ModelMixin):
             h = layer(h, mask)
             states += (h,)
         last = self.final_layer_norm(h)  # (B, L, D)
-        pooled = last[np.arange(ids.shape[0]), self._eos_positions(ids)]  # (B, D)
+        # the EOS rows, picked by host indices sent where the states are (one copy on a GPU)
+        rows = backend.to_device(np.stack([np.arange(ids.shape[0]), self._eos_positions(ids)]), last.device)
+        pooled = last[rows[0], rows[1]]  # (B, D)
         return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
                                           hidden_states=states if output_hidden_states else None)

@@ -23,6 +23,7 @@ import numpy as np
 
 import npdiff.nn.functional as F
 
+from .. import backend
 from .. import io as nd_io
 from ..autograd import Tensor, no_grad
 from ..data import Dataset, load_dataset
@@ -58,15 +59,16 @@ def plan_classifier(config: TrainConfig, dataset: Dataset) -> RunInfo:
 
 
 def cross_entropy(logits: Tensor, labels: np.ndarray) -> Tensor:
-    """Per-sample −log softmax(logits)_y: logits (B, K) Tensor, labels (B,) ints -> (B,) Tensor."""
-    onehot = np.eye(logits.shape[1], dtype=np.float32)[labels]  # (B, K)
+    """Per-sample −log softmax(logits)_y: logits (B, K) Tensor, labels (B,) host ints -> (B,) Tensor.
+    The one-hot rows are made on the host and copied to the logits' device (one copy on a GPU)."""
+    onehot = backend.to_device(np.eye(logits.shape[1], dtype=np.float32)[labels], logits.device)  # (B, K)
     return -(F.log_softmax(logits, dim=1) * onehot).sum(axis=1)
 
 
 class ClassifierTrainer(Trainer):
     """Trains ``EncoderUNetModel`` on noisy labelled images; see the module docstring."""
 
-    devices = ("cpu",)  # cross_entropy's labels are not sent to the device yet
+    devices = ("cpu", "cuda")
 
     def __init__(self, config: TrainConfig, run_dir: str, **kwargs):
         if config.model != "classifier":
@@ -80,6 +82,7 @@ class ClassifierTrainer(Trainer):
         # 1-2. timesteps, noise and the forward process
         t = self.rng.integers(0, cfg.num_train_timesteps, size=b)
         noise = self.rng.standard_normal(x0.shape, dtype=np.float32)
+        x0, noise = self.to_device(x0), self.to_device(noise)  # the draws stay on the host (the same stream)
         x_t = self.schedule.q_sample(x0, t, noise).astype(np.float32)
         # 3-4. cross-entropy of the true label; backward, clip, update
         logits = self.model(Tensor(x_t), t)

@@ -34,6 +34,7 @@ import os
 
 import numpy as np
 
+from .. import backend
 from .. import io as nd_io
 from ..autograd import no_grad
 from ..data import COLOUR_NAMES, POSITION_NAMES, SHAPE_NAMES, SIZE_NAMES, Dataset, shapes_caption
@@ -213,6 +214,7 @@ def zero_shot_report(model, tokenizer, images: np.ndarray, attributes: np.ndarra
 class CLIPTrainer(BaseTrainer):
     """Contrastive pre-training of ``CLIPModel`` (``TrainConfig.model == "clip"``); see the module docstring."""
 
+    devices = ("cpu", "cuda")
     model_folder = "clip"
     divergence_hint = "Try a lower --lr or a smaller --grad-clip."
     n_monitor = 200  # held-out images scored by zero-shot_report at each sample_every
@@ -239,8 +241,10 @@ class CLIPTrainer(BaseTrainer):
         # force the encoder to see), and any one attribute changed
         negatives = self.texts([shapes_caption(hard_negative(a, self.rng, "shape", self.pairs)) for a in attrs]
                                + [shapes_caption(hard_negative(a, self.rng, None, self.pairs)) for a in attrs])
-        out = self.model(positives, x, return_loss=True, negative_input_ids=negatives)  # 3.-4.
-        return self._optimise(out.loss, temperature=float(np.exp(-self.model.logit_scale.data)))  # 5.-6.
+        # 3.-4. on the run's device (the token ids are sent by the embedding, the images here)
+        out = self.model(positives, self.to_device(x), return_loss=True, negative_input_ids=negatives)
+        xp = backend.get_array_module(self.model.logit_scale.data)
+        return self._optimise(out.loss, temperature=xp.exp(-self.model.logit_scale.data).reshape(()))  # 5.-6.
 
     # -- the exported folders --------------------------------------------------------
     def export_ema_model(self, folder: str) -> None:

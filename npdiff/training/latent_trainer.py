@@ -7,7 +7,8 @@ encoder (Stable Diffusion); labelled data ("digits") trains a class-conditional
 ``DiTTransformer2DModel`` (Peebles & Xie 2023 train DiT on SD's VAE latents the same
 way; patch 1 by default on our small latents). One training step:
 
-    0. once: q(z|x) = N(μ, σ²) of every training image   (frozen VAE encoder, no tape)
+    0. once: q(z|x) = N(μ, σ²) of every training image   (the frozen VAE encoder, no tape,
+                                                             on the run's device)
              e_i = text_encoder(caption_i).last_hidden_state, e_∅ = the empty prompt's
     1. (μ, log σ²), i ← next batch                          (seeded, resumable DataLoader)
     2. z₀ = s · (μ + σ ⊙ ε₁)                                 a fresh posterior sample (as SD's
@@ -35,6 +36,7 @@ import os
 
 import numpy as np
 
+from .. import backend
 from .. import io as nd_io
 from ..autograd import Tensor, no_grad
 from ..diffusion import NoiseSchedule, diffusion_loss
@@ -117,11 +119,13 @@ def plan_latent(config, dataset) -> RunInfo:
 
 
 def posterior_moments(vae, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    """[μ, log σ²] of q(z|x) for images (N, C, H, W), concatenated on the channel axis: (N, 2c, h, w)."""
+    """[μ, log σ²] of q(z|x) for host images (N, C, H, W), concatenated on the channel axis: (N, 2c, h, w),
+    on the host. The encoder runs where ``vae`` is: each batch is copied to its device and the moments back."""
+    device = backend.device_of(next(iter(vae.parameters())))
     out = []
     with no_grad():
         for s in range(0, len(images), batch):
-            post = vae.encode(Tensor(images[s:s + batch])).latent_dist
+            post = vae.encode(Tensor(backend.to_device(images[s:s + batch], device))).latent_dist
             out.append(np.concatenate([post.mean.numpy(), post.logvar.numpy()], axis=1))
     return np.concatenate(out).astype(np.float32)
 
@@ -141,6 +145,7 @@ class LatentTrainer(BaseTrainer):
     """Latent diffusion (``TrainConfig.model == "ldm"``); see the module docstring."""
 
     divergence_hint = "Try a lower --lr or a smaller --grad-clip."
+    devices = ("cpu", "cuda")
 
     def __init__(self, config, run_dir, *, progress: bool = True, _resuming: bool = False):
         super().__init__(config, run_dir, progress=progress, _resuming=_resuming)
@@ -150,7 +155,10 @@ class LatentTrainer(BaseTrainer):
         self.vae = AutoencoderKL.from_pretrained(vae_folder(config.vae)).eval()
         self.scaling_factor = float(self.vae.config.scaling_factor)
         self.captioned = self.dataset.captions is not None
-        moments = posterior_moments(self.vae, self.dataset.images)  # step 0
+        # step 0 on the run's device; then the frozen VAE goes back to the host, where the sample grids
+        # decode (an exact copy both ways), and the moments stay on the host, whence each batch goes over
+        moments = posterior_moments(self.vae.to(self.device), self.dataset.images)
+        self.vae.to("cpu")
         if self.captioned:
             from ..models import CLIPTextModel, CLIPTokenizer
 
@@ -174,20 +182,24 @@ class LatentTrainer(BaseTrainer):
         return f"latent diffusion loss ({self.config.prediction_type})"
 
     def train_step(self, moments: np.ndarray, y) -> dict:
-        cfg, b = self.config, len(moments)
-        mean, logvar = np.split(moments, 2, axis=1)
-        # 2. a posterior sample, scaled to unit variance
-        eps = self.rng.standard_normal(mean.shape, dtype=np.float32)
-        z0 = (self.scaling_factor * (mean + np.exp(0.5 * logvar) * eps)).astype(np.float32)
+        cfg, b, c = self.config, len(moments), moments.shape[1] // 2
+        # the draws stay on the host (the same stream on every device); the batch's moments, ε₁, ε and
+        # the text states go over, t and the labels are sent by the model's embeddings
+        eps = self.rng.standard_normal((b, c, *moments.shape[2:]), dtype=np.float32)
         # 3. timesteps, noise, caption / label dropout
         t = self.rng.integers(0, cfg.num_train_timesteps, size=b)
-        noise = self.rng.standard_normal(z0.shape, dtype=np.float32)
+        noise = self.rng.standard_normal(eps.shape, dtype=np.float32)
         drop = self.rng.random(b) < cfg.label_dropout
+        # 2. a posterior sample, scaled to unit variance, on the run's device
+        moments, eps, noise = self.to_device(moments), self.to_device(eps), self.to_device(noise)
+        xp = backend.get_array_module(moments)
+        mean, logvar = moments[:, :c], moments[:, c:]
+        z0 = (self.scaling_factor * (mean + xp.exp(0.5 * logvar) * eps)).astype(np.float32)
         # 4. forward process
         z_t = self.schedule.q_sample(z0, t, noise).astype(np.float32)
         # 5. loss
         if self.captioned:
-            text = np.where(drop[:, None, None], self.empty, self.hidden[y])  # (B, L, D)
+            text = self.to_device(np.where(drop[:, None, None], self.empty, self.hidden[y]))  # (B, L, D)
             out = self.model(Tensor(z_t), t, Tensor(text))
         else:
             labels = None if y is None else np.where(drop, self.info.null_class, y)

@@ -38,8 +38,9 @@ N_LATENT_STATS = 512  # training images whose posterior means set the scaling fa
 
 
 def vae_loss(reconstruction, target, posterior, recon_loss: str = "l1", kl_weight: float = 1e-6):
-    """Step 5 of the module docstring. Returns (loss Tensor, {"recon": float, "kl": float}),
-    ``kl`` in nats per image (summed over the latent)."""
+    """Step 5 of the module docstring. Returns (loss Tensor, {"recon": r, "kl": k}), r and k 0-d
+    arrays where the loss is (on the device: nothing is read back), ``kl`` in nats per image
+    (summed over the latent)."""
     if recon_loss not in ("l1", "mse"):
         raise ValueError(f"recon_loss must be 'l1' or 'mse', got {recon_loss!r}")
     x = target if isinstance(target, Tensor) else Tensor(target)
@@ -50,7 +51,7 @@ def vae_loss(reconstruction, target, posterior, recon_loss: str = "l1", kl_weigh
     kl = posterior.kl().mean()  # mean over the batch of Σ over (c, h, w)
     per_pixel = int(np.prod(x.shape[1:]))  # C·H·W
     loss = rec + kl * (kl_weight / per_pixel)
-    return loss, {"recon": float(rec.item()), "kl": float(kl.item())}
+    return loss, {"recon": rec.data.reshape(()), "kl": kl.data.reshape(())}
 
 
 def encode_means(model, images: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -76,6 +77,8 @@ def reconstruct(model, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray
 class VAETrainer(BaseTrainer):
     """Trains ``AutoencoderKL`` (``TrainConfig.model == "vae"``); see the module docstring."""
 
+    devices = ("cpu", "cuda")
+
     model_folder = "vae"
     divergence_hint = "Try a lower --lr, a smaller --grad-clip or a smaller --kl-weight."
 
@@ -84,6 +87,7 @@ class VAETrainer(BaseTrainer):
 
     def train_step(self, x0: np.ndarray, y=None) -> dict:
         cfg = self.config
+        x0 = self.to_device(x0)  # the batch on the run's device; ε (step 3) is drawn on the host, sent over
         posterior = self.model.encode(Tensor(x0)).latent_dist  # 2.
         z = posterior.sample(generator=self.rng)  # 3.
         reconstruction = self.model.decode(z).sample  # 4.

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 
 from npdiff import backend, cli
-from npdiff.training import BaseTrainer, Trainer, load_checkpoint
+from npdiff.training import Trainer, load_checkpoint
 from npdiff.training.checkpoint import CHECKPOINT_NAME
-from npdiff.training.run import load_run
-from tests.kernels.harness import close
-from tests.models.test_unet_2d_reference_kernels import TERMS, _record_columns
+from tests.cuda.device_runs import assert_first_steps_agree, recorded, train
+from tests.models.test_unet_2d_reference_kernels import TERMS
 
 FLAGS = ["--data", "digits", "--image-size", "4", "--channels", "2", "--norm-groups", "2", "--no-attention",
          "--batch-size", "1", "--steps", "2", "--warmup-steps", "1", "--log-every", "1", "--sample-every", "1000",
          "--checkpoint-every", "1000", "--seed", "0", "--quiet"]
-LR, BETA1, EPS = 2e-3, 0.9, 1e-8  # TrainConfig's lr (reached after the 1 warm-up step), AdamW's β₁ and ε
+LR = 2e-3  # TrainConfig's lr (reached after the 1 warm-up step)
 
 # host → device copies of one DDPM step: the batch x₀ and its noise ε (the trainer), the timesteps t
 # (the UNet's time embedding) and the labels y (the class embedding, after checking their range on
@@ -32,47 +31,21 @@ LR, BETA1, EPS = 2e-3, 0.9, 1e-8  # TrainConfig's lr (reached after the 1 warm-u
 WRITES_PER_STEP = 2 + 1 + 1 + 2 + 2
 
 
-def _run(out, device, counts):
+def _run(out, device):
     """``npdiff train`` 1 step, keep that checkpoint, then ``--resume`` for step 2."""
-    assert cli.main(["train", *FLAGS, "--device", device, "--stop-after", "1", "--output", str(out)]) == 0
-    first = load_checkpoint(os.path.join(out, CHECKPOINT_NAME))
-    counts.append("resume")
-    assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
-    return first, load_checkpoint(os.path.join(out, CHECKPOINT_NAME))
+    first = train(out, [*FLAGS, "--stop-after", "1"], device)
+    return first, train(out, FLAGS, device, resume=True)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The CPU run and the device run, with the device run's host transfers: per training step, and
     per read of the pending losses (the one read of each log line)."""
-    steps, reads, columns = [], [], []
-    train_step, read_pending = Trainer.train_step, BaseTrainer._read_pending
-
-    def counted_step(self, x0, y):
-        backend.reset_transfers()
-        mark = len(calls)
-        record = train_step(self, x0, y)
-        steps.append(backend.transfers())
-        columns.append({column for _, column in calls[mark:]})
-        return record
-
-    def counted_read(self):
-        pending, before = len(getattr(self, "_pending", ())), backend.transfers()["reads"]
-        read_pending(self)
-        if pending:
-            reads.append((pending, backend.transfers()["reads"] - before))
-
     base = tmp_path_factory.mktemp("train")
-    cpu = _run(base / "cpu", "cpu", [])
-    calls, undo = _record_columns()  # (op, column) of every kernel call
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(Trainer, "train_step", counted_step)
-            mp.setattr(BaseTrainer, "_read_pending", counted_read)
-            gpu = _run(base / "cuda", "cuda", [])
-    finally:
-        undo()
-    return {"cpu": cpu, "cuda": gpu, "steps": steps, "reads": reads, "columns": columns, "dir": base}
+    cpu = _run(base / "cpu", "cpu")
+    with recorded(Trainer) as rec:
+        gpu = _run(base / "cuda", "cuda")
+    return {"cpu": cpu, "cuda": gpu, **rec, "dir": base}
 
 
 def test_a_training_step_runs_on_the_cuda_column_and_reads_nothing_back(runs):
@@ -85,24 +58,7 @@ def test_a_training_step_runs_on_the_cuda_column_and_reads_nothing_back(runs):
 
 def test_device_checkpoint_equals_the_cpu_checkpoint(runs):
     (cpu, _), (gpu, _) = runs["cpu"], runs["cuda"]
-    assert cpu.step == gpu.step == 1
-    for key in ("trainer_rng", "loader", "global_rng"):  # the same draws on either device
-        assert gpu.meta[key] == cpu.meta[key], key
-    # AdamW's first moment after one step is (1 − β₁)·g: the clipped gradients, compared as kernels are
-    g = {k: v / (1 - BETA1) for k, v in cpu.optimizer["state"].items() if k.endswith("exp_avg")}
-    for k, want in g.items():
-        close(gpu.optimizer["state"][k] / (1 - BETA1), want, np.float32, TERMS, k)
-    # the first step moves θ by lr·g/(|g| + ε): a gradient error δ moves it by at most lr·δ/(|g| + ε)
-    # (also across a sign change; 2·lr at most), plus θ's own float32 rounding
-    names = [n for n, _ in load_run(runs["dir"] / "cpu").model.named_parameters()]  # AdamW's order
-    for i, name in enumerate(names):
-        grad = g[f"{i}.exp_avg"]
-        delta = 16 * TERMS * np.finfo(np.float32).eps * max(1.0, float(np.abs(grad).max()))
-        tol = LR * np.minimum(2.0, delta / (np.abs(grad) + EPS)) + 4 * np.finfo(np.float32).eps * np.abs(cpu.model[name])
-        assert np.all(np.abs(gpu.model[name] - cpu.model[name]) <= tol), name
-        assert np.all(np.abs(gpu.ema[name] - cpu.ema[name]) <= tol), name  # a convex mix of θ₀ and θ₁
-    loss = [json.loads(open(runs["dir"] / d / "log.jsonl").readline())["loss"] for d in ("cpu", "cuda")]
-    assert abs(loss[1] - loss[0]) <= 16 * TERMS * np.finfo(np.float32).eps * max(1.0, loss[0])
+    assert_first_steps_agree(cpu, gpu, (runs["dir"] / "cpu", runs["dir"] / "cuda"), LR, TERMS)
 
 
 def test_resumed_onto_the_device_it_continues_the_cpu_run(runs):

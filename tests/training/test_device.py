@@ -73,11 +73,18 @@ def test_loss_is_read_once_per_log_line_and_a_nan_is_caught_there(tmp_path, monk
 
 
 def test_trainers_not_ported_to_the_device_refuse_it_by_name(tmp_path, monkeypatch):
-    monkeypatch.setattr(backend, "gpu_kind", lambda: "simulator")  # as if "cuda" were there
-    with pytest.raises(ValueError, match=r"VAETrainer \(model 'vae'\) trains on cpu only.*--device cuda"):
-        from npdiff.training.vae_trainer import VAETrainer
+    # every trainer of TrainConfig runs on cuda now (the adapters' trainer has no --device); a trainer
+    # that declares the CPU only is refused by its name before anything is built
+    class HostOnlyTrainer(Trainer):
+        devices = ("cpu",)
 
-        VAETrainer(TrainConfig(model="vae", device="cuda", steps=1), tmp_path / "vae", progress=False)
+    monkeypatch.setattr(backend, "gpu_kind", lambda: "simulator")  # as if "cuda" were there
+    with pytest.raises(ValueError, match=r"HostOnlyTrainer \(model 'mlp'\) trains on cpu only.*--device cuda"):
+        HostOnlyTrainer(_toy(device="cuda"), tmp_path / "host", progress=False)
+    from npdiff.training.run import trainer_class
+
+    for model in ("unet", "dit", "mlp", "classifier", "vae", "clip", "ldm"):
+        assert "cuda" in trainer_class(TrainConfig(model=model, vae="v" if model == "ldm" else None)).devices, model
 
 
 def test_resume_onto_a_missing_device_says_so(no_gpu, tmp_path, capsys):
