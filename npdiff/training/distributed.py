@@ -51,6 +51,9 @@ _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "P
 _TAG_FAILED, _TAG_PING, _TAG_PONG = 7701, 7702, 7703
 
 
+ROOT_ABORT_DELAY = 1.0  # s: rank 0's pause before MPI_Abort, for the launcher to forward its last output (abort)
+
+
 class DistributedError(RuntimeError):
     """Another rank failed, died or stopped answering; ``rank`` names it (None: several)."""
 
@@ -368,13 +371,15 @@ class Distributed:
 
     def abort(self, code: int, grace: float = 10.0) -> None:
         """End the whole job with ``code`` (MPI_Abort). A rank other than 0 first waits up to
-        ``grace`` seconds, so that rank 0 (notified) can finish writing and end the job itself."""
+        ``grace`` seconds, so that rank 0 (notified) can finish writing and end the job itself.
+        Rank 0 waits a moment too: the launcher forwards each rank's output through its own
+        pipes and tears the job down on MPI_Abort, dropping what it has not forwarded yet (seen
+        on a loaded machine as rank 0's error message cut off mid-traceback)."""
         sys.stdout.flush()
         sys.stderr.flush()
-        if not self.is_root:
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                time.sleep(0.05)
+        deadline = time.monotonic() + (grace if not self.is_root else min(grace, ROOT_ABORT_DELAY))
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
         self.comm.Abort(int(code))
 
 
