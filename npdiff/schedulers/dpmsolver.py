@@ -197,6 +197,13 @@ class DPMSolverMultistepScheduler(SigmaSchedulerMixin):
         lam_t = _lambda(a_t, s_t)
         lams = [_lambda(a, s) for a, s in prev]
         h = lam_t - lams[0]
+        # a repeated timestep (rounding repeats t = 500 among 1,000 linspace steps) is an interval
+        # of zero length: its step is the identity (the order-1 update at h = 0), and a difference
+        # across it is undefined, so the order drops to what distinct λ's support (diffusers: NaN)
+        if h == 0 or (order >= 2 and lams[0] == lams[1]):
+            order = 1
+        elif order == 3 and lams[1] == lams[2]:
+            order = 2
         m = self.model_outputs
         plus = cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++")
         sde = cfg.algorithm_type == "sde-dpmsolver++"

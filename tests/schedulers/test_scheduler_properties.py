@@ -204,3 +204,27 @@ def test_set_timesteps_rejects_bad_counts():
         S.DDPMScheduler().set_timesteps(timesteps=[10, 20])
     with pytest.raises(ValueError, match="sigma_min"):
         S.DPMSolverMultistepScheduler(algorithm_type="dpmsolver")
+
+
+@pytest.mark.parametrize("algorithm_type", ["dpmsolver++", "sde-dpmsolver++", "dpmsolver"])
+@pytest.mark.parametrize("solver_order", [2, 3])
+def test_dpmsolver_steps_over_a_repeated_timestep(algorithm_type, solver_order):
+    """1,000 linspace steps repeat t = 500 (rounding of 999·k/1000): the zero-length interval is the
+    identity and the multistep differences across it drop to the order the distinct λ's support,
+    so the whole loop stays finite (diffusers' own scheduler returns NaN here)."""
+    sched = S.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                          prediction_type="v_prediction", algorithm_type=algorithm_type,
+                                          solver_order=solver_order,
+                                          final_sigmas_type="sigma_min" if algorithm_type == "dpmsolver" else "zero")
+    sched.set_timesteps(1000)
+    ts = np.asarray(sched.timesteps)
+    repeated = np.flatnonzero(np.diff(ts) == 0)
+    assert repeated.size == 1  # the case this test is about
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, 4, 4))
+    for i, t in enumerate(ts):
+        before = x
+        x = sched.step(0.1 * x, t, x, generator=rng).prev_sample
+        if i == repeated[0]:  # the step from the first t = 500 to the second: nothing moves
+            np.testing.assert_array_equal(x, before)
+    assert np.isfinite(x).all()
