@@ -144,6 +144,8 @@ def main(argv=None) -> int:
                       f"{r['first_step_cpu_s']:7.2f} {later} {r['to_first_step_s']:10.2f}", flush=True)
                 if args.breakdown and (kind == "cold" or r["compiled"]):
                     print_breakdown(r["compiled"], args.top)
+                elif args.breakdown:
+                    print("compiled: nothing (every function came from the cache)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -133,9 +133,10 @@ jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nog
 # ``no_cfunc_wrapper``) that only a call from Python or through a C pointer needs; such a helper
 # cannot be called from Python (call its caller, or ``.py_func`` for the plain function).
 #
-# Measured by ``benchmarks/cold_start.py --breakdown`` (CPU time of the first training step's
-# compiles, load average 7): 17.4 s with every helper a plain jit_serial function, 16.4 s with all
-# as jit_helper, 15.4 s with the split used now; step times unchanged (docs/kernels.md, Cold start).
+# Measured by ``benchmarks/cold_start.py --breakdown``: the default run's first step took 18.0 s of CPU
+# with every helper a plain jit_serial function and 15.9 s with these two (medians of 10 and 11 runs at
+# load 6-8; Winograd's inlined transforms are most of the gain); kernel speed unchanged within noise
+# (docs/kernels.md, Cold start).
 jit_inline = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
 jit_scalar = jit_inline
 jit_helper = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL,
