@@ -134,8 +134,8 @@ jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nog
 # cannot be called from Python (call its caller, or ``.py_func`` for the plain function).
 #
 # Measured by ``benchmarks/cold_start.py --breakdown``: the default run's first step took 18.0 s of CPU
-# with every helper a plain jit_serial function and 15.9 s with these two (medians of 10 and 11 runs at
-# load 6-8; Winograd's inlined transforms are most of the gain); kernel speed unchanged within noise
+# with every helper a plain jit_serial function and 15.9-16.0 s with these two (medians of 9 and 11 runs
+# at load 6-10; Winograd's inlined transforms are most of the gain); kernel speed unchanged within noise
 # (docs/kernels.md, Cold start).
 jit_inline = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
 jit_scalar = jit_inline
