@@ -61,7 +61,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .config import blas_single_thread, jit_serial, num_threads, parallel_for
+from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 from .vexp import exp_constants as _exp_constants
 from .vexp import exp_inplace as _exp_inplace
 
@@ -172,7 +172,7 @@ def attention_backward_reference(g, q, k, v, out, lse, bias=None, bias_index=Non
 # fast CPU path (Numba)
 
 
-@jit_serial
+@jit_helper
 def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
     """x[t] = exp(x[t] − shift) for t < n, in place; returns Σ_t x[t]."""
     for t in range(n):
@@ -197,7 +197,7 @@ def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
 
 
-@jit_serial
+@jit_inline
 def _row_max(x, n):
     m = x[0]
     for t in range(1, n):
@@ -206,7 +206,7 @@ def _row_max(x, n):
     return m
 
 
-@jit_serial
+@jit_helper
 def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
     """S (nq, nk) = qs[:nq] · k[n, j0:j0+nk]ᵀ (qs already carries the scale)."""
     if use_blas:
@@ -376,7 +376,7 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
                 out[n, i0 + i, c] = accT[c, i] * inv
 
 
-@jit_serial
+@jit_helper
 def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, use_blas, ib, fb, C, fast):
     """S (nq, nk) <- P = exp(s·q_i k_jᵀ (+ bias) − lse_i), the probabilities recomputed from the forward's lse;
     also fills qs (nq, d) = s·q_i."""
@@ -398,7 +398,7 @@ def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, 
             _exp_shift_sum(row, nk, li, ib, fb, C, fast)
 
 
-@jit_serial
+@jit_inline
 def _ds_in_place(S, dP, D, n, i0, nq, nk):
     """dS = P ∘ (dP − D_i), stored in dP."""
     for i in range(nq):

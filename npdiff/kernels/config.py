@@ -1,7 +1,8 @@
 """Numba flags and the thread policy, set in one place.
 
 Every jitted kernel in ``npdiff/kernels`` is decorated with ``jit_serial`` (one thread, GIL
-released: ``nogil=True``). Kernels that use several cores are serial functions over a range
+released: ``nogil=True``); the helpers they call with ``jit_inline`` or ``jit_helper`` (which
+compile less; see below). Kernels that use several cores are serial functions over a range
 ``[lo, hi)`` of independent work items (rows, planes, chunks), run by ``parallel_for`` on a
 small pool of Python threads, one contiguous range per thread. ``fastmath`` stays off: the
 fast kernels are tested against the reference ones to tight tolerances, and reassociation
@@ -115,9 +116,31 @@ ERROR_MODEL = "numpy"
 
 jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
 jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True, error_model=ERROR_MODEL)
-# scalar functions mapped by a kernel factory: inlined into the caller's loop (Numba IR level),
-# so the loop sees straight-line arithmetic and vectorises as if it were written there
-jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
+# Helpers of kernels (functions called only from other jitted functions) and what they cost to
+# compile. A jitted callee is compiled on its own (its own LLVM module, optimised and turned into
+# machine code, plus wrappers) and then its optimised module is linked into every caller's module,
+# which LLVM optimises and compiles again as a whole: a helper costs its own compile and a share of
+# each caller's. Two ways to pay less, neither changing the arithmetic:
+#
+# jit_inline: inlined into the caller at Numba's IR level (``inline="always"``) before typing, so it
+# is compiled only as part of the caller. For helpers with one call site (Winograd's transforms)
+# and small ones (index arithmetic): a body inlined at several sites is typed at each, and inside a
+# ``prange`` loop it goes through the parfor passes too (the group-norm helpers measured 1.3 s more
+# CPU that way). Also the scalar functions mapped by a kernel factory (``jit_scalar``): inlined into
+# the caller's loop, the loop sees straight-line arithmetic and vectorises as if it were written there.
+#
+# jit_helper: compiled on its own, without the Python and C entry points (``no_cpython_wrapper``,
+# ``no_cfunc_wrapper``) that only a call from Python or through a C pointer needs; such a helper
+# cannot be called from Python (call its caller, or ``.py_func`` for the plain function).
+#
+# Measured by ``benchmarks/cold_start.py --breakdown``: the default run's first step took 18.0 s of CPU
+# with every helper a plain jit_serial function and 15.9-16.0 s with these two (medians of 9 and 11 runs
+# at load 6-10; Winograd's inlined transforms are most of the gain); kernel speed unchanged within noise
+# (docs/kernels.md, Cold start).
+jit_inline = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
+jit_scalar = jit_inline
+jit_helper = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL,
+                        no_cpython_wrapper=True, no_cfunc_wrapper=True)
 prange = numba.prange
 
 

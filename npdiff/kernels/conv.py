@@ -42,7 +42,7 @@ from ..backend import get_array_module
 from .checks import conv2d_output_size, conv_transpose2d_output_size
 from . import winograd
 from .winograd import copy_padded_rows
-from .config import blas_single_thread, jit_serial, num_threads, parallel_for
+from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -196,7 +196,7 @@ _GEMM_WIDTH = 256
 # variable, which Numba knows is non-negative.
 
 
-@jit_serial
+@jit_helper
 def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, pad, cols):
     """Fill cols (K, nb, ni·Wo) from x (N, C, H, W) for output rows [i0, i0+ni).
 
@@ -226,7 +226,7 @@ def _im2col(x, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, pad, cols):
                                 dst[j] = src[sw * j]
 
 
-@jit_serial
+@jit_helper
 def _col2im(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, pad, gx):
     """gx[n0+b, c, h, :] = Σ cols[k, b, r·Wo+j] over the (u, v, r, j) landing on (h, sw·j+v−pw), h in [r0, r1).
 
@@ -261,14 +261,14 @@ def _col2im(cols, n0, nb, i0, ni, kh, kw, sh, sw, ph, pw, Wo, r0, r1, pad, gx):
                     dst[m] = src[m]
 
 
-@jit_serial
+@jit_inline
 def _thread_chunks(tid, T, N, nb, n_rows, band):
     """The contiguous run [lo, hi) of the ceil(N/nb)·ceil(n_rows/band) chunks that thread tid takes."""
     items = -(-N // nb) * -(-n_rows // band)
     return tid * items // T, (tid + 1) * items // T
 
 
-@jit_serial
+@jit_inline
 def _chunk(t, N, nb, n_rows, band):
     """Chunk t -> (n0, images, first row, rows): image-major, then row bands."""
     bands = -(-n_rows // band)
@@ -276,7 +276,7 @@ def _chunk(t, N, nb, n_rows, band):
     return n0, min(nb, N - n0), r0, min(band, n_rows - r0)
 
 
-@jit_serial
+@jit_helper
 def _gather_rows(g3, n0, mb, p0, L, gt):
     """gt (O, mb·L) = g3[n0+b, o, p0 : p0+L] side by side; g3 (N, O, P) -> a view when it already is one."""
     if mb == 1 and L == g3.shape[2]:

@@ -53,7 +53,7 @@ from .checks import normalized_shape as _normalized_shape
 from .elementwise import _XP as _ACTIVATIONS_XP
 from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
 from .vexp import exp_constants, exp_inplace
-from .config import jit_parallel, jit_serial, num_threads, parallel_for, prange
+from .config import jit_parallel, jit_helper, jit_serial, num_threads, parallel_for, prange
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -305,7 +305,7 @@ LANES = 64  # statistics of a whole slab
 GRAD_LANES = 32  # gradient sums, reduced per channel row (fewer lanes to add up)
 
 
-@jit_serial
+@jit_helper
 def _lanes_total(acc):
     """Σ_k acc[k] with four independent chains (the lanes count is a multiple of 4)."""
     a0 = a1 = a2 = a3 = 0.0
@@ -317,7 +317,7 @@ def _lanes_total(acc):
     return (a0 + a1) + (a2 + a3)
 
 
-@jit_serial
+@jit_helper
 def _row_sum(v, acc):
     """Σ_i v[i] in float64 (v: 1-D contiguous)."""
     B = acc.shape[0]
@@ -333,7 +333,7 @@ def _row_sum(v, acc):
     return t + _lanes_total(acc)
 
 
-@jit_serial
+@jit_helper
 def _row_sqdev(v, mu, acc):
     """Σ_i (v[i] − μ)² in float64."""
     B = acc.shape[0]
@@ -351,7 +351,7 @@ def _row_sqdev(v, mu, acc):
     return t + _lanes_total(acc)
 
 
-@jit_serial
+@jit_helper
 def _row_grad_sums(g, v, mu, acc, acc2):
     """(Σ_i g[i], Σ_i g[i]·(v[i] − μ)) in float64."""
     B = acc.shape[0]
@@ -372,21 +372,21 @@ def _row_grad_sums(g, v, mu, acc, acc2):
     return s + _lanes_total(acc), p + _lanes_total(acc2)
 
 
-@jit_serial
+@jit_helper
 def _row_affine(v, mu, a, b, out):
     """out[i] = (v[i] − μ)·a + b (a, b, μ already in the array's precision)."""
     for i in range(v.shape[0]):
         out[i] = (v[i] - mu) * a + b
 
 
-@jit_serial
+@jit_helper
 def _row_grad_input(g, v, mu, A, B, C, out):
     """out[i] = A·g[i] + B·(v[i] − μ) + C."""
     for i in range(v.shape[0]):
         out[i] = A * g[i] + B * (v[i] - mu) + C
 
 
-@jit_serial
+@jit_helper
 def _silu_row(z, buf, ib, C, fast):
     """z ← silu(z) in place: e = e^{−|z|} for the row by the vector exp, then z·σ(z) (elementwise's pair)."""
     n = z.shape[0]
@@ -428,7 +428,7 @@ def _group_norm_forward_fast(x3, x4, w, b, eps, act, C, fast, buf, ib, out, mean
             _silu_row(out[n, g].reshape(M), buf[tid], ib[tid], C, fast)
 
 
-@jit_serial
+@jit_helper
 def _silu_grad_slab(g4, x4, n, grp, mu, rho, w, b, C, fast, dz, buf, ib):
     """dz (Cg, S) = g·silu'(z) for the slab (n, grp), z = (x − μ)ρw + b recomputed from x."""
     Cg, S = x4.shape[2], x4.shape[3]

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .config import jit_serial
+from .config import jit_helper
 
 
 class ExpConstants(NamedTuple):
@@ -51,7 +51,7 @@ def exp_constants(dtype) -> ExpConstants:
                                           8388608.0, 127.0, 0.0, 1.0, 1 / 2, 1 / 6, 1 / 24, 1 / 120, 1 / 720, 1 / 5040)))
 
 
-@jit_serial
+@jit_helper
 def exp_inplace(x, n, ib, fb, C, fast):
     """x[t] = exp(x[t]) for t < n, in place (arguments must be ≤ 0); C: ``ExpConstants`` of x's dtype.
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import blas_single_thread, jit_serial, num_threads, parallel_for
+from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 
 # Tiles per chunk (the width of the 16 GEMMs): wide enough to keep sgemm efficient (inner dimension
 # C only), but with V and M of one chunk (16·(C + O)·tiles floats) under CHUNK_BYTES so that they stay
@@ -113,7 +113,7 @@ def _weight_transform(w, flip, U):
                 U[4 * a + 3, i, j] = k2
 
 
-@jit_serial
+@jit_helper
 def copy_padded_rows(x, n, c, h0, nrows, Wp, lo, hi, pad):
     """pad[q, :Wp] = row h0 + q of the plane x[n, c] with its zero border, q < nrows: columns
     [lo, hi) hold x's columns [0, hi − lo), the rest (and rows outside the image) are 0.
@@ -131,7 +131,7 @@ def copy_padded_rows(x, n, c, h0, nrows, Wp, lo, hi, pad):
             inside[m] = src[m]
 
 
-@jit_serial
+@jit_inline
 def _phase_planes(x, n, c, ph, pw, th, tw, P):
     """P[2·pr + pc, i, j] = xpad[2i + pr, 2j + pc] (x[n, c, 2i + pr − ph, 2j + pc − pw], 0 outside),
     i ≤ th, j ≤ tw: the padded plane split by the parity of row and column, so that every entry of
@@ -156,7 +156,7 @@ def _phase_planes(x, n, c, ph, pw, th, tw, P):
                     dst[j] = src[2 * j]
 
 
-@jit_serial
+@jit_inline
 def _input_tiles(x, n0, nb, ph, pw, th, tw, P, V):
     """V[ξ, c, b·th·tw + ti·tw + tj] = (Bᵀ d B)[ξ] of the 4×4 patch at (2ti − ph, 2tj − pw) of x[n0+b, c].
 
@@ -232,7 +232,7 @@ def _input_tiles(x, n0, nb, ph, pw, th, tw, P, V):
                     v[j] = (o1[j] - o1[j + 1]) - (o3[j] - o3[j + 1])
 
 
-@jit_serial
+@jit_inline
 def _output_tiles(M, bias, n0, nb, th, tw, out):
     """out[n0+b, o, 2ti + a, 2tj + e] = (Aᵀ M[:, o, p] A)[a, e] + bias[o], p = b·th·tw + ti·tw + tj.
 
