@@ -115,6 +115,15 @@ ERROR_MODEL = "numpy"
 
 jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
 jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True, error_model=ERROR_MODEL)
+# Row reductions (Σ v, Σ (v − μ)², Σ g(v − μ) in norm.py) with one fast-math freedom, ``reassoc``:
+# LLVM may split the sum into vector partial sums and add them at the end, as a hand-written lanes
+# array would, but keeps them in registers. Measured on 8,192 rows of 256 float32, float64
+# accumulators, one thread: 0.19 ms, against 0.84 ms for 32 lanes kept in a scratch array (the
+# lanes form's loads and stores of the scratch, per block, were the cost). No other flag (no nnan,
+# ninf, arcp, contract): only the order of the additions changes, and with it the rounding, within
+# the bound of a blocked sum, (n / lanes + log₂ lanes)·eps·Σ|terms|; the order depends on the
+# machine's vector width (AVX2 or AVX-512), not on the run.
+jit_reduce = numba.njit(cache=CACHE, fastmath={"reassoc"}, nogil=True, error_model=ERROR_MODEL)
 # scalar functions mapped by a kernel factory: inlined into the caller's loop (Numba IR level),
 # so the loop sees straight-line arithmetic and vectorises as if it were written there
 jit_scalar = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="always", error_model=ERROR_MODEL)
