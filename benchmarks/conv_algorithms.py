@@ -3,8 +3,9 @@
     python benchmarks/conv_algorithms.py [--repeats 25] [--threads 2]
 
 For each shape, forward and grad-input by both algorithms, alternating call by call, best of
-``--repeats``; prints ms and the ratio winograd / im2col, and which one ``conv.winograd_pays``
-picks. This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT`` in
+``--repeats``; prints ms and the ratio winograd / im2col, and which one the rules pick
+(``conv.winograd_pays``; ``conv.small_plane_pays`` sends planes of ≤ 16 pixels to the batch-last
+GEMM). This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT(_GX)`` in
 ``npdiff/kernels/conv.py``. Run it on a quiet machine (the load average is printed). On a loaded
 machine use ``--clock cpu --threads 1``: the thread's CPU time, which other processes taking the
 core do not inflate (cache sharing still does, a little).
@@ -75,11 +76,20 @@ def main(argv=None) -> int:
                 t0 = clock()
                 f()
                 best[key] = min(best[key], clock() - t0)
-        pick = "/".join("winograd" if K.winograd_pays(C, O, H, H, grad_input=gi) else "im2col" for gi in (False, True))
+        pick = _pick(K, C, O, H)
         cells = [f"{p} im2col {best[(p, 'im2col')] * 1e3:7.2f} winograd {best[(p, 'winograd')] * 1e3:7.2f} ms "
                  f"({best[(p, 'winograd')] / best[(p, 'im2col')]:.2f})" for p in ("fwd", "gx")]
         print(f"N={N:<3} C{C}->{O} {H}x{H}:  " + "  |  ".join(cells) + f"  -> rule picks {pick}", flush=True)
     return 0
+
+
+def _pick(K, C, O, H):
+    """What the auto rule takes for the forward / grad-input of a 3×3 stride-1 padding-1 conv on H×H."""
+    def one(gi):
+        if K.winograd_pays(C, O, H, H, grad_input=gi):
+            return "winograd"
+        return "batch_last" if K.small_plane_pays(H, H) else "im2col"
+    return f"{one(False)}/{one(True)}"
 
 
 def _best(calls, clock, repeats):
@@ -129,7 +139,7 @@ def _parts(K, rng, N, C, O, H, clock, repeats):
     }
     t = {k: v * 1e3 for k, v in _best(calls, clock, repeats).items()}
     total = t["fwd"] + t["gx"] + t["gw"] + t["gb"]
-    algo = "/".join("winograd" if K.winograd_pays(C, O, H, H, grad_input=gi) else "im2col" for gi in (False, True))
+    algo = _pick(K, C, O, H)
     print(f"N={N:<3} C{C}->{O} {H}x{H} ({algo}):  fwd {t['fwd']:6.2f}  gx {t['gx']:6.2f}  gw {t['gw']:6.2f}  "
           f"gb {t['gb']:5.2f}  = {total:6.2f} ms  |  im2col's sgemm alone: fwd {t['sgemm fwd']:6.2f}  "
           f"gw {t['sgemm gw']:6.2f} ms", flush=True)

@@ -490,15 +490,28 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 #   32→64 32×32, 32→32 16×16  0.86-0.92 / 1.11-1.36   1.04-1.17 / 1.36-1.40
 #   64→64 4×4, 128→64 4×4     0.89-0.93 / 0.80-1.10   1.16-1.27 / 0.95-1.42
 #   3→64 64×64 (the stem)     2.9 / 3.9     4.7 / 2.9
-# Rule (forward and grad-input alike): Winograd from 8×8 with ≥ 32 channels in and out and
+# Rule then (forward and grad-input alike): Winograd from 8×8 with ≥ 32 channels in and out and
 # C_in·C_out ≥ 96·32 — faster with AVX2 sgemm on every shape it takes, at most 1.2× slower with
 # AVX-512 sgemm (64→64 on 8×8).
+# Re-measured after the chunks shrank to half a core's L2 (``winograd.CHUNK_BYTES``; same command,
+# load average 7.3), winograd ÷ im2col, forward / grad-input:
+#                              AVX2 sgemm    AVX-512 sgemm
+#   64→64 16×16, N 64         0.75 / 0.85   0.79 / 0.89
+#   128→128 8×8               0.75 / 0.78   0.77 / 0.80
+#   96→32 16×16               0.73 / 0.80   0.66 / 0.82
+#   128→64 8×8                0.78 / 0.76   0.80 / 0.77
+#   64→64 8×8, N 32           0.86 / 0.99   0.96 / 1.09
+#   32→32 16×16, N 32 / N 64  0.85-0.86 / 1.09-1.13   0.82-0.85 / 1.14-1.16
+#   32→64 32×32               0.89 / 1.12   1.00 / 1.10
+# so the forward now also pays from C_in·C_out = 32·32 (the channel floor alone), the grad-input
+# still not below 96·32: two products, WINOGRAD_MIN_PRODUCT (forward) and WINOGRAD_MIN_PRODUCT_GX.
 # F(4×4, 3×3) (4× fewer multiplies) was also built and measured on these shapes (AVX2 sgemm): 0.83-1.9
 # of im2col, slower than F(2×2, 3×3) on all but one (its 6×6 transforms cost about twice its GEMMs), so
 # it is not used (branch ``perf-f4``, docs/kernels.md).
 WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo)
 WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out)
-WINOGRAD_MIN_PRODUCT = 96 * 32  # C_in·C_out
+WINOGRAD_MIN_PRODUCT = 32 * 32  # C_in·C_out, forward
+WINOGRAD_MIN_PRODUCT_GX = 96 * 32  # C_in·C_out, grad-input
 
 
 def winograd_applies(kh, kw, stride, padding):
@@ -507,10 +520,9 @@ def winograd_applies(kh, kw, stride, padding):
 
 
 def winograd_pays(c_in, c_out, Ho, Wo, grad_input=False):
-    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo; the
-    same rule: ``grad_input`` kept so that callers say which one they ask about)."""
+    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo)."""
     return (min(Ho, Wo) >= WINOGRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
-            and c_in * c_out >= WINOGRAD_MIN_PRODUCT)
+            and c_in * c_out >= (WINOGRAD_MIN_PRODUCT_GX if grad_input else WINOGRAD_MIN_PRODUCT))
 
 
 # Small planes, batch last. On a plane of at most SMALL_PLANE output pixels (4×4: the lowest level of

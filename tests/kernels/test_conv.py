@@ -206,8 +206,8 @@ def test_winograd_error_against_float64_is_within_its_bound():
 
 
 def test_winograd_choice_rule():
-    """Winograd where it measured faster (forward and grad-input: ≥ 8×8 with ≥ 32 channels in and out
-    and C_in·C_out ≥ 96·32), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
+    """Winograd where it measured faster (≥ 8×8 with ≥ 32 channels in and out; grad-input also
+    C_in·C_out ≥ 96·32), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
     assert K.winograd_applies(3, 3, (1, 1), (1, 1)) and K.winograd_applies(3, 3, (1, 1), (2, 0))
     assert not K.winograd_applies(3, 3, (2, 2), (1, 1)) and not K.winograd_applies(1, 1, (1, 1), (0, 0))
     assert not K.winograd_applies(3, 3, (1, 1), (3, 3)) and not K.winograd_applies(5, 5, (1, 1), (2, 2))
@@ -215,7 +215,10 @@ def test_winograd_choice_rule():
         assert K.winograd_pays(64, 64, 16, 16, gi) and K.winograd_pays(128, 128, 8, 8, gi)
         assert K.winograd_pays(96, 32, 16, 16, gi) and K.winograd_pays(128, 64, 8, 8, gi)
         assert not K.winograd_pays(3, 64, 64, 64, gi) and not K.winograd_pays(64, 64, 4, 4, gi)
-        assert not K.winograd_pays(32, 64, 32, 32, gi) and not K.winograd_pays(32, 32, 16, 16, gi)
+    # the forward from C_in·C_out = 32·32, the grad-input from 96·32 (measured after the L2-sized chunks)
+    assert K.winograd_pays(32, 64, 32, 32) and K.winograd_pays(32, 32, 16, 16)
+    assert not K.winograd_pays(32, 64, 32, 32, True) and not K.winograd_pays(32, 32, 16, 16, True)
+    assert not K.winograd_pays(16, 64, 16, 16) and not K.winograd_pays(32, 32, 4, 4)
 
 
 def test_the_fast_column_takes_winograd_where_it_pays(monkeypatch):
