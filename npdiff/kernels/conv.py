@@ -579,8 +579,10 @@ def _backward_batch_last(x, w2, g, kh, kw, stride, padding, need_x, need_w):
     (sh, sw), (ph, pw) = stride, padding
     N, C, H, W = x.shape
     O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
-    gb = np.ascontiguousarray(g.transpose(1, 2, 3, 0)).reshape(O, Ho * Wo * N)  # (O, Ho·Wo·N)
     gx = gw2 = None
+    if not (need_x or need_w):
+        return gx, gw2
+    gb = np.ascontiguousarray(g.transpose(1, 2, 3, 0)).reshape(O, Ho * Wo * N)  # (O, Ho·Wo·N)
     if need_w:
         gw2 = matmul(gb, _cols_batch_last(x, kh, kw, stride, padding, Ho, Wo).T)  # (O, K)
     if need_x:
