@@ -3,11 +3,19 @@
     python benchmarks/conv_algorithms.py [--repeats 25] [--threads 2]
 
 For each shape, forward and grad-input by both algorithms, alternating call by call, best of
-``--repeats``; prints ms and the ratio winograd / im2col, and which one ``conv.winograd_pays``
-picks. This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT`` in
+``--repeats``; prints ms and the ratio winograd / im2col, and which one the rules pick
+(``conv.winograd_pays``; ``conv.small_plane_pays`` sends planes of ≤ 16 pixels to the batch-last
+GEMM). This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT(_GX)`` in
 ``npdiff/kernels/conv.py``. Run it on a quiet machine (the load average is printed). On a loaded
 machine use ``--clock cpu --threads 1``: the thread's CPU time, which other processes taking the
 core do not inflate (cache sharing still does, a little).
+
+    python benchmarks/conv_algorithms.py --parts [--clock cpu --threads 1]
+        per shape, where a conv's fwd+bwd time goes: forward, grad-input, grad-weight and grad-bias
+        as the dispatch runs them, beside the one-thread sgemm calls alone that im2col would make
+        (the GEMM floor; the rest is data movement: im2col/col2im, transforms, copies)
+    python benchmarks/conv_algorithms.py --chunks [--clock cpu --threads 1]
+        Winograd forward with V + M of one chunk at 0.25 to 4 MB (``winograd.CHUNK_BYTES``)
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: perf_counter; cpu: this thread's CPU time (use with --threads 1 on a loaded machine)")
+    p.add_argument("--parts", action="store_true", help="break fwd+bwd into its parts and the GEMM floor")
+    p.add_argument("--chunks", action="store_true", help="Winograd forward by chunk size (V + M bytes)")
     args = p.parse_args(argv)
     import numba
 
@@ -40,6 +50,10 @@ def main(argv=None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads, {args.clock} clock")
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     rng = np.random.default_rng(0)
+    if args.parts or args.chunks:
+        for N, C, O, H in SHAPES:
+            (_parts if args.parts else _chunks)(K, rng, N, C, O, H, clock, args.repeats)
+        return 0
     for N, C, O, H in SHAPES:
         x = rng.standard_normal((N, C, H, H)).astype(np.float32)
         w = (rng.standard_normal((O, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
@@ -62,11 +76,96 @@ def main(argv=None) -> int:
                 t0 = clock()
                 f()
                 best[key] = min(best[key], clock() - t0)
-        pick = "/".join("winograd" if K.winograd_pays(C, O, H, H, grad_input=gi) else "im2col" for gi in (False, True))
+        pick = _pick(K, C, O, H)
         cells = [f"{p} im2col {best[(p, 'im2col')] * 1e3:7.2f} winograd {best[(p, 'winograd')] * 1e3:7.2f} ms "
                  f"({best[(p, 'winograd')] / best[(p, 'im2col')]:.2f})" for p in ("fwd", "gx")]
         print(f"N={N:<3} C{C}->{O} {H}x{H}:  " + "  |  ".join(cells) + f"  -> rule picks {pick}", flush=True)
     return 0
+
+
+def _pick(K, C, O, H):
+    """What the auto rule takes for the forward / grad-input of a 3×3 stride-1 padding-1 conv on H×H."""
+    def one(gi):
+        if K.winograd_pays(C, O, H, H, grad_input=gi):
+            return "winograd"
+        return "batch_last" if K.small_plane_pays(H, H) else "im2col"
+    return f"{one(False)}/{one(True)}"
+
+
+def _best(calls, clock, repeats):
+    """{key: best seconds} over ``repeats`` rounds, the calls alternating within each round."""
+    best = dict.fromkeys(calls, float("inf"))
+    for f in calls.values():
+        f()  # compile, first-touch
+    for _ in range(repeats):
+        for key, f in calls.items():
+            t0 = clock()
+            f()
+            best[key] = min(best[key], clock() - t0)
+    return best
+
+
+def _operands(rng, N, C, O, H):
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = (rng.standard_normal((O, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
+    g = rng.standard_normal((N, O, H, H)).astype(np.float32)
+    return x, w, g
+
+
+def _parts(K, rng, N, C, O, H, clock, repeats):
+    """fwd / gx / gw / gb as the dispatch runs them, and the sgemm floor of im2col's products."""
+    from npdiff.kernels.config import blas_single_thread
+
+    x, w, g = _operands(rng, N, C, O, H)
+    b = np.zeros(O, np.float32)
+    out = np.empty((N, O, H, H), np.float32)
+    P, Kd = H * H, 9 * C
+    w2, cols, g3 = w.reshape(O, Kd), rng.standard_normal((Kd, P)).astype(np.float32), g.reshape(N, O, P)
+    res, acc = np.empty((O, P), np.float32), np.empty((Kd, O), np.float32)
+
+    def gemms(product):
+        with blas_single_thread():
+            for n in range(N):
+                product(n)
+
+    calls = {
+        "fwd": lambda: K.conv2d_forward_cpu(x, w, b, (1, 1), (1, 1), out),
+        "gx": lambda: K.conv2d_backward_cpu(x, w, g, (1, 1), (1, 1), True, False, False),
+        "gw": lambda: K.conv2d_backward_cpu(x, w, g, (1, 1), (1, 1), False, True, False),
+        "gb": lambda: K.conv2d_backward_cpu(x, w, g, (1, 1), (1, 1), False, False, True),
+        # one image's im2col product per call: (O, K) @ (K, P) forward, (K, P) @ (P, O) grad-weight
+        "sgemm fwd": lambda: gemms(lambda n: np.dot(w2, cols, res)),
+        "sgemm gw": lambda: gemms(lambda n: np.dot(cols, g3[n].T, acc)),
+    }
+    t = {k: v * 1e3 for k, v in _best(calls, clock, repeats).items()}
+    total = t["fwd"] + t["gx"] + t["gw"] + t["gb"]
+    algo = _pick(K, C, O, H)
+    print(f"N={N:<3} C{C}->{O} {H}x{H} ({algo}):  fwd {t['fwd']:6.2f}  gx {t['gx']:6.2f}  gw {t['gw']:6.2f}  "
+          f"gb {t['gb']:5.2f}  = {total:6.2f} ms  |  im2col's sgemm alone: fwd {t['sgemm fwd']:6.2f}  "
+          f"gw {t['sgemm gw']:6.2f} ms", flush=True)
+
+
+def _chunks(K, rng, N, C, O, H, clock, repeats):
+    """Winograd forward (one thread's chunk loop) with V + M of one chunk at 0.25 … 4 MB."""
+    from npdiff.kernels import winograd as Wn
+    from npdiff.kernels.config import blas_single_thread
+
+    x, w, _ = _operands(rng, N, C, O, H)
+    out, bias, U = np.empty((N, O, H, H), np.float32), np.zeros(O, np.float32), Wn.weight_transform(w)
+    th = tw = -(-H // 2)
+    calls, nbs = {}, {}
+    for mb in (0.25, 0.5, 1, 2, 4):
+        tiles = max(1, min(Wn.TILES_PER_GEMM, int(mb * 2**20) // (16 * (C + O) * 4)))
+        nb = nbs[mb] = max(1, min(tiles // (th * tw), N))
+
+        def run(nb=nb):
+            with blas_single_thread():
+                Wn._winograd_chunks(0, -(-N // nb), x, U, bias, 1, 1, th, tw, nb, out)
+
+        calls[mb] = run
+    best = _best(calls, clock, repeats)
+    print(f"N={N:<3} C{C}->{O} {H}x{H}:  " + "  ".join(f"{mb:g} MB (nb {nbs[mb]}) {best[mb] * 1e3:6.2f}"
+                                                      for mb in calls) + " ms", flush=True)
 
 
 if __name__ == "__main__":

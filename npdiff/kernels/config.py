@@ -141,6 +141,19 @@ jit_inline = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, inline="alwa
 jit_scalar = jit_inline
 jit_helper = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL,
                         no_cpython_wrapper=True, no_cfunc_wrapper=True)
+
+# Row reductions (Σ v, Σ (v − μ)², Σ g(v − μ) in norm.py) with one fast-math freedom, ``reassoc``:
+# LLVM may split the sum into vector partial sums and add them at the end, as a hand-written lanes
+# array would, but keeps them in registers. Measured on 8,192 rows of 256 float32, float64
+# accumulators, one thread: 0.19 ms, against 0.84 ms for 32 lanes kept in a scratch array (the
+# lanes form's loads and stores of the scratch, per block, were the cost). No other flag (no nnan,
+# ninf, arcp, contract): only the order of the additions changes, and with it the rounding, within
+# the bound of a blocked sum, (n / lanes + log₂ lanes)·eps·Σ|terms|; the order depends on the
+# machine's vector width (AVX2 or AVX-512), not on the run. Kernels' helpers, so without the
+# Python and C entry points, as ``jit_helper``.
+REDUCE_FASTMATH = {"reassoc"}
+jit_reduce = numba.njit(cache=CACHE, fastmath=REDUCE_FASTMATH, nogil=True, error_model=ERROR_MODEL,
+                        no_cpython_wrapper=True, no_cfunc_wrapper=True)
 prange = numba.prange
 
 

@@ -43,6 +43,7 @@ from .checks import conv2d_output_size, conv_transpose2d_output_size
 from . import winograd
 from .winograd import copy_padded_rows
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
+from .gemm import matmul
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -489,15 +490,28 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 #   32→64 32×32, 32→32 16×16  0.86-0.92 / 1.11-1.36   1.04-1.17 / 1.36-1.40
 #   64→64 4×4, 128→64 4×4     0.89-0.93 / 0.80-1.10   1.16-1.27 / 0.95-1.42
 #   3→64 64×64 (the stem)     2.9 / 3.9     4.7 / 2.9
-# Rule (forward and grad-input alike): Winograd from 8×8 with ≥ 32 channels in and out and
+# Rule then (forward and grad-input alike): Winograd from 8×8 with ≥ 32 channels in and out and
 # C_in·C_out ≥ 96·32 — faster with AVX2 sgemm on every shape it takes, at most 1.2× slower with
 # AVX-512 sgemm (64→64 on 8×8).
+# Re-measured after the chunks shrank to half a core's L2 (``winograd.CHUNK_BYTES``; same command,
+# load average 7.3), winograd ÷ im2col, forward / grad-input:
+#                              AVX2 sgemm    AVX-512 sgemm
+#   64→64 16×16, N 64         0.75 / 0.85   0.79 / 0.89
+#   128→128 8×8               0.75 / 0.78   0.77 / 0.80
+#   96→32 16×16               0.73 / 0.80   0.66 / 0.82
+#   128→64 8×8                0.78 / 0.76   0.80 / 0.77
+#   64→64 8×8, N 32           0.86 / 0.99   0.96 / 1.09
+#   32→32 16×16, N 32 / N 64  0.85-0.86 / 1.09-1.13   0.82-0.85 / 1.14-1.16
+#   32→64 32×32               0.89 / 1.12   1.00 / 1.10
+# so the forward now also pays from C_in·C_out = 32·32 (the channel floor alone), the grad-input
+# still not below 96·32: two products, WINOGRAD_MIN_PRODUCT (forward) and WINOGRAD_MIN_PRODUCT_GX.
 # F(4×4, 3×3) (4× fewer multiplies) was also built and measured on these shapes (AVX2 sgemm): 0.83-1.9
 # of im2col, slower than F(2×2, 3×3) on all but one (its 6×6 transforms cost about twice its GEMMs), so
 # it is not used (branch ``perf-f4``, docs/kernels.md).
 WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo)
 WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out)
-WINOGRAD_MIN_PRODUCT = 96 * 32  # C_in·C_out
+WINOGRAD_MIN_PRODUCT = 32 * 32  # C_in·C_out, forward
+WINOGRAD_MIN_PRODUCT_GX = 96 * 32  # C_in·C_out, grad-input
 
 
 def winograd_applies(kh, kw, stride, padding):
@@ -506,10 +520,80 @@ def winograd_applies(kh, kw, stride, padding):
 
 
 def winograd_pays(c_in, c_out, Ho, Wo, grad_input=False):
-    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo; the
-    same rule: ``grad_input`` kept so that callers say which one they ask about)."""
+    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo)."""
     return (min(Ho, Wo) >= WINOGRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
-            and c_in * c_out >= WINOGRAD_MIN_PRODUCT)
+            and c_in * c_out >= (WINOGRAD_MIN_PRODUCT_GX if grad_input else WINOGRAD_MIN_PRODUCT))
+
+
+# Small planes, batch last. On a plane of at most SMALL_PLANE output pixels (4×4: the lowest level of
+# the UNets) every loop of the per-image im2col above is 4 wide: the copies cost more than the GEMM.
+# Laid out with the batch innermost, xb[c, h, w, n] = x[n, c, h, w], the im2col row of a tap (c, u, v)
+# is Ho slices of Wo·N contiguous floats of the padded xb (one numpy slice copy per tap for all
+# channels), and the whole batch is ONE GEMM, its columns (i, j, n):
+#     res (O, Ho·Wo·N) = w2 (O, K) @ cols (K, Ho·Wo·N),   out[n, o, i, j] = res[o, i, j, n] + b[o]
+#     gw2 (O, K) = gb (O, Ho·Wo·N) @ colsᵀ,                 gb[o, i, j, n] = g[n, o, i, j]
+#     gcols (K, Ho·Wo·N) = w2ᵀ @ gb, summed back tap by tap into the padded (C, Hp, Wp, N) gx
+# (``gemm.matmul``: rows over threads, one-thread sgemm each). The price is three transposing copies
+# (x, g, gx), each one pass. Measured in-process (one thread, CPU time, OpenBLAS AVX2 sgemm; the im2col
+# path / this one, forward and backward, ms): 64→64 on 4×4, N 64: 1.23 / 0.78 and 2.34 / 1.83;
+# 128→64 on 4×4: 2.45 / 1.59 and 4.64 / 3.56; on 8×8 it no longer pays (64→64: 3.13 / 3.20 and
+# 6.65 / 7.78), so the rule is Ho·Wo ≤ 16.
+SMALL_PLANE = 16
+
+
+def small_plane_pays(Ho, Wo):
+    """The batch-last path (above) takes convs with at most SMALL_PLANE output pixels."""
+    return Ho * Wo <= SMALL_PLANE
+
+
+def _padded_batch_last(a, ph, pw, Hp, Wp):
+    """(C, Hp, Wp, N) with [c, ph + h, pw + w, n] = a[n, c, h, w] and zeros around (Hp, Wp ≥ the padded size)."""
+    N, C, H, W = a.shape
+    ab = np.zeros((C, Hp, Wp, N), a.dtype)
+    ab[:, ph : ph + H, pw : pw + W, :] = a.transpose(1, 2, 3, 0)  # (C, H, W, N)
+    return ab
+
+
+def _cols_batch_last(x, kh, kw, stride, padding, Ho, Wo):
+    """cols (C·kh·kw, Ho·Wo·N): cols[(c·kh + u)·kw + v, (i·Wo + j)·N + n] = xpad[n, c, sh·i+u, sw·j+v]."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    xb = _padded_batch_last(x, ph, pw, max(H + 2 * ph, sh * (Ho - 1) + kh), max(W + 2 * pw, sw * (Wo - 1) + kw))
+    cols = np.empty((C, kh, kw, Ho, Wo, N), x.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            cols[:, u, v] = xb[:, u : u + sh * (Ho - 1) + 1 : sh, v : v + sw * (Wo - 1) + 1 : sw, :]
+    return cols.reshape(C * kh * kw, Ho * Wo * N)
+
+
+def _forward_batch_last(x, w2, kh, kw, stride, padding, bias, out):
+    """out (N, O, Ho, Wo) = conv2d by one GEMM over the whole batch, batch-last layout (see above)."""
+    N, O, Ho, Wo = out.shape
+    res = matmul(w2, _cols_batch_last(x, kh, kw, stride, padding, Ho, Wo))  # (O, Ho·Wo·N)
+    np.add(res.reshape(O, Ho, Wo, N).transpose(3, 0, 1, 2), bias[:, None, None], out=out)  # (N, O, Ho, Wo)
+    return out
+
+
+def _backward_batch_last(x, w2, g, kh, kw, stride, padding, need_x, need_w):
+    """(gx, gw2) of conv2d by the batch-last GEMMs (see above); None where not needed."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, C, H, W = x.shape
+    O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
+    gx = gw2 = None
+    if not (need_x or need_w):
+        return gx, gw2
+    gb = np.ascontiguousarray(g.transpose(1, 2, 3, 0)).reshape(O, Ho * Wo * N)  # (O, Ho·Wo·N)
+    if need_w:
+        gw2 = matmul(gb, _cols_batch_last(x, kh, kw, stride, padding, Ho, Wo).T)  # (O, K)
+    if need_x:
+        gcols = matmul(np.ascontiguousarray(w2.T), gb).reshape(C, kh, kw, Ho, Wo, N)  # (C, kh, kw, Ho, Wo, N)
+        Hp, Wp = max(H + 2 * ph, sh * (Ho - 1) + kh), max(W + 2 * pw, sw * (Wo - 1) + kw)
+        gxb = np.zeros((C, Hp, Wp, N), x.dtype)  # the padded gx, batch last
+        for u in range(kh):
+            for v in range(kw):
+                gxb[:, u : u + sh * (Ho - 1) + 1 : sh, v : v + sw * (Wo - 1) + 1 : sw, :] += gcols[:, u, v]
+        gx = np.ascontiguousarray(gxb[:, ph : ph + H, pw : pw + W, :].transpose(3, 0, 1, 2))  # (N, C, H, W)
+    return gx, gw2
 
 
 def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
@@ -523,7 +607,9 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
     A 1×1 stride-1 unpadded conv needs no im2col: out[n] = w (O, C) @ x[n] (C, H·W),
     a stacked matmul straight into ``out``.
     3×3 stride-1 convs take Winograd F(2×2, 3×3) (``winograd.py``) where ``winograd_pays``
-    (``algorithm="auto"``), or always (``"winograd"``), or never (``"im2col"``).
+    (``algorithm="auto"``), or always (``"winograd"``), or never (``"im2col"``); outputs of at
+    most SMALL_PLANE pixels take the batch-last single GEMM (``small_plane_pays``; always with
+    ``"batch_last"``).
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -539,6 +625,8 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
     if winograd_applies(kh, kw, stride, padding) and (
             algorithm == "winograd" or (algorithm == "auto" and winograd_pays(C, O, Ho, Wo))):
         return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
+    if algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(Ho, Wo)):
+        return _forward_batch_last(x, w2, kh, kw, stride, padding, bias, out)
     return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out)
 
 
@@ -551,7 +639,8 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
     (im2col(x) recomputed, not stored by forward). gb sums g over (n, i, j).
     1×1 stride-1 convs use stacked matmuls directly. For 3×3 stride-1 convs gx is itself a
     3×3 stride-1 conv, of g with the flipped, transposed kernel and padding 2 − p, so it
-    can take Winograd (``winograd_pays(..., grad_input=True)``).
+    can take Winograd (``winograd_pays(..., grad_input=True)``). Small output planes
+    (``small_plane_pays``) take the batch-last GEMMs for both gx and gw.
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -564,6 +653,9 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
             gx = np.matmul(w2.T, g3).reshape(N, C, H, W)
         if need_w:
             gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n (O, C)
+    elif algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(g.shape[2], g.shape[3])):
+        gx, gw2 = _backward_batch_last(x, w2, g, kh, kw, stride, padding, need_x, need_w)
+        gw = None if gw2 is None else gw2.reshape(w.shape)
     else:
         if need_x and winograd_applies(kh, kw, stride, padding) and (
                 algorithm == "winograd" or (algorithm == "auto" and winograd_pays(C, O, H, W, grad_input=True))):

@@ -53,7 +53,7 @@ from .checks import normalized_shape as _normalized_shape
 from .elementwise import _XP as _ACTIVATIONS_XP
 from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
 from .vexp import exp_constants, exp_inplace
-from .config import jit_parallel, jit_helper, jit_serial, num_threads, parallel_for, prange
+from .config import jit_parallel, jit_helper, jit_reduce, jit_serial, num_threads, parallel_for, prange
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -294,82 +294,40 @@ def batch_norm_backward_reference(g, x, mean, rstd, weight=None, training=True):
 # ---------------------------------------------------------------------------
 # fast CPU versions (Numba)
 #
-# Row sums keep LANES float64 partial sums: lane k adds v[k], v[k + LANES], ...
-# and the lanes are added at the end. fastmath is off, so LLVM may not reorder a
-# plain Σ_i v[i] into SIMD; the lane form is an elementwise add of one block of
-# the row into the lane array, which it vectorises (about 2x faster than four
-# scalar chains, and more accurate). ``acc`` is a float64 scratch of LANES
-# entries owned by the calling thread. Plain form of each helper in its docstring.
-
-LANES = 64  # statistics of a whole slab
-GRAD_LANES = 32  # gradient sums, reduced per channel row (fewer lanes to add up)
+# Row sums are float64 accumulations written as plain loops and compiled with ``jit_reduce``
+# (``config.py``: LLVM's ``reassoc`` alone, so that it keeps vector partial sums in registers; 4×
+# faster than 32 float64 lanes kept in a scratch array, which these helpers used before).
 
 
-@jit_helper
-def _lanes_total(acc):
-    """Σ_k acc[k] with four independent chains (the lanes count is a multiple of 4)."""
-    a0 = a1 = a2 = a3 = 0.0
-    for k in range(0, acc.shape[0], 4):
-        a0 += acc[k]
-        a1 += acc[k + 1]
-        a2 += acc[k + 2]
-        a3 += acc[k + 3]
-    return (a0 + a1) + (a2 + a3)
-
-
-@jit_helper
-def _row_sum(v, acc):
+@jit_reduce
+def _row_sum(v):
     """Σ_i v[i] in float64 (v: 1-D contiguous)."""
-    B = acc.shape[0]
-    nb = v.shape[0] // B
-    acc[:] = 0.0
-    for j in range(nb):
-        blk = v[j * B : (j + 1) * B]
-        for k in range(B):
-            acc[k] = acc[k] + blk[k]
     t = 0.0
-    for i in range(nb * B, v.shape[0]):
+    for i in range(v.shape[0]):
         t += v[i]
-    return t + _lanes_total(acc)
+    return t
 
 
-@jit_helper
-def _row_sqdev(v, mu, acc):
-    """Σ_i (v[i] − μ)² in float64."""
-    B = acc.shape[0]
-    nb = v.shape[0] // B
-    acc[:] = 0.0
-    for j in range(nb):
-        blk = v[j * B : (j + 1) * B]
-        for k in range(B):
-            d = blk[k] - mu
-            acc[k] = acc[k] + d * d
+@jit_reduce
+def _row_sqdev(v, mu):
+    """Σ_i (v[i] − μ)² in float64 (μ float64)."""
     t = 0.0
-    for i in range(nb * B, v.shape[0]):
+    for i in range(v.shape[0]):
         d = v[i] - mu
         t += d * d
-    return t + _lanes_total(acc)
+    return t
 
 
-@jit_helper
-def _row_grad_sums(g, v, mu, acc, acc2):
-    """(Σ_i g[i], Σ_i g[i]·(v[i] − μ)) in float64."""
-    B = acc.shape[0]
-    nb = v.shape[0] // B
-    acc[:] = 0.0
-    acc2[:] = 0.0
-    for j in range(nb):
-        gb = g[j * B : (j + 1) * B]
-        vb = v[j * B : (j + 1) * B]
-        for k in range(B):
-            acc[k] = acc[k] + gb[k]
-            acc2[k] = acc2[k] + gb[k] * (vb[k] - mu)
+@jit_reduce
+def _row_grad_sums(g, v, mu):
+    """(Σ_i g[i], Σ_i g[i]·(v[i] − μ)) in float64 (μ float64)."""
     s = 0.0
     p = 0.0
-    for i in range(nb * B, v.shape[0]):
-        s += g[i]
-        p += g[i] * (v[i] - mu)
-    return s + _lanes_total(acc), p + _lanes_total(acc2)
+    for i in range(v.shape[0]):
+        gi = np.float64(g[i])
+        s += gi
+        p += gi * (v[i] - mu)
+    return s, p
 
 
 @jit_helper
@@ -412,10 +370,9 @@ def _group_norm_forward_fast(x3, x4, w, b, eps, act, C, fast, buf, ib, out, mean
     for r in prange(N * G):
         n = r // G
         g = r - n * G
-        acc = np.empty(LANES)
         # 1. statistics of the (n, g) slab — two passes, the slab stays in cache
-        mu = _row_sum(x3[n, g], acc) / M
-        rho = 1.0 / np.sqrt(_row_sqdev(x3[n, g], mu, acc) / M + eps)
+        mu = _row_sum(x3[n, g]) / M
+        rho = 1.0 / np.sqrt(_row_sqdev(x3[n, g], mu) / M + eps)
         mean[n, g] = mu
         rstd[n, g] = rho
         # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises
@@ -457,8 +414,6 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, b, act, C, fast, dzw, buf, 
         grp = r - n * G
         mu = mean[n, grp]
         rho = rstd[n, grp]
-        acc = np.empty(GRAD_LANES)
-        acc2 = np.empty(GRAD_LANES)
         gs = g4[n, grp]  # (Cg, S)
         if act:  # per-thread scratch (threads, ...): row numba.get_thread_id()
             tid = numba.get_thread_id()
@@ -469,7 +424,7 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, b, act, C, fast, dzw, buf, 
         m2 = 0.0
         for j in range(Cg):
             c = grp * Cg + j
-            s_g, s_gx = _row_grad_sums(gs[j], x4[n, grp, j], mu, acc, acc2)
+            s_g, s_gx = _row_grad_sums(gs[j], x4[n, grp, j], mu)
             sg[n, c] = s_g
             sgx[n, c] = s_gx * rho
             m1 += w[c] * s_g
@@ -490,9 +445,8 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, b, act, C, fast, dzw, buf, 
 def _layer_norm_forward_fast(lo, hi, x2, w, b, eps, out, mean, rstd):
     R, D = x2.shape
     for r in range(lo, hi):  # parallel_for's share of [0, R)
-        acc = np.empty(LANES)
-        mu = _row_sum(x2[r], acc) / D
-        rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu, acc) / D + eps)
+        mu = _row_sum(x2[r]) / D
+        rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu) / D + eps)
         mean[r] = mu
         rstd[r] = rho
         for d in range(D):
@@ -529,14 +483,13 @@ def _batch_norm_stats_fast(lo, hi, x3, mean, var):
     """Per channel c in [lo, hi): μ_c and biased σ²_c over (n, s), two passes, float64."""
     N, C, S = x3.shape
     for c in range(lo, hi):  # parallel_for's share of [0, C)
-        acc = np.empty(LANES)
         tot = 0.0
         for n in range(N):
-            tot += _row_sum(x3[n, c], acc)
+            tot += _row_sum(x3[n, c])
         mu = tot / (N * S)
         q = 0.0
         for n in range(N):
-            q += _row_sqdev(x3[n, c], mu, acc)
+            q += _row_sqdev(x3[n, c], mu)
         mean[c] = mu
         var[c] = q / (N * S)
 
@@ -559,12 +512,10 @@ def _batch_norm_backward_fast(lo, hi, g3, x3, mean, rstd, w, training, dx, dw, d
     for c in range(lo, hi):  # parallel_for's share of [0, C)
         mu = mean[c]
         rho = rstd[c]
-        acc = np.empty(GRAD_LANES)
-        acc2 = np.empty(GRAD_LANES)
         s_g = 0.0
         s_gx = 0.0
         for n in range(N):
-            a, p = _row_grad_sums(g3[n, c], x3[n, c], mu, acc, acc2)
+            a, p = _row_grad_sums(g3[n, c], x3[n, c], mu)
             s_g += a
             s_gx += p
         db[c] = s_g
@@ -586,8 +537,8 @@ def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, ac
 
     Fast path: x is viewed as (N, G, C/G, S); prange over the N·G (n, group)
     slabs. Each thread computes the slab's mean and Σ(x − μ)² in float64 (two
-    passes over a slab small enough to stay in cache, each vectorised over
-    LANES partial sums), then writes
+    passes over a slab small enough to stay in cache, each a vectorised
+    reduction, ``jit_reduce``), then writes
     y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
     one write of y. ``act``: SiLU applied to each row of y while it is in cache
     (``group_norm_silu_forward``).

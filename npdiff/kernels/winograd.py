@@ -45,12 +45,17 @@ import numpy as np
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 
 # Tiles per chunk (the width of the 16 GEMMs): wide enough to keep sgemm efficient (inner dimension
-# C only), but with V and M of one chunk (16·(C + O)·tiles floats) under CHUNK_BYTES so that they stay
-# in the cache between the transforms and the GEMMs. Measured per thread (CPU time, one thread,
-# chunks of 64 to 2048 tiles): flat up to ~8 MB of V + M, then 1.4-2× slower (C = O = 128 on 8×8:
-# 8.3 ms at 256 tiles, 16.7 ms at 1024; C = O = 64 on 16×16: 10.0-10.5 ms up to 1024, 17.8 at 2048).
+# C only), but with V and M of one chunk (16·(C + O)·tiles floats) within CHUNK_BYTES, half a core's
+# L2 (1 MB per core on the Zen machines these figures come from), so that the input transform's V is
+# still in L2 when the GEMMs read it and their M when the output transform reads it. Measured per
+# thread (``benchmarks/conv_algorithms.py --chunks``: CPU time, one thread, V + M of 0.25 to 4 MB on
+# the benchmark and digits16 shapes): with OpenBLAS's AVX-512 sgemm, 0.5 MB was 10-20 % faster than
+# 4 MB (C = O = 64 on 16×16: 6.3 vs 7.6 ms; 32→64 on 32×32: 8.1 vs 9.3 ms; 128→128 on 8×8: 5.2 vs
+# 6.2 ms), where the transforms weigh more against the faster GEMMs; with its AVX2 sgemm the sizes
+# were within 3 % of each other. (The earlier 4 MB had been chosen on whole-call times with the
+# AVX2 sgemm only.)
 TILES_PER_GEMM = 1024
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 512 << 10
 
 
 def tiles_per_chunk(c_in, c_out, itemsize):

@@ -42,6 +42,8 @@ def test_the_walk_finds_the_kernels():
 def test_kernel_uses_the_config_flags(name, dispatcher):
     assert isinstance(dispatcher._cache, FunctionCache), f"{name} is not cached on disk (cache=True)"
     options = dispatcher.targetoptions
-    assert options.get("fastmath", False) == config.FASTMATH, f"{name}: fastmath differs from config.FASTMATH"
+    # the one documented exception: the row reductions (``jit_reduce``) may reassociate their sums
+    allowed = (config.FASTMATH, config.REDUCE_FASTMATH) if name.startswith("norm._row_") else (config.FASTMATH,)
+    assert options.get("fastmath", False) in allowed, f"{name}: fastmath differs from config.FASTMATH"
     assert options.get("error_model") == config.ERROR_MODEL, f"{name}: error_model differs from config"
     assert options.get("nogil"), f"{name} holds the GIL"

@@ -20,6 +20,7 @@ TERMS = 1024  # the longest sum below: gw over N·Ho·Wo ≤ 5·11·6 products, 
 def test_chunking_row_bands_and_image_batches(monkeypatch, chunk_bytes, stride, padding):
     """Tiny budgets split images into bands of output rows; large ones batch several images."""
     monkeypatch.setattr(K, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(K, "SMALL_PLANE", 0)  # every plane through im2col's chunks
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 2, 9, 7))
     w = rng.standard_normal((4, 2, 3, 3))
@@ -43,6 +44,7 @@ def test_thread_partition_row_bands_halo_and_idle_threads(monkeypatch, threads, 
     accumulator must be zero), and fewer images than threads (bands of rows; grad-input bands
     recompute their halo of g rows and write only their own gx rows, zeros where no window reaches)."""
     monkeypatch.setattr(K, "num_threads", lambda: threads)
+    monkeypatch.setattr(K, "SMALL_PLANE", 0)  # every plane through im2col's chunks
     rng = np.random.default_rng(11)
     s, p = pair(stride, "s"), pair(padding, "p")
     kh, kw = pair(k, "k")
@@ -117,6 +119,46 @@ def test_backward_skips_unneeded_gradients():
     close(gw, K.conv2d_backward_reference(x, w, g, (1, 1), (1, 1))[1], np.float64, TERMS)
 
 
+# -- small planes: batch last, one GEMM ------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("N,C,O,H,W,k,stride,padding", [
+    (3, 4, 5, 4, 4, 3, 1, 1), (2, 3, 2, 8, 8, 3, 2, 1), (1, 2, 3, 3, 5, (2, 3), (1, 2), (2, 0)),
+    (4, 5, 3, 2, 2, 3, 1, 2), (2, 1, 1, 1, 1, 1, 1, 1), (5, 3, 4, 7, 6, 3, 3, 0)])
+def test_batch_last_path_matches_the_reference(N, C, O, H, W, k, stride, padding, dtype):
+    """The small-plane path (forced with algorithm="batch_last"): odd sizes, strides 1-3, paddings 0-2,
+    non-square kernels, gx and gw, against the float64 reference (sums of C·kh·kw products forward,
+    O·kh·kw into gx, N·Ho·Wo into gw)."""
+    rng = np.random.default_rng(N * 10 + H)
+    s, p, (kh, kw) = pair(stride, "s"), pair(padding, "p"), pair(k, "k")
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, kh, kw)), rng.standard_normal(O)
+    want = K.conv2d_forward_reference(x, w, b, s, p)
+    g = rng.standard_normal(want.shape)
+    gx_want, gw_want, _ = K.conv2d_backward_reference(x, w, g, s, p)
+    x_, w_, b_, g_ = (a.astype(dtype) for a in (x, w, b, g))
+    y = K.conv2d_forward_cpu(x_, w_, b_, s, p, np.empty(want.shape, dtype), algorithm="batch_last")
+    gx, gw, _ = K.conv2d_backward_cpu(x_, w_, g_, s, p, need_b=False, algorithm="batch_last")
+    close(y, want, dtype, C * kh * kw + 1, "batch-last forward")
+    close(gx, gx_want, dtype, O * kh * kw, "batch-last grad-input")
+    close(gw, gw_want, dtype, N * want.shape[2] * want.shape[3], "batch-last grad-weight")
+    assert gx.flags.c_contiguous and gw.shape == w.shape and y.dtype == gx.dtype == gw.dtype == dtype
+
+
+def test_small_planes_take_the_batch_last_path(monkeypatch):
+    """The fast column takes it for outputs of at most SMALL_PLANE pixels (4×4, and 8×8 at stride 2),
+    not for larger ones nor for 1×1 convs (their own stacked matmul)."""
+    assert K.small_plane_pays(4, 4) and K.small_plane_pays(2, 8) and not K.small_plane_pays(5, 4)
+    calls = []
+    real = K._forward_batch_last
+    monkeypatch.setattr(K, "_forward_batch_last", lambda x, *a: calls.append(x.shape) or real(x, *a))
+    rng = np.random.default_rng(0)
+    for H, stride, k in [(4, 1, 3), (8, 2, 3), (8, 1, 3), (4, 1, 1)]:
+        x, w = rng.standard_normal((2, 3, H, H)), rng.standard_normal((4, 3, k, k))
+        KT.conv2d_forward(x, w, None, stride, k // 2)
+    assert calls == [(2, 3, 4, 4), (2, 3, 8, 8)]
+
+
 # -- Winograd F(2×2, 3×3) --------------------------------------------------------------
 
 
@@ -164,8 +206,8 @@ def test_winograd_error_against_float64_is_within_its_bound():
 
 
 def test_winograd_choice_rule():
-    """Winograd where it measured faster (forward and grad-input: ≥ 8×8 with ≥ 32 channels in and out
-    and C_in·C_out ≥ 96·32), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
+    """Winograd where it measured faster (≥ 8×8 with ≥ 32 channels in and out; grad-input also
+    C_in·C_out ≥ 96·32), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
     assert K.winograd_applies(3, 3, (1, 1), (1, 1)) and K.winograd_applies(3, 3, (1, 1), (2, 0))
     assert not K.winograd_applies(3, 3, (2, 2), (1, 1)) and not K.winograd_applies(1, 1, (1, 1), (0, 0))
     assert not K.winograd_applies(3, 3, (1, 1), (3, 3)) and not K.winograd_applies(5, 5, (1, 1), (2, 2))
@@ -173,7 +215,10 @@ def test_winograd_choice_rule():
         assert K.winograd_pays(64, 64, 16, 16, gi) and K.winograd_pays(128, 128, 8, 8, gi)
         assert K.winograd_pays(96, 32, 16, 16, gi) and K.winograd_pays(128, 64, 8, 8, gi)
         assert not K.winograd_pays(3, 64, 64, 64, gi) and not K.winograd_pays(64, 64, 4, 4, gi)
-        assert not K.winograd_pays(32, 64, 32, 32, gi) and not K.winograd_pays(32, 32, 16, 16, gi)
+    # the forward from C_in·C_out = 32·32, the grad-input from 96·32 (measured after the L2-sized chunks)
+    assert K.winograd_pays(32, 64, 32, 32) and K.winograd_pays(32, 32, 16, 16)
+    assert not K.winograd_pays(32, 64, 32, 32, True) and not K.winograd_pays(32, 32, 16, 16, True)
+    assert not K.winograd_pays(16, 64, 16, 16) and not K.winograd_pays(32, 32, 4, 4)
 
 
 def test_the_fast_column_takes_winograd_where_it_pays(monkeypatch):
