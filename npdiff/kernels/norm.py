@@ -52,7 +52,7 @@ from .checks import normalized_shape as _normalized_shape
 from .elementwise import _XP as _ACTIVATIONS_XP
 from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
 from .vexp import exp_constants, exp_inplace
-from .config import jit_helper, jit_reduce, jit_serial, num_threads, parallel_for
+from .config import jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -396,7 +396,7 @@ def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out3, out2
             _silu_row(out3, r, buf, ib, fb, C, fast)
 
 
-@jit_helper
+@jit_inline  # one call site: compiled inside the backward kernel (measured 0.45 → 0.41 ms, fused backward (64, 32, 16, 16))
 def _silu_grad_slab(g3, x2, r, c0, mu, rho, w, b, C, fast, dz, dz1, buf, ib, fb):
     """dz (Cg, S) = g·silu'(z) for slab r (its channels c0 + j, rows r·Cg + j of x2), z = (x − μ)ρw + b
     recomputed from x; dz1 (M,) is the same scratch as one row."""
