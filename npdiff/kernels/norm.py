@@ -364,9 +364,10 @@ def _silu_row(z, r, buf, ib, fb, C, fast):
 
 # The group-norm kernels (forward and backward, each with SiLU fused in under ``act``) are serial
 # functions over a range [lo, hi) of the N·G (n, group) slabs, run by ``config.parallel_for`` as
-# every other family's. They were Numba ``prange`` kernels, whose parfor build cost about 1 s more
-# CPU of first-run compilation each; the 25-35 % that prange used to gain over a serial loop was the
-# row views of the serial form (see above), not the loop (docs/kernels.md, Normalisation).
+# every other family's. They were Numba ``prange`` kernels, whose parfor build cost 1.0 and 1.55 s of
+# CPU at the first run (now 0.3 and 0.45 s); what prange used to gain over a serial loop was, measured
+# on the forward, the row views of the serial form (see above), not the loop (docs/kernels.md,
+# Normalisation).
 @jit_serial
 def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out3, out2, mean, rstd):
     """Slabs r in [lo, hi) of the N·G (n, g) slabs. Four views of contiguous memory: x3 and out3
