@@ -16,8 +16,13 @@ forward), and with every family parallel the first ``npdiff train`` on a fresh m
 about 30 s of CPU compiling before its first step (15 s with ``parallel_for``, Winograd and the
 fused group norm included; ``benchmarks/cold_start.py``). At run time the two are the same static split; waking a
 pool thread costs tens of microseconds, against kernels of hundreds of microseconds and up.
-``jit_parallel`` (``prange``) is used by the two group-norm kernels only, whose loop measured 25 %
-faster as a prange body than as a serial loop (``norm.py``).
+No kernel uses ``prange`` any more (the group-norm kernels were the last: moving them off it took
+their family's compilation from 2.7-3.1 to 1.2-1.3 s of CPU; ``norm.py``), so there is no parallel decorator here:
+``parallel_for`` is the one way to use several cores. One thing a parfor body had for free: the
+arrays inside it carry no reference count. In a serial kernel, a view made in the loop (``a[r]``
+passed to a helper, an array assigned to a local) takes and drops a reference on the array's
+memory record, atomically, and all threads share that record; pass (array, index) to helpers
+instead (``norm.py``'s row helpers).
 
 Thread pools: numpy's sgemm runs on OpenBLAS's own pool. npdiff parallelises with its own
 threads only and keeps BLAS on one thread (set process-wide when this module is imported).
@@ -48,7 +53,7 @@ per step after the first, resident memory flat at the step's peak.
 
 Environment overrides (read once at import):
   NPDIFF_NUMBA_CACHE=0     disable the on-disk cache
-  NPDIFF_NUMBA_PARALLEL=0  compile ``jit_parallel`` kernels serially (and run parallel_for on one thread)
+  NPDIFF_NUMBA_PARALLEL=0  run parallel_for on one thread
   NPDIFF_BLAS_THREADS=n    leave BLAS at n threads instead of 1 (0: do not touch it)
   NPDIFF_MALLOC_TUNE=0     leave glibc's malloc thresholds alone
 """
@@ -115,7 +120,6 @@ FASTMATH = False
 ERROR_MODEL = "numpy"
 
 jit_serial = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=ERROR_MODEL)
-jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nogil=True, error_model=ERROR_MODEL)
 # Helpers of kernels (functions called only from other jitted functions) and what they cost to
 # compile. A jitted callee is compiled on its own (its own LLVM module, optimised and turned into
 # machine code, plus wrappers) and then its optimised module is linked into every caller's module,
@@ -124,9 +128,8 @@ jit_parallel = numba.njit(cache=CACHE, fastmath=FASTMATH, parallel=PARALLEL, nog
 #
 # jit_inline: inlined into the caller at Numba's IR level (``inline="always"``) before typing, so it
 # is compiled only as part of the caller. For helpers with one call site (Winograd's transforms)
-# and small ones (index arithmetic): a body inlined at several sites is typed at each, and inside a
-# ``prange`` loop it goes through the parfor passes too (the group-norm helpers measured 1.3 s more
-# CPU that way). Also the scalar functions mapped by a kernel factory (``jit_scalar``): inlined into
+# and small ones (index arithmetic): a body inlined at several sites is typed at each (inside the
+# former ``prange`` loops of group norm it also went through the parfor passes: 1.3 s more CPU). Also the scalar functions mapped by a kernel factory (``jit_scalar``): inlined into
 # the caller's loop, the loop sees straight-line arithmetic and vectorises as if it were written there.
 #
 # jit_helper: compiled on its own, without the Python and C entry points (``no_cpython_wrapper``,
@@ -154,7 +157,6 @@ jit_helper = numba.njit(cache=CACHE, fastmath=FASTMATH, nogil=True, error_model=
 REDUCE_FASTMATH = {"reassoc"}
 jit_reduce = numba.njit(cache=CACHE, fastmath=REDUCE_FASTMATH, nogil=True, error_model=ERROR_MODEL,
                         no_cpython_wrapper=True, no_cfunc_wrapper=True)
-prange = numba.prange
 
 
 def num_threads() -> int:

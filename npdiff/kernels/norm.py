@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 
 from ..backend import get_array_module
@@ -53,7 +52,7 @@ from .checks import normalized_shape as _normalized_shape
 from .elementwise import _XP as _ACTIVATIONS_XP
 from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
 from .vexp import exp_constants, exp_inplace
-from .config import jit_parallel, jit_helper, jit_reduce, jit_serial, num_threads, parallel_for, prange
+from .config import jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -297,134 +296,155 @@ def batch_norm_backward_reference(g, x, mean, rstd, weight=None, training=True):
 # Row sums are float64 accumulations written as plain loops and compiled with ``jit_reduce``
 # (``config.py``: LLVM's ``reassoc`` alone, so that it keeps vector partial sums in registers; 4×
 # faster than 32 float64 lanes kept in a scratch array, which these helpers used before).
+#
+# The helpers take a 2-D array and a row index, (a, r), not the row as a view a[r]: inside a
+# kernel called from Python, every view made in the loop takes and drops a reference on the
+# array's memory record (Numba's NRT, atomic), one shared by all threads. Measured on the group
+# norm forward, (64, 128, 16, 16), one thread: 0.42-0.50 ms with views per channel row, 0.355 ms
+# with (a, r) pairs, as fast as the prange kernel it replaces (whose slab views carried no
+# reference). The arithmetic is the same.
 
 
 @jit_reduce
-def _row_sum(v):
-    """Σ_i v[i] in float64 (v: 1-D contiguous)."""
+def _row_sum(a, r):
+    """Σ_i a[r, i] in float64 (a: 2-D C-contiguous)."""
     t = 0.0
-    for i in range(v.shape[0]):
-        t += v[i]
+    for i in range(a.shape[1]):
+        t += a[r, i]
     return t
 
 
 @jit_reduce
-def _row_sqdev(v, mu):
-    """Σ_i (v[i] − μ)² in float64 (μ float64)."""
+def _row_sqdev(a, r, mu):
+    """Σ_i (a[r, i] − μ)² in float64 (μ float64)."""
     t = 0.0
-    for i in range(v.shape[0]):
-        d = v[i] - mu
+    for i in range(a.shape[1]):
+        d = a[r, i] - mu
         t += d * d
     return t
 
 
 @jit_reduce
-def _row_grad_sums(g, v, mu):
-    """(Σ_i g[i], Σ_i g[i]·(v[i] − μ)) in float64 (μ float64)."""
+def _row_grad_sums(g, rg, v, rv, mu):
+    """(Σ_i g[rg, i], Σ_i g[rg, i]·(v[rv, i] − μ)) in float64 (μ float64)."""
     s = 0.0
     p = 0.0
-    for i in range(v.shape[0]):
-        gi = np.float64(g[i])
+    for i in range(v.shape[1]):
+        gi = np.float64(g[rg, i])
         s += gi
-        p += gi * (v[i] - mu)
+        p += gi * (v[rv, i] - mu)
     return s, p
 
 
 @jit_helper
-def _row_affine(v, mu, a, b, out):
-    """out[i] = (v[i] − μ)·a + b (a, b, μ already in the array's precision)."""
-    for i in range(v.shape[0]):
-        out[i] = (v[i] - mu) * a + b
+def _row_affine(v, rv, mu, a, b, out, ro):
+    """out[ro, i] = (v[rv, i] − μ)·a + b (a, b, μ already in the array's precision)."""
+    for i in range(v.shape[1]):
+        out[ro, i] = (v[rv, i] - mu) * a + b
 
 
 @jit_helper
-def _row_grad_input(g, v, mu, A, B, C, out):
-    """out[i] = A·g[i] + B·(v[i] − μ) + C."""
-    for i in range(v.shape[0]):
-        out[i] = A * g[i] + B * (v[i] - mu) + C
+def _row_grad_input(g, rg, v, rv, mu, A, B, C, out, ro):
+    """out[ro, i] = A·g[rg, i] + B·(v[rv, i] − μ) + C."""
+    for i in range(v.shape[1]):
+        out[ro, i] = A * g[rg, i] + B * (v[rv, i] - mu) + C
 
 
 @jit_helper
-def _silu_row(z, buf, ib, C, fast):
-    """z ← silu(z) in place: e = e^{−|z|} for the row by the vector exp, then z·σ(z) (elementwise's pair)."""
-    n = z.shape[0]
+def _silu_row(z, r, buf, ib, fb, C, fast):
+    """z[r] ← silu(z[r]) in place: e = e^{−|z|} for the row by the vector exp (buf, ib, fb: the
+    row's scratch, fb = ib viewed as float32), then z·σ(z) (elementwise's pair)."""
+    n = z.shape[1]
     for i in range(n):
-        buf[i] = neg_abs(z[i])
-    exp_inplace(buf, n, ib, ib.view(np.float32), C, fast)
+        buf[i] = neg_abs(z[r, i])
+    exp_inplace(buf, n, ib, fb, C, fast)
     for i in range(n):
-        z[i] = silu(z[i], buf[i], C.one)
+        z[r, i] = silu(z[r, i], buf[i], C.one)
 
 
-# The two group-norm kernels run under Numba's prange with the loop body written inline, unlike
-# the rest of npdiff (config.parallel_for): measured on (64, 128, 16, 16), one thread, the same
-# backward is 1.41 ms as a serial loop over the slabs and 1.05-1.09 ms as a prange body (the parfor
-# build compiles it differently), and group norm is on every UNet step. The price is about a
-# second more of first-run compilation.
-@jit_parallel
-def _group_norm_forward_fast(x3, x4, w, b, eps, act, C, fast, buf, ib, out, mean, rstd):
-    """x3 (N, G, M) and x4 (N, G, Cg, S): two views of the same contiguous x; prange over the slabs.
-    With ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written once); buf, ib
-    (threads, M): per-thread scratch of the exponential, row ``numba.get_thread_id()``."""
-    N, G, Cg, S = x4.shape
-    M = Cg * S
-    for r in prange(N * G):
+# The group-norm kernels (forward and backward, each with SiLU fused in under ``act``) are serial
+# functions over a range [lo, hi) of the N·G (n, group) slabs, run by ``config.parallel_for`` as
+# every other family's. They were Numba ``prange`` kernels, whose parfor build cost 1.0 and 1.55 s of
+# CPU at the first run (now 0.3 and 0.45 s); what prange used to gain over a serial loop was, measured
+# on the forward, the row views of the serial form (see above), not the loop (docs/kernels.md,
+# Normalisation).
+@jit_serial
+def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out3, out2, mean, rstd):
+    """Slabs r in [lo, hi) of the N·G (n, g) slabs. Four views of contiguous memory: x3 and out3
+    (N·G, M), one row per slab; x2 and out2 (N·C, S), one row per channel (slab r's channel j is
+    row r·Cg + j). With ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written
+    once); the exponential's scratch (M,) is allocated once per range."""
+    R, M = x3.shape
+    Cg = x2.shape[0] // R
+    G = mean.shape[1]
+    buf = np.empty(M if act else 0, out3.dtype)
+    ib = np.empty(M if act else 0, np.int32)
+    fb = ib.view(np.float32)
+    cast = out3.dtype.type
+    for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
         g = r - n * G
         # 1. statistics of the (n, g) slab — two passes, the slab stays in cache
-        mu = _row_sum(x3[n, g]) / M
-        rho = 1.0 / np.sqrt(_row_sqdev(x3[n, g], mu) / M + eps)
+        mu = _row_sum(x3, r) / M
+        rho = 1.0 / np.sqrt(_row_sqdev(x3, r, mu) / M + eps)
         mean[n, g] = mu
         rstd[n, g] = rho
         # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises
-        cast = out.dtype.type
         for j in range(Cg):
             c = g * Cg + j
-            _row_affine(x4[n, g, j], cast(mu), cast(rho * w[c]), cast(b[c]), out[n, g, j])
+            _row_affine(x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), out2, r * Cg + j)
         if act:  # 3. SiLU over the whole slab while it is in cache: one long vector exp
-            tid = numba.get_thread_id()
-            _silu_row(out[n, g].reshape(M), buf[tid], ib[tid], C, fast)
+            _silu_row(out3, r, buf, ib, fb, C, fast)
 
 
-@jit_helper
-def _silu_grad_slab(g4, x4, n, grp, mu, rho, w, b, C, fast, dz, buf, ib):
-    """dz (Cg, S) = g·silu'(z) for the slab (n, grp), z = (x − μ)ρw + b recomputed from x."""
-    Cg, S = x4.shape[2], x4.shape[3]
-    M = Cg * S
+@jit_inline  # one call site: compiled inside the backward kernel (measured 0.45 → 0.41 ms, fused backward (64, 32, 16, 16))
+def _silu_grad_slab(g3, x2, r, c0, mu, rho, w, b, C, fast, dz, dz1, buf, ib, fb):
+    """dz (Cg, S) = g·silu'(z) for slab r (its channels c0 + j, rows r·Cg + j of x2), z = (x − μ)ρw + b
+    recomputed from x; dz1 (M,) is the same scratch as one row."""
+    Cg = dz.shape[0]
+    M = dz1.shape[0]
     cast = dz.dtype.type
     for j in range(Cg):
-        c = grp * Cg + j
-        _row_affine(x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(b[c]), dz[j])
-    z, gs = dz.reshape(M), g4[n, grp].reshape(M)  # the slab, contiguous: one long vector exp
+        c = c0 + j
+        _row_affine(x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), dz, j)
+    for i in range(M):  # the slab, contiguous: one long vector exp
+        buf[i] = neg_abs(dz1[i])
+    exp_inplace(buf, M, ib, fb, C, fast)
     for i in range(M):
-        buf[i] = neg_abs(z[i])
-    exp_inplace(buf, M, ib, ib.view(np.float32), C, fast)
-    for i in range(M):
-        z[i] = gs[i] * silu_grad(z[i], buf[i], C.one)
+        dz1[i] = g3[r, i] * silu_grad(dz1[i], buf[i], C.one)
 
 
-@jit_parallel
-def _group_norm_backward_fast(g4, x4, mean, rstd, w, b, act, C, fast, dzw, buf, ib, dx, sg, sgx):
-    """Per (n, g) slab (prange): Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C) partials of db, dw),
-    then dx. With ``act`` the upstream gradient of the norm is first dz = g·silu'(z), z recomputed
-    from x, μ, ρ (the fused GroupNorm + SiLU: z is never stored)."""
-    N, G, Cg, S = x4.shape
-    M = Cg * S
-    for r in prange(N * G):
+@jit_serial
+def _group_norm_backward_fast(lo, hi, g3, g2, x2, mean, rstd, w, b, act, C, fast, dx2, sg, sgx):
+    """Slabs r in [lo, hi) of the N·G (n, g) slabs: Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C)
+    partials of db, dw), then dx. g3 (N·G, M) and g2, x2, dx2 (N·C, S): views as in the forward.
+    With ``act`` the upstream gradient of the norm is first dz = g·silu'(z), z recomputed from x, μ,
+    ρ (the fused GroupNorm + SiLU: z is never stored; its scratch (Cg, S) allocated once per range)."""
+    R, M = g3.shape
+    Cg = x2.shape[0] // R
+    S = x2.shape[1]
+    G = mean.shape[1]
+    dz1 = np.empty(M if act else 0, dx2.dtype)
+    dz = dz1.reshape((Cg if act else 0, S))
+    buf = np.empty(M if act else 0, dx2.dtype)
+    ib = np.empty(M if act else 0, np.int32)
+    fb = ib.view(np.float32)
+    cast = dx2.dtype.type
+    ga = dz if act else g2  # the norm's upstream gradient, chosen once (an array assigned in the loop is a reference taken)
+    for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
         grp = r - n * G
         mu = mean[n, grp]
         rho = rstd[n, grp]
-        gs = g4[n, grp]  # (Cg, S)
-        if act:  # per-thread scratch (threads, ...): row numba.get_thread_id()
-            tid = numba.get_thread_id()
-            gs = dzw[tid]
-            _silu_grad_slab(g4, x4, n, grp, mu, rho, w, b, C, fast, gs, buf[tid], ib[tid])
+        g0 = 0 if act else r * Cg  # slab r's rows of ga: g0 + j
+        if act:
+            _silu_grad_slab(g3, x2, r, grp * Cg, mu, rho, w, b, C, fast, dz, dz1, buf, ib, fb)
         # 1. mean(ĝ) = Σ_c w[c] Σ_s g / M,  mean(ĝ x̂) = Σ_c w[c] ρ Σ_s g (x − μ) / M
         m1 = 0.0
         m2 = 0.0
         for j in range(Cg):
             c = grp * Cg + j
-            s_g, s_gx = _row_grad_sums(gs[j], x4[n, grp, j], mu)
+            s_g, s_gx = _row_grad_sums(ga, g0 + j, x2, r * Cg + j, mu)
             sg[n, c] = s_g
             sgx[n, c] = s_gx * rho
             m1 += w[c] * s_g
@@ -432,21 +452,18 @@ def _group_norm_backward_fast(g4, x4, mean, rstd, w, b, act, C, fast, dzw, buf, 
         m1 /= M
         m2 /= M
         # 2. dx = ρ w g − ρ² m2 (x − μ) − ρ m1, in x's dtype
-        cast = dx.dtype.type
         for j in range(Cg):
             c = grp * Cg + j
-            _row_grad_input(
-                gs[j], x4[n, grp, j], cast(mu), cast(rho * w[c]), cast(-rho * rho * m2), cast(-rho * m1),
-                dx[n, grp, j],
-            )
+            _row_grad_input(ga, g0 + j, x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(-rho * rho * m2),
+                            cast(-rho * m1), dx2, r * Cg + j)
 
 
 @jit_serial
 def _layer_norm_forward_fast(lo, hi, x2, w, b, eps, out, mean, rstd):
     R, D = x2.shape
     for r in range(lo, hi):  # parallel_for's share of [0, R)
-        mu = _row_sum(x2[r]) / D
-        rho = 1.0 / np.sqrt(_row_sqdev(x2[r], mu) / D + eps)
+        mu = _row_sum(x2, r) / D
+        rho = 1.0 / np.sqrt(_row_sqdev(x2, r, mu) / D + eps)
         mean[r] = mu
         rstd[r] = rho
         for d in range(D):
@@ -482,14 +499,15 @@ def _layer_norm_backward_fast(lo, hi, g2, x2, mean, rstd, w, nchunks, dx, dw_par
 def _batch_norm_stats_fast(lo, hi, x3, mean, var):
     """Per channel c in [lo, hi): μ_c and biased σ²_c over (n, s), two passes, float64."""
     N, C, S = x3.shape
+    x2 = x3.reshape((N * C, S))  # row n·C + c: (n, c)
     for c in range(lo, hi):  # parallel_for's share of [0, C)
         tot = 0.0
         for n in range(N):
-            tot += _row_sum(x3[n, c])
+            tot += _row_sum(x2, n * C + c)
         mu = tot / (N * S)
         q = 0.0
         for n in range(N):
-            q += _row_sqdev(x3[n, c], mu)
+            q += _row_sqdev(x2, n * C + c, mu)
         mean[c] = mu
         var[c] = q / (N * S)
 
@@ -498,10 +516,11 @@ def _batch_norm_stats_fast(lo, hi, x3, mean, var):
 def _channel_affine_fast(lo, hi, x3, mu, scale, shift, out):
     """out[n, c, :] = (x[n, c, :] − μ_c)·scale_c + shift_c, (n, c) rows [lo, hi)."""
     N, C, S = x3.shape
+    x2 = x3.reshape((N * C, S))  # row r = n·C + c
+    out2 = out.reshape((N * C, S))
     for r in range(lo, hi):  # parallel_for's share of [0, N * C)
-        n = r // C
-        c = r - n * C
-        _row_affine(x3[n, c], mu[c], scale[c], shift[c], out[n, c])
+        c = r % C
+        _row_affine(x2, r, mu[c], scale[c], shift[c], out2, r)
 
 
 @jit_serial
@@ -509,13 +528,16 @@ def _batch_norm_backward_fast(lo, hi, g3, x3, mean, rstd, w, training, dx, dw, d
     """Per channel c in [lo, hi): Σg, Σg x̂ over (n, s), then dx over the channel's rows."""
     N, C, S = x3.shape
     M = N * S
+    g2 = g3.reshape((N * C, S))  # row n·C + c: (n, c)
+    x2 = x3.reshape((N * C, S))
+    dx2 = dx.reshape((N * C, S))
     for c in range(lo, hi):  # parallel_for's share of [0, C)
         mu = mean[c]
         rho = rstd[c]
         s_g = 0.0
         s_gx = 0.0
         for n in range(N):
-            a, p = _row_grad_sums(g3[n, c], x3[n, c], mu)
+            a, p = _row_grad_sums(g2, n * C + c, x2, n * C + c, mu)
             s_g += a
             s_gx += p
         db[c] = s_g
@@ -523,7 +545,7 @@ def _batch_norm_backward_fast(lo, hi, g3, x3, mean, rstd, w, training, dx, dw, d
         m1 = w[c] * s_g / M if training else 0.0
         m2 = w[c] * s_gx * rho / M if training else 0.0
         for n in range(N):
-            _row_grad_input(g3[n, c], x3[n, c], mu, rho * w[c], -rho * rho * m2, -rho * m1, dx[n, c])
+            _row_grad_input(g2, n * C + c, x2, n * C + c, mu, rho * w[c], -rho * rho * m2, -rho * m1, dx2, n * C + c)
 
 
 def _ones_zeros(weight, bias, n, dtype):
@@ -535,32 +557,30 @@ def _ones_zeros(weight, bias, n, dtype):
 def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, act=False):
     """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
 
-    Fast path: x is viewed as (N, G, C/G, S); prange over the N·G (n, group)
-    slabs. Each thread computes the slab's mean and Σ(x − μ)² in float64 (two
-    passes over a slab small enough to stay in cache, each a vectorised
-    reduction, ``jit_reduce``), then writes
-    y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
+    Fast path: x is viewed as (N, G, C/G, S); the N·G (n, group) slabs are split
+    over threads (``parallel_for``). Per slab: the mean and Σ(x − μ)² in float64 (two
+    passes over a slab small enough to stay in cache, each a vectorised reduction,
+    ``jit_reduce``), then y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
     one write of y. ``act``: SiLU applied to each row of y while it is in cache
     (``group_norm_silu_forward``).
     """
     N, C = x.shape[:2]
     G = num_groups
-    x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
-    x3 = x4.reshape(N, G, -1)  # (N, G, M): the same memory, one row per slab
+    x2 = np.ascontiguousarray(x).reshape(N * C, -1)  # (N·C, S): one row per channel
+    x3 = x2.reshape(N * G, -1)  # (N·G, M): the same memory, one row per slab
     w, b = _ones_zeros(weight, bias, C, x.dtype)
     out = np.empty(x.shape, x.dtype)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
-    T, M = (numba.config.NUMBA_NUM_THREADS, x3.shape[2]) if act else (1, 0)  # scratch only for SiLU
-    _group_norm_forward_fast(x3, x4, w, b, float(eps), bool(act), exp_constants(x.dtype), x.dtype == np.float32,
-                             np.empty((T, M), x.dtype), np.empty((T, M), np.int32), out.reshape(x4.shape), mean, rstd)
+    parallel_for(_group_norm_forward_fast, N * G, x3, x2, w, b, float(eps), bool(act), exp_constants(x.dtype),
+                 x.dtype == np.float32, out.reshape(x3.shape), out.reshape(x2.shape), mean, rstd)
     return out, mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
 def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=None, act=False):
     """Group norm gradients on the CPU; contract of ``group_norm_backward_reference``.
 
-    Fast path: prange over (n, group) slabs; per channel of the slab one pass
+    Fast path: (n, group) slabs split over threads (``parallel_for``); per channel of the slab one pass
     computes Σg and Σg(x − μ) (float64), which give mean(ĝ), mean(ĝx̂) and the
     per-(n, c) partial sums of db and dw; a second pass (slab in cache) writes
     dx = A·g + B·(x − μ) + C. dw, db: the (N, C) partials summed over n.
@@ -569,18 +589,16 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=No
     """
     N, C = x.shape[:2]
     G = num_groups
-    x4 = np.ascontiguousarray(x).reshape(N, G, C // G, -1)  # (N, G, Cg, S)
-    g4 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x4.shape)
+    x2 = np.ascontiguousarray(x).reshape(N * C, -1)  # (N·C, S): one row per channel
+    g2 = np.ascontiguousarray(g, dtype=x.dtype).reshape(x2.shape)
     w = np.ones(C) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     b = np.zeros(C) if bias is None else np.ascontiguousarray(bias, dtype=np.float64)
     dx = np.empty(x.shape, x.dtype)  # returned as is (a reshaped view would be copied by the tape)
     sg = np.empty((N, C))
     sgx = np.empty((N, C))
-    T, (Cg, S) = (numba.config.NUMBA_NUM_THREADS, x4.shape[2:]) if act else (1, (0, 0))  # scratch only for SiLU
-    _group_norm_backward_fast(g4, x4, np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, b, bool(act),
-                              exp_constants(x.dtype), x.dtype == np.float32, np.empty((T, Cg, S), x.dtype),
-                              np.empty((T, Cg * S), x.dtype), np.empty((T, Cg * S), np.int32), dx.reshape(x4.shape),
-                              sg, sgx)
+    parallel_for(_group_norm_backward_fast, N * G, g2.reshape(N * G, -1), g2, x2, np.asarray(mean, np.float64),
+                 np.asarray(rstd, np.float64), w, b, bool(act), exp_constants(x.dtype), x.dtype == np.float32,
+                 dx.reshape(x2.shape), sg, sgx)
     wdt = x.dtype if weight is None else weight.dtype
     return dx, sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
 

@@ -2,7 +2,8 @@
 
 A kernel written with a bare ``@numba.njit`` would compile on every run (no ``cache=True``) or
 with other flags than the tests assume (``fastmath``); the cold start (benchmarks/cold_start.py)
-relies on every kernel loading from the cache after the first run.
+relies on every kernel loading from the cache after the first run. And none is a parfor
+(``parallel=True``) kernel: ``config.parallel_for`` is the one way to use several cores.
 """
 
 import importlib
@@ -47,3 +48,6 @@ def test_kernel_uses_the_config_flags(name, dispatcher):
     assert options.get("fastmath", False) in allowed, f"{name}: fastmath differs from config.FASTMATH"
     assert options.get("error_model") == config.ERROR_MODEL, f"{name}: error_model differs from config"
     assert options.get("nogil"), f"{name} holds the GIL"
+    # one way to use several cores, config.parallel_for over a serial kernel: no parfor (prange) kernels,
+    # whose build costs 2-3x the compile time of the same loop (config.py)
+    assert not options.get("parallel"), f"{name} is a parallel (prange) kernel; use config.parallel_for"
