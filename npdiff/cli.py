@@ -772,6 +772,10 @@ def cmd_eval(args) -> int:
                    "guidance_scale": guidance if conditional else None, "ema": args.ema, "seed": args.seed,
                    "sampling_seconds": round(seconds, 2)})
     _write_report(report, args.out or os.path.join(run.run_dir, "eval.json"))
+    if "fd_floor_draws" in report:  # digits: the Fréchet figures with their spreads, readable
+        from .metrics import format_fd_summary
+
+        print(format_fd_summary(report))
     return 0
 
 
