@@ -148,7 +148,7 @@ def _add_train(sub) -> None:
                    help="stop (with a checkpoint) after this many steps of this invocation; --resume continues")
     g.add_argument("--seed", type=int, default=None, help="seed of init, data order, timesteps and noise (default 0)")
     g.add_argument("--log-every", type=int, default=None, help="steps per log.jsonl record (default 25)")
-    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (default 1000)")
+    g.add_argument("--sample-every", type=int, default=None, help="steps between sample grids (default 1150)")
     g.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 500)")
     g.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance scale of the periodic sample grids and of sampling and eval (default 1.5)")
