@@ -245,7 +245,7 @@ def _add_editing(p) -> None:
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="sample-quality metrics of a run, printed and saved as JSON",
                        description="Digits: accuracy of class-conditional samples under a fixed classifier, "
-                                   "Fréchet distance of its features vs the train-test floor, mean nearest-"
+                                   "Fréchet distance of its features vs the floor (the mean over 50 real train subsets; ratio ± se), mean nearest-"
                                    "neighbour distance to the training set. 2-D toys: MMD² and energy distance "
                                    "to fresh data vs the fresh-vs-fresh floor. Other image data: nearest-"
                                    "neighbour distance only. VAE runs: reconstruction PSNR and SSIM on the held-"
