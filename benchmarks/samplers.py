@@ -14,7 +14,9 @@ and score them with the fixed digits classifier exactly as ``npdiff eval`` does
                          test split, over the same distance for as many real training
                          images (the floor at the SAME sample count: the distance is biased
                          upwards by ~1/n, so a ratio against a floor of another n would mix
-                         that bias into the comparison).
+                         that bias into the comparison; the floor is the mean over 50 fixed
+                         training subsets, docs/quality.md — docs/samplers.md's table used
+                         one subset drawn with the seed).
   conditional_accuracy   fraction the classifier assigns to the asked-for label.
   seconds                wall time of the sampling loop (not of the metrics).
 

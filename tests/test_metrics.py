@@ -144,6 +144,65 @@ def test_nearest_neighbour_distance():
 
 
 # ----------------------------------------------------------------------------
+# the floor (mean over seeded subsets) and the FD's sampling spread
+# ----------------------------------------------------------------------------
+
+
+def _gaussian_features(seed, n, d=8, shift=0.0):
+    return np.random.default_rng(seed).standard_normal((n, d)) + shift
+
+
+def test_fd_floor_of_the_whole_reference_is_zero_and_subsets_are_seeded():
+    ref = _gaussian_features(0, 300)
+    whole = metrics.fd_floor(ref, ref, n=10_000, draws=3)  # n capped at the pool: every draw is ref itself
+    # FD of identical sets is zero in exact arithmetic; the draws' permutations only reorder the sums
+    assert whole["n"] == 300 and whole["mean"] == pytest.approx(0.0, abs=1e-9 * 8) and whole["sd"] < 1e-9 * 8
+    pool = _gaussian_features(1, 600)
+    a, b = metrics.fd_floor(pool, ref, 100, draws=5), metrics.fd_floor(pool, ref, 100, draws=5)
+    assert a == b  # fixed draws: a property of (pool, ref, n), not of the caller's seed
+    assert metrics.fd_floor(pool, ref, 100, draws=5, seed=1)["mean"] != a["mean"]
+    assert a["se"] == pytest.approx(a["sd"] / np.sqrt(5), rel=1e-12)
+    with pytest.raises(ValueError, match="draws >= 1 and n >= 2"):
+        metrics.fd_floor(pool, ref, 100, draws=0)
+    with pytest.raises(ValueError, match="one D"):
+        metrics.fd_floor(pool, ref[:, :3], 100)
+
+
+def test_fd_floor_mean_over_draws_shrinks_the_spread_as_its_se_says():
+    """The floor from K subsets varies across seeds like sd / √K: the reported se predicts it."""
+    ref, pool = _gaussian_features(0, 400), _gaussian_features(1, 2000)
+    spread = {}
+    for k in (1, 16):
+        floors = [metrics.fd_floor(pool, ref, 60, draws=k, seed=s) for s in range(24)]
+        spread[k] = np.std([f["mean"] for f in floors], ddof=1)
+    one_sd = np.mean([metrics.fd_floor(pool, ref, 60, draws=16, seed=s)["sd"] for s in range(3)])
+    # the sd of a mean of 24 seeds' estimates has ~15 % relative error: factor-2 bands hold by a wide margin
+    assert 0.5 * one_sd < spread[1] < 2.0 * one_sd
+    assert 0.5 * one_sd / 4 < spread[16] < 2.0 * one_sd / 4
+    assert spread[16] < 0.5 * spread[1]
+
+
+def test_fd_bootstrap_sd_estimates_the_spread_between_independent_sets():
+    """One set's bootstrap sd against the sd of FD over fresh sets of the same generator:
+    close far from the floor, conservative (larger) near it."""
+    ref = _gaussian_features(0, 3000)
+    for shift, lo, hi in ((0.5, 0.7, 1.5), (0.0, 0.8, 2.5)):
+        fresh = [metrics.frechet_distance(_gaussian_features(100 + i, 200, shift=shift), ref) for i in range(60)]
+        true_sd = np.std(fresh, ddof=1)
+        boot = [metrics.fd_bootstrap_sd(_gaussian_features(500 + i, 200, shift=shift), ref, draws=60, seed=i)
+                for i in range(4)]
+        assert lo * true_sd < np.mean(boot) < hi * true_sd, (shift, true_sd, boot)
+    with pytest.raises(ValueError, match="draws >= 2"):
+        metrics.fd_bootstrap_sd(ref[:10], ref, draws=1)
+
+
+def test_ratio_se_propagates_relative_errors():
+    assert metrics.ratio_se(2.0, 0.0, 1.0, 0.0) == 0.0
+    assert metrics.ratio_se(3.0, 0.3, 1.5, 0.0) == pytest.approx(0.2, rel=1e-12)  # 10 % of r = 2
+    assert metrics.ratio_se(3.0, 0.3, 1.5, 0.15) == pytest.approx(2.0 * np.hypot(0.1, 0.1), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------
 # digits report (trains the fixed classifier once per process, a few seconds)
 # ----------------------------------------------------------------------------
 
@@ -169,6 +228,12 @@ def test_digits_report_on_real_and_corrupted_images(clf):
     # real training images: FD near the floor, but copies of the training set (NN distance 0)
     real = metrics.digits_report(clf.train_images[-360:], clf.train_labels[-360:])
     assert 0.5 < real["fd_ratio"] < 2.0 and real["conditional_accuracy"] > 0.97
+    # the floor is the mean over fixed subsets (not the caller's seed); the ratio's se includes both sides
+    assert real["fd_floor_draws"] == metrics.FLOOR_DRAWS and real["fd_floor_sd"] > 0
+    assert real["fd_floor"] == metrics.digits_report(clf.train_images[-360:], seed=5)["fd_floor"]
+    assert real["fd_ratio_se"] == pytest.approx(metrics.ratio_se(real["fd"], real["fd_sd"], real["fd_floor"],
+                                                                 real["fd_floor_se"]), rel=1e-12)
+    assert "Fréchet ratio" in metrics.format_fd_summary(real)
     assert real["nn_distance"] == pytest.approx(0.0, abs=1e-6) and real["nn_distance_test"] > 1.0
     assert metrics.digits_report(clf.train_images[:300])["conditional_accuracy"] is None
     # noise: far from the data in every measure

@@ -115,6 +115,12 @@ def test_config_rejects_bad_values_and_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown training config keys \['stepz'\]"):
         TrainConfig.from_dict({"stepz": 3})
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance_scale=.*finite scale >= 0"):
+            TrainConfig(guidance_scale=bad)
+    # a run saved under older defaults (2,000 steps, guidance 2) loads as it was trained
+    old = TrainConfig.from_dict({**TrainConfig().to_dict(), "steps": 2000, "guidance_scale": 2.0})
+    assert (old.steps, old.guidance_scale) == (2000, 2.0) != (TrainConfig().steps, TrainConfig().guidance_scale)
 
 
 def test_resume_is_exact_tiny_unet(tmp_path):
