@@ -14,6 +14,7 @@ run folder (its config names the base). cli.py registers the ``adapt`` command a
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 
@@ -22,7 +23,7 @@ import numpy as np
 from .conditions import CONCEPTS
 
 _ADAPT_FLAGS = ("control", "train_examples", "concept", "replaces", "examples", "prior_examples", "prior_target",
-                "rank", "alpha", "text_encoder", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
+                "rank", "alpha", "text_encoder", "concept_tokens", "concept_token_lr", "text_preservation", "unet_targets", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
                 "ema_decay", "log_every", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale", "seed")
 
 
@@ -54,7 +55,17 @@ def add_adapt(sub, formatter_class) -> None:
     g.add_argument("--rank", type=int, default=None, help="LoRA rank r (default 8)")
     g.add_argument("--alpha", type=float, default=None, help="LoRA α (default: the rank)")
     g.add_argument("--no-text-encoder", dest="text_encoder", action="store_false", default=None,
-                   help="adapt the U-Net only (default: the text encoder too)")
+                   help="no LoRA on the text encoder (default: LoRA on its attention projections too)")
+    g.add_argument("--concept-tokens", dest="concept_tokens", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn the token-embedding rows of the concept word's pieces (textual inversion on "
+                        "existing rows; prompts without them are encoded as by the base; default on)")
+    g.add_argument("--concept-token-lr", type=float, default=None,
+                   help="peak learning rate of the concept's token rows (default 0.02)")
+    g.add_argument("--text-preservation", type=float, default=None, metavar="LAMBDA",
+                   help="weight of ‖e_adapted − e_base‖² on the prior captions' text states (default 1; 0: off)")
+    g.add_argument("--unet-targets", type=lambda v: tuple(t for t in v.split(",") if t), default=None,
+                   metavar="NAMES", help="comma-separated U-Net layers for LoRA (default to_q,to_k,to_v,to_out.0; "
+                                         "e.g. attn2.to_k,attn2.to_v: the cross-attention's text path)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--caption-dropout", type=float, default=None, help="empty-caption probability (default 0.1)")
     g.add_argument("--steps", type=int, default=None, help="optimisation steps (default 600 ControlNet, 900 LoRA)")

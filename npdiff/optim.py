@@ -34,6 +34,7 @@ class Optimizer:
         self.params = _params_list(params)
         self.defaults = dict(defaults)
         self.lr = defaults["lr"]
+        self.lr_scales: dict[int, float] = {}  # parameter index → its lr factor (torch: a param group's own lr)
         self.state: dict[int, dict] = {}
 
     def zero_grad(self, set_to_none: bool = True):
@@ -109,7 +110,7 @@ class SGD(Optimizer):
                     buf += (1 - d["dampening"]) * g
                 buf = st["momentum_buffer"]
                 g = g + d["momentum"] * buf if d["nesterov"] else buf
-            p.data -= self.lr * g
+            p.data -= (self.lr * self.lr_scales.get(i, 1.0)) * g
 
 
 class Adam(Optimizer):
@@ -131,6 +132,7 @@ class Adam(Optimizer):
         b1, b2 = d["betas"]
         for i, p, g in self._grads():
             xp = get_array_module(g)
+            lr = self.lr * self.lr_scales.get(i, 1.0)
             st = self.state.setdefault(i, {})
             if "step" not in st:
                 st["step"] = 0
@@ -142,7 +144,7 @@ class Adam(Optimizer):
             t = st["step"]
             if d["weight_decay"]:
                 if self.decoupled:  # Loshchilov & Hutter 2019: θ ← θ(1 − lr λ)
-                    p.data *= 1 - self.lr * d["weight_decay"]
+                    p.data *= 1 - lr * d["weight_decay"]
                 else:
                     g = g + d["weight_decay"] * p.data
             m, v = st["exp_avg"], st["exp_avg_sq"]
@@ -156,7 +158,7 @@ class Adam(Optimizer):
                 v = st["max_exp_avg_sq"]
             # torch's arithmetic order: denom = √v / √bc2 + ε; θ −= (lr / bc1) · m / denom
             denom = xp.sqrt(v) / math.sqrt(bc2) + d["eps"]
-            p.data -= (self.lr / bc1) * (m / denom)
+            p.data -= (lr / bc1) * (m / denom)
 
 
 class AdamW(Adam):

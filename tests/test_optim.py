@@ -165,3 +165,22 @@ def test_mlp_learns_two_moons():
     with nd.no_grad():
         acc = (model(X).numpy().argmax(1) == y).mean()
     assert acc >= 0.97, acc
+
+
+def test_lr_scales_give_one_parameter_its_own_learning_rate():
+    """``optimizer.lr_scales[i] = c``: parameter i steps as with lr · c (torch: its own param group);
+    the others are untouched by it."""
+    from npdiff.optim import SGD, Adam
+
+    g = np.array([0.3, -2.0], np.float32)
+    for cls in (SGD, Adam):
+        a, b, c = (nd.tensor(np.ones(2, np.float32), requires_grad=True) for _ in range(3))
+        opt = cls([a, b], lr=0.01)
+        opt.lr_scales = {1: 4.0}
+        ref = cls([c], lr=0.04)
+        for p in (a, b, c):
+            p.grad = nd.tensor(g.copy())
+        opt.step()
+        ref.step()
+        np.testing.assert_array_equal(b.numpy(), c.numpy())
+        assert not np.array_equal(a.numpy(), b.numpy())

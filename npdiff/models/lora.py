@@ -18,6 +18,8 @@ A rank-r update of an out × in layer holds r · (in + out) numbers instead of i
     load_lora_state_dict(model, sd)                         the other way (adds the adapters if needed)
     save_lora_weights(file, unet=..., text_encoder=...)     one safetensors file, diffusers' SD layout
     load_lora_weights(file, unet=..., text_encoder=...)
+    add_trainable_tokens(model, token_indices)              learn some rows of the token embedding only
+                                                            (peft's ``trainable_token_indices``)
 
 Key names are peft's (``get_peft_model_state_dict``) and diffusers' (``save_lora_adapter``):
 ``<module path>.lora_A.weight`` / ``.lora_B.weight``. A pipeline file (diffusers'
@@ -30,6 +32,17 @@ A target name matches a linear layer whose dotted path equals it or ends with ".
 (peft's rule), so "to_q" adapts every attention's query projection and "to_out.0" its
 output projection; the CLIP text encoder's projections are "q_proj", "k_proj", "v_proj",
 "out_proj".
+
+Trainable tokens (peft's ``TrainableTokensLayer``; textual inversion, Gal et al. 2023, on existing
+vocabulary rows): an ``nn.Embedding`` whose rows t ∈ T are replaced by learned vectors v_t,
+
+    E'[t] = E[t] + s · (v_t − E[t])   for t ∈ T,      E'[t] = E[t] otherwise        (v_t starts at E[t])
+
+so a prompt none of whose token ids is in T is encoded exactly as by the base, bit for bit: a
+new word whose pieces no old caption contains gets a meaning without touching any old prompt.
+The learned rows are stored as peft stores them, ``<path>.token_adapter.trainable_tokens_delta``
+(k, D) holding the new rows themselves (peft's "delta" is the new value, not a difference), and
+the ids in the file's metadata (``trainable_token_indices``: {path: [ids]}).
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import os
 
 import numpy as np
 
+from .. import backend
 from .. import io as nd_io
 from .. import nn
 from ..nn import functional as F
@@ -48,6 +62,7 @@ TEXT_ENCODER_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' LORA_WEIGHT_NAME_SAFE
 _PARTS = (".lora_A.weight", ".lora_B.weight")
+TOKENS_KEY = ".token_adapter.trainable_tokens_delta"  # peft's key of trainable token rows
 
 
 class LoRALinear(nn.Linear):
@@ -87,6 +102,57 @@ class LoRALinear(nn.Linear):
         return f"{super().extra_repr()}, rank={self.rank}, alpha={self.alpha}"
 
 
+class TokenAdapter(nn.Module):
+    """Holds the learned rows (peft's ``token_adapter`` submodule): ``trainable_tokens_delta`` (k, D)."""
+
+    def __init__(self, rows: np.ndarray):
+        super().__init__()
+        self.trainable_tokens_delta = nn.Parameter(np.array(rows, copy=True))
+
+
+class TrainableTokensEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` whose rows ``token_indices`` are learned: E'[t] = E[t] + s (v_t − E[t])
+    for t in the indices, E[t] otherwise (module docstring). Holds the base table's own ``weight``
+    Parameter (frozen, same object) and ``token_adapter.trainable_tokens_delta`` (the v_t, (k, D))."""
+
+    def __init__(self, base: nn.Embedding, token_indices):
+        nn.Module.__init__(self)
+        self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+        self.weight = base.weight
+        ids = np.asarray(sorted({int(t) for t in token_indices}), dtype=np.int64)
+        if ids.size == 0 or ids[0] < 0 or ids[-1] >= self.num_embeddings:
+            raise ValueError(f"trainable tokens: indices must be a non-empty set in [0, {self.num_embeddings}), "
+                             f"got {list(token_indices)!r}")
+        self.token_indices = ids
+        self.trainable_tokens_original = np.array(backend.to_device(self.weight.data, "cpu")[ids], copy=True)  # (k, D)
+        self.token_adapter = TokenAdapter(self.weight.data[ids])
+        self.scale = 1.0
+
+    def rows(self) -> np.ndarray:
+        """E'[t] for t in ``token_indices``, (k, D): the rows merging writes."""
+        v = backend.to_device(self.token_adapter.trainable_tokens_delta.data, "cpu")
+        if self.scale == 1.0:
+            return np.array(v, copy=True)  # exactly what forward uses
+        return (self.trainable_tokens_original + self.scale * (v - self.trainable_tokens_original)).astype(v.dtype)
+
+    def forward(self, idx):
+        idx = np.asarray(getattr(idx, "data", idx))
+        base = F.embedding(idx, self.weight)  # (..., D)
+        hit = idx[..., None] == self.token_indices  # (..., k)
+        chosen = hit.any(axis=-1)  # (...)
+        if not chosen.any():
+            return base  # no learned token in the batch: the base's rows, bit for bit
+        j = hit.argmax(axis=-1)  # (...) which learned row
+        new = F.embedding(j, self.token_adapter.trainable_tokens_delta)  # (..., D)
+        if self.scale != 1.0:
+            new = new * self.scale + F.embedding(j, self.trainable_tokens_original) * (1.0 - self.scale)
+        keep = backend.to_device(chosen[..., None].astype(base.dtype), self.weight.device)  # (..., 1)
+        return base * (1.0 - keep) + new * keep  # exact: x·1 + y·0 = x, x·0 + y·1 = y
+
+    def extra_repr(self):
+        return f"{super().extra_repr()}, trainable tokens {self.token_indices.tolist()}"
+
+
 def _matches(path: str, targets) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
@@ -106,6 +172,40 @@ def _set_child(model: nn.Module, path: str, module: nn.Module) -> None:
 def lora_layers(model: nn.Module) -> dict:
     """{dotted path: LoRALinear} of every adapted layer, in module order."""
     return {p: m for p, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def token_adapters(model: nn.Module) -> dict:
+    """{dotted path: TrainableTokensEmbedding} of every embedding with trainable tokens."""
+    return {p: m for p, m in model.named_modules() if isinstance(m, TrainableTokensEmbedding)}
+
+
+def _freeze(model: nn.Module) -> None:
+    """Remember every parameter's ``requires_grad`` (once: the first adapter added) and freeze all
+    but the adapters already there (LoRA A and B, trainable token rows)."""
+    if "_lora_saved_requires_grad" not in model.__dict__:
+        object.__setattr__(model, "_lora_saved_requires_grad", {n: p.requires_grad for n, p in model.named_parameters()})
+    for p in model.parameters():
+        p.requires_grad = False
+    for p in lora_parameters(model):
+        p.requires_grad = True
+    for emb in token_adapters(model).values():
+        emb.token_adapter.trainable_tokens_delta.requires_grad = True
+
+
+def add_trainable_tokens(model: nn.Module, token_indices, target: str = "token_embedding") -> nn.Module:
+    """Make the rows ``token_indices`` of the ``nn.Embedding`` at ``target`` (a path equal to or
+    ending with "." + it, as for LoRA) learnable, freeze every other parameter (peft's
+    ``trainable_token_indices``). Returns ``model``; ``merge_lora`` / ``remove_lora`` undo it too."""
+    chosen = [p for p, m in model.named_modules() if type(m) is nn.Embedding and p and _matches(p, (target,))]
+    if len(chosen) != 1:
+        raise ValueError(f"add_trainable_tokens: expected one nn.Embedding of {type(model).__name__} matching "
+                         f"{target!r}, found {chosen}")
+    if token_adapters(model):
+        raise ValueError("add_trainable_tokens: the model already has trainable tokens; merge or remove them first")
+    layer = TrainableTokensEmbedding(_submodule(model, chosen[0]), token_indices)
+    _freeze(model)
+    _set_child(model, chosen[0], layer)
+    return model
 
 
 def _check_rank_alpha(rank, alpha):
@@ -133,20 +233,29 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, target_mod
     if not chosen:
         raise ValueError(f"add_lora: no nn.Linear of {type(model).__name__} matches target_modules {list(targets)} "
                          "(a target matches a layer whose path equals it or ends with '.' + it)")
-    flags = {name: p.requires_grad for name, p in model.named_parameters()}
-    object.__setattr__(model, "_lora_saved_requires_grad", flags)
+    _freeze(model)
     object.__setattr__(model, "_lora_targets", targets)
-    for p in model.parameters():
-        p.requires_grad = False
     for path in chosen:
         _set_child(model, path, LoRALinear(_submodule(model, path), rank, alpha))
     return model
 
 
 def _unwrap(model: nn.Module, merge: bool, scale: float | None = None) -> nn.Module:
-    layers = lora_layers(model)
-    if not layers:
+    layers, tokens = lora_layers(model), token_adapters(model)
+    if not layers and not tokens:
         raise ValueError(f"{'merge_lora' if merge else 'remove_lora'}: the model has no LoRA adapters")
+    for path, emb in tokens.items():
+        if merge:
+            s = emb.scale
+            emb.scale = s if scale is None else float(scale)
+            rows = emb.rows()
+            emb.scale = s
+            emb.weight.data[emb.token_indices] = backend.to_device(rows, emb.weight.device)
+        base = nn.Embedding.__new__(nn.Embedding)
+        nn.Module.__init__(base)
+        base.num_embeddings, base.embedding_dim = emb.num_embeddings, emb.embedding_dim
+        base.weight = emb.weight
+        _set_child(model, path, base)
     for path, layer in layers.items():
         base = nn.Linear.__new__(nn.Linear)
         nn.Module.__init__(base)
@@ -179,11 +288,11 @@ def remove_lora(model: nn.Module) -> nn.Module:
 
 def set_lora_scale(model: nn.Module, scale: float) -> nn.Module:
     """y = W x + b + scale · (α/r) · B A x in every adapted layer (diffusers'
-    ``cross_attention_kwargs={"scale": s}``)."""
-    layers = lora_layers(model)
+    ``cross_attention_kwargs={"scale": s}``), and E[t] + scale · (v_t − E[t]) in trainable tokens."""
+    layers = list(lora_layers(model).values()) + list(token_adapters(model).values())
     if not layers:
         raise ValueError("set_lora_scale: the model has no LoRA adapters")
-    for layer in layers.values():
+    for layer in layers:
         layer.scale = float(scale)
     return model
 
@@ -196,22 +305,28 @@ def lora_parameters(model: nn.Module) -> list:
 def lora_state_dict(model: nn.Module, prefix: str | None = None) -> dict:
     """{"<path>.lora_A.weight": A (r, in), "<path>.lora_B.weight": B (out, r)} as numpy copies, peft's
     ``get_peft_model_state_dict`` keys (with ``prefix + "."`` in front when given)."""
-    layers = lora_layers(model)
-    if not layers:
+    layers, tokens = lora_layers(model), token_adapters(model)
+    if not layers and not tokens:
         raise ValueError("lora_state_dict: the model has no LoRA adapters")
     lead = f"{prefix}." if prefix else ""
     out = {}
     for path, layer in layers.items():
         out[f"{lead}{path}.lora_A.weight"] = np.array(layer.lora_A.weight.data)
         out[f"{lead}{path}.lora_B.weight"] = np.array(layer.lora_B.weight.data)
+    for path, emb in tokens.items():  # the learned rows v_t, (k, D); their ids go in lora_config
+        out[f"{lead}{path}{TOKENS_KEY}"] = np.array(emb.token_adapter.trainable_tokens_delta.data)
     return out
 
 
 def lora_config(model: nn.Module) -> dict:
-    """The adapter configuration as peft's ``LoraConfig`` keys: r, lora_alpha, target_modules."""
-    layers = lora_layers(model)
-    if not layers:
+    """The adapter configuration as peft's ``LoraConfig`` keys: r, lora_alpha, target_modules (LoRA
+    layers), trainable_token_indices ({path: [ids]}, trainable tokens)."""
+    layers, tokens = lora_layers(model), token_adapters(model)
+    if not layers and not tokens:
         raise ValueError("lora_config: the model has no LoRA adapters")
+    extra = {"trainable_token_indices": {p: m.token_indices.tolist() for p, m in tokens.items()}} if tokens else {}
+    if not layers:
+        return extra
     ranks = {m.rank for m in layers.values()}
     alphas = {m.alpha for m in layers.values()}
     if len(ranks) != 1 or len(alphas) != 1:
@@ -219,7 +334,7 @@ def lora_config(model: nn.Module) -> dict:
     targets = model.__dict__.get("_lora_targets") or tuple(layers)
     alpha = alphas.pop()
     return {"r": ranks.pop(), "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
-            "target_modules": sorted(targets)}
+            "target_modules": sorted(targets), **extra}
 
 
 def _canonical_key(key: str) -> str:
@@ -233,18 +348,25 @@ def _canonical_key(key: str) -> str:
 
 
 def load_lora_state_dict(model: nn.Module, state_dict: dict, alpha: float | None = None,
-                         prefix: str = "unet") -> nn.Module:
+                         prefix: str = "unet", token_indices: dict | None = None) -> nn.Module:
     """Load adapter weights keyed as ``lora_state_dict`` writes them (a leading ``prefix + "."``,
     ``unet.`` by default, is accepted, as are peft's ``base_model.model.`` and ``.default.``).
 
     A model without adapters gets them on exactly the layers the keys name (rank from A's
     shape, ``alpha`` default: the rank); a model with adapters must have exactly those layers.
+    Trainable-token rows (``<path>.token_adapter.trainable_tokens_delta``) need their ids in
+    ``token_indices`` ({path: [ids]}, ``lora_config``'s ``trainable_token_indices``).
     Unknown, missing or mis-shaped keys raise ValueError naming the key."""
     lead = f"{prefix}." if prefix else ""
     sd = {}
     for key, value in state_dict.items():
         k = key[len(lead):] if lead and key.startswith(lead) else key
         sd[_canonical_key(k)] = np.asarray(getattr(value, "data", value))
+    tokens = {key[: -len(TOKENS_KEY)]: sd.pop(key) for key in list(sd) if key.endswith(TOKENS_KEY)}
+    if tokens:
+        _load_tokens(model, tokens, token_indices or {})
+        if not sd:
+            return model
     paths = {}
     for key in sd:
         if not key.endswith(_PARTS):
@@ -283,6 +405,35 @@ def load_lora_state_dict(model: nn.Module, state_dict: dict, alpha: float | None
                                  f"adapter has {target.shape}")
             target.data = value.astype(target.dtype).copy()
     return model
+
+
+def _load_tokens(model: nn.Module, rows: dict, token_indices: dict) -> None:
+    """Trainable-token rows {path: (k, D)} into ``model`` (adding the adapters where needed)."""
+    have = token_adapters(model)
+    for path, value in rows.items():
+        key = path + TOKENS_KEY
+        if path not in token_indices:
+            raise ValueError(f"load_lora_state_dict: {key!r} has no token ids (trainable_token_indices[{path!r}] "
+                             "in the file's metadata)")
+        if path not in have:
+            if have:
+                raise ValueError(f"load_lora_state_dict: {key!r}: the model has trainable tokens at {sorted(have)}")
+            m = dict(model.named_modules()).get(path)
+            if type(m) is not nn.Embedding:
+                raise ValueError(f"load_lora_state_dict: key {key!r} names "
+                                 f"{'no module' if m is None else type(m).__name__} of {type(model).__name__}, "
+                                 "not an embedding")
+            add_trainable_tokens(model, token_indices[path], target=path)
+            have = token_adapters(model)
+        emb = have[path]
+        if sorted({int(t) for t in token_indices[path]}) != emb.token_indices.tolist():
+            raise ValueError(f"load_lora_state_dict: {key!r}: token ids {token_indices[path]} differ from the "
+                             f"model's {emb.token_indices.tolist()}")
+        target = emb.token_adapter.trainable_tokens_delta
+        if value.shape != target.shape:
+            raise ValueError(f"load_lora_state_dict: {key!r} has shape {value.shape}, the model's trainable "
+                             f"tokens have {target.shape}")
+        target.data = value.astype(target.dtype).copy()
 
 
 # -- files -------------------------------------------------------------------------------
@@ -364,7 +515,8 @@ def load_lora_weights(path, unet=None, text_encoder=None) -> dict:
             if config.get(key):
                 raise ValueError(f"{path}: {name}.{key} (per-layer ranks or alphas) is not supported")
         try:
-            load_lora_state_dict(model, sd, alpha=config.get("lora_alpha"), prefix=None)
+            load_lora_state_dict(model, sd, alpha=config.get("lora_alpha"), prefix=None,
+                                 token_indices=config.get("trainable_token_indices"))
         except ValueError as e:
             raise ValueError(f"{path} ({name}): {e}") from None
         loaded[name] = lora_config(model)

@@ -88,7 +88,17 @@ class AdapterConfig:
       prior_target       "data" (ε / v of the data) or "base" (the locked base's prediction: one
                          more no-grad forward per step, ~30 % longer; the same drop within noise).
       rank, alpha        adapter rank r and α (None: α = r).
-      text_encoder       also adapt the text encoder (the new word must get a meaning).
+      text_encoder       also LoRA on the text encoder's attention projections (changes every prompt).
+      concept_tokens     learn the token-embedding rows of the concept word's pieces (textual
+                         inversion on existing rows, ``add_trainable_tokens``): the new word gets a
+                         meaning, and a prompt without those pieces is encoded exactly as by the base.
+      concept_token_lr   peak learning rate of those rows (None: lr); the rows are O(1) per
+                         coordinate, so they need a larger step than the adapters' B matrices.
+      text_preservation  λ of a penalty λ · mean ‖e_adapted(c) − e_base(c)‖² on the prior items'
+                         text states (their captions, or "" where dropped): keeps the adapted text
+                         encoder's output on old prompts at the base's (0: off).
+      unet_targets       the U-Net layers that get LoRA (None: to_q, to_k, to_v, to_out.0 of every
+                         attention; ("attn2.to_k", "attn2.to_v"): the cross-attention's text path).
     Both
       caption_dropout    probability of training on the empty caption (keeps guidance working).
       steps              None: 600 (ControlNet) or 900 (LoRA).
@@ -109,6 +119,10 @@ class AdapterConfig:
     rank: int = 8
     alpha: float | None = None
     text_encoder: bool = True
+    concept_tokens: bool = True
+    concept_token_lr: float | None = 0.02
+    text_preservation: float = 1.0
+    unet_targets: tuple | None = None
     caption_dropout: float = 0.1
     steps: int | None = None
     batch_size: int = 16
@@ -128,6 +142,8 @@ class AdapterConfig:
     def __post_init__(self):
         if self.steps is None:  # what meets the targets in ≤ 10 min (docs/controlnet_lora.md)
             self.steps = DEFAULT_STEPS.get(self.kind, 600)
+        if self.unet_targets is not None:
+            self.unet_targets = (self.unet_targets,) if isinstance(self.unet_targets, str) else tuple(self.unet_targets)
         if self.conditioning_embedding_out_channels is not None:
             self.conditioning_embedding_out_channels = tuple(int(c) for c in self.conditioning_embedding_out_channels)
         self.validate()
@@ -146,8 +162,15 @@ class AdapterConfig:
         if int(self.prior_examples) < 0:
             raise ValueError(f"prior_examples must be >= 0, got {self.prior_examples!r}")
         concept_replaces(self.concept, self.replaces)  # a known concept, and a colour / shape of its kind
+        if self.unet_targets is not None and (not self.unet_targets or not all(
+                isinstance(t, str) and t for t in self.unet_targets)):
+            raise ValueError(f"unet_targets must be non-empty layer names, got {self.unet_targets!r}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
+        if not self.text_preservation >= 0:
+            raise ValueError(f"text_preservation must be >= 0, got {self.text_preservation!r}")
+        if self.concept_token_lr is not None and not self.concept_token_lr > 0:
+            raise ValueError(f"concept_token_lr must be > 0 (or None: lr), got {self.concept_token_lr!r}")
         if not self.lr > 0 or not 0.0 <= self.ema_decay <= 1.0:
             raise ValueError(f"need lr > 0 and ema_decay in [0, 1], got lr={self.lr!r}, ema_decay={self.ema_decay!r}")
 
@@ -162,6 +185,8 @@ class AdapterConfig:
             raise ValueError(f"unknown adapter config keys {unknown}; known: {sorted(known)}")
         if "prior_examples" not in d:  # a run written before prior preservation trained on the concept alone
             d = {**d, "prior_examples": 0, "prior_target": "data"}
+        if "concept_tokens" not in d:  # written before concept tokens and the text penalty: trained without
+            d = {**d, "concept_tokens": False, "concept_token_lr": None, "text_preservation": 0.0}
         return cls(**d)
 
 
@@ -178,18 +203,37 @@ def load_base_pipeline(path: str):
                      "unet/pipeline/): train a text-to-image model first (npdiff train --data shapes)")
 
 
+def concept_token_ids(tokenizer, word: str, old_captions=()) -> list[int]:
+    """The token ids of ``word``'s BPE pieces (no BOS / EOS): the rows ``concept_tokens`` learns.
+    Raises if one of them occurs in ``old_captions`` (the prior set): learning it would change
+    those prompts too."""
+    ids = list(dict.fromkeys(tokenizer.encode(word, add_special_tokens=False)))
+    if not ids:
+        raise ValueError(f"concept word {word!r} has no tokens")
+    if len(old_captions):
+        seen = {t for caption in old_captions for t in tokenizer.encode(caption)}
+        shared = [t for t in ids if t in seen]
+        if shared:
+            pieces = tokenizer.convert_ids_to_tokens(shared)
+            raise ValueError(f"concept_tokens: the pieces {pieces} of {word!r} also occur in the base's captions; "
+                             "learning them would change those prompts (use LoRA on the text encoder instead)")
+    return ids
+
+
 class AdapterParameters(nn.Module):
     """The LoRA adapters of several models as one module, keyed as the LoRA file keys them
     (``unet.<path>.lora_A.weight``): what the optimiser, EMA and checkpoint see."""
 
     def __init__(self, **models):
         super().__init__()
-        from ..models.lora import lora_layers
+        from ..models.lora import lora_layers, token_adapters
 
         for prefix, model in models.items():
             for path, layer in lora_layers(model).items():
                 self._modules[f"{prefix}.{path}.lora_A"] = layer.lora_A
                 self._modules[f"{prefix}.{path}.lora_B"] = layer.lora_B
+            for path, emb in token_adapters(model).items():
+                self._modules[f"{prefix}.{path}.token_adapter"] = emb.token_adapter
 
 
 class AdapterTrainer(BaseTrainer):
@@ -237,9 +281,12 @@ class AdapterTrainer(BaseTrainer):
         self.latents = np.concatenate([encode_images(pipe.vae, data.images[i:i + 256])
                                        for i in range(0, len(data), 256)])  # (N, c, h, w)
         self.text = None
-        if not (config.kind == "lora" and config.text_encoder):
-            self.text = np.concatenate([self._embed(self.ids[i:i + 256]) for i in range(0, len(data), 256)])
-            self.empty_text = self._embed(self.empty_ids[None])[0]  # (Lk, D)
+        base_text = np.concatenate([self._embed(self.ids[i:i + 256]) for i in range(0, len(data), 256)])
+        self.empty_text = self._embed(self.empty_ids[None])[0]  # (Lk, D)
+        if not (config.kind == "lora" and (config.text_encoder or config.concept_tokens)):
+            self.text = base_text  # (N, Lk, D)
+        elif config.text_preservation:  # the base's text states: the preservation penalty's target
+            self.base_text = base_text
         # 3. the adapter
         backend.manual_seed(config.seed)
         if config.kind == "controlnet":
@@ -251,18 +298,27 @@ class AdapterTrainer(BaseTrainer):
                                                         conditioning_channels=1)
             self.model = self.controlnet
         else:
-            from ..models.lora import TEXT_ENCODER_TARGETS, add_lora
+            from ..models.lora import TEXT_ENCODER_TARGETS, UNET_TARGETS, add_lora, add_trainable_tokens
 
-            add_lora(pipe.unet, config.rank, config.alpha)
+            add_lora(pipe.unet, config.rank, config.alpha, target_modules=config.unet_targets or UNET_TARGETS)
             adapted = {"unet": pipe.unet}
             if config.text_encoder:
                 add_lora(pipe.text_encoder, config.rank, config.alpha, target_modules=TEXT_ENCODER_TARGETS)
+                adapted["text_encoder"] = pipe.text_encoder
+            if config.concept_tokens:
+                self.concept_token_ids = concept_token_ids(pipe.tokenizer, config.concept,
+                                                           make_shapes(500, "train", config.seed).captions)
+                add_trainable_tokens(pipe.text_encoder, self.concept_token_ids)
                 adapted["text_encoder"] = pipe.text_encoder
             self.model = AdapterParameters(**adapted)
         self.model.train()
         params = list(self.model.parameters())
         dist.broadcast_arrays([p.data for p in params])  # rank 0's initial adapter
         self.optimizer = AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        if config.kind == "lora" and config.concept_tokens and config.concept_token_lr is not None:
+            rows = {id(p) for name, p in self.model.named_parameters() if name.endswith("trainable_tokens_delta")}
+            self.optimizer.lr_scales = {i: config.concept_token_lr / config.lr
+                                        for i, p in enumerate(params) if id(p) in rows}
         self.lr_schedule = cosine_with_warmup(self.optimizer, config.warmup_steps, config.steps,
                                               min_lr=config.min_lr_ratio * config.lr)
         self.ema = EMA(params, decay=config.ema_decay, warmup=True)
@@ -305,8 +361,9 @@ class AdapterTrainer(BaseTrainer):
             if self.config.kind == "controlnet":
                 self.controlnet.save_pretrained(os.path.join(folder, CONTROLNET_FOLDER))
             else:
+                text = self.config.text_encoder or self.config.concept_tokens
                 save_lora_weights(os.path.join(folder, LORA_FILE), unet=self.pipe.unet,
-                                  text_encoder=self.pipe.text_encoder if self.config.text_encoder else None)
+                                  text_encoder=self.pipe.text_encoder if text else None)
 
     def ema_weights(self):
         """Context manager: the adapter holds its EMA weights inside, its live weights after."""
@@ -375,8 +432,15 @@ class AdapterTrainer(BaseTrainer):
             target = np.array(target, dtype=np.float32)
             caption = ids[prior] if self.text is None else text.data[prior]
             target[prior] = self._base_prediction(z_t.data[prior], t[prior], caption)
-        # 7. loss, NaN stop, backward, clip, AdamW on the adapter only, EMA
+        # 7. loss (+ the text-preservation penalty on prior items), NaN stop, backward, clip, AdamW on
+        #    the adapter only, EMA
         loss = simple_loss(out, target).mean()
+        old = np.flatnonzero(index >= self.n_concept) if self.text is None and cfg.text_preservation else []
+        if len(old):
+            base = np.where(drop[old, None, None], self.empty_text[None], self.base_text[index[old]])  # (k, Lk, D)
+            penalty = ((text[old] - Tensor(base)) ** 2).mean()
+            return self._optimise(loss + penalty * cfg.text_preservation, diffusion_loss=loss.data,
+                                  text_penalty=penalty.data)
         return self._optimise(loss)
 
     def _base_prediction(self, z_t: np.ndarray, t: np.ndarray, caption: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ from npdiff import nn
 from npdiff.models import CLIPTextModel, UNet2DConditionModel
 from npdiff.models.lora import (TEXT_ENCODER_TARGETS, LoRALinear, add_lora, load_lora_state_dict, load_lora_weights,
                                 lora_layers, lora_parameters, lora_state_dict, merge_lora, read_lora_file,
-                                remove_lora, save_lora_weights, set_lora_scale)
+                                remove_lora, save_lora_weights, set_lora_scale, add_trainable_tokens,
+                                token_adapters)
 from tests.oracle import assert_close
 from tests.pipelines.sd_stack import UNET, _perturb, _text
 
@@ -194,3 +195,56 @@ def test_any_model_with_attention_projections():
         assert len(lora_layers(model)) >= 4
         merge_lora(model)
         assert list(model.state_dict()) == keys
+
+
+def _clip(seed=6):
+    nd.manual_seed(seed)
+    return _perturb(CLIPTextModel(**_text(40)), seed)
+
+
+def test_trainable_tokens_change_only_their_prompts(tmp_path):
+    """E'[t] = E[t] + s (v_t − E[t]) for the learned ids only: a prompt without them is encoded bit
+    for bit as by the base (with LoRA too at scale 0), only v gets a gradient, merge = unmerged,
+    and the file keeps the rows and their ids (missing ids are named)."""
+    te, base = _clip(), _clip()
+    add_lora(te, rank=2, target_modules=TEXT_ENCODER_TARGETS)
+    add_trainable_tokens(te, [7, 9])
+    emb = token_adapters(te)["embeddings.token_embedding"]
+    rng = np.random.default_rng(3)
+    v = emb.token_adapter.trainable_tokens_delta
+    v.data = (v.data + rng.standard_normal(v.shape)).astype(np.float32)
+    _randomise_b(te, 4)
+    old = np.array([[38, 3, 4, 5, 39, 39], [38, 6, 8, 39, 39, 39]])  # no 7, no 9
+    new = np.array([[38, 3, 7, 9, 39, 39]])
+    set_lora_scale(te, 0.0)
+    with nd.no_grad():
+        np.testing.assert_array_equal(te(old).last_hidden_state.numpy(), base(old).last_hidden_state.numpy())
+        # scale 0 is the base for the new word too; its rows are E[t] + 0
+        np.testing.assert_array_equal(te(new).last_hidden_state.numpy(), base(new).last_hidden_state.numpy())
+    set_lora_scale(te, 1.0)
+    out = te(new).last_hidden_state
+    (out * out).sum().backward()
+    assert np.abs(v.grad.numpy()).max() > 0
+    assert all(p.grad is None for n, p in te.named_parameters() if ".lora_" not in n and "token_adapter" not in n)
+    # the learned rows are what the word's positions see: one layer of embeddings checked directly
+    ids = np.array([[7, 1, 9]])
+    np.testing.assert_array_equal(emb(ids).numpy()[0], np.stack([v.data[0], emb.weight.data[1], v.data[1]]))
+    path = save_lora_weights(tmp_path / "t.safetensors", text_encoder=te)
+    tensors, meta = read_lora_file(path)
+    assert meta["text_encoder.trainable_token_indices"] == {"embeddings.token_embedding": [7, 9]}
+    te2 = _clip()
+    load_lora_weights(path, text_encoder=te2)
+    with nd.no_grad():
+        unmerged = te2(new).last_hidden_state.numpy()
+        np.testing.assert_array_equal(unmerged, te(new).last_hidden_state.numpy())
+        merge_lora(te2)
+        assert not token_adapters(te2) and not lora_layers(te2)
+        # the LoRA's re-associated product as in test_merge_remove_and_scale; the rows are written exactly
+        np.testing.assert_allclose(te2(new).last_hidden_state.numpy(), unmerged, rtol=0,
+                                   atol=32 * 20 * EPS32 * np.abs(unmerged).max())
+    key = "embeddings.token_embedding.token_adapter.trainable_tokens_delta"
+    with pytest.raises(ValueError, match=r"embeddings\.token_embedding\.token_adapter.* has no token ids"):
+        load_lora_state_dict(_clip(), {key: tensors["text_encoder." + key]},
+                             prefix=None)
+    with pytest.raises(ValueError, match="expected one nn.Embedding"):
+        add_trainable_tokens(te2, [1], target="nothing_here")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from npdiff.models import ControlNetModel
-from npdiff.models.lora import load_lora_weights, lora_layers
+from npdiff.models.lora import load_lora_weights, lora_layers, token_adapters
 from npdiff.training.adapters import AdapterConfig, AdapterTrainer
 from tests.pipelines.sd_stack import tiny_pipeline_32
 
@@ -18,7 +18,11 @@ SMALL = dict(train_examples=12, examples=12, prior_examples=4, batch_size=4, ste
 
 def _base_state(pipe):
     return {f"{name}.{k}": v.copy() for name in ("vae", "text_encoder", "unet")
-            for k, v in getattr(pipe, name).state_dict().items() if ".lora_" not in k}
+            for k, v in getattr(pipe, name).state_dict().items() if not _adapter_key(k)}
+
+
+def _adapter_key(key):
+    return ".lora_" in key or ".token_adapter." in key
 
 
 def _train(kind, tmp_path, **changes):
@@ -39,7 +43,7 @@ def _assert_base_locked(pipe, before, trainer):
     assert {id(p) for p in trainer.optimizer.params} == adapter
     for name in ("vae", "text_encoder", "unet"):
         for k, p in getattr(pipe, name).named_parameters():
-            if ".lora_" not in k:
+            if not _adapter_key(k):
                 assert id(p) not in adapter and p.grad is None, f"{name}.{k} got a gradient"
     state = trainer.optimizer.state_dict()["state"]
     n_adapter = len(list(trainer.model.parameters()))
@@ -171,3 +175,47 @@ def test_training_lowers_the_loss_on_its_data(kind, tmp_path):
     trainer.train()
     # measured here: ControlNet 0.48, LoRA (attention only, the text encoder's too) 0.82 of the loss before
     assert loss() < {"controlnet": 0.7, "lora": 0.9}[kind] * before
+
+
+def test_concept_tokens_leave_old_prompts_alone(tmp_path):
+    """Concept tokens alone (no text-encoder LoRA): the word's rows move at their own learning rate,
+    every prompt without them is encoded bit for bit as by the base; the text penalty of a
+    text-encoder LoRA is the mean squared distance of the prior items' text states from the base's."""
+    pipe, before, trainer = _train("lora", tmp_path, rank=2, text_encoder=False, concept_tokens=True,
+                                   concept_token_lr=0.05)
+    _assert_base_locked(pipe, before, trainer)
+    ids = trainer.concept_token_ids
+    assert not any(t in trainer.ids[trainer.n_concept:] for t in ids)  # no prior caption holds them
+    emb = token_adapters(pipe.text_encoder)["embeddings.token_embedding"]
+    moved = np.abs(emb.token_adapter.trainable_tokens_delta.numpy() - emb.weight.numpy()[emb.token_indices]).max()
+    assert moved > 0.05 * 3 * 0.5  # 3 steps at lr 0.05 (warm-up 1), Adam's steps ≈ lr each: not the 1e-2 of the rest
+    old = trainer.ids[trainer.n_concept:]
+    np.testing.assert_array_equal(trainer._embed(old), trainer.base_text[trainer.n_concept:])  # base_text: before
+    fresh = tiny_pipeline_32()
+    load_lora_weights(tmp_path / "lora" / "pytorch_lora_weights.safetensors", unet=fresh.unet,
+                      text_encoder=fresh.text_encoder)
+    assert token_adapters(fresh.text_encoder)["embeddings.token_embedding"].token_indices.tolist() == sorted(ids)
+
+
+def test_text_preservation_penalty(tmp_path):
+    """loss = diffusion loss + λ · mean ‖e_adapted − e_base‖² over the batch's prior items (their
+    captions, or "" where dropped), computed here by hand before the step."""
+    pipe = tiny_pipeline_32()
+    trainer = AdapterTrainer(AdapterConfig(kind="lora", **{**SMALL, "rank": 2, "text_preservation": 2.0}),
+                             tmp_path / "lora", pipeline=pipe, progress=False)
+    for layer in lora_layers(pipe.text_encoder).values():  # move the text encoder off the base
+        layer.lora_B.weight.data = np.full(layer.lora_B.weight.shape, 0.05, np.float32)
+    index = np.array([0, 1, trainer.n_concept, trainer.n_concept + 1])  # two concept, two prior items
+    state = trainer.rng.bit_generator.state
+    trainer.rng.integers(0, trainer.schedule.num_train_timesteps, size=4)  # the step's draws: t, ε, dropout
+    trainer.rng.standard_normal((4,) + trainer.latents.shape[1:], dtype=np.float32)
+    drop = trainer.rng.random(4) < trainer.config.caption_dropout
+    trainer.rng.bit_generator.state = state
+    prior = index[2:]
+    ids = np.where(drop[2:, None], trainer.empty_ids[None], trainer.ids[prior])
+    base = np.where(drop[2:, None, None], trainer.empty_text[None], trainer.base_text[prior])
+    expected = np.mean((trainer._embed(ids).astype(np.float64) - base) ** 2)
+    record = trainer.train_step(None, index)
+    assert expected > 0
+    assert float(record["text_penalty"]) == pytest.approx(expected, rel=1e-5)
+    assert float(record["loss"]) == pytest.approx(float(record["diffusion_loss"]) + 2.0 * expected, rel=1e-5)
