@@ -75,7 +75,8 @@ def main(argv=None) -> int:
         trainer = LatentTrainer(config, args.out, progress=False)
     log = os.path.join(args.out, "quality.jsonl")
     t_train = 0.0
-    for mark in [m for m in marks if m > trainer.step] + [args.steps]:
+    # each mark once (the final step was scored twice when it was also a mark)
+    for mark in sorted({m for m in marks if m > trainer.step} | {args.steps}):
         t0 = time.perf_counter()
         trainer.train(stop_after=mark - trainer.step)
         t_train += time.perf_counter() - t0
