@@ -15,6 +15,11 @@ when they use two). Sample grids, checkpoints and the final exports are not incl
 (a few seconds each; the real stack's ``stack.json`` has the measured totals).
 
     python benchmarks/t2i_stack_time.py --stack /work/runs/t2i-d [--steps 10] [--only unet]
+    python benchmarks/t2i_stack_time.py --stack /work/runs/t2i-d --profile    # where a U-Net step goes
+
+``--profile`` times every autograd Function's forward and backward during the default
+U-Net stage's ``train_step`` (benchmarks/harness.py: ``profile_ops``; the batch, the cached
+latents and text states, the loss, AdamW and the EMA included, no checkpoints).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def time_stage(config, folder: str, steps: int, warmup: int) -> dict:
     ``train`` writes when it returns are not counted)."""
     from npdiff.training.run import trainer_class
 
-    config = config.replace(sample_every=10**9, checkpoint_every=10**9, log_every=10**9)
+    config = config.replace(sample_every=10**9, checkpoint_every=10**9, log_every=10**9,
+                            steps=max(config.steps, warmup + steps + 1))
     t0 = time.perf_counter()
     trainer = trainer_class(config)(config, folder, progress=False)
     setup = time.perf_counter() - t0
@@ -46,6 +52,23 @@ def time_stage(config, folder: str, steps: int, warmup: int) -> dict:
     return {"setup": setup, "wall": (w1 - w0) / steps, "cpu": (c1 - c0) / steps}
 
 
+def profile(config, steps: int) -> int:
+    """Print ``profile_ops``'s table for ``steps`` calls of the latent trainer's ``train_step``."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import harness
+    import numba
+
+    from npdiff.training.run import trainer_class
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trainer_class(config)(config, os.path.join(tmp, "unet"), progress=False)
+        batches = trainer.loader.infinite()
+        harness.profile_ops(lambda: trainer.train_step(*next(batches)),
+                            f"default U-Net stage, one train_step (batch {config.batch_size})", steps=steps,
+                            threads=numba.config.NUMBA_NUM_THREADS)
+    return 0
+
+
 def main(argv=None) -> int:
     from npdiff.training.stack import STAGES, shapes_stack_configs
 
@@ -54,7 +77,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=10, help="timed steps per stage")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--only", choices=STAGES, action="append", help="time only these stages")
+    p.add_argument("--profile", action="store_true", help="per-op profile of the U-Net stage's train_step")
     args = p.parse_args(argv)
+    if args.profile:
+        return profile(shapes_stack_configs(args.stack)["unet"], args.steps)
 
     configs = shapes_stack_configs(args.stack)
     total_wall = total_quiet = 0.0
