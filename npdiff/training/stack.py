@@ -31,8 +31,8 @@ def shapes_stack_configs(out: str, seed: int = 0) -> dict[str, TrainConfig]:
 
     The U-Net's quality still rises steeply with training samples (docs/text_to_image.md: 600 × 32
     steps → 700 × 64 → 1,000 × 64), so it gets batch 64 at a peak lr of 2e-3 and what time the other
-    stages leave: at the step times measured at the lowest load (VAE 0.45 s, CLIP 0.49 s, U-Net
-    0.60 s; ``benchmarks/t2i_stack_time.py``) the stack projects to ≈ 20 min.
+    stages leave: at the step times measured at load 1.5 (VAE 0.32 s, CLIP 0.37 s, U-Net 0.52 s;
+    ``benchmarks/t2i_stack_time.py``) the stack projects to ≈ 16 min.
     ``benchmarks/t2i_quality.py`` measures quality against steps (and rejected min-SNR-5)."""
     common = dict(data="shapes", image_size=None, seed=seed, class_conditional=False, log_every=10)
     vae = TrainConfig(**common, model="vae", block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
