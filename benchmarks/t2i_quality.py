@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", default="2,4", help="comma-separated guidance scales")
     p.add_argument("--n", type=int, default=64, help="held-out prompts per split")
     p.add_argument("--sample-steps", type=int, default=20, help="DDIM steps at evaluation")
+    p.add_argument("--raw", action="store_true", help="also score the raw (non-EMA) weights at each mark "
+                   "(rows with \"weights\": \"raw\"): does the EMA lag on a short run?")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override")
     args = p.parse_args(argv)
 
@@ -73,27 +75,30 @@ def main(argv=None) -> int:
         trainer = LatentTrainer(config, args.out, progress=False)
     log = os.path.join(args.out, "quality.jsonl")
     t_train = 0.0
-    for mark in [m for m in marks if m > trainer.step] + [args.steps]:
+    # each mark once (the final step was scored twice when it was also a mark)
+    for mark in sorted({m for m in marks if m > trainer.step} | {args.steps}):
         t0 = time.perf_counter()
         trainer.train(stop_after=mark - trainer.step)
         t_train += time.perf_counter() - t0
         if mark not in marks:
             break
-        t0 = time.perf_counter()
-        report = t2i_report(trainer.pipeline(trainer.ema_model()), n=args.n, guidance_scales=scales,
-                            steps=args.sample_steps)
-        report.pop("images")
-        row = {"step": trainer.step, "train_seconds": round(t_train, 1), "eval_seconds": round(time.perf_counter() - t0, 1),
-               "overrides": overrides}
-        for s, r in report["guidance"].items():
-            row[f"g{s}"] = {split: {k: round(v, 3) for k, v in r[split].items() if k != "n_samples"}
-                            for split in ("seen", "unseen")} | {"fd_ratio": round(r["fd_ratio"], 3)}
-            seen, unseen = r["seen"], r["unseen"]
-            print(f"step {trainer.step:5d} g {s:>4}: seen all {seen['all_correct']:.1%}  shape "
-                  f"{seen['shape_accuracy']:.1%} colour {seen['colour_accuracy']:.1%} size {seen['size_accuracy']:.1%} "
-                  f"position {seen['position_accuracy']:.1%} | unseen all {unseen['all_correct']:.1%} | "
-                  f"FD ratio {r['fd_ratio']:.2f}", flush=True)
-        nd_io.append_jsonl(log, row)
+        for weights in ("ema", "raw") if args.raw else ("ema",):
+            t0 = time.perf_counter()
+            model = trainer.ema_model() if weights == "ema" else trainer.model.eval()
+            report = t2i_report(trainer.pipeline(model), n=args.n, guidance_scales=scales, steps=args.sample_steps)
+            trainer.model.train()
+            report.pop("images")
+            row = {"step": trainer.step, "weights": weights, "train_seconds": round(t_train, 1),
+                   "eval_seconds": round(time.perf_counter() - t0, 1), "overrides": overrides}
+            for s, r in report["guidance"].items():
+                row[f"g{s}"] = {split: {k: round(v, 3) for k, v in r[split].items() if k != "n_samples"}
+                                for split in ("seen", "unseen")} | {"fd_ratio": round(r["fd_ratio"], 3)}
+                seen, unseen = r["seen"], r["unseen"]
+                print(f"step {trainer.step:5d} {weights} g {s:>4}: seen all {seen['all_correct']:.1%}  shape "
+                      f"{seen['shape_accuracy']:.1%} colour {seen['colour_accuracy']:.1%} size "
+                      f"{seen['size_accuracy']:.1%} position {seen['position_accuracy']:.1%} | unseen all "
+                      f"{unseen['all_correct']:.1%} | FD ratio {r['fd_ratio']:.2f}", flush=True)
+            nd_io.append_jsonl(log, row)
     return 0
 
 

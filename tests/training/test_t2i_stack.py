@@ -188,3 +188,29 @@ def test_class_conditional_latent_digits(tmp_path):
     assert np.load(out.replace(".png", ".npy")).shape == (4, 1, 16, 16)  # decoded to pixels
     assert cli.main(["eval", "--run", ldm, "--n", "20", "--steps", "2"]) == 0
     assert 0.0 <= json.load(open(os.path.join(ldm, "eval.json")))["conditional_accuracy"] <= 1.0
+
+
+def test_stack_time_benchmark_counts_only_the_steps(stack, tmp_path, monkeypatch):
+    """benchmarks/t2i_stack_time.py: seconds per step are read between step callbacks, so a step that
+    sleeps 0.2 s (no CPU) gives wall ≥ 0.2 s and CPU ≪ wall; the checkpoint written when train()
+    returns is not counted."""
+    import importlib.util
+    import time
+
+    from npdiff.training.latent_trainer import LatentTrainer
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("t2i_stack_time", os.path.join(root, "benchmarks", "t2i_stack_time.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    real = LatentTrainer.train_step
+
+    def slow_step(self, *args):
+        time.sleep(0.2)
+        return real(self, *args)
+
+    monkeypatch.setattr(LatentTrainer, "train_step", slow_step)
+    r = bench.time_stage(tiny_configs(stack)["unet"], str(tmp_path / "u"), steps=3, warmup=1)
+    assert r["setup"] > 0
+    assert r["wall"] >= 0.2
+    assert r["cpu"] <= r["wall"] - 0.15
