@@ -18,6 +18,13 @@ from tests.models.test_unet_2d_reference_kernels import _record_columns
 BETA1, EPS = 0.9, 1e-8  # AdamW's β₁ and ε (TrainConfig's defaults)
 
 
+# one optimisation step of a tiny model (4×4 digits, 2 channels, batch 1), no grids or checkpoints on the way
+ONE_TINY_STEP_LR = 2e-3
+ONE_TINY_STEP = ["--image-size", "4", "--channels", "2", "--norm-groups", "2", "--batch-size", "1", "--steps", "1",
+                 "--warmup-steps", "1", "--lr", str(ONE_TINY_STEP_LR), "--log-every", "1", "--sample-every", "1000",
+                 "--checkpoint-every", "1000", "--seed", "0", "--quiet"]
+
+
 def train(out, flags, device, resume=False):
     """``npdiff train FLAGS --device DEVICE --output OUT`` (or ``--resume OUT``); ``flags`` may also be a
     ``TrainConfig`` (for settings the CLI does not take), trained by its trainer. The checkpoint it leaves."""

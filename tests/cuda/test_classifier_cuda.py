@@ -4,13 +4,10 @@ the cuda column, copies only its inputs over, and leaves the CPU run's checkpoin
 
 from npdiff import backend
 from npdiff.training.classifier import ClassifierTrainer
-from tests.cuda.device_runs import assert_first_steps_agree, recorded, train
+from tests.cuda.device_runs import ONE_TINY_STEP, ONE_TINY_STEP_LR, assert_first_steps_agree, recorded, train
 from tests.models.test_unet_2d_reference_kernels import TERMS
 
-FLAGS = ["--model", "classifier", "--image-size", "4", "--channels", "2", "--norm-groups", "2", "--no-attention",
-         "--batch-size", "1", "--steps", "1", "--warmup-steps", "1", "--lr", "2e-3", "--log-every", "1",
-         "--sample-every", "1000", "--checkpoint-every", "1000", "--seed", "0", "--quiet"]
-LR = 2e-3
+FLAGS = ["--model", "classifier", "--no-attention", *ONE_TINY_STEP]
 
 
 def test_a_classifier_step_on_the_device_equals_the_cpu_step(tmp_path):
@@ -23,4 +20,4 @@ def test_a_classifier_step_on_the_device_equals_the_cpu_step(tmp_path):
         # one-hot rows of the labels for the cross-entropy
         assert rec["steps"] == [{"reads": 0, "writes": 2 + 1 + 2 + 1}]
         assert rec["reads"] == [(1, 1)]
-    assert_first_steps_agree(cpu, gpu, (tmp_path / "cpu", tmp_path / "cuda"), LR, TERMS)
+    assert_first_steps_agree(cpu, gpu, (tmp_path / "cpu", tmp_path / "cuda"), ONE_TINY_STEP_LR, TERMS)

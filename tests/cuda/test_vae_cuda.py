@@ -5,13 +5,10 @@ checkpoint."""
 
 from npdiff import backend
 from npdiff.training import VAETrainer
-from tests.cuda.device_runs import assert_first_steps_agree, recorded, train
+from tests.cuda.device_runs import ONE_TINY_STEP, ONE_TINY_STEP_LR, assert_first_steps_agree, recorded, train
 from tests.models.test_unet_2d_reference_kernels import TERMS
 
-FLAGS = ["--model", "vae", "--image-size", "4", "--channels", "2", "--norm-groups", "2", "--latent-channels", "2",
-         "--batch-size", "1", "--steps", "1", "--warmup-steps", "1", "--lr", "2e-3", "--log-every", "1",
-         "--sample-every", "1000", "--checkpoint-every", "1000", "--seed", "0", "--quiet"]
-LR = 2e-3
+FLAGS = ["--model", "vae", "--latent-channels", "2", *ONE_TINY_STEP]
 
 
 def test_a_vae_step_on_the_device_equals_the_cpu_step(tmp_path):
@@ -25,5 +22,5 @@ def test_a_vae_step_on_the_device_equals_the_cpu_step(tmp_path):
         assert rec["reads"] == [(1, 1)]  # loss, recon, kl and ‖g‖ of the step in one read
     # the VAE's chains are no longer than the tiny UNet's: ≤ 20 layers of ≤ 9·2-term conv sums, a 16-pixel
     # mean, 16-position attention and 16-position weight-gradient sums
-    assert_first_steps_agree(cpu, gpu, (tmp_path / "cpu", tmp_path / "cuda"), LR, TERMS,
+    assert_first_steps_agree(cpu, gpu, (tmp_path / "cpu", tmp_path / "cuda"), ONE_TINY_STEP_LR, TERMS,
                              log_keys=("loss", "recon", "kl"))
