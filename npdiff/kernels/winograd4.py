@@ -61,6 +61,7 @@ POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2))
 def toom_cook(points, m=M_OUT, r=R_TAPS):
     """(Aᵀ (m, α), G (α, r), Bᵀ (α, α)) of F(m, r) on the finite ``points`` and ∞ (module docstring),
     in exact rational arithmetic, returned as float64 arrays; α = len(points) + 1 = m + r − 1."""
+    points = tuple(Fraction(p) for p in points)
     n = len(points)
     if n + 1 != m + r - 1 or len(set(points)) != n:
         raise ValueError(f"F({m}, {r}) needs {m + r - 2} distinct finite points, got {points}")
@@ -100,41 +101,135 @@ def error_factor(a_t, g, b_t):
     return float((A @ terms @ A.T).max() / (r * r))
 
 
+def weight_grad_error_factor(a_t, g, b_t):
+    """The same count for the weight gradient gw[u, v] = Σ_tiles Σ_ab G[a,u] G[b,v] (A gy Aᵀ)[a,b] (Bᵀ d B)[a,b]
+    against the direct Σ_tiles Σ_ij gy[i,j] d[i+u, j+v] (m² terms per tile): the largest
+    Σ_ab |G[a,u]||G[b,v]|·(|A|𝟙|A|ᵀ)[a,b]·(|Bᵀ|𝟙|B|)[a,b] over (u, v), divided by m²."""
+    A, Gm, B = np.abs(a_t), np.abs(g), np.abs(b_t)
+    m, alpha = A.shape[0], B.shape[0]
+    terms = (A.T @ np.ones((m, m)) @ A) * (B @ np.ones((alpha, alpha)) @ B.T)  # (α, α)
+    return float((Gm.T @ terms @ Gm).max() / (m * m))
+
+
 A_T, G, B_T = toom_cook(POINTS)
-ERROR_FACTOR = error_factor(A_T, G, B_T)  # 97.35… (docstring)
+ERROR_FACTOR = error_factor(A_T, G, B_T)  # 97.35… for the forward and grad-input (docstring)
+WEIGHT_GRAD_ERROR_FACTOR = weight_grad_error_factor(A_T, G, B_T)  # 78.0… ((0, ±1, ±2): 177.8)
 
 
 def weight_transform(w, flip=False):
     """U (36, C, O) = G w[o, c] Gᵀ for w (O, C, 3, 3), the GEMMs' right-hand sides; with ``flip``, of the
     grad-input's kernel w̃[c, o, u, v] = w[o, c, 2 − u, 2 − v] instead (U (36, O, C)).
 
-    Two float64 tensordots (BLAS) then one rounding to w's dtype.
+    Arithmetic in float64, rounded once to w's dtype. (numpy tensordots and transposes took 6.6 ms for
+    128×128 channels, more than the convolution's transforms; ``_weight_transform`` vectorises over the
+    output channel.)
     """
-    w64 = np.asarray(w, np.float64)
     if flip:
-        w64 = w64[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # w̃ (C, O, 3, 3): the conv from O channels to C
-    t = np.tensordot(w64, G, axes=([2], [1]))  # (out, in, v, a) = Σ_u w[.., u, v] G[a, u]
-    u = np.tensordot(t, G, axes=([2], [1]))  # (out, in, a, b) = Σ_v t[.., v, a] G[b, v]
-    out_c, in_c = u.shape[0], u.shape[1]
-    return np.ascontiguousarray(u.transpose(2, 3, 1, 0).reshape(ALPHA * ALPHA, in_c, out_c), dtype=w.dtype)
+        k = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1))  # (in = O, u, v, out = C): w̃ by rows
+    else:
+        k = np.ascontiguousarray(w.transpose(1, 2, 3, 0))  # (in = C, u, v, out = O)
+    U = np.empty((ALPHA * ALPHA, k.shape[0], k.shape[3]), w.dtype)
+    _weight_transform(k, G, U)
+    return U
+
+
+@jit_serial
+def _weight_transform(k, g, U):
+    """U[6a + b, i, j] = Σ_u Σ_v G[a, u] k[i, u, v, j] G[b, v], in float64, for k (in, 3, 3, out).
+
+    Plain form: t[a, v] = Σ_u G[a, u] k[u, v] (6×3), then U[6a + b] = Σ_v t[a, v] G[b, v]; each a loop
+    over the output channel j.
+    """
+    n_in, n_out = k.shape[0], k.shape[3]
+    t = np.empty((ALPHA, 3, n_out))
+    for i in range(n_in):
+        for a in range(ALPHA):
+            g0, g1, g2 = g[a, 0], g[a, 1], g[a, 2]
+            for v in range(3):
+                dst = t[a, v]
+                for j in range(n_out):
+                    dst[j] = g0 * np.float64(k[i, 0, v, j]) + g1 * np.float64(k[i, 1, v, j]) + g2 * np.float64(k[i, 2, v, j])
+        for a in range(ALPHA):
+            for b in range(ALPHA):
+                g0, g1, g2 = g[b, 0], g[b, 1], g[b, 2]
+                dst = U[ALPHA * a + b, i]
+                for j in range(n_out):
+                    dst[j] = g0 * t[a, 0, j] + g1 * t[a, 1, j] + g2 * t[a, 2, j]
+
+
+@jit_serial
+def _weight_transform_adjoint(acc, g, gw):
+    """gw[o, c, u, v] = Σ_a Σ_b G[a, u] G[b, v] Σ_t acc[t, 6a + b, c, o] in float64 (the adjoint of
+    ``_weight_transform``, after the threads' partial sums); acc (T, 36, C, O), gw (O, C, 3, 3).
+
+    Plain form: s[ξ] = Σ_t acc[t, ξ, c] (float64), q[u, b] = Σ_a G[a, u] s[6a + b], gw[:, c, u, v] =
+    Σ_b G[b, v] q[u, b]; each a loop over the output channel o.
+    """
+    T, XI, C, O = acc.shape
+    s = np.empty((XI, O))
+    q = np.empty((3, ALPHA, O))
+    r = np.empty((3, 3, O))
+    for c in range(C):
+        for xi in range(XI):
+            dst = s[xi]
+            dst[:] = 0
+            for t in range(T):
+                src = acc[t, xi, c]
+                for o in range(O):
+                    dst[o] += src[o]
+        for u in range(3):
+            for b in range(ALPHA):
+                dst = q[u, b]
+                dst[:] = 0
+                for a in range(ALPHA):
+                    ga = g[a, u]
+                    src = s[ALPHA * a + b]
+                    for o in range(O):
+                        dst[o] += ga * src[o]
+        for u in range(3):
+            for v in range(3):
+                dst = r[u, v]
+                dst[:] = 0
+                for b in range(ALPHA):
+                    gb = g[b, v]
+                    src = q[u, b]
+                    for o in range(O):
+                        dst[o] += gb * src[o]
+        for o in range(O):
+            for u in range(3):
+                for v in range(3):
+                    gw[o, c, u, v] = r[u, v, o]
 
 
 @jit_helper
 def _to_channels_last(x, n, ph, pw, xt):
     """xt[ph + h, pw + v, c] = x[n, c, h, v], zeros elsewhere: image n padded, channels last (Hp, Wp, C)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    Hp, Wp = xt.shape[0], xt.shape[1]
+    Hp = xt.shape[0]
     for h in range(Hp):
         if h < ph or h >= ph + H:
             xt[h] = 0
             continue
-        row = xt[h]
+        row = xt[h]  # (Wp, C)
         row[:pw] = 0
         row[pw + W :] = 0
+        inside = row[pw : pw + W]  # (W, C): a view from column pw, so every index below is a plain range variable
         for c in range(C):
             src = x[n, c, h - ph]
             for v in range(W):
-                row[pw + v, c] = src[v]
+                inside[v, c] = src[v]
+
+
+@jit_helper
+def _to_nchw(yt, n, out):
+    """out[n, o, h, v] = yt[h, v, o] for h < Ho, v < Wo (the tiles' last rows/columns past the edge dropped)."""
+    O, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
+    for h in range(Ho):
+        src = yt[h]  # (Wt, O)
+        for o in range(O):
+            dst = out[n, o, h]
+            for v in range(Wo):
+                dst[v] = src[v, o]
 
 
 # The transforms below are written as plain loop nests with the channel loop innermost and every
@@ -197,18 +292,6 @@ def _output_tiles(M, a_t, bias, base, th, tw, S1, yt):
                     for o in range(O):
                         dst[o] = (c0 * S1[i, 0, o] + c1 * S1[i, 1, o] + c2 * S1[i, 2, o] + c3 * S1[i, 3, o]
                                   + c4 * S1[i, 4, o] + c5 * S1[i, 5, o]) + bias[o]
-
-
-@jit_helper
-def _to_nchw(yt, n, out):
-    """out[n, o, h, v] = yt[h, v, o] for h < Ho, v < Wo (the tiles' last rows/columns past the edge dropped)."""
-    O, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
-    for h in range(Ho):
-        for o in range(O):
-            dst = out[n, o, h]
-            src = yt[h]
-            for v in range(Wo):
-                dst[v] = src[v, o]
 
 
 @jit_serial
@@ -326,10 +409,9 @@ def winograd4_weight_grad(x, g, padding):
     with blas_single_thread():
         parallel_for(_winograd4_weight_grad_chunks, T, x, g, A_T.astype(x.dtype), B_T.astype(x.dtype), ph, pw, th,
                      tw, nb, acc)
-    gu = acc.sum(axis=0, dtype=np.float64).reshape(ALPHA, ALPHA, C, O)  # (a, b, C, O)
-    gw = np.tensordot(G, gu, axes=([0], [0]))  # (u, b, C, O) = Σ_a G[a, u] gU[a, b]
-    gw = np.tensordot(G, gw, axes=([0], [1]))  # (v, u, C, O) = Σ_b G[b, v] (...)[u, b]
-    return np.ascontiguousarray(gw.transpose(3, 2, 1, 0), dtype=x.dtype)  # (O, C, u, v)
+    gw = np.empty((O, C, 3, 3), x.dtype)
+    _weight_transform_adjoint(acc, G, gw)
+    return gw
 
 
 # Images per chunk: V + M of one chunk, 36·(C + O)·tiles floats, within CHUNK_BYTES (at least one image).
@@ -337,9 +419,12 @@ CHUNK_BYTES = 2 << 20
 
 
 def _images_per_chunk(N, c_in, c_out, tiles, itemsize, T):
-    """Whole images per chunk: V + M within CHUNK_BYTES, and at least T chunks while N allows."""
+    """Whole images per chunk: V + M within CHUNK_BYTES, and a multiple of T chunks while N allows
+    (even work for the T threads; as conv's ``_plan``)."""
     per_image = ALPHA * ALPHA * (c_in + c_out) * tiles * itemsize
-    return max(1, min(CHUNK_BYTES // per_image, -(-N // T)))
+    nb = max(1, min(CHUNK_BYTES // per_image, -(-N // T)))
+    chunks = min(N, -(-(-(-N // nb)) // T) * T)
+    return -(-N // chunks)
 
 
 def winograd4_conv3x3(x, U, bias, padding, out):
