@@ -51,7 +51,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .config import blas_single_thread, jit_helper, jit_serial, num_threads, parallel_for
+from .config import blas_single_thread, jit_inline, jit_serial, num_threads, parallel_for
 
 M_OUT, R_TAPS = 4, 3  # outputs per tile side, kernel size
 ALPHA = M_OUT + R_TAPS - 1  # 6: patch side, transformed positions per side
@@ -116,92 +116,37 @@ ERROR_FACTOR = error_factor(A_T, G, B_T)  # 97.35… for the forward and grad-in
 WEIGHT_GRAD_ERROR_FACTOR = weight_grad_error_factor(A_T, G, B_T)  # 78.0… ((0, ±1, ±2): 177.8)
 
 
+# (G ⊗ G)[6a + b, 3u + v] = G[a, u]·G[b, v]: U[ξ] = Σ_uv (G ⊗ G)[ξ, 3u + v] w[u, v], one (36 × 9) matrix for
+# the weight transform and its transpose for its adjoint, so both are a single float64 GEMM over all
+# channel pairs (numpy, nothing to compile: jitted loops in their place cost 1.9 s of the cold start).
+# The kernel flipped by 180° is the 9 taps reversed (8 − (3u + v) = 3(2 − u) + (2 − v)): GG's columns reversed.
+GG = np.kron(G, G)
+GG_FLIP = np.ascontiguousarray(GG[:, ::-1])
+
+
 def weight_transform(w, flip=False):
-    """U (36, C, O) = G w[o, c] Gᵀ for w (O, C, 3, 3), the GEMMs' right-hand sides; with ``flip``, of the
-    grad-input's kernel w̃[c, o, u, v] = w[o, c, 2 − u, 2 − v] instead (U (36, O, C)).
+    """Wt (36, O, C) = (G k Gᵀ) for every (o, c), k = w[o, c] (O, C, 3, 3), or with ``flip`` the kernel rotated
+    by 180°, k[u, v] = w[o, c, 2 − u, 2 − v] (the grad-input's w̃[c, o] = that, the conv from O to C channels).
 
-    Arithmetic in float64, rounded once to w's dtype. (numpy tensordots and transposes took 6.6 ms for
-    128×128 channels, more than the convolution's transforms; ``_weight_transform`` vectorises over the
-    output channel.)
+    Kept in w's own (o, c) order (Wt[ξ] is the forward's GEMM operand transposed and the grad-input's as it
+    is: ``winograd4_conv3x3`` reads it either way), so that it is one float64 GEMM and no transposing copy:
+    Wt (36, O·C) = (G ⊗ G) (36 × 9) @ w.reshape(O·C, 9)ᵀ (``np.dot`` hands the transpose to BLAS; ``@``
+    measured 5-14× slower on it), rounded once to w's dtype.
     """
-    if flip:
-        k = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(0, 2, 3, 1))  # (in = O, u, v, out = C): w̃ by rows
-    else:
-        k = np.ascontiguousarray(w.transpose(1, 2, 3, 0))  # (in = C, u, v, out = O)
-    U = np.empty((ALPHA * ALPHA, k.shape[0], k.shape[3]), w.dtype)
-    _weight_transform(k, G, U)
-    return U
+    O, C = w.shape[0], w.shape[1]
+    w9 = np.asarray(w, np.float64).reshape(O * C, 9)
+    return np.dot(GG_FLIP if flip else GG, w9.T).astype(w.dtype).reshape(ALPHA * ALPHA, O, C)
 
 
-@jit_serial
-def _weight_transform(k, g, U):
-    """U[6a + b, i, j] = Σ_u Σ_v G[a, u] k[i, u, v, j] G[b, v], in float64, for k (in, 3, 3, out).
-
-    Plain form: t[a, v] = Σ_u G[a, u] k[u, v] (6×3), then U[6a + b] = Σ_v t[a, v] G[b, v]; each a loop
-    over the output channel j.
-    """
-    n_in, n_out = k.shape[0], k.shape[3]
-    t = np.empty((ALPHA, 3, n_out))
-    for i in range(n_in):
-        for a in range(ALPHA):
-            g0, g1, g2 = g[a, 0], g[a, 1], g[a, 2]
-            for v in range(3):
-                dst = t[a, v]
-                for j in range(n_out):
-                    dst[j] = g0 * np.float64(k[i, 0, v, j]) + g1 * np.float64(k[i, 1, v, j]) + g2 * np.float64(k[i, 2, v, j])
-        for a in range(ALPHA):
-            for b in range(ALPHA):
-                g0, g1, g2 = g[b, 0], g[b, 1], g[b, 2]
-                dst = U[ALPHA * a + b, i]
-                for j in range(n_out):
-                    dst[j] = g0 * t[a, 0, j] + g1 * t[a, 1, j] + g2 * t[a, 2, j]
+def weight_transform_adjoint(acc, dtype):
+    """gw (O, C, 3, 3) with gw[o, c, u, v] = Σ_ξ (G ⊗ G)[ξ, 3u + v] Σ_t acc[t, ξ, o, c], in float64: the adjoint
+    of ``weight_transform`` (gw = Gᵀ gU G) on the threads' partial sums acc (T, 36, O, C), rounded once."""
+    T, XI, O, C = acc.shape
+    gu = acc.sum(axis=0, dtype=np.float64).reshape(XI, O * C)  # (36, O·C)
+    return np.dot(gu.T, GG).astype(dtype).reshape(O, C, 3, 3)
 
 
-@jit_serial
-def _weight_transform_adjoint(acc, g, gw):
-    """gw[o, c, u, v] = Σ_a Σ_b G[a, u] G[b, v] Σ_t acc[t, 6a + b, c, o] in float64 (the adjoint of
-    ``_weight_transform``, after the threads' partial sums); acc (T, 36, C, O), gw (O, C, 3, 3).
-
-    Plain form: s[ξ] = Σ_t acc[t, ξ, c] (float64), q[u, b] = Σ_a G[a, u] s[6a + b], gw[:, c, u, v] =
-    Σ_b G[b, v] q[u, b]; each a loop over the output channel o.
-    """
-    T, XI, C, O = acc.shape
-    s = np.empty((XI, O))
-    q = np.empty((3, ALPHA, O))
-    r = np.empty((3, 3, O))
-    for c in range(C):
-        for xi in range(XI):
-            dst = s[xi]
-            dst[:] = 0
-            for t in range(T):
-                src = acc[t, xi, c]
-                for o in range(O):
-                    dst[o] += src[o]
-        for u in range(3):
-            for b in range(ALPHA):
-                dst = q[u, b]
-                dst[:] = 0
-                for a in range(ALPHA):
-                    ga = g[a, u]
-                    src = s[ALPHA * a + b]
-                    for o in range(O):
-                        dst[o] += ga * src[o]
-        for u in range(3):
-            for v in range(3):
-                dst = r[u, v]
-                dst[:] = 0
-                for b in range(ALPHA):
-                    gb = g[b, v]
-                    src = q[u, b]
-                    for o in range(O):
-                        dst[o] += gb * src[o]
-        for o in range(O):
-            for u in range(3):
-                for v in range(3):
-                    gw[o, c, u, v] = r[u, v, o]
-
-
-@jit_helper
+@jit_inline
 def _to_channels_last(x, n, ph, pw, xt):
     """xt[ph + h, pw + v, c] = x[n, c, h, v], zeros elsewhere: image n padded, channels last (Hp, Wp, C)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -220,7 +165,7 @@ def _to_channels_last(x, n, ph, pw, xt):
                 inside[v, c] = src[v]
 
 
-@jit_helper
+@jit_inline
 def _to_nchw(yt, n, out):
     """out[n, o, h, v] = yt[h, v, o] for h < Ho, v < Wo (the tiles' last rows/columns past the edge dropped)."""
     O, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
@@ -232,186 +177,148 @@ def _to_nchw(yt, n, out):
                 dst[v] = src[v, o]
 
 
-# The transforms below are written as plain loop nests with the channel loop innermost and every
-# coefficient read into a scalar before it: one call per image (a helper call or a row view per
-# combination cost more than the combination itself, 6–8 channel vectors at C = 64), and nothing
-# inside the channel loop may alias its stores, so LLVM vectorises it.
+# The transforms, written out for POINTS (the plain matrix form is in each docstring; the test against the
+# reference checks every coefficient). Each combination is one loop over the channels (innermost, so LLVM
+# vectorises it), reading only the inputs with a non-zero coefficient, with common differences shared:
+# 26 of Bᵀ's 36 entries and 19 of Aᵀ's 24 are non-zero, and this form did the transforms in 45-60 % of
+# the time of the dense 6-term sums (the 36 coefficients read into scalars; one thread, 64 images of
+# 64 channels on 16×16: input 0.81 -> 0.41 ms, output 0.80 -> 0.46 ms, AVX-512 machine). One helper call per image:
+# a call or a row view per combination cost more than the combination itself (6-8 channel vectors at C = 64).
+#
+#   Bᵀ = [[1, −3/2, −2,  3/2,  1, 0],      Aᵀ = [[1, 1,  1, 1,   1,  0],
+#         [0, −1,   1/2, 5/2,  1, 0],            [0, 1, −1, 1/2, −2,  0],
+#         [0,  1,  −5/2, 1/2,  1, 0],            [0, 1,  1, 1/4,  4,  0],
+#         [0, −2,  −1,   2,    1, 0],            [0, 1, −1, 1/8, −8,  1]]
+#         [0,  1/2, −1, −1/2,  1, 0],
+#         [0,  1,  −3/2, −2,  3/2, 1]]
+#
+# The constants come in as ``coef`` (x's dtype, read into scalars k1_8 … k8): a Python literal would be
+# a float64 and turn float32 arithmetic into float64 (half the vector width).
+COEFS = (0.125, 0.25, 0.5, 1.5, 2.5, 2.0, 4.0, 8.0)  # k1_8, k1_4, k1_2, k3_2, k5_2, k2, k4, k8
 
 
-@jit_helper
-def _input_tiles(xt, b_t, base, th, tw, T1, V):
+def _coefs(dtype):
+    return np.array(COEFS, dtype)
+
+
+@jit_inline
+def _input_tiles(xt, coef, base, th, tw, T1, V):
     """V[6a + k, base + ti·tw + tj, :] = (Bᵀ d B)[a, k] of the 6×6 channels-last patch d at (4ti, 4tj) of xt.
 
     Plain form: per patch row r, T1[r, k] = Σ_s Bᵀ[k, s] d[r, s] (column combinations), then per
     column k, V[6a + k] = Σ_r Bᵀ[a, r] T1[r, k] (row combinations); every term a channel vector.
     """
     C = xt.shape[2]
+    k1_8, k1_4, k1_2, k3_2, k5_2, k2, k4, k8 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7]
     for ti in range(th):
         for tj in range(tw):
             p = base + ti * tw + tj
             q = 4 * tj
             for r in range(ALPHA):
-                d = xt[4 * ti + r]  # (Wp, C)
-                for k in range(ALPHA):
-                    c0, c1, c2, c3, c4, c5 = b_t[k, 0], b_t[k, 1], b_t[k, 2], b_t[k, 3], b_t[k, 4], b_t[k, 5]
-                    for c in range(C):
-                        T1[r, k, c] = (c0 * d[q, c] + c1 * d[q + 1, c] + c2 * d[q + 2, c] + c3 * d[q + 3, c]
-                                       + c4 * d[q + 4, c] + c5 * d[q + 5, c])
-            for a in range(ALPHA):
-                c0, c1, c2, c3, c4, c5 = b_t[a, 0], b_t[a, 1], b_t[a, 2], b_t[a, 3], b_t[a, 4], b_t[a, 5]
-                for k in range(ALPHA):
-                    v = V[ALPHA * a + k, p]  # (C,)
-                    for c in range(C):
-                        v[c] = (c0 * T1[0, k, c] + c1 * T1[1, k, c] + c2 * T1[2, k, c] + c3 * T1[3, k, c]
-                                + c4 * T1[4, k, c] + c5 * T1[5, k, c])
+                d = xt[4 * ti + r]  # (Wp, C); x_s = d[q + s]
+                t = T1[r]  # (6, C)
+                for c in range(C):
+                    t[0, c] = (d[q, c] + d[q + 4, c]) - k2 * d[q + 2, c] + k3_2 * (d[q + 3, c] - d[q + 1, c])
+                for c in range(C):
+                    t[1, c] = (d[q + 4, c] - d[q + 1, c]) + k1_2 * d[q + 2, c] + k5_2 * d[q + 3, c]
+                for c in range(C):
+                    t[2, c] = (d[q + 1, c] + d[q + 4, c]) - k5_2 * d[q + 2, c] + k1_2 * d[q + 3, c]
+                for c in range(C):
+                    t[3, c] = (d[q + 4, c] - d[q + 2, c]) + k2 * (d[q + 3, c] - d[q + 1, c])
+                for c in range(C):
+                    t[4, c] = (d[q + 4, c] - d[q + 2, c]) + k1_2 * (d[q + 1, c] - d[q + 3, c])
+                for c in range(C):
+                    t[5, c] = (d[q + 1, c] + d[q + 5, c]) - k2 * d[q + 3, c] + k3_2 * (d[q + 4, c] - d[q + 2, c])
+            for k in range(ALPHA):  # the same combinations of T1's rows r = 0..5
+                for c in range(C):
+                    V[k, p, c] = (T1[0, k, c] + T1[4, k, c]) - k2 * T1[2, k, c] + k3_2 * (T1[3, k, c] - T1[1, k, c])
+                for c in range(C):
+                    V[6 + k, p, c] = (T1[4, k, c] - T1[1, k, c]) + k1_2 * T1[2, k, c] + k5_2 * T1[3, k, c]
+                for c in range(C):
+                    V[12 + k, p, c] = (T1[1, k, c] + T1[4, k, c]) - k5_2 * T1[2, k, c] + k1_2 * T1[3, k, c]
+                for c in range(C):
+                    V[18 + k, p, c] = (T1[4, k, c] - T1[2, k, c]) + k2 * (T1[3, k, c] - T1[1, k, c])
+                for c in range(C):
+                    V[24 + k, p, c] = (T1[4, k, c] - T1[2, k, c]) + k1_2 * (T1[1, k, c] - T1[3, k, c])
+                for c in range(C):
+                    V[30 + k, p, c] = (T1[1, k, c] + T1[5, k, c]) - k2 * T1[3, k, c] + k3_2 * (T1[4, k, c] - T1[2, k, c])
 
 
-@jit_helper
-def _output_tiles(M, a_t, bias, base, th, tw, S1, yt):
+@jit_inline
+def _output_tiles(M, coef, bias, base, th, tw, S1, yt):
     """yt[4ti + i, 4tj + j, :] = (Aᵀ M[:, p, :] A)[i, j] + bias, p = base + ti·tw + tj.
 
     Plain form: S1[i, k] = Σ_r Aᵀ[i, r] M[6r + k] (rows), then y[i, j] = Σ_k Aᵀ[j, k] S1[i, k] (columns).
     """
     O = yt.shape[2]
+    k1_8, k1_4, k1_2, k3_2, k5_2, k2, k4, k8 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7]
     for ti in range(th):
         for tj in range(tw):
-            p = base + ti * tw + tj
+            p = base + ti * tw + tj  # m_r of column k is M[6r + k, p]
+            for k in range(ALPHA):
+                for o in range(O):
+                    S1[0, k, o] = M[k, p, o] + (M[6 + k, p, o] + M[12 + k, p, o]) + (M[18 + k, p, o] + M[24 + k, p, o])
+                for o in range(O):
+                    S1[1, k, o] = (M[6 + k, p, o] - M[12 + k, p, o]) + k1_2 * M[18 + k, p, o] - k2 * M[24 + k, p, o]
+                for o in range(O):
+                    S1[2, k, o] = (M[6 + k, p, o] + M[12 + k, p, o]) + k1_4 * M[18 + k, p, o] + k4 * M[24 + k, p, o]
+                for o in range(O):
+                    S1[3, k, o] = ((M[6 + k, p, o] - M[12 + k, p, o]) + k1_8 * M[18 + k, p, o] - k8 * M[24 + k, p, o]
+                                   + M[30 + k, p, o])
             for i in range(M_OUT):
-                c0, c1, c2, c3, c4, c5 = a_t[i, 0], a_t[i, 1], a_t[i, 2], a_t[i, 3], a_t[i, 4], a_t[i, 5]
-                for k in range(ALPHA):
-                    s = S1[i, k]
-                    for o in range(O):
-                        s[o] = (c0 * M[k, p, o] + c1 * M[ALPHA + k, p, o] + c2 * M[2 * ALPHA + k, p, o]
-                                + c3 * M[3 * ALPHA + k, p, o] + c4 * M[4 * ALPHA + k, p, o]
-                                + c5 * M[5 * ALPHA + k, p, o])
-            for i in range(M_OUT):
-                row = yt[4 * ti + i]  # (Wt, O)
-                for j in range(M_OUT):
-                    c0, c1, c2, c3, c4, c5 = a_t[j, 0], a_t[j, 1], a_t[j, 2], a_t[j, 3], a_t[j, 4], a_t[j, 5]
-                    dst = row[4 * tj + j]
-                    for o in range(O):
-                        dst[o] = (c0 * S1[i, 0, o] + c1 * S1[i, 1, o] + c2 * S1[i, 2, o] + c3 * S1[i, 3, o]
-                                  + c4 * S1[i, 4, o] + c5 * S1[i, 5, o]) + bias[o]
+                s = S1[i]  # (6, O)
+                h, v0 = 4 * ti + i, 4 * tj  # output row, first column of the tile
+                for o in range(O):
+                    yt[h, v0, o] = (s[0, o] + (s[1, o] + s[2, o]) + (s[3, o] + s[4, o])) + bias[o]
+                for o in range(O):
+                    yt[h, v0 + 1, o] = ((s[1, o] - s[2, o]) + k1_2 * s[3, o] - k2 * s[4, o]) + bias[o]
+                for o in range(O):
+                    yt[h, v0 + 2, o] = ((s[1, o] + s[2, o]) + k1_4 * s[3, o] + k4 * s[4, o]) + bias[o]
+                for o in range(O):
+                    yt[h, v0 + 3, o] = ((s[1, o] - s[2, o]) + k1_8 * s[3, o] - k8 * s[4, o] + s[5, o]) + bias[o]
 
 
-@jit_serial
-def _winograd4_chunks(lo, hi, x, U, bias, a_t, b_t, ph, pw, th, tw, nb, out):
-    """Chunks [lo, hi) of nb images each: V = input tiles, M[ξ] = V[ξ] @ U[ξ] (36 sgemms), output tiles."""
-    N, C = x.shape[0], x.shape[1]
-    O = U.shape[2]
-    P = th * tw
-    vbuf = np.empty(ALPHA * ALPHA * nb * P * C, x.dtype)
-    mbuf = np.empty(ALPHA * ALPHA * nb * P * O, x.dtype)
-    xt = np.empty((4 * th + 2, 4 * tw + 2, C), x.dtype)  # one padded image, channels last
-    yt = np.empty((4 * th, 4 * tw, O), x.dtype)  # one image's output tiles, channels last
-    T1 = np.empty((ALPHA, ALPHA, C), x.dtype)
-    S1 = np.empty((M_OUT, ALPHA, O), x.dtype)
-    for t in range(lo, hi):
-        n0 = t * nb
-        mb = min(nb, N - n0)
-        L = mb * P
-        V = vbuf[: ALPHA * ALPHA * L * C].reshape((ALPHA * ALPHA, L, C))
-        M = mbuf[: ALPHA * ALPHA * L * O].reshape((ALPHA * ALPHA, L, O))
-        for b in range(mb):
-            _to_channels_last(x, n0 + b, ph, pw, xt)
-            _input_tiles(xt, b_t, b * P, th, tw, T1, V)
-        for xi in range(ALPHA * ALPHA):
-            np.dot(V[xi], U[xi], M[xi])
-        for b in range(mb):
-            _output_tiles(M, a_t, bias, b * P, th, tw, S1, yt)
-            _to_nchw(yt, n0 + b, out)
-
-
-@jit_helper
-def _output_tiles_adjoint(gt, a_t, base, th, tw, S1, GM):
+@jit_inline
+def _output_tiles_adjoint(gt, coef, base, th, tw, S1, GM):
     """GM[6a + b, base + ti·tw + tj, :] = (A gy Aᵀ)[a, b] of the 4×4 channels-last tile gy at (4ti, 4tj) of gt:
     the adjoint of ``_output_tiles`` (y = Aᵀ m A, so gm = A gy Aᵀ), the weight gradient's transform of g.
 
     Plain form: S1[i, b] = Σ_j Aᵀ[j, b] gy[i, j] (columns), then GM[6a + b] = Σ_i Aᵀ[i, a] S1[i, b] (rows).
     """
     O = gt.shape[2]
+    k1_8, k1_4, k1_2, k3_2, k5_2, k2, k4, k8 = coef[0], coef[1], coef[2], coef[3], coef[4], coef[5], coef[6], coef[7]
     for ti in range(th):
         for tj in range(tw):
-            p = base + ti * tw + tj
             q = 4 * tj
             for i in range(M_OUT):
-                d = gt[4 * ti + i]  # (Wt, O)
-                for b in range(ALPHA):
-                    c0, c1, c2, c3 = a_t[0, b], a_t[1, b], a_t[2, b], a_t[3, b]
-                    s = S1[i, b]
-                    for o in range(O):
-                        s[o] = c0 * d[q, o] + c1 * d[q + 1, o] + c2 * d[q + 2, o] + c3 * d[q + 3, o]
-            for a in range(ALPHA):
-                c0, c1, c2, c3 = a_t[0, a], a_t[1, a], a_t[2, a], a_t[3, a]
-                for b in range(ALPHA):
-                    m = GM[ALPHA * a + b, p]  # (O,)
-                    for o in range(O):
-                        m[o] = c0 * S1[0, b, o] + c1 * S1[1, b, o] + c2 * S1[2, b, o] + c3 * S1[3, b, o]
-
-
-@jit_serial
-def _winograd4_weight_grad_chunks(t0, t1, x, g, a_t, b_t, ph, pw, th, tw, nb, acc):
-    """acc[t] (36, C, O) = Σ over thread t's chunks of V[ξ]ᵀ (C, tiles) @ GM[ξ] (tiles, O); workspace rows
-    [t0, t1) (one per thread; ``parallel_for`` over the T rows, as conv's ``_weight_grad_chunks``)."""
-    N, C = x.shape[0], x.shape[1]
-    T, XI, _, O = acc.shape
-    P = th * tw
-    chunks = -(-N // nb)
-    vbuf = np.empty(XI * nb * P * C, x.dtype)
-    mbuf = np.empty(XI * nb * P * O, x.dtype)
-    prod = np.empty((C, O), x.dtype)
-    xt = np.empty((4 * th + 2, 4 * tw + 2, C), x.dtype)
-    gt = np.empty((4 * th, 4 * tw, O), x.dtype)  # one image's g, channels last, zeros past the edge
-    T1 = np.empty((ALPHA, ALPHA, C), x.dtype)
-    S1 = np.empty((M_OUT, ALPHA, O), x.dtype)
-    for tid in range(t0, t1):
-        lo, hi = tid * chunks // T, (tid + 1) * chunks // T
-        if hi <= lo:
-            acc[tid] = 0
-        for t in range(lo, hi):
-            n0 = t * nb
-            mb = min(nb, N - n0)
-            L = mb * P
-            V = vbuf[: XI * L * C].reshape((XI, L, C))
-            GM = mbuf[: XI * L * O].reshape((XI, L, O))
-            for b in range(mb):
-                _to_channels_last(x, n0 + b, ph, pw, xt)
-                _input_tiles(xt, b_t, b * P, th, tw, T1, V)
-                _to_channels_last(g, n0 + b, 0, 0, gt)
-                _output_tiles_adjoint(gt, a_t, b * P, th, tw, S1, GM)
-            for xi in range(XI):
-                if t == lo:
-                    np.dot(V[xi].T, GM[xi], acc[tid, xi])
-                    continue
-                np.dot(V[xi].T, GM[xi], prod)
-                a = acc[tid, xi]
-                for c in range(C):
-                    src, dst = prod[c], a[c]
-                    for o in range(O):
-                        dst[o] += src[o]
-
-
-def winograd4_weight_grad(x, g, padding):
-    """gw (O, C, 3, 3) of conv2d(x, w, stride 1, padding) for the upstream gradient g (N, O, Ho, Wo).
-
-    The forward's tiles differentiated: out tile = Aᵀ[Σ_c V[ξ, p, c] U[ξ, c, o]]A with U = G w Gᵀ, so
-    gU[ξ, c, o] = Σ_p V[ξ, p, c] · (A g_tile Aᵀ)[ξ, p, o] (36 GEMMs (C × tiles) · (tiles × O), summed per
-    thread, then over threads) and gw[o, c] = Gᵀ gU[:, c, o] G (in float64, rounded once).
-    x, g C-contiguous. Chunks of whole images, as the forward's.
-    """
-    N, C = x.shape[0], x.shape[1]
-    O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
-    ph, pw = padding
-    th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)
-    T = num_threads()
-    nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, T)
-    acc = np.empty((T, ALPHA * ALPHA, C, O), x.dtype)
-    with blas_single_thread():
-        parallel_for(_winograd4_weight_grad_chunks, T, x, g, A_T.astype(x.dtype), B_T.astype(x.dtype), ph, pw, th,
-                     tw, nb, acc)
-    gw = np.empty((O, C, 3, 3), x.dtype)
-    _weight_transform_adjoint(acc, G, gw)
-    return gw
+                d = gt[4 * ti + i]  # (Wt, O); g_j = d[q + j]
+                s = S1[i]  # (6, O)
+                for o in range(O):
+                    s[0, o] = d[q, o]
+                for o in range(O):
+                    s[1, o] = (d[q, o] + d[q + 2, o]) + (d[q + 1, o] + d[q + 3, o])
+                for o in range(O):
+                    s[2, o] = (d[q, o] + d[q + 2, o]) - (d[q + 1, o] + d[q + 3, o])
+                for o in range(O):
+                    s[3, o] = d[q, o] + k1_2 * d[q + 1, o] + k1_4 * d[q + 2, o] + k1_8 * d[q + 3, o]
+                for o in range(O):
+                    s[4, o] = d[q, o] - k2 * d[q + 1, o] + k4 * d[q + 2, o] - k8 * d[q + 3, o]
+                for o in range(O):
+                    s[5, o] = d[q + 3, o]
+            p = base + ti * tw + tj
+            for b in range(ALPHA):  # the same combinations of S1's rows i = 0..3
+                for o in range(O):
+                    GM[b, p, o] = S1[0, b, o]
+                for o in range(O):
+                    GM[6 + b, p, o] = (S1[0, b, o] + S1[2, b, o]) + (S1[1, b, o] + S1[3, b, o])
+                for o in range(O):
+                    GM[12 + b, p, o] = (S1[0, b, o] + S1[2, b, o]) - (S1[1, b, o] + S1[3, b, o])
+                for o in range(O):
+                    GM[18 + b, p, o] = S1[0, b, o] + k1_2 * S1[1, b, o] + k1_4 * S1[2, b, o] + k1_8 * S1[3, b, o]
+                for o in range(O):
+                    GM[24 + b, p, o] = S1[0, b, o] - k2 * S1[1, b, o] + k4 * S1[2, b, o] - k8 * S1[3, b, o]
+                for o in range(O):
+                    GM[30 + b, p, o] = S1[3, b, o]
 
 
 # Images per chunk: V + M of one chunk, 36·(C + O)·tiles floats, within CHUNK_BYTES (at least one image).
@@ -427,19 +334,101 @@ def _images_per_chunk(N, c_in, c_out, tiles, itemsize, T):
     return -(-N // chunks)
 
 
-def winograd4_conv3x3(x, U, bias, padding, out):
-    """out (N, O, Ho, Wo) = conv2d(x, w, bias, stride 1, padding) from U = weight_transform(w); fills out.
+@jit_serial
+def _winograd4_chunks(i0, i1, grad_weight, flip, x, g, Wt, bias, coef, ph, pw, th, tw, nb, out, acc):
+    """The convolution (``grad_weight`` false: items [i0, i1) are chunks of nb images) or its weight gradient
+    (true: items are the T workspace rows, one per thread, each summing its share of the chunks into
+    acc[t]), one driver for both so that the transforms, inlined, are compiled once.
 
-    x C-contiguous (N, C, H, W); bias (O,) (zeros for none). Chunks of whole images, V + M within
-    CHUNK_BYTES (at least one image), split over threads (at least one chunk per thread when N allows).
+    Convolution of x (N, C, H, W) into out (N, O, Ho, Wo): V = input tiles of x, M[ξ] = V[ξ] @ U[ξ] (36
+    sgemms; U[ξ] = Wt[ξ]ᵀ for the forward, Wt[ξ] with ``flip`` for the grad-input), output tiles + bias.
+    Weight gradient for g (N, O, Ho, Wo): V of x, GM = A g Aᵀ per tile, acc[t, ξ] (O, C) += GM[ξ]ᵀ @ V[ξ].
+    Unused arguments of a mode are empty arrays of the same types (one compiled signature).
     """
     N, C = x.shape[0], x.shape[1]
-    O = U.shape[2]
-    ph, pw = padding
+    O = g.shape[1] if grad_weight else out.shape[1]
+    P = th * tw
+    chunks = -(-N // nb)
+    T = acc.shape[0]
+    vbuf = np.empty(ALPHA * ALPHA * nb * P * C, x.dtype)
+    mbuf = np.empty(ALPHA * ALPHA * nb * P * O, x.dtype)
+    xt = np.empty((4 * th + 2, 4 * tw + 2, C), x.dtype)  # one padded image, channels last
+    yt = np.empty((4 * th, 4 * tw, O), x.dtype)  # one image's output tiles (or g, zeros past the edge), channels last
+    T1 = np.empty((ALPHA, ALPHA, C), x.dtype)
+    S1 = np.empty((M_OUT, ALPHA, O), x.dtype)
+    prod = np.empty((O, C), x.dtype)
+    for item in range(i0, i1):
+        lo, hi = (item * chunks // T, (item + 1) * chunks // T) if grad_weight else (item, item + 1)
+        if grad_weight and hi <= lo:
+            acc[item] = 0
+        for t in range(lo, hi):
+            n0 = t * nb
+            mb = min(nb, N - n0)
+            L = mb * P
+            V = vbuf[: ALPHA * ALPHA * L * C].reshape((ALPHA * ALPHA, L, C))
+            M = mbuf[: ALPHA * ALPHA * L * O].reshape((ALPHA * ALPHA, L, O))
+            for b in range(mb):
+                _to_channels_last(x, n0 + b, ph, pw, xt)
+                _input_tiles(xt, coef, b * P, th, tw, T1, V)
+                if grad_weight:
+                    _to_channels_last(g, n0 + b, 0, 0, yt)
+                    _output_tiles_adjoint(yt, coef, b * P, th, tw, S1, M)
+            for xi in range(ALPHA * ALPHA):
+                if not grad_weight:
+                    if flip:
+                        np.dot(V[xi], Wt[xi], M[xi])
+                    else:
+                        np.dot(V[xi], Wt[xi].T, M[xi])
+                elif t == lo:
+                    np.dot(M[xi].T, V[xi], acc[item, xi])
+                else:
+                    np.dot(M[xi].T, V[xi], prod)
+                    a = acc[item, xi]
+                    for o in range(O):
+                        src, dst = prod[o], a[o]
+                        for c in range(C):
+                            dst[c] += src[c]
+            if not grad_weight:
+                for b in range(mb):
+                    _output_tiles(M, coef, bias, b * P, th, tw, S1, yt)
+                    _to_nchw(yt, n0 + b, out)
+
+
+def winograd4_conv3x3(x, Wt, bias, padding, out, flip=False):
+    """out (N, O, Ho, Wo) = conv2d(x, w, bias, stride 1, padding) from Wt = weight_transform(w); fills out.
+    With ``flip`` (Wt = weight_transform(w, flip=True)), the conv by w̃ (x has w's O channels, out its C):
+    the grad-input, with padding 2 − p.
+
+    x C-contiguous (N, C_x, H, W); bias (out's channels,) (zeros for none). Chunks of whole images, V + M
+    within CHUNK_BYTES (at least one image), a multiple of the thread count when N allows.
+    """
+    N, C = x.shape[0], x.shape[1]
+    O = out.shape[1]
     Ho, Wo = out.shape[2], out.shape[3]
     th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)
     nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, num_threads())
-    a_t, b_t = A_T.astype(x.dtype), B_T.astype(x.dtype)
+    empty4 = np.empty((0, 0, 0, 0), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, -(-N // nb), x, U, bias, a_t, b_t, ph, pw, th, tw, nb, out)
+        parallel_for(_winograd4_chunks, -(-N // nb), False, flip, x, empty4, Wt, bias, _coefs(x.dtype),
+                     padding[0], padding[1], th, tw, nb, out, empty4)
     return out
+
+
+def winograd4_weight_grad(x, g, padding):
+    """gw (O, C, 3, 3) of conv2d(x, w, stride 1, padding) for the upstream gradient g (N, O, Ho, Wo).
+
+    The forward's tiles differentiated: out tile = Aᵀ[Σ_c V[ξ, p, c] U[ξ, c, o]]A with U = G w Gᵀ, so
+    gU[ξ, o, c] = Σ_p (A g_tile Aᵀ)[ξ, p, o] · V[ξ, p, c] (36 GEMMs (O × tiles) · (tiles × C), summed per
+    thread, then over threads) and gw[o, c] = Gᵀ gU[:, o, c] G (``weight_transform_adjoint``).
+    x, g C-contiguous. Chunks of whole images, as the forward's.
+    """
+    N, C = x.shape[0], x.shape[1]
+    O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
+    th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)
+    T = num_threads()
+    nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, T)
+    acc = np.empty((T, ALPHA * ALPHA, O, C), x.dtype)
+    with blas_single_thread():
+        parallel_for(_winograd4_chunks, T, True, False, x, g, np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
+                     _coefs(x.dtype), padding[0], padding[1], th, tw, nb, np.empty((0, 0, 0, 0), x.dtype), acc)
+    return weight_transform_adjoint(acc, x.dtype)

@@ -289,7 +289,8 @@ def test_the_fast_column_takes_winograd4_where_it_pays(monkeypatch):
     (one kernel) and grad-weight, on 4×4 planes before the batch-last path; never F(2×2, 3×3)."""
     calls = []
     fwd, wgrad, f2 = K.winograd4.winograd4_conv3x3, K.winograd4.winograd4_weight_grad, K.winograd.winograd_conv3x3
-    monkeypatch.setattr(K.winograd4, "winograd4_conv3x3", lambda *a: calls.append(("f4", a[0].shape)) or fwd(*a))
+    monkeypatch.setattr(K.winograd4, "winograd4_conv3x3",
+                        lambda *a, **k: calls.append(("f4", a[0].shape)) or fwd(*a, **k))
     monkeypatch.setattr(K.winograd4, "winograd4_weight_grad", lambda *a: calls.append(("gw", a[0].shape)) or wgrad(*a))
     monkeypatch.setattr(K.winograd, "winograd_conv3x3", lambda *a: calls.append(("f2", a[0].shape)) or f2(*a))
     rng = np.random.default_rng(0)
