@@ -117,11 +117,15 @@ WEIGHT_GRAD_ERROR_FACTOR = weight_grad_error_factor(A_T, G, B_T)  # 78.0… ((0,
 
 
 # (G ⊗ G)[6a + b, 3u + v] = G[a, u]·G[b, v]: U[ξ] = Σ_uv (G ⊗ G)[ξ, 3u + v] w[u, v], one (36 × 9) matrix for
-# the weight transform and its transpose for its adjoint, so both are a single float64 GEMM over all
-# channel pairs (numpy, nothing to compile: jitted loops in their place cost 1.9 s of the cold start).
-# The kernel flipped by 180° is the 9 taps reversed (8 − (3u + v) = 3(2 − u) + (2 − v)): GG's columns reversed.
+# the weight transform and its transpose for its adjoint, so both are a single GEMM over all channel pairs
+# in the data's dtype (numpy, nothing to compile: jitted loops in their place cost 1.9 s of the cold start;
+# float32 is 3-6× faster than a float64 GEMM and its casts, and adds 9 + 1 roundings to U's error and
+# 36 + 1 + T to the weight gradient's: the bounds of ``test_winograd_error_against_float64_is_within_its_bound``).
+# The kernel rotated by 180° is the 9 taps reversed (8 − (3u + v) = 3(2 − u) + (2 − v)): GG's columns reversed.
 GG = np.kron(G, G)
 GG_FLIP = np.ascontiguousarray(GG[:, ::-1])
+_GG = {(flip, np.dtype(dt)): np.ascontiguousarray(m, dt) for flip, m in ((False, GG), (True, GG_FLIP))
+       for dt in (np.float32, np.float64)}
 
 
 def weight_transform(w, flip=False):
@@ -129,21 +133,21 @@ def weight_transform(w, flip=False):
     by 180°, k[u, v] = w[o, c, 2 − u, 2 − v] (the grad-input's w̃[c, o] = that, the conv from O to C channels).
 
     Kept in w's own (o, c) order (Wt[ξ] is the forward's GEMM operand transposed and the grad-input's as it
-    is: ``winograd4_conv3x3`` reads it either way), so that it is one float64 GEMM and no transposing copy:
-    Wt (36, O·C) = (G ⊗ G) (36 × 9) @ w.reshape(O·C, 9)ᵀ (``np.dot`` hands the transpose to BLAS; ``@``
-    measured 5-14× slower on it), rounded once to w's dtype.
+    is: ``winograd4_conv3x3`` reads it either way), so that it is one GEMM and no transposing copy:
+    Wt (36, O·C) = (G ⊗ G) (36 × 9) @ w.reshape(O·C, 9)ᵀ in w's dtype (``np.dot`` hands the transpose to
+    BLAS; ``@`` measured 5-14× slower on it).
     """
     O, C = w.shape[0], w.shape[1]
-    w9 = np.asarray(w, np.float64).reshape(O * C, 9)
-    return np.dot(GG_FLIP if flip else GG, w9.T).astype(w.dtype).reshape(ALPHA * ALPHA, O, C)
+    w9 = np.ascontiguousarray(w).reshape(O * C, 9)
+    return np.dot(_GG[flip, w.dtype], w9.T).reshape(ALPHA * ALPHA, O, C)
 
 
-def weight_transform_adjoint(acc, dtype):
-    """gw (O, C, 3, 3) with gw[o, c, u, v] = Σ_ξ (G ⊗ G)[ξ, 3u + v] Σ_t acc[t, ξ, o, c], in float64: the adjoint
-    of ``weight_transform`` (gw = Gᵀ gU G) on the threads' partial sums acc (T, 36, O, C), rounded once."""
+def weight_transform_adjoint(acc):
+    """gw (O, C, 3, 3) with gw[o, c, u, v] = Σ_ξ (G ⊗ G)[ξ, 3u + v] Σ_t acc[t, ξ, o, c]: the adjoint of
+    ``weight_transform`` (gw = Gᵀ gU G) on the threads' partial sums acc (T, 36, O, C), in acc's dtype."""
     T, XI, O, C = acc.shape
-    gu = acc.sum(axis=0, dtype=np.float64).reshape(XI, O * C)  # (36, O·C)
-    return np.dot(gu.T, GG).astype(dtype).reshape(O, C, 3, 3)
+    gu = (acc[0] if T == 1 else acc.sum(axis=0)).reshape(XI, O * C)  # (36, O·C)
+    return np.dot(gu.T, _GG[False, acc.dtype]).reshape(O, C, 3, 3)
 
 
 @jit_inline
@@ -431,4 +435,4 @@ def winograd4_weight_grad(x, g, padding):
     with blas_single_thread():
         parallel_for(_winograd4_chunks, T, True, False, x, g, np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
                      _coefs(x.dtype), padding[0], padding[1], th, tw, nb, np.empty((0, 0, 0, 0), x.dtype), acc)
-    return weight_transform_adjoint(acc, x.dtype)
+    return weight_transform_adjoint(acc)
