@@ -641,7 +641,7 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
         gx_pad = (2 - padding[0], 2 - padding[1])  # gx = conv2d(g, w̃, padding 2 − p), w̃ flipped, transposed
         if need_x and f4_x:
             gx = winograd4.winograd4_conv3x3(g, winograd4.weight_transform(w, flip=True), np.zeros(C, x.dtype),
-                                             gx_pad, np.empty_like(x), flip=True)
+                                             gx_pad, np.empty_like(x))
         elif need_x and wino and algorithm == "winograd":
             gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True), np.zeros(C, x.dtype), gx_pad,
                                            np.empty_like(x))

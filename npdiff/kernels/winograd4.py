@@ -129,17 +129,21 @@ _GG = {(flip, np.dtype(dt)): np.ascontiguousarray(m, dt) for flip, m in ((False,
 
 
 def weight_transform(w, flip=False):
-    """Wt (36, O, C) = (G k Gᵀ) for every (o, c), k = w[o, c] (O, C, 3, 3), or with ``flip`` the kernel rotated
-    by 180°, k[u, v] = w[o, c, 2 − u, 2 − v] (the grad-input's w̃[c, o] = that, the conv from O to C channels).
+    """U (36, C, O), U[ξ, c, o] = (G w[o, c] Gᵀ)[ξ], for w (O, C, 3, 3): the forward's GEMM operands (input
+    channel by output channel); with ``flip``, those of the grad-input, the conv from O to C channels by
+    w̃[c, o, u, v] = w[o, c, 2 − u, 2 − v]: U (36, O, C) = (G w[o, c] rotated by 180° Gᵀ).
 
-    Kept in w's own (o, c) order (Wt[ξ] is the forward's GEMM operand transposed and the grad-input's as it
-    is: ``winograd4_conv3x3`` reads it either way), so that it is one GEMM and no transposing copy:
-    Wt (36, O·C) = (G ⊗ G) (36 × 9) @ w.reshape(O·C, 9)ᵀ in w's dtype (``np.dot`` hands the transpose to
-    BLAS; ``@`` measured 5-14× slower on it).
+    One GEMM in w's dtype: U (36, in·out) = (G ⊗ G) (36 × 9) @ kᵀ, k (in·out, 9) the kernels by channel pair
+    (``np.dot`` hands kᵀ to BLAS as a transposed operand; ``@`` measured 5-14× slower on it). With ``flip``
+    k is w itself; without, w with its two channel axes swapped (a copy of 9-float runs, 1/4 of U's size:
+    a transposed GEMM operand in the 36 sgemms instead measured up to 20 % slower with OpenBLAS's AVX-512
+    kernels).
     """
     O, C = w.shape[0], w.shape[1]
-    w9 = np.ascontiguousarray(w).reshape(O * C, 9)
-    return np.dot(_GG[flip, w.dtype], w9.T).reshape(ALPHA * ALPHA, O, C)
+    if flip:  # the conv from O to C channels: pairs (o, c), w's own order
+        return np.dot(_GG[True, w.dtype], np.ascontiguousarray(w).reshape(O * C, 9).T).reshape(ALPHA * ALPHA, O, C)
+    k = np.ascontiguousarray(w.reshape(O, C, 9).transpose(1, 0, 2)).reshape(C * O, 9)  # pairs (c, o)
+    return np.dot(_GG[False, w.dtype], k.T).reshape(ALPHA * ALPHA, C, O)
 
 
 def weight_transform_adjoint(acc):
@@ -174,7 +178,7 @@ def _to_nchw(yt, n, out):
     """out[n, o, h, v] = yt[h, v, o] for h < Ho, v < Wo (the tiles' last rows/columns past the edge dropped)."""
     O, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
     for h in range(Ho):
-        src = yt[h]  # (Wt, O)
+        src = yt[h]  # (4·tw, O)
         for o in range(O):
             dst = out[n, o, h]
             for v in range(Wo):
@@ -295,7 +299,7 @@ def _output_tiles_adjoint(gt, coef, base, th, tw, S1, GM):
         for tj in range(tw):
             q = 4 * tj
             for i in range(M_OUT):
-                d = gt[4 * ti + i]  # (Wt, O); g_j = d[q + j]
+                d = gt[4 * ti + i]  # (4·tw, O); g_j = d[q + j]
                 s = S1[i]  # (6, O)
                 for o in range(O):
                     s[0, o] = d[q, o]
@@ -339,13 +343,13 @@ def _images_per_chunk(N, c_in, c_out, tiles, itemsize, T):
 
 
 @jit_serial
-def _winograd4_chunks(i0, i1, grad_weight, flip, x, g, Wt, bias, coef, ph, pw, th, tw, nb, out, acc):
+def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, nb, out, acc):
     """The convolution (``grad_weight`` false: items [i0, i1) are chunks of nb images) or its weight gradient
     (true: items are the T workspace rows, one per thread, each summing its share of the chunks into
     acc[t]), one driver for both so that the transforms, inlined, are compiled once.
 
     Convolution of x (N, C, H, W) into out (N, O, Ho, Wo): V = input tiles of x, M[ξ] = V[ξ] @ U[ξ] (36
-    sgemms; U[ξ] = Wt[ξ]ᵀ for the forward, Wt[ξ] with ``flip`` for the grad-input), output tiles + bias.
+    sgemms, U (36, C, O) from ``weight_transform``), output tiles + bias.
     Weight gradient for g (N, O, Ho, Wo): V of x, GM = A g Aᵀ per tile, acc[t, ξ] (O, C) += GM[ξ]ᵀ @ V[ξ].
     Unused arguments of a mode are empty arrays of the same types (one compiled signature).
     """
@@ -379,10 +383,7 @@ def _winograd4_chunks(i0, i1, grad_weight, flip, x, g, Wt, bias, coef, ph, pw, t
                     _output_tiles_adjoint(yt, coef, b * P, th, tw, S1, M)
             for xi in range(ALPHA * ALPHA):
                 if not grad_weight:
-                    if flip:
-                        np.dot(V[xi], Wt[xi], M[xi])
-                    else:
-                        np.dot(V[xi], Wt[xi].T, M[xi])
+                    np.dot(V[xi], U[xi], M[xi])
                 elif t == lo:
                     np.dot(M[xi].T, V[xi], acc[item, xi])
                 else:
@@ -398,13 +399,12 @@ def _winograd4_chunks(i0, i1, grad_weight, flip, x, g, Wt, bias, coef, ph, pw, t
                     _to_nchw(yt, n0 + b, out)
 
 
-def winograd4_conv3x3(x, Wt, bias, padding, out, flip=False):
-    """out (N, O, Ho, Wo) = conv2d(x, w, bias, stride 1, padding) from Wt = weight_transform(w); fills out.
-    With ``flip`` (Wt = weight_transform(w, flip=True)), the conv by w̃ (x has w's O channels, out its C):
-    the grad-input, with padding 2 − p.
+def winograd4_conv3x3(x, U, bias, padding, out):
+    """out (N, O, Ho, Wo) = conv2d(x, w, bias, stride 1, padding) from U = weight_transform(w); fills out.
+    (The grad-input: x = g, U = weight_transform(w, flip=True), padding 2 − p.)
 
-    x C-contiguous (N, C_x, H, W); bias (out's channels,) (zeros for none). Chunks of whole images, V + M
-    within CHUNK_BYTES (at least one image), a multiple of the thread count when N allows.
+    x C-contiguous (N, C, H, W); bias (O,) (zeros for none). Chunks of whole images, V + M within
+    CHUNK_BYTES (at least one image), a multiple of the thread count when N allows.
     """
     N, C = x.shape[0], x.shape[1]
     O = out.shape[1]
@@ -413,8 +413,8 @@ def winograd4_conv3x3(x, Wt, bias, padding, out, flip=False):
     nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, num_threads())
     empty4 = np.empty((0, 0, 0, 0), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, -(-N // nb), False, flip, x, empty4, Wt, bias, _coefs(x.dtype),
-                     padding[0], padding[1], th, tw, nb, out, empty4)
+        parallel_for(_winograd4_chunks, -(-N // nb), False, x, empty4, U, bias, _coefs(x.dtype), padding[0],
+                     padding[1], th, tw, nb, out, empty4)
     return out
 
 
@@ -433,6 +433,6 @@ def winograd4_weight_grad(x, g, padding):
     nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, T)
     acc = np.empty((T, ALPHA * ALPHA, O, C), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, T, True, False, x, g, np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
+        parallel_for(_winograd4_chunks, T, True, x, g, np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
                      _coefs(x.dtype), padding[0], padding[1], th, tw, nb, np.empty((0, 0, 0, 0), x.dtype), acc)
     return weight_transform_adjoint(acc)
