@@ -477,13 +477,29 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 # transforms: short linear combinations, vectorised over the channels (channels last), so their cost
 # per tile does not depend on the plane's width. It pays wherever the channel loops are long enough:
 # measured in-process against im2col, F(2×2, 3×3) and the batch-last GEMM, one thread, CPU time
-# (``benchmarks/conv_algorithms.py --algos --clock cpu --threads 1``; MEASURED_TABLE_PLACEHOLDER)
+# (``benchmarks/conv_algorithms.py --algos --clock cpu --threads 1 --repeats 5``, load average 5.9),
+# F(4×4) ms / the fastest other algorithm's ms, forward, grad-input, grad-weight:
+#                          AVX2 sgemm (OPENBLAS_CORETYPE=Haswell)        AVX-512 sgemm (unset)
+#   64→64 16×16, N 64     4.97/9.96  5.18/10.39 6.09/12.34     4.08/6.46  3.38/6.62  3.77/7.56
+#   128→128 8×8, N 64     4.37/8.94  4.32/8.99  4.50/11.67     3.27/5.63  2.80/5.50  2.76/7.24
+#   32→64 32×32, N 32     6.49/12.63 7.43/11.62 7.45/11.78     5.55/7.90  5.85/7.70  5.07/7.38
+#   32→32 16×16, N 64     1.60/3.67  1.74/3.59  2.28/3.85      1.36/2.61  1.29/2.47  1.45/2.64
+#   96→32 16×16, N 64     4.68/9.95  4.17/8.40  5.49/10.82     3.83/6.31  2.76/5.64  3.44/7.50
+#   128→64 8×8, N 64      2.47/5.75  2.30/4.96  2.67/6.83      1.85/3.80  1.53/3.41  1.60/4.64
+#   64→64 8×8, N 32       0.66/1.57  0.68/1.56  0.75/1.64      0.49/1.14  0.43/1.11  0.44/1.17
+#   64→64 4×4, N 64       0.40/0.86  0.40/0.98  0.47/0.91      0.35/0.67  0.31/0.71  0.30/0.76
+#   128→64 4×4, N 64      0.71/1.83  0.75/1.70  0.84/1.79      0.60/1.60  0.59/1.33  0.55/1.63
+# and below 32 channels (``--algos`` on these shapes, load 5.7): 16→16 16×16 0.94/1.66 0.88/1.27 1.15/1.36
+# (AVX2), 0.83/0.89 0.88/0.90 0.90/1.12 (AVX-512); 32→16 16×16 1.39/3.37 1.28/2.50 1.70/2.65 and
+# 1.16/2.41 1.06/1.85 1.21/2.07; but 8→32 16×16 0.95/1.19 1.23/1.23 1.15/1.18 and 0.87/0.66 0.98/0.69
+# 0.89/0.87 (im2col's single GEMM of inner dimension 9C wins when C is 8); planes of 2×2 (one tile,
+# three quarters of it past the edge) go to the batch-last GEMM (64→64: 0.70 against 0.22 ms).
 # Rule: F(4×4, 3×3) for the forward, grad-input and grad-weight of every 3×3 stride-1 conv (padding
-# ≤ 2) with at least 32 channels in and out and an output plane of at least 4×4. F(2×2, 3×3)
+# ≤ 2) with at least 16 channels in and out and an output plane of at least 4×4. F(2×2, 3×3)
 # (``winograd.py``) is slower than F(4×4, 3×3) on every shape measured; it stays as the table's
 # ``winograd`` column (``algorithm="winograd"``), not taken by the rule.
 WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
-WINOGRAD4_MIN_CHANNELS = 32  # min(C_in, C_out)
+WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
 
 
 def winograd_applies(kh, kw, stride, padding):

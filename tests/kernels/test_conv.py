@@ -274,14 +274,14 @@ def test_winograd_error_against_float64_is_within_its_bound(C, H, padding, seed)
 
 
 def test_winograd4_choice_rule():
-    """F(4×4, 3×3) where it measured faster (output ≥ 4×4 with ≥ 32 channels in and out), and only where
+    """F(4×4, 3×3) where it measured faster (output ≥ 4×4 with ≥ 16 channels in and out), and only where
     it computes the conv (3×3, stride 1, padding ≤ 2)."""
     assert K.winograd_applies(3, 3, (1, 1), (1, 1)) and K.winograd_applies(3, 3, (1, 1), (2, 0))
     assert not K.winograd_applies(3, 3, (2, 2), (1, 1)) and not K.winograd_applies(1, 1, (1, 1), (0, 0))
     assert not K.winograd_applies(3, 3, (1, 1), (3, 3)) and not K.winograd_applies(5, 5, (1, 1), (2, 2))
-    for c_in, c_out, h in [(64, 64, 16), (128, 128, 8), (32, 64, 32), (96, 32, 16), (128, 64, 4), (32, 32, 4)]:
+    for c_in, c_out, h in [(64, 64, 16), (128, 128, 8), (32, 64, 32), (96, 32, 16), (128, 64, 4), (16, 16, 16)]:
         assert K.winograd4_pays(c_in, c_out, h, h) and K.winograd4_pays(c_out, c_in, h, h)
-    for c_in, c_out, h in [(3, 64, 64), (16, 64, 16), (64, 64, 2), (1, 32, 16)]:
+    for c_in, c_out, h in [(3, 64, 64), (8, 32, 16), (64, 64, 2), (1, 32, 16)]:
         assert not K.winograd4_pays(c_in, c_out, h, h) and not K.winograd4_pays(c_out, c_in, h, h)
 
 
@@ -295,7 +295,7 @@ def test_the_fast_column_takes_winograd4_where_it_pays(monkeypatch):
     monkeypatch.setattr(K.winograd4, "winograd4_weight_grad", lambda *a: calls.append(("gw", a[0].shape)) or wgrad(*a))
     monkeypatch.setattr(K.winograd, "winograd_conv3x3", lambda *a: calls.append(("f2", a[0].shape)) or f2(*a))
     rng = np.random.default_rng(0)
-    for C, H in [(96, 8), (16, 8), (32, 4), (32, 2)]:
+    for C, H in [(96, 8), (8, 8), (32, 4), (32, 2)]:
         x, w = rng.standard_normal((2, C, H, H)), rng.standard_normal((32, C, 3, 3))
         y = KT.conv2d_forward(x, w, None, 1, 1)
         KT.conv2d_backward(x, w, np.ones_like(y), 1, 1)
