@@ -1,11 +1,12 @@
-"""im2col + sgemm vs Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions, in one process.
+"""The algorithms of 3×3 stride-1 convolutions (im2col + sgemm, Winograd F(2×2, 3×3) and F(4×4, 3×3), the
+batch-last GEMM), in one process.
 
     python benchmarks/conv_algorithms.py [--repeats 25] [--threads 2]
 
-For each shape, forward and grad-input by both algorithms, alternating call by call, best of
-``--repeats``; prints ms and the ratio winograd / im2col, and which one the rules pick
-(``conv.winograd_pays``; ``conv.small_plane_pays`` sends planes of ≤ 16 pixels to the batch-last
-GEMM). This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT(_GX)`` in
+For each shape, forward and grad-input by im2col and F(2×2, 3×3), alternating call by call, best of
+``--repeats``; prints ms and the ratio winograd / im2col, and which algorithm the rules pick
+(``conv.winograd4_pays``; ``conv.small_plane_pays`` sends other planes of ≤ 16 pixels to the batch-last
+GEMM). ``--algos`` (below) is the measurement behind ``WINOGRAD4_MIN_SIZE`` / ``_CHANNELS`` in
 ``npdiff/kernels/conv.py``. Run it on a quiet machine (the load average is printed). On a loaded
 machine use ``--clock cpu --threads 1``: the thread's CPU time, which other processes taking the
 core do not inflate (cache sharing still does, a little).
@@ -96,11 +97,11 @@ def main(argv=None) -> int:
 
 def _pick(K, C, O, H):
     """What the auto rule takes for the forward / grad-input of a 3×3 stride-1 padding-1 conv on H×H."""
-    def one(gi):
-        if K.winograd_pays(C, O, H, H, grad_input=gi):
-            return "winograd"
+    def one(c_in, c_out):
+        if K.winograd4_pays(c_in, c_out, H, H):
+            return "winograd4"
         return "batch_last" if K.small_plane_pays(H, H) else "im2col"
-    return f"{one(False)}/{one(True)}"
+    return f"{one(C, O)}/{one(O, C)}"
 
 
 def _best(calls, clock, repeats):
