@@ -12,7 +12,7 @@ four outputs of a 3-tap correlation from 6 inputs with 6 multiplies,
 
 nested in two dimensions (36 = 6×6 positions ξ = 6a + b):
 
-    U[ξ, c, o] = (G w[o, c] Gᵀ)[ξ]                 weights, once per call (float64, rounded once)
+    U[ξ, c, o] = (G w[o, c] Gᵀ)[ξ]                 weights, once per call (one GEMM with G ⊗ G)
     V[ξ, p, c] = (Bᵀ d[c, p] B)[ξ]                 input patches, p the tile
     M[ξ, p, o] = Σ_c V[ξ, p, c] · U[ξ, c, o]       36 GEMMs (tiles × C) · (C × O)
     out tile   = Aᵀ M[:, p, o] A  (+ b[o])          (4×4 outputs)
@@ -27,8 +27,8 @@ the rounding-error bound grows by that ratio. (0, ±1, ±2), the usual choice, g
 256; **(0, 1, −1, ½, −2) gives 97.3** (the reciprocal pair balances the growth of Aᵀ's powers against
 G's divisors; Barabasz et al. 2020, "Error analysis and improving the accuracy of Winograd convolution
 for deep neural networks", reach the same set). F(2×2, 3×3) by the same count: 7.1. Every entry of Aᵀ
-and Bᵀ for these points is a dyadic fraction (exact in float32); G's are not, so U is computed in
-float64 and rounded once.
+and Bᵀ for these points is a dyadic fraction (exact in float32); G's are not (U's roundings are in the
+error bound of ``test_winograd_error_against_float64_is_within_its_bound``).
 
 Channels last. The transforms are short linear combinations; F(2×2, 3×3)'s (``winograd.py``) run along
 a tile row of one plane, a loop only ⌈W/2⌉ long (4 on an 8×8 plane). Here every combination runs along
@@ -40,9 +40,14 @@ channels-last tiles yt (4th, 4tw, O), copied once into NCHW.
 Grad-input of a 3×3 stride-1 conv with padding p is the conv of g with w̃[c, o, u, v] = w[o, c, 2 − u,
 2 − v] and padding 2 − p (``weight_transform(w, flip=True)``), as for F(2×2, 3×3).
 
+Weight gradient (``winograd4_weight_grad``): the forward differentiated through its tiles, gU[ξ] =
+Σ_p (A g_tile Aᵀ)[ξ, p]ᵀ V[ξ, p] (36 GEMMs (O × tiles) · (tiles × C)) and gw[o, c] = Gᵀ gU[:, o, c] G.
+
 Fast path (``winograd4_conv3x3``): parallel over chunks of ``nb`` whole images (``parallel_for``);
 per chunk a thread transforms its images' patches into V (36, nb·th·tw, C), runs the 36 sgemms into
-M (36, nb·th·tw, O), and transforms and writes the output tiles. Each thread owns whole images.
+M (36, nb·th·tw, O), and transforms and writes the output tiles. Each thread owns whole images; for
+the weight gradient each thread sums its run of chunks into its own accumulator. One driver
+(``_winograd4_chunks``) does both, so that the inlined transforms compile once.
 """
 
 from __future__ import annotations
@@ -188,10 +193,11 @@ def _to_nchw(yt, n, out):
 # The transforms, written out for POINTS (the plain matrix form is in each docstring; the test against the
 # reference checks every coefficient). Each combination is one loop over the channels (innermost, so LLVM
 # vectorises it), reading only the inputs with a non-zero coefficient, with common differences shared:
-# 26 of Bᵀ's 36 entries and 19 of Aᵀ's 24 are non-zero, and this form did the transforms in 45-60 % of
-# the time of the dense 6-term sums (the 36 coefficients read into scalars; one thread, 64 images of
-# 64 channels on 16×16: input 0.81 -> 0.41 ms, output 0.80 -> 0.46 ms, AVX-512 machine). One helper call per image:
-# a call or a row view per combination cost more than the combination itself (6-8 channel vectors at C = 64).
+# 26 of Bᵀ's 36 entries and 19 of Aᵀ's 24 are non-zero. Against dense 6-term sums with the coefficients
+# read into scalars (one thread, CPU time, 64 images, the transforms alone, load 5.1): input 0.64 -> 0.54 ms
+# and output 0.64 -> 0.35 ms at 64 channels on 16×16, 0.49 -> 0.34 and 0.61 -> 0.23 at 32 channels,
+# 0.31 -> 0.22 and 0.26 -> 0.11 at 128 channels on 8×8. One inlined helper call per image: a call or a row
+# view per combination cost more than the combination itself (6-8 channel vectors at C = 64).
 #
 #   Bᵀ = [[1, −3/2, −2,  3/2,  1, 0],      Aᵀ = [[1, 1,  1, 1,   1,  0],
 #         [0, −1,   1/2, 5/2,  1, 0],            [0, 1, −1, 1/2, −2,  0],
