@@ -498,8 +498,12 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 # ≤ 2) with at least 16 channels in and out and an output plane of at least 4×4. F(2×2, 3×3)
 # (``winograd.py``) is slower than F(4×4, 3×3) on every shape measured; it stays as the table's
 # ``winograd`` column (``algorithm="winograd"``), not taken by the rule.
+# Memory: U is 36·C_in·C_out floats (4× the weights), and the weight gradient keeps one such accumulator
+# per thread (im2col's: 9·C_in·C_out each); above WINOGRAD4_MAX_BYTES (a Stable-Diffusion-sized 1280→1280
+# conv would need 236 MB per thread) the conv stays on im2col.
 WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
 WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
+WINOGRAD4_MAX_BYTES = 128 << 20  # 36·C_in·C_out·itemsize, times the threads for the weight gradient
 
 
 def winograd_applies(kh, kw, stride, padding):
@@ -507,10 +511,12 @@ def winograd_applies(kh, kw, stride, padding):
     return kh == 3 and kw == 3 and stride == (1, 1) and max(padding) <= 2
 
 
-def winograd4_pays(c_in, c_out, Ho, Wo):
+def winograd4_pays(c_in, c_out, Ho, Wo, itemsize=4, copies=1):
     """The measured rule above: F(4×4, 3×3) for a conv of c_in -> c_out channels with an Ho×Wo output (the
-    grad-input, a conv from C_out to C_in channels on the input plane, asks with those)."""
-    return min(Ho, Wo) >= WINOGRAD4_MIN_SIZE and min(c_in, c_out) >= WINOGRAD4_MIN_CHANNELS
+    grad-input, a conv from C_out to C_in channels on the input plane, asks with those), if ``copies`` of
+    its transformed weights (the weight gradient: one per thread) fit in WINOGRAD4_MAX_BYTES."""
+    return (min(Ho, Wo) >= WINOGRAD4_MIN_SIZE and min(c_in, c_out) >= WINOGRAD4_MIN_CHANNELS
+            and 36 * c_in * c_out * itemsize * copies <= WINOGRAD4_MAX_BYTES)
 
 
 # Small planes, batch last. On a plane of at most SMALL_PLANE output pixels (4×4: the lowest level of
@@ -611,7 +617,7 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
             out3 += b[:, None]
         return out
     if winograd_applies(kh, kw, stride, padding):
-        if algorithm == "winograd4" or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo)):
+        if algorithm == "winograd4" or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo, x.itemsize)):
             return winograd4.winograd4_conv3x3(x, winograd4.weight_transform(w), bias, padding, out)
         if algorithm == "winograd":
             return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
@@ -641,8 +647,8 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
     gx = gw = gb = None
     wino = winograd_applies(kh, kw, stride, padding)
     auto = algorithm == "auto"
-    f4_x = wino and (algorithm == "winograd4" or (auto and winograd4_pays(O, C, H, W)))  # gx: a conv O -> C on H×W
-    f4_w = wino and (algorithm == "winograd4" or (auto and winograd4_pays(C, O, Ho, Wo)))
+    f4_x = wino and (algorithm == "winograd4" or (auto and winograd4_pays(O, C, H, W, x.itemsize)))  # a conv O -> C
+    f4_w = wino and (algorithm == "winograd4" or (auto and winograd4_pays(C, O, Ho, Wo, x.itemsize, num_threads())))
     if _is_pointwise(kh, kw, stride, padding):
         g3 = g.reshape(N, O, H * W)  # (N, O, P)
         x3 = x.reshape(N, C, H * W)  # (N, C, P)

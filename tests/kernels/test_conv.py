@@ -283,6 +283,9 @@ def test_winograd4_choice_rule():
         assert K.winograd4_pays(c_in, c_out, h, h) and K.winograd4_pays(c_out, c_in, h, h)
     for c_in, c_out, h in [(3, 64, 64), (8, 32, 16), (64, 64, 2), (1, 32, 16)]:
         assert not K.winograd4_pays(c_in, c_out, h, h) and not K.winograd4_pays(c_out, c_in, h, h)
+    # memory: 36·C_in·C_out floats of transformed weights (per thread for the weight gradient)
+    assert K.winograd4_pays(640, 640, 8, 8) and not K.winograd4_pays(1280, 1280, 8, 8)
+    assert K.winograd4_pays(320, 320, 8, 8, 4, 2) and not K.winograd4_pays(960, 960, 8, 8, 4, 2)
 
 
 def test_the_fast_column_takes_winograd4_where_it_pays(monkeypatch):
