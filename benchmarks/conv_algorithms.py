@@ -1,11 +1,12 @@
-"""im2col + sgemm vs Winograd F(2×2, 3×3) for 3×3 stride-1 convolutions, in one process.
+"""The algorithms of 3×3 stride-1 convolutions (im2col + sgemm, Winograd F(2×2, 3×3) and F(4×4, 3×3), the
+batch-last GEMM), in one process.
 
     python benchmarks/conv_algorithms.py [--repeats 25] [--threads 2]
 
-For each shape, forward and grad-input by both algorithms, alternating call by call, best of
-``--repeats``; prints ms and the ratio winograd / im2col, and which one the rules pick
-(``conv.winograd_pays``; ``conv.small_plane_pays`` sends planes of ≤ 16 pixels to the batch-last
-GEMM). This is the measurement behind ``WINOGRAD_MIN_SIZE`` / ``_CHANNELS`` / ``_PRODUCT(_GX)`` in
+For each shape, forward and grad-input by im2col and F(2×2, 3×3), alternating call by call, best of
+``--repeats``; prints ms and the ratio winograd / im2col, and which algorithm the rules pick
+(``conv.winograd4_pays``; ``conv.small_plane_pays`` sends other planes of ≤ 16 pixels to the batch-last
+GEMM). ``--algos`` (below) is the measurement behind ``WINOGRAD4_MIN_SIZE`` / ``_CHANNELS`` in
 ``npdiff/kernels/conv.py``. Run it on a quiet machine (the load average is printed). On a loaded
 machine use ``--clock cpu --threads 1``: the thread's CPU time, which other processes taking the
 core do not inflate (cache sharing still does, a little).
@@ -16,6 +17,10 @@ core do not inflate (cache sharing still does, a little).
         (the GEMM floor; the rest is data movement: im2col/col2im, transforms, copies)
     python benchmarks/conv_algorithms.py --chunks [--clock cpu --threads 1]
         Winograd forward with V + M of one chunk at 0.25 to 4 MB (``winograd.CHUNK_BYTES``)
+    python benchmarks/conv_algorithms.py --algos [--clock cpu --threads 1] [--shapes cifar32]
+        per shape and part (forward, grad-input, grad-weight), every algorithm that computes it:
+        im2col, Winograd F(2×2, 3×3), F(4×4, 3×3) and the batch-last GEMM, with the auto rule's pick:
+        the measurement behind ``conv.winograd4_pays``
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ SHAPES = [  # N, C_in, C_out, H (= W)
     (32, 32, 32, 16), (32, 64, 64, 8), (64, 32, 32, 16), (64, 64, 64, 4),
     (64, 96, 32, 16), (64, 128, 64, 8), (64, 128, 64, 4),  # digits16's up blocks (skip connections concatenated)
 ]
+SHAPES_CIFAR32 = [  # cifar32's 3×3 convs, batch 32 (block_out_channels 64, 128, 128, 128; up blocks concatenated)
+    (32, 64, 64, 32), (32, 128, 64, 32), (32, 64, 128, 16), (32, 128, 128, 16), (32, 256, 128, 16),
+    (32, 128, 128, 8), (32, 256, 128, 8), (32, 128, 128, 4), (32, 256, 128, 4),
+]
 
 
 def main(argv=None) -> int:
@@ -41,6 +50,8 @@ def main(argv=None) -> int:
                    help="wall: perf_counter; cpu: this thread's CPU time (use with --threads 1 on a loaded machine)")
     p.add_argument("--parts", action="store_true", help="break fwd+bwd into its parts and the GEMM floor")
     p.add_argument("--chunks", action="store_true", help="Winograd forward by chunk size (V + M bytes)")
+    p.add_argument("--algos", action="store_true", help="every algorithm on every part, with the rule's pick")
+    p.add_argument("--shapes", choices=["default", "cifar32"], default="default")
     args = p.parse_args(argv)
     import numba
 
@@ -50,9 +61,10 @@ def main(argv=None) -> int:
     print(f"load average {os.getloadavg()[0]:.2f}, {args.threads} threads, {args.clock} clock")
     clock = time.perf_counter if args.clock == "wall" else time.thread_time
     rng = np.random.default_rng(0)
-    if args.parts or args.chunks:
-        for N, C, O, H in SHAPES:
-            (_parts if args.parts else _chunks)(K, rng, N, C, O, H, clock, args.repeats)
+    shapes = SHAPES_CIFAR32 if args.shapes == "cifar32" else SHAPES
+    if args.parts or args.chunks or args.algos:
+        for N, C, O, H in shapes:
+            (_parts if args.parts else _chunks if args.chunks else _algos)(K, rng, N, C, O, H, clock, args.repeats)
         return 0
     for N, C, O, H in SHAPES:
         x = rng.standard_normal((N, C, H, H)).astype(np.float32)
@@ -85,11 +97,11 @@ def main(argv=None) -> int:
 
 def _pick(K, C, O, H):
     """What the auto rule takes for the forward / grad-input of a 3×3 stride-1 padding-1 conv on H×H."""
-    def one(gi):
-        if K.winograd_pays(C, O, H, H, grad_input=gi):
-            return "winograd"
+    def one(c_in, c_out):
+        if K.winograd4_pays(c_in, c_out, H, H):
+            return "winograd4"
         return "batch_last" if K.small_plane_pays(H, H) else "im2col"
-    return f"{one(False)}/{one(True)}"
+    return f"{one(C, O)}/{one(O, C)}"
 
 
 def _best(calls, clock, repeats):
@@ -143,6 +155,30 @@ def _parts(K, rng, N, C, O, H, clock, repeats):
     print(f"N={N:<3} C{C}->{O} {H}x{H} ({algo}):  fwd {t['fwd']:6.2f}  gx {t['gx']:6.2f}  gw {t['gw']:6.2f}  "
           f"gb {t['gb']:5.2f}  = {total:6.2f} ms  |  im2col's sgemm alone: fwd {t['sgemm fwd']:6.2f}  "
           f"gw {t['sgemm gw']:6.2f} ms", flush=True)
+
+
+ALGOS = ("im2col", "winograd", "winograd4", "batch_last")
+SHORT = {"im2col": "im2col", "winograd": "F2", "winograd4": "F4", "batch_last": "batch-last"}
+
+
+def _algos(K, rng, N, C, O, H, clock, repeats):
+    """Forward, grad-input and grad-weight by each algorithm (ms), and what the auto rule takes."""
+    x, w, g = _operands(rng, N, C, O, H)
+    b, out = np.zeros(O, np.float32), np.empty((N, O, H, H), np.float32)
+    parts = {"fwd": lambda a: K.conv2d_forward_cpu(x, w, b, (1, 1), (1, 1), out, algorithm=a),
+             "gx": lambda a: K.conv2d_backward_cpu(x, w, g, (1, 1), (1, 1), True, False, False, algorithm=a),
+             "gw": lambda a: K.conv2d_backward_cpu(x, w, g, (1, 1), (1, 1), False, True, False, algorithm=a)}
+    algos = ALGOS if C >= 8 else ("im2col", "batch_last")
+    calls = {(p, a): (lambda f=f, a=a: f(a)) for p, f in parts.items() for a in algos
+             if not (p == "gw" and a == "winograd")}  # F(2×2)'s grad-weight is im2col's
+    calls.update({(p, "auto"): (lambda f=f: f("auto")) for p, f in parts.items()})
+    t = {k: v * 1e3 for k, v in _best(calls, clock, repeats).items()}
+    cells = []
+    for p in parts:
+        row = "  ".join(f"{SHORT[a]} {t[(p, a)]:6.2f}" for a in algos if (p, a) in t)
+        fastest = min((a for a in algos if (p, a) in t), key=lambda a: t[(p, a)])
+        cells.append(f"{p}: {row}  auto {t[(p, 'auto')]:6.2f} (best {fastest})")
+    print(f"N={N:<3} C{C}->{O} {H}x{H}\n    " + "\n    ".join(cells), flush=True)
 
 
 def _chunks(K, rng, N, C, O, H, clock, repeats):

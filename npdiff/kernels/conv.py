@@ -40,7 +40,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .checks import conv2d_output_size, conv_transpose2d_output_size
-from . import winograd
+from . import winograd, winograd4
 from .winograd import copy_padded_rows
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 from .gemm import matmul
@@ -471,58 +471,52 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
     return gx
 
 
-# Which algorithm a 3×3 stride-1 convolution takes (decided once per call from the shapes):
-# Winograd F(2×2, 3×3) does 2.25× fewer multiplies, but in 16 GEMMs whose inner dimension is
-# the channel count C instead of one GEMM of inner dimension 9C, plus input and output transforms
-# (memory-bound passes over the tiles, O(C + O) per tile against the GEMMs' O(C·O)), so it pays
-# where the channel product is large and the GEMMs are slow. Measured in-process against im2col,
-# alternating, one thread, CPU time (``benchmarks/conv_algorithms.py --clock cpu --threads 1``; the
-# machine was loaded, load average 10-14, so the thread's CPU time stood in for wall time), winograd ÷
-# im2col, forward / grad-input, with OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell, as exported
-# on the machines these figures come from) and with its AVX-512 kernels (its own choice on this AMD
-# EPYC, about 1.9× faster sgemm):
-#                              AVX2 sgemm    AVX-512 sgemm
-#   64→64 16×16, N 64         0.78 / 0.88   0.96 / 1.10
-#   128→128 8×8               0.75 / 0.77   0.88 / 0.93
-#   96→32 16×16               0.76 / 0.83   0.87 / 0.95
-#   128→64 8×8                0.80 / 0.75   0.90 / 0.84
-#   64→64 8×8, N 32           0.88 / 0.97   1.06 / 1.21
-#   32→64 32×32, 32→32 16×16  0.86-0.92 / 1.11-1.36   1.04-1.17 / 1.36-1.40
-#   64→64 4×4, 128→64 4×4     0.89-0.93 / 0.80-1.10   1.16-1.27 / 0.95-1.42
-#   3→64 64×64 (the stem)     2.9 / 3.9     4.7 / 2.9
-# Rule then (forward and grad-input alike): Winograd from 8×8 with ≥ 32 channels in and out and
-# C_in·C_out ≥ 96·32 — faster with AVX2 sgemm on every shape it takes, at most 1.2× slower with
-# AVX-512 sgemm (64→64 on 8×8).
-# Re-measured after the chunks shrank to half a core's L2 (``winograd.CHUNK_BYTES``; same command,
-# load average 7.3), winograd ÷ im2col, forward / grad-input:
-#                              AVX2 sgemm    AVX-512 sgemm
-#   64→64 16×16, N 64         0.75 / 0.85   0.79 / 0.89
-#   128→128 8×8               0.75 / 0.78   0.77 / 0.80
-#   96→32 16×16               0.73 / 0.80   0.66 / 0.82
-#   128→64 8×8                0.78 / 0.76   0.80 / 0.77
-#   64→64 8×8, N 32           0.86 / 0.99   0.96 / 1.09
-#   32→32 16×16, N 32 / N 64  0.85-0.86 / 1.09-1.13   0.82-0.85 / 1.14-1.16
-#   32→64 32×32               0.89 / 1.12   1.00 / 1.10
-# so the forward now also pays from C_in·C_out = 32·32 (the channel floor alone), the grad-input
-# still not below 96·32: two products, WINOGRAD_MIN_PRODUCT (forward) and WINOGRAD_MIN_PRODUCT_GX.
-# F(4×4, 3×3) (4× fewer multiplies) was also built and measured on these shapes (AVX2 sgemm): 0.83-1.9
-# of im2col, slower than F(2×2, 3×3) on all but one (its 6×6 transforms cost about twice its GEMMs), so
-# it is not used (branch ``perf-f4``, docs/kernels.md).
-WINOGRAD_MIN_SIZE = 8  # min(Ho, Wo)
-WINOGRAD_MIN_CHANNELS = 32  # min(C_in, C_out)
-WINOGRAD_MIN_PRODUCT = 32 * 32  # C_in·C_out, forward
-WINOGRAD_MIN_PRODUCT_GX = 96 * 32  # C_in·C_out, grad-input
+# Which algorithm a 3×3 stride-1 convolution takes (decided once per call from the shapes).
+# Winograd F(4×4, 3×3) (``winograd4.py``) does 4× fewer multiplies than the direct sum in 36 GEMMs of
+# inner dimension C (forward, grad-input) or of the tile count (grad-weight), plus input and output
+# transforms: short linear combinations, vectorised over the channels (channels last), so their cost
+# per tile does not depend on the plane's width. It pays wherever the channel loops are long enough:
+# measured in-process against im2col, F(2×2, 3×3) and the batch-last GEMM, one thread, CPU time
+# (``benchmarks/conv_algorithms.py --algos --clock cpu --threads 1 --repeats 5``, load average 5.9),
+# F(4×4) ms / the fastest other algorithm's ms, forward, grad-input, grad-weight:
+#                          AVX2 sgemm (OPENBLAS_CORETYPE=Haswell)        AVX-512 sgemm (unset)
+#   64→64 16×16, N 64     4.97/9.96  5.18/10.39 6.09/12.34     4.08/6.46  3.38/6.62  3.77/7.56
+#   128→128 8×8, N 64     4.37/8.94  4.32/8.99  4.50/11.67     3.27/5.63  2.80/5.50  2.76/7.24
+#   32→64 32×32, N 32     6.49/12.63 7.43/11.62 7.45/11.78     5.55/7.90  5.85/7.70  5.07/7.38
+#   32→32 16×16, N 64     1.60/3.67  1.74/3.59  2.28/3.85      1.36/2.61  1.29/2.47  1.45/2.64
+#   96→32 16×16, N 64     4.68/9.95  4.17/8.40  5.49/10.82     3.83/6.31  2.76/5.64  3.44/7.50
+#   128→64 8×8, N 64      2.47/5.75  2.30/4.96  2.67/6.83      1.85/3.80  1.53/3.41  1.60/4.64
+#   64→64 8×8, N 32       0.66/1.57  0.68/1.56  0.75/1.64      0.49/1.14  0.43/1.11  0.44/1.17
+#   64→64 4×4, N 64       0.40/0.86  0.40/0.98  0.47/0.91      0.35/0.67  0.31/0.71  0.30/0.76
+#   128→64 4×4, N 64      0.71/1.83  0.75/1.70  0.84/1.79      0.60/1.60  0.59/1.33  0.55/1.63
+# and below 32 channels (``--algos`` on these shapes, load 5.7): 16→16 16×16 0.94/1.66 0.88/1.27 1.15/1.36
+# (AVX2), 0.83/0.89 0.88/0.90 0.90/1.12 (AVX-512); 32→16 16×16 1.39/3.37 1.28/2.50 1.70/2.65 and
+# 1.16/2.41 1.06/1.85 1.21/2.07; but 8→32 16×16 0.95/1.19 1.23/1.23 1.15/1.18 and 0.87/0.66 0.98/0.69
+# 0.89/0.87 (im2col's single GEMM of inner dimension 9C wins when C is 8); planes of 2×2 (one tile,
+# three quarters of it past the edge) go to the batch-last GEMM (64→64: 0.70 against 0.22 ms).
+# Rule: F(4×4, 3×3) for the forward, grad-input and grad-weight of every 3×3 stride-1 conv (padding
+# ≤ 2) with at least 16 channels in and out and an output plane of at least 4×4. F(2×2, 3×3)
+# (``winograd.py``) is slower than F(4×4, 3×3) on every shape measured; it stays as the table's
+# ``winograd`` column (``algorithm="winograd"``), not taken by the rule.
+# Memory: U is 36·C_in·C_out floats (4× the weights), and the weight gradient keeps one such accumulator
+# per thread (im2col's: 9·C_in·C_out each); above WINOGRAD4_MAX_BYTES (a Stable-Diffusion-sized 1280→1280
+# conv would need 236 MB per thread) the conv stays on im2col.
+WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
+WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
+WINOGRAD4_MAX_BYTES = 128 << 20  # 36·C_in·C_out·itemsize, times the threads for the weight gradient
 
 
 def winograd_applies(kh, kw, stride, padding):
-    """Winograd F(2×2, 3×3) computes this conv and its grad-input (3×3, stride 1, padding ≤ 2)."""
+    """Winograd (F(2×2, 3×3) or F(4×4, 3×3)) computes this conv and its gradients (3×3, stride 1, padding ≤ 2)."""
     return kh == 3 and kw == 3 and stride == (1, 1) and max(padding) <= 2
 
 
-def winograd_pays(c_in, c_out, Ho, Wo, grad_input=False):
-    """The measured rule above, for the forward (output Ho×Wo) or the grad-input (input Ho×Wo)."""
-    return (min(Ho, Wo) >= WINOGRAD_MIN_SIZE and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS
-            and c_in * c_out >= (WINOGRAD_MIN_PRODUCT_GX if grad_input else WINOGRAD_MIN_PRODUCT))
+def winograd4_pays(c_in, c_out, Ho, Wo, itemsize=4, copies=1):
+    """The measured rule above: F(4×4, 3×3) for a conv of c_in -> c_out channels with an Ho×Wo output (the
+    grad-input, a conv from C_out to C_in channels on the input plane, asks with those), if ``copies`` of
+    its transformed weights (the weight gradient: one per thread) fit in WINOGRAD4_MAX_BYTES."""
+    return (min(Ho, Wo) >= WINOGRAD4_MIN_SIZE and min(c_in, c_out) >= WINOGRAD4_MIN_CHANNELS
+            and 36 * c_in * c_out * itemsize * copies <= WINOGRAD4_MAX_BYTES)
 
 
 # Small planes, batch last. On a plane of at most SMALL_PLANE output pixels (4×4: the lowest level of
@@ -606,10 +600,10 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
     whole image (already NCHW), then adds the bias.
     A 1×1 stride-1 unpadded conv needs no im2col: out[n] = w (O, C) @ x[n] (C, H·W),
     a stacked matmul straight into ``out``.
-    3×3 stride-1 convs take Winograd F(2×2, 3×3) (``winograd.py``) where ``winograd_pays``
-    (``algorithm="auto"``), or always (``"winograd"``), or never (``"im2col"``); outputs of at
-    most SMALL_PLANE pixels take the batch-last single GEMM (``small_plane_pays``; always with
-    ``"batch_last"``).
+    3×3 stride-1 convs take Winograd F(4×4, 3×3) (``winograd4.py``) where ``winograd4_pays``
+    (``algorithm="auto"``), or always (``"winograd4"``); F(2×2, 3×3) (``winograd.py``) only with
+    ``"winograd"``; never with ``"im2col"``. Other outputs of at most SMALL_PLANE pixels take the
+    batch-last single GEMM (``small_plane_pays``; always with ``"batch_last"``).
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -622,9 +616,11 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
         if b is not None:
             out3 += b[:, None]
         return out
-    if winograd_applies(kh, kw, stride, padding) and (
-            algorithm == "winograd" or (algorithm == "auto" and winograd_pays(C, O, Ho, Wo))):
-        return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
+    if winograd_applies(kh, kw, stride, padding):
+        if algorithm == "winograd4" or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo, x.itemsize)):
+            return winograd4.winograd4_conv3x3(x, winograd4.weight_transform(w), bias, padding, out)
+        if algorithm == "winograd":
+            return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
     if algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(Ho, Wo)):
         return _forward_batch_last(x, w2, kh, kw, stride, padding, bias, out)
     return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out)
@@ -638,14 +634,21 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
     gwᵀ sums cols @ g_chunkᵀ in one accumulator per thread, added up at the end
     (im2col(x) recomputed, not stored by forward). gb sums g over (n, i, j).
     1×1 stride-1 convs use stacked matmuls directly. For 3×3 stride-1 convs gx is itself a
-    3×3 stride-1 conv, of g with the flipped, transposed kernel and padding 2 − p, so it
-    can take Winograd (``winograd_pays(..., grad_input=True)``). Small output planes
-    (``small_plane_pays``) take the batch-last GEMMs for both gx and gw.
+    3×3 stride-1 conv, of g with the flipped, transposed kernel and padding 2 − p, and gw the
+    derivative of the Winograd forward's tiles, so both take Winograd F(4×4, 3×3) where
+    ``winograd4_pays`` (``algorithm="auto"``, or always with ``"winograd4"``; ``"winograd"``: gx by
+    F(2×2, 3×3), gw by im2col). Other small output planes (``small_plane_pays``) take the batch-last
+    GEMMs for both gx and gw.
     """
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
+    Ho, Wo = g.shape[2], g.shape[3]
     w2 = w.reshape(O, C * kh * kw)  # (O, K)
     gx = gw = gb = None
+    wino = winograd_applies(kh, kw, stride, padding)
+    auto = algorithm == "auto"
+    f4_x = wino and (algorithm == "winograd4" or (auto and winograd4_pays(O, C, H, W, x.itemsize)))  # a conv O -> C
+    f4_w = wino and (algorithm == "winograd4" or (auto and winograd4_pays(C, O, Ho, Wo, x.itemsize, num_threads())))
     if _is_pointwise(kh, kw, stride, padding):
         g3 = g.reshape(N, O, H * W)  # (N, O, P)
         x3 = x.reshape(N, C, H * W)  # (N, C, P)
@@ -653,17 +656,22 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
             gx = np.matmul(w2.T, g3).reshape(N, C, H, W)
         if need_w:
             gw = np.matmul(g3, x3.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # Σ_n (O, C)
-    elif algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(g.shape[2], g.shape[3])):
+    elif algorithm == "batch_last" or (auto and small_plane_pays(Ho, Wo) and not (f4_x or f4_w)):
         gx, gw2 = _backward_batch_last(x, w2, g, kh, kw, stride, padding, need_x, need_w)
         gw = None if gw2 is None else gw2.reshape(w.shape)
     else:
-        if need_x and winograd_applies(kh, kw, stride, padding) and (
-                algorithm == "winograd" or (algorithm == "auto" and winograd_pays(C, O, H, W, grad_input=True))):
-            gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True),
-                                           np.zeros(C, x.dtype), (2 - padding[0], 2 - padding[1]), np.empty_like(x))
+        gx_pad = (2 - padding[0], 2 - padding[1])  # gx = conv2d(g, w̃, padding 2 − p), w̃ flipped, transposed
+        if need_x and f4_x:
+            gx = winograd4.winograd4_conv3x3(g, winograd4.weight_transform(w, flip=True), np.zeros(C, x.dtype),
+                                             gx_pad, np.empty_like(x))
+        elif need_x and wino and algorithm == "winograd":
+            gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True), np.zeros(C, x.dtype), gx_pad,
+                                           np.empty_like(x))
         elif need_x:
             gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
-        if need_w:
+        if need_w and f4_w:
+            gw = winograd4.winograd4_weight_grad(x, g, padding)
+        elif need_w:
             gw = _weight_grad(x, g, kh, kw, stride, padding).reshape(w.shape)
     if need_b:
         gb = g.sum(axis=(0, 2, 3))
@@ -868,6 +876,30 @@ def _conv2d_forward_winograd_one(x, w, b, stride, padding):
 
 def _conv2d_backward_winograd_one(x, w, g, stride, padding, need_x, need_w, need_b):
     return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b, algorithm="winograd")
+
+
+def _conv2d_forward_winograd4_one(x, w, b, stride, padding):
+    x, w, b = _contig(x, w, b)
+    size = conv2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding)
+    return conv2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + size, x.dtype),
+                              algorithm="winograd4")
+
+
+def _conv2d_backward_winograd4_one(x, w, g, stride, padding, need_x, need_w, need_b):
+    return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b, algorithm="winograd4")
+
+
+def conv2d_forward_winograd4(x, w, b, stride, padding, groups):
+    """winograd4 column of conv2d_forward: the numba column with Winograd F(4×4, 3×3) for every 3×3
+    stride-1 conv (whatever the shape), so the harness checks it on every drawn shape."""
+    return _grouped_forward(_conv2d_forward_winograd4_one, x, w, b, groups, False, stride, padding)
+
+
+def conv2d_backward_winograd4(x, w, g, stride, padding, groups, need_x, need_w, need_b):
+    """winograd4 column of conv2d_backward (grad-input and grad-weight by F(4×4, 3×3) for every 3×3 stride-1
+    conv)."""
+    return _grouped_backward(_conv2d_backward_winograd4_one, x, w, g, groups, False, stride, padding, need_x,
+                             need_w, need_b)
 
 
 def conv2d_forward_winograd(x, w, b, stride, padding, groups):

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..backend import get_array_module
 
-COLUMNS = ("reference", "numba", "cuda", "xp", "winograd")  # winograd: conv2d rows only (numba + F(2×2, 3×3) always)
+# winograd, winograd4: conv2d rows only (the numba column with F(2×2, 3×3) or F(4×4, 3×3) always)
+COLUMNS = ("reference", "numba", "cuda", "xp", "winograd", "winograd4")
 SWITCHES = ("fast", "reference") + COLUMNS[1:]
 
 _DEFAULT = os.environ.get("NPDIFF_KERNELS", "fast")

@@ -1,8 +1,12 @@
 """Conv family, what the table harness (test_table.py) does not cover: the fast path's chunk plan,
 row bands and image batches, thread partitions, the float32 path, 1×1 convs, skipped gradients."""
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from npdiff import kernels as KT
 from npdiff.kernels import conv as K
@@ -159,75 +163,144 @@ def test_small_planes_take_the_batch_last_path(monkeypatch):
     assert calls == [(2, 3, 4, 4), (2, 3, 8, 8)]
 
 
-# -- Winograd F(2×2, 3×3) --------------------------------------------------------------
+# -- Winograd F(2×2, 3×3) and F(4×4, 3×3) --------------------------------------------------
+
+W_ERR = K.winograd.ERROR_FACTOR
+W4_ERR, W4_GW_ERR = K.winograd4.ERROR_FACTOR, K.winograd4.WEIGHT_GRAD_ERROR_FACTOR
 
 
+@pytest.mark.parametrize("column", ["winograd", "winograd4"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N,C,O,H,W,padding", [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 7, 1), (3, 2, 5, 6, 6, 0),
                                                (1, 4, 3, 4, 5, 2), (2, 5, 2, 9, 3, (2, 0)), (5, 3, 3, 3, 4, 1)])
-def test_winograd_forward_and_grad_input_match_the_reference(N, C, O, H, W, padding, dtype):
-    """Odd and even sizes (a last half tile), paddings 0-2, batches over several chunks; the winograd
-    column against the reference, with the direct tolerance times winograd.ERROR_FACTOR."""
+def test_winograd_forward_and_gradients_match_the_reference(monkeypatch, column, N, C, O, H, W, padding, dtype):
+    """Odd and even sizes (last tiles cut by the edge), paddings 0-2, batches over several chunks and threads
+    (some idle); each winograd column against the reference, with the direct tolerance times its transforms'
+    error factor (F(2×2): forward and grad-input, grad-weight by im2col; F(4×4): all three)."""
+    monkeypatch.setattr(K.winograd4, "CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(K.winograd4, "num_threads", lambda: 3)
     rng = np.random.default_rng(N * 100 + H)
     x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
     want = K.conv2d_forward_reference(x, w, b, (1, 1), pair(padding, "padding"))
     g = rng.standard_normal(want.shape)
     gx_want, gw_want, _ = K.conv2d_backward_reference(x, w, g, (1, 1), pair(padding, "padding"))
-    with KT.use("winograd"):
+    with KT.use(column):
         y = KT.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), 1, padding)
         gx, gw, _ = KT.conv2d_backward(x.astype(dtype), w.astype(dtype), g.astype(dtype), 1, padding)
-    terms = 9 * C * W_ERR  # sums of 9·C products, the Winograd bound
-    close(y, want, dtype, terms, "winograd forward")
-    close(gx, gx_want, dtype, 9 * O * W_ERR, "winograd grad-input")
-    close(gw, gw_want, dtype, N * H * W, "grad-weight (im2col)")
+    factor, gw_factor = (W_ERR, 1) if column == "winograd" else (W4_ERR, W4_GW_ERR)
+    close(y, want, dtype, 9 * C * factor, f"{column} forward")  # sums of 9·C products
+    close(gx, gx_want, dtype, 9 * O * factor, f"{column} grad-input")
+    close(gw, gw_want, dtype, N * H * W * gw_factor, f"{column} grad-weight")
 
 
-W_ERR = K.winograd.ERROR_FACTOR
+def test_toom_cook_transforms_compute_the_correlation():
+    """F(4, 3) from the points: y = Aᵀ[(G g) ⊙ (Bᵀ d)] is the 3-tap correlation of 6 inputs, exactly up to
+    float64 rounding, for the points in use and the usual (0, ±1, ±2); ours have the smaller error factor,
+    for the forward and the weight gradient; repeated or missing points are refused."""
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((6, 50)), rng.standard_normal((3, 50))
+    want = np.stack([np.einsum("kn,kn->n", d[i : i + 3], g) for i in range(4)])
+    usual = K.winograd4.toom_cook(tuple(Fraction(p) for p in (0, 1, -1, 2, -2)))
+    for a_t, gm, b_t in (usual, (K.winograd4.A_T, K.winograd4.G, K.winograd4.B_T)):
+        np.testing.assert_allclose(a_t @ ((gm @ g) * (b_t @ d)), want, rtol=0, atol=1e-12)
+    assert W4_ERR < K.winograd4.error_factor(*usual) and W4_GW_ERR < K.winograd4.weight_grad_error_factor(*usual)
+    # F(2, 3) by the same construction on (0, 1, −1) has winograd.py's factor
+    assert K.winograd4.error_factor(*K.winograd4.toom_cook((0, 1, -1), m=2)) == pytest.approx(64 / 9)
+    with pytest.raises(ValueError, match="distinct"):
+        K.winograd4.toom_cook((0, 1, 1, 2, -2))
+    with pytest.raises(ValueError, match="5 distinct"):
+        K.winograd4.toom_cook((0, 1, -1))
 
 
-def test_winograd_error_against_float64_is_within_its_bound():
-    """float32 Winograd and float32 im2col against float64 on UNet-like data (C = 64, unit normal x,
-    w scaled by 1/√(9C)): both within their bounds (ε·Σ|x||w| per output; Winograd: times
-    ERROR_FACTOR); the measured ratio is the number quoted in docs/kernels.md."""
-    rng = np.random.default_rng(3)
-    x, w = rng.standard_normal((4, 64, 16, 16)), rng.standard_normal((64, 64, 3, 3)) / np.sqrt(9 * 64)
-    exact = K.conv2d_forward_cpu(x, w, None, (1, 1), (1, 1), np.empty((4, 64, 16, 16)), algorithm="im2col")  # float64
-    scale = K.conv2d_forward_cpu(np.abs(x), np.abs(w), None, (1, 1), (1, 1), np.empty((4, 64, 16, 16)),
-                                 algorithm="im2col")  # Σ|x||w| per output
+def _patches(a, padding, th, tw):
+    """(N, C, th, tw, 6, 6): the 6×6 patches at (4i, 4j) of a zero-padded by ``padding`` (and past the edge)."""
+    N, C, H, W = a.shape
+    ap = np.zeros((N, C, 4 * th + 2, 4 * tw + 2))
+    ap[:, :, padding : padding + H, padding : padding + W] = a
+    return np.stack([np.stack([ap[:, :, 4 * i : 4 * i + 6, 4 * j : 4 * j + 6] for j in range(tw)], 2)
+                     for i in range(th)], 2)
+
+
+def _winograd4_abs(x, w, g, padding):
+    """(forward, grad-weight) of F(4×4, 3×3) with |Aᵀ|, |G|, |Bᵀ| on |x|, |w|, |g|, in float64: per output,
+    the sum of the absolute values of every product the algorithm adds (the bounds' right-hand sides)."""
+    W4 = K.winograd4
+    A, Gm, B = np.abs(W4.A_T), np.abs(W4.G), np.abs(W4.B_T)
+    Ho, Wo = g.shape[2], g.shape[3]
+    th, tw = -(-Ho // 4), -(-Wo // 4)
+    v = np.einsum("ar,nctwrs,bs->nctwab", B, _patches(np.abs(x), padding, th, tw), B, optimize=True)
+    u = np.einsum("au,ocuv,bv->ocab", Gm, np.abs(w), Gm, optimize=True)
+    y = np.einsum("ia,notwab,jb->notiwj", A, np.einsum("nctwab,ocab->notwab", v, u, optimize=True), A, optimize=True)
+    y = y.reshape(g.shape[0], w.shape[0], 4 * th, 4 * tw)[:, :, :Ho, :Wo]
+    gy = np.zeros((g.shape[0], g.shape[1], 4 * th, 4 * tw))
+    gy[:, :, :Ho, :Wo] = np.abs(g)
+    gy = gy.reshape(g.shape[0], g.shape[1], th, 4, tw, 4)  # (N, O, ti, i, tj, j)
+    gm = np.einsum("ia,notiwj,jb->notwab", A, gy, A, optimize=True)
+    gw = np.einsum("au,nctwab,notwab,bv->ocuv", Gm, v, gm, Gm, optimize=True)
+    return y, gw
+
+
+@settings(max_examples=6, deadline=None)
+@given(C=st.sampled_from([8, 32, 64]), H=st.integers(4, 13), padding=st.integers(0, 2), seed=st.integers(0, 99))
+def test_winograd_error_against_float64_is_within_its_bound(C, H, padding, seed):
+    """float32 F(4×4, 3×3) against float64, forward and grad-weight, within the bound derived from its
+    arithmetic: an output is a chain of roundings, 6 + 6 deep in the input transform (two 6-term
+    combinations), 1 + 9 for U (G ⊗ G rounded to float32, a 9-term float32 sum), C + 1 in the GEMM,
+    6 + 6 in the output transform, 1 for the bias, so |y₃₂ − y| ≤ (C + 36)·ε·S, with S the sum of the
+    absolute values of every product the algorithm adds (the same pipeline on |x|, |w|, |Aᵀ|, |G|, |Bᵀ|:
+    ``_winograd4_abs``); the weight gradient 12 (V) + 8 (A g Aᵀ) + 1 + tiles + T (threads' partial sums)
+    + 1 + 36 (the adjoint transform) deep. And the F(2×2, 3×3) and im2col paths within theirs
+    (ε·Σ|x||w| times 9C, times winograd.ERROR_FACTOR for Winograd)."""
+    rng = np.random.default_rng(seed)
+    N, O, eps = 2, C, np.finfo(np.float32).eps
+    x, w = rng.standard_normal((N, C, H, H)), rng.standard_normal((O, C, 3, 3)) / np.sqrt(9 * C)
+    Ho, pad = H + 2 * padding - 2, (padding, padding)
+    g = rng.standard_normal((N, O, Ho, Ho))
+
+    def fwd(x, w, algo="im2col"):  # float64 im2col: exact to ~1e-16 relative, far below float32's rounding
+        return K.conv2d_forward_cpu(x, w, None, (1, 1), pad, np.empty((N, O, Ho, Ho), x.dtype), algorithm=algo)
+
+    exact, scale = fwd(x, w), fwd(np.abs(x), np.abs(w))  # y, and Σ|x||w| per output
     x32, w32 = x.astype(np.float32), w.astype(np.float32)
-    errs = {}
-    for algo in ("im2col", "winograd"):
-        y = K.conv2d_forward_cpu(x32, w32, None, (1, 1), (1, 1), np.empty((4, 64, 16, 16), np.float32),
-                                 algorithm=algo)
-        errs[algo] = float(np.max(np.abs(y - exact) / scale)) / np.finfo(np.float32).eps
-    assert errs["im2col"] <= 9 * 64  # n·ε·Σ|x||w| for a sum of n = 9C terms (any order)
-    assert errs["winograd"] <= W_ERR * 9 * 64
-    assert errs["winograd"] > 0 and errs["im2col"] > 0
+
+    s_y, s_gw = _winograd4_abs(x, w, g, padding)
+    assert np.all(np.abs(fwd(x32, w32, "winograd4") - exact) <= (C + 36) * eps * s_y)
+    assert np.all(np.abs(fwd(x32, w32, "winograd") - exact) <= 9 * C * W_ERR * eps * scale)
+    assert np.all(np.abs(fwd(x32, w32) - exact) <= 9 * C * eps * scale)
+    gw_exact = K.conv2d_backward_cpu(x, w, g, (1, 1), pad, False, True, False, algorithm="im2col")[1]
+    gw = K.winograd4.winograd4_weight_grad(x32, g.astype(np.float32), pad)
+    tiles = N * (-(-Ho // 4)) ** 2
+    assert np.all(np.abs(gw - gw_exact) <= (tiles + K.winograd4.num_threads() + 58) * eps * s_gw)
 
 
-def test_winograd_choice_rule():
-    """Winograd where it measured faster (≥ 8×8 with ≥ 32 channels in and out; grad-input also
-    C_in·C_out ≥ 96·32), and only where it computes the conv (3×3, stride 1, padding ≤ 2)."""
+def test_winograd4_choice_rule():
+    """F(4×4, 3×3) where it measured faster (output ≥ 4×4 with ≥ 16 channels in and out), and only where
+    it computes the conv (3×3, stride 1, padding ≤ 2)."""
     assert K.winograd_applies(3, 3, (1, 1), (1, 1)) and K.winograd_applies(3, 3, (1, 1), (2, 0))
     assert not K.winograd_applies(3, 3, (2, 2), (1, 1)) and not K.winograd_applies(1, 1, (1, 1), (0, 0))
     assert not K.winograd_applies(3, 3, (1, 1), (3, 3)) and not K.winograd_applies(5, 5, (1, 1), (2, 2))
-    for gi in (False, True):
-        assert K.winograd_pays(64, 64, 16, 16, gi) and K.winograd_pays(128, 128, 8, 8, gi)
-        assert K.winograd_pays(96, 32, 16, 16, gi) and K.winograd_pays(128, 64, 8, 8, gi)
-        assert not K.winograd_pays(3, 64, 64, 64, gi) and not K.winograd_pays(64, 64, 4, 4, gi)
-    # the forward from C_in·C_out = 32·32, the grad-input from 96·32 (measured after the L2-sized chunks)
-    assert K.winograd_pays(32, 64, 32, 32) and K.winograd_pays(32, 32, 16, 16)
-    assert not K.winograd_pays(32, 64, 32, 32, True) and not K.winograd_pays(32, 32, 16, 16, True)
-    assert not K.winograd_pays(16, 64, 16, 16) and not K.winograd_pays(32, 32, 4, 4)
+    for c_in, c_out, h in [(64, 64, 16), (128, 128, 8), (32, 64, 32), (96, 32, 16), (128, 64, 4), (16, 16, 16)]:
+        assert K.winograd4_pays(c_in, c_out, h, h) and K.winograd4_pays(c_out, c_in, h, h)
+    for c_in, c_out, h in [(3, 64, 64), (8, 32, 16), (64, 64, 2), (1, 32, 16)]:
+        assert not K.winograd4_pays(c_in, c_out, h, h) and not K.winograd4_pays(c_out, c_in, h, h)
+    # memory: 36·C_in·C_out floats of transformed weights (per thread for the weight gradient)
+    assert K.winograd4_pays(640, 640, 8, 8) and not K.winograd4_pays(1280, 1280, 8, 8)
+    assert K.winograd4_pays(320, 320, 8, 8, 4, 2) and not K.winograd4_pays(960, 960, 8, 8, 4, 2)
 
 
-def test_the_fast_column_takes_winograd_where_it_pays(monkeypatch):
-    """The numba column calls the Winograd kernel exactly when the rule says so."""
+def test_the_fast_column_takes_winograd4_where_it_pays(monkeypatch):
+    """The numba column calls the F(4×4, 3×3) kernels exactly when the rule says so: forward and grad-input
+    (one kernel) and grad-weight, on 4×4 planes before the batch-last path; never F(2×2, 3×3)."""
     calls = []
-    real = K.winograd.winograd_conv3x3
-    monkeypatch.setattr(K.winograd, "winograd_conv3x3", lambda *a: calls.append(a[0].shape) or real(*a))
+    fwd, wgrad, f2 = K.winograd4.winograd4_conv3x3, K.winograd4.winograd4_weight_grad, K.winograd.winograd_conv3x3
+    monkeypatch.setattr(K.winograd4, "winograd4_conv3x3",
+                        lambda *a, **k: calls.append(("f4", a[0].shape)) or fwd(*a, **k))
+    monkeypatch.setattr(K.winograd4, "winograd4_weight_grad", lambda *a: calls.append(("gw", a[0].shape)) or wgrad(*a))
+    monkeypatch.setattr(K.winograd, "winograd_conv3x3", lambda *a: calls.append(("f2", a[0].shape)) or f2(*a))
     rng = np.random.default_rng(0)
-    for C, H in [(96, 8), (16, 8), (96, 4)]:
+    for C, H in [(96, 8), (8, 8), (32, 4), (32, 2)]:
         x, w = rng.standard_normal((2, C, H, H)), rng.standard_normal((32, C, 3, 3))
-        KT.conv2d_forward(x, w, None, 1, 1)
-    assert calls == [(2, 96, 8, 8)]
+        y = KT.conv2d_forward(x, w, None, 1, 1)
+        KT.conv2d_backward(x, w, np.ones_like(y), 1, 1)
+    assert calls == [("f4", (2, 96, 8, 8)), ("f4", (2, 32, 8, 8)), ("gw", (2, 96, 8, 8)),
+                     ("f4", (2, 32, 4, 4)), ("f4", (2, 32, 4, 4)), ("gw", (2, 32, 4, 4))]

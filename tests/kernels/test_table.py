@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import npdiff.kernels as K
 import npdiff.nn.functional as F
 from npdiff.kernels.winograd import ERROR_FACTOR as WINOGRAD_ERROR_FACTOR
+from npdiff.kernels import winograd4 as _winograd4
 from tests.kernels.harness import Case, Spec, array, check_agreement, check_central_differences, close, columns, run
 
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -92,9 +93,11 @@ def _conv_spec(transposed):
                (lambda: F.conv_transpose2d(z((1, 3, 4, 4)), z((3, 2, 3, 3)), stride=2, output_padding=2),
                 r"output_padding"),
                (lambda: F.conv_transpose2d(z((1, 3, 1, 1)), z((3, 2, 1, 1)), padding=1), r"output size")]
-    # the winograd column's error bound is WINOGRAD_ERROR_FACTOR times the direct sum's (winograd.py)
+    # the winograd columns' error bounds are their transforms' factors times the direct sum's (winograd.py,
+    # winograd4.py: the larger of the forward's and the weight gradient's for F(4×4, 3×3))
+    w4 = max(_winograd4.ERROR_FACTOR, _winograd4.WEIGHT_GRAD_ERROR_FACTOR)
     return Spec(name, (fwd.name, bwd.name), _conv_case(transposed), forward, backward, fixed, torch_fn, terms, bad,
-                column_terms={"winograd": WINOGRAD_ERROR_FACTOR})
+                column_terms={"winograd": WINOGRAD_ERROR_FACTOR, "winograd4": w4})
 
 
 # -- norms ----------------------------------------------------------------------------------
