@@ -63,7 +63,7 @@ import numpy as np
 from ..backend import get_array_module
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 from .vexp import exp_constants as _exp_constants
-from .vexp import exp_inplace as _exp_inplace
+from .vexp import vexp as _vexp
 
 TILE_Q = 64
 TILE_K = 128
@@ -173,57 +173,50 @@ def attention_backward_reference(g, q, k, v, out, lse, bias=None, bias_index=Non
 
 
 @jit_helper
-def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
-    """x[t] = exp(x[t] − shift) for t < n, in place; returns Σ_t x[t]."""
+def _exp_shift_row(x, n, shift, C, fast):
+    """x[t] ← exp(x[t] − shift) for t < n, in place (one pass, ``vexp`` inlined)."""
     for t in range(n):
-        x[t] -= shift
-    _exp_inplace(x, n, ib, fb, C, fast)
-    # eight partial sums so the reduction vectorises (a fixed, deterministic order)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = x[0] * 0
-    t = 0
-    while t + 8 <= n:
-        a0 += x[t]
-        a1 += x[t + 1]
-        a2 += x[t + 2]
-        a3 += x[t + 3]
-        a4 += x[t + 4]
-        a5 += x[t + 5]
-        a6 += x[t + 6]
-        a7 += x[t + 7]
-        t += 8
-    while t < n:
-        a0 += x[t]
-        t += 1
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-
-
-@jit_inline
-def _row_max(x, n):
-    m = x[0]
-    for t in range(1, n):
-        if x[t] > m:
-            m = x[t]
-    return m
+        x[t] = _vexp(x[t] - shift, C, fast)
 
 
 @jit_helper
-def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
-    """S (nq, nk) = qs[:nq] · k[n, j0:j0+nk]ᵀ (qs already carries the scale)."""
-    if use_blas:
-        np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
-    else:
-        d = qs.shape[1]
-        for c in range(d):  # kᵀ tile (d, nk) so the inner loop runs along keys
+def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk):
+    """S (nq, nk) = qs[:nq] · k[n, j0:j0+nk]ᵀ (qs already carries the scale) by axpys along the keys
+    (the small-head backward: K = d ≤ SMALL_HEAD_DIM)."""
+    d = qs.shape[1]
+    for c in range(d):  # kᵀ tile (d, nk) so the inner loop runs along keys
+        for j in range(nk):
+            kT[c, j] = k[n, j0 + j, c]
+    for i in range(nq):
+        row = S[i]
+        row[:] = 0
+        for c in range(d):
+            qc = qs[i, c]
+            kc = kT[c]
             for j in range(nk):
-                kT[c, j] = k[n, j0 + j, c]
+                row[j] += qc * kc[j]
+
+
+@jit_helper
+def _exp_shift_lanes(ST, nk, nq, shift, l, C, fast):
+    """ST[j, i] ← exp(ST[j, i] − shift[i]) for j < nk, i < nq, and l[i] += Σ_j ST[j, i] (l None: no sum).
+
+    One pass over a transposed (key, query) tile: every operation is a map over contiguous query
+    lanes, so the shift, the exponential (``vexp``, inlined) and the row sums vectorise together."""
+    for j in range(nk):
+        row = ST[j]
         for i in range(nq):
-            row = S[i]
-            row[:] = 0
-            for c in range(d):
-                qc = qs[i, c]
-                kc = kT[c]
-                for j in range(nk):
-                    row[j] += qc * kc[j]
+            e = _vexp(row[i] - shift[i], C, fast)
+            row[i] = e
+            l[i] += e
+
+
+@jit_helper
+def _add_bias_transposed(ST, bias, plane, i0, nq, j0, nk):
+    """ST[j, i] += bias[plane, i0 + i, j0 + j] (the mask read across its rows: strided, masks only)."""
+    for j in range(nk):
+        for i in range(nq):
+            ST[j, i] += bias[plane, i0 + i, j0 + j]
 
 
 @jit_serial
@@ -231,9 +224,13 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
     """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
     over (n, query tile); fills ``out`` and ``lse``.
 
-    Per task: qs = s·q[n, i0:i0+tq]; for each key tile: S = qs kᵀ (+ bias) (sgemm), per row
-    m' = max(m, max_j S_ij), α = e^{m−m'}, l ← α·l + Σ_j e^{S_ij − m'}, acc ← α·acc + e^{S − m'} V
-    (sgemm). Finally O = acc / l, lse = m + log l.
+    Per task: qs = s·q[n, i0:i0+tq]; for each key tile the scores *transposed*, Sᵀ = k_tile qsᵀ
+    (+ biasᵀ) (sgemm, (nk, nq)), so that the per-query softmax statistics are maps over
+    contiguous query lanes: m' = max(m, max_j Sᵀ[j, :]), α = e^{m−m'},
+    Pᵀ = e^{Sᵀ − m'}, l ← α·l + Σ_j Pᵀ[j, :] (one fused pass), acc ← α·acc + (Pᵀ)ᵀ V (sgemm
+    with the transposed operand). Finally O = acc / l, lse = m + log l.
+    (Row-major S made the row max and the row sum reductions, which do not vectorise without
+    reassociation: they and a four-pass exp cost half as much again as the two sgemms at L = 4096.)
     """
     for task in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
@@ -247,35 +244,39 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
             for c in range(d):
                 qs[i, c] = q[n, i0 + i, c] * scale
         sbuf = np.empty(tq * tk, q.dtype)
-        ib = np.empty(tk, np.int32)
-        fb = ib.view(np.float32)
         m = np.full(tq, -np.inf, q.dtype)
+        mt = np.empty(tq, q.dtype)
+        shift = np.empty(tq, q.dtype)
         l = np.zeros(tq, q.dtype)
         alpha = np.ones(tq, q.dtype)
         acc = np.zeros((tq, dv), q.dtype)
         tmp = np.empty((tq, dv), q.dtype)
         for j0 in range(0, Lk, tk):
             nk = min(tk, Lk - j0)
-            S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
-            # 1. scores S = qs · k_tileᵀ
-            np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
-            # 2. online softmax per row
+            ST = sbuf[: nk * nq].reshape((nk, nq))  # (nk, nq) contiguous
+            # 1. scores Sᵀ = k_tile · qsᵀ (+ biasᵀ)
+            np.dot(k[n, j0 : j0 + nk], qs[:nq].T, ST)
+            if has_bias:
+                _add_bias_transposed(ST, bias, bias_index[n], i0, nq, j0, nk)
+            # 2. running max m' per query lane; α = e^{m − m'}
+            mt[:nq] = m[:nq]
+            for j in range(nk):
+                row = ST[j]
+                for i in range(nq):
+                    mt[i] = max(mt[i], row[i])
             for i in range(nq):
-                row = S[i]
-                if has_bias:
-                    b = bias[bias_index[n], i0 + i]
-                    for j in range(nk):
-                        row[j] += b[j0 + j]
-                mt = max(m[i], _row_max(row, nk))
-                if mt == -np.inf:  # all keys so far masked: nothing to add
-                    row[:] = 0
+                if mt[i] == -np.inf:  # all keys so far masked: α = 1, and e^{−∞ − 0} = 0 adds nothing
                     alpha[i] = 1
-                    continue
-                alpha[i] = math.exp(m[i] - mt)  # exp(−∞) = 0 on the first tile
-                l[i] = l[i] * alpha[i] + _exp_shift_sum(row, nk, mt, ib, fb, C, fast)
-                m[i] = mt
-            # 3. acc ← α·acc + P V_tile
-            np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
+                    shift[i] = 0
+                else:
+                    alpha[i] = math.exp(m[i] - mt[i])  # exp(−∞) = 0 on the first tile
+                    m[i] = mt[i]
+                    shift[i] = mt[i]
+                l[i] *= alpha[i]
+            # 3. Pᵀ = e^{Sᵀ − m'} and l += Σ_j Pᵀ[j, :], one pass
+            _exp_shift_lanes(ST, nk, nq, shift, l, C, fast)
+            # 4. acc ← α·acc + P V_tile, P = (Pᵀ)ᵀ
+            np.dot(ST.T, v[n, j0 : j0 + nk], tmp[:nq])
             for i in range(nq):
                 for c in range(dv):
                     acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
@@ -314,8 +315,6 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
             for c in range(d):
                 qsT[c, i] = q[n, i0 + i, c] * scale
         ST = np.empty((tk, tq), q.dtype)
-        ib = np.empty(tq, np.int32)
-        fb = ib.view(np.float32)
         m = np.full(tq, -np.inf, q.dtype)
         mt = np.empty(tq, q.dtype)
         alpha = np.empty(tq, q.dtype)
@@ -352,14 +351,10 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
                 a = accT[c]
                 for i in range(nq):
                     a[i] *= alpha[i]
-            # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :], Oᵀ += v_jᵀ Pᵀ[j, :]
+            # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :] (one pass), Oᵀ += v_jᵀ Pᵀ[j, :]
+            _exp_shift_lanes(ST, nk, nq, mt, l, C, fast)
             for j in range(nk):
                 row = ST[j]
-                for i in range(nq):
-                    row[i] -= mt[i]
-                _exp_inplace(row, nq, ib, fb, C, fast)
-                for i in range(nq):
-                    l[i] += row[i]
                 for c in range(dv):
                     vc = v[n, j0 + j, c]
                     a = accT[c]
@@ -377,14 +372,14 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
 
 
 @jit_helper
-def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, use_blas, ib, fb, C, fast):
+def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, C, fast):
     """S (nq, nk) <- P = exp(s·q_i k_jᵀ (+ bias) − lse_i), the probabilities recomputed from the forward's lse;
     also fills qs (nq, d) = s·q_i."""
     d = q.shape[2]
     for i in range(nq):
         for c in range(d):
             qs[i, c] = q[n, i0 + i, c] * scale
-    _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
+    _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk)
     for i in range(nq):
         row = S[i]
         if has_bias:
@@ -395,7 +390,7 @@ def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, 
         if li == -np.inf:
             row[:] = 0
         else:
-            _exp_shift_sum(row, nk, li, ib, fb, C, fast)
+            _exp_shift_row(row, nk, li, C, fast)
 
 
 @jit_inline
@@ -415,20 +410,20 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bi
     """FlashAttention-2 backward with sgemm tile products (d > SMALL_HEAD_DIM), row blocks n in [lo, hi);
     fills dq, dk, dv.
 
-    For each key tile j (outer) and query tile i (inner): S = s·q_i k_jᵀ (+ bias),
-    P = exp(S − lse_i), dV_j += Pᵀ g_i, dP = g_i v_jᵀ, dS = P∘(dP − D_i), dQ_i += s·dS k_j,
-    dK_j += s·dSᵀ q_i. The score GEMM is the forward's ``_scores_tile``. The BLAS and the direct
+    For each key tile j (outer) and query tile i (inner), on transposed (key, query) tiles as in the
+    forward: Sᵀ = k_j qsᵀ (+ biasᵀ), Pᵀ = exp(Sᵀ − lse_i) (one vectorised pass along the query lanes),
+    dV_j += Pᵀ g_i, dPᵀ = v_j g_iᵀ, dSᵀ = Pᵀ∘(dPᵀ − D_i), dK_j += dSᵀ qs (qs = s·q_i),
+    dQ_i += s·(dSᵀ)ᵀ k_j: five sgemms, the transposes BLAS flags. The BLAS and the direct
     (small-head) backward are two kernels, so a run compiles only the one its head width uses.
     """
     for n in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
         Lk, dvw = k.shape[1], v.shape[2]
         qs = np.empty((tq, d), q.dtype)
-        sbuf = np.empty(tq * tk, q.dtype)
-        pbuf = np.empty(tq * tk, q.dtype)
-        ib = np.empty(tk, np.int32)
-        fb = ib.view(np.float32)
-        kT = np.empty((d, tk), q.dtype)  # unused by the sgemm score tile
+        sbuf = np.empty(tk * tq, q.dtype)
+        pbuf = np.empty(tk * tq, q.dtype)
+        shift = np.empty(tq, q.dtype)
+        lsum = np.empty(tq, q.dtype)  # the exp pass's row sums (unused here)
         dkacc = np.empty((tk, d), q.dtype)
         dvacc = np.empty((tk, dvw), q.dtype)
         tvbuf = np.empty(tk * dvw, q.dtype)
@@ -439,34 +434,48 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bi
             nk = min(tk, Lk - j0)
             dkacc[:] = 0
             dvacc[:] = 0
+            kj = k[n, j0 : j0 + nk]
             for i0 in range(0, Lq, tq):
                 nq = min(tq, Lq - i0)
-                S = sbuf[: nq * nk].reshape((nq, nk))
-                dP = pbuf[: nq * nk].reshape((nq, nk))
-                # 1. P = exp(S − lse) (S recomputed, as in the forward)
-                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, True, ib, fb, C,
-                        fast)
+                PT = sbuf[: nk * nq].reshape((nk, nq))
+                dPT = pbuf[: nk * nq].reshape((nk, nq))
+                # 1. Pᵀ = exp(Sᵀ − lse) (S recomputed, as in the forward; a fully masked query has
+                #    lse = −∞ and P = 0: shift +∞ sends every score, finite or −∞, to e^{−∞} = 0)
+                for i in range(nq):
+                    qs_i = qs[i]
+                    for c in range(d):
+                        qs_i[c] = q[n, i0 + i, c] * scale
+                    li = lse[n, i0 + i]
+                    shift[i] = li if li != -np.inf else np.inf
+                np.dot(kj, qs[:nq].T, PT)
+                if has_bias:
+                    _add_bias_transposed(PT, bias, bias_index[n], i0, nq, j0, nk)
+                _exp_shift_lanes(PT, nk, nq, shift, lsum, C, fast)
                 gi = g[n, i0 : i0 + nq]
-                # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
+                # 2. dV_j += Pᵀ g_i ; dPᵀ = v_j g_iᵀ
                 tv = tvbuf[: nk * dvw].reshape((nk, dvw))
-                np.dot(S.T, gi, tv)
+                np.dot(PT, gi, tv)
                 for j in range(nk):
                     for c in range(dvw):
                         dvacc[j, c] += tv[j, c]
-                np.dot(gi, v[n, j0 : j0 + nk].T, dP)
-                # 3. dS = P ∘ (dP − D)   (stored in dP)
-                _ds_in_place(S, dP, D, n, i0, nq, nk)
-                # 4. dQ_i += s·dS k_j ; dK_j += dSᵀ qs  (qs carries s)
-                tmpq = tqbuf[: nq * d].reshape((nq, d))
-                np.dot(dP, k[n, j0 : j0 + nk], tmpq)
-                for i in range(nq):
-                    for c in range(d):
-                        dq[n, i0 + i, c] += scale * tmpq[i, c]
+                np.dot(v[n, j0 : j0 + nk], gi.T, dPT)
+                # 3. dSᵀ = Pᵀ ∘ (dPᵀ − D)   (stored in dPᵀ; D along the query lanes)
+                for j in range(nk):
+                    prow = PT[j]
+                    drow = dPT[j]
+                    for i in range(nq):
+                        drow[i] = prow[i] * (drow[i] - D[n, i0 + i])
+                # 4. dK_j += dSᵀ qs (qs carries s) ; dQ_i += s·dS k_j
                 tk_ = tkbuf[: nk * d].reshape((nk, d))
-                np.dot(dP.T, qs[:nq], tk_)
+                np.dot(dPT, qs[:nq], tk_)
                 for j in range(nk):
                     for c in range(d):
                         dkacc[j, c] += tk_[j, c]
+                tmpq = tqbuf[: nq * d].reshape((nq, d))
+                np.dot(dPT.T, kj, tmpq)
+                for i in range(nq):
+                    for c in range(d):
+                        dq[n, i0 + i, c] += scale * tmpq[i, c]
             for j in range(nk):
                 for c in range(d):
                     dk[n, j0 + j, c] = dkacc[j, c]
@@ -486,8 +495,6 @@ def attention_backward_direct(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_
         qs = np.empty((tq, d), q.dtype)
         sbuf = np.empty(tq * tk, q.dtype)
         pbuf = np.empty(tq * tk, q.dtype)
-        ib = np.empty(tk, np.int32)
-        fb = ib.view(np.float32)
         kT = np.empty((d, tk), q.dtype)
         vT = np.empty((dvw, tk), q.dtype)
         dST = np.empty((tk, tq), q.dtype)
@@ -506,8 +513,7 @@ def attention_backward_direct(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_
                 S = sbuf[: nq * nk].reshape((nq, nk))
                 dP = pbuf[: nq * nk].reshape((nq, nk))
                 # 1. P = exp(S − lse) (S recomputed, as in the forward)
-                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, False, ib, fb, C,
-                        fast)
+                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, C, fast)
                 # 2. dVᵀ_j += gᵀ P ; dP = g_i v_jᵀ
                 for i in range(nq):
                     prow = S[i]
