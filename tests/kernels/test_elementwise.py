@@ -58,3 +58,43 @@ def test_gelu_tails_are_accurate_to_a_few_ulps():
                 grad = getattr(KT, f"{name}_backward")(np.ones_like(x), x)
             np.testing.assert_allclose(got[keep], y[keep], rtol=rtol, atol=0, err_msg=f"{name} {column}")
             np.testing.assert_allclose(grad, dy, rtol=rtol, atol=rtol, err_msg=f"{name}' {column}")
+
+
+def test_erfc_polynomial_fit_error_bound():
+    """The exact GELU's float32 erfc is erfc(z) = t·Q(t)·e^{−z²}, t = 1/(1 + z/2), Q the degree-10
+    polynomial ``ERFC_Q`` (benchmarks/erfc_fit.py). In exact arithmetic t·Q(t) approximates
+    erfcx(z) = e^{z²} erfc(z) to 1.1e-8 relative for every z ≥ 0 (the fit's bound; 2e-8 allowed):
+    so erfc keeps its relative accuracy in the whole tail."""
+    from scipy.special import erfcx
+
+    z = np.concatenate([np.linspace(0, 12, 100_001), np.geomspace(12, 1e6, 1000)])
+    t = 1 / (1 + 0.5 * z)
+    got = t * np.polynomial.polynomial.polyval(t, K.ERFC_Q)
+    assert np.max(np.abs(got - erfcx(z)) / erfcx(z)) < 2e-8
+
+
+def test_exact_gelu_float32_error_bound():
+    """The float32 exact GELU (numba column) against float64 libm on a dense grid of float32 inputs.
+    Error budget of Φ(−|x|) = ½·t·Q(t)·e^{−x²/2}: t·Q(t) in float32 ≤ 2.7 ε (fit + Horner's rule,
+    benchmarks/erfc_fit.py), the vector exp < 1e-7 ≈ 0.9 ε with an exact argument (Dekker's
+    correction of fl(x²)), the correction factor and three products ≤ 2 ε, x·Φ ½ ε: about 6 ε, so
+    8 ε relative for the value (where it is a normal float32) and 8 ε·(|Φ| + |xφ|) for the
+    derivative Φ + xφ, whose two terms cancel near its zero at x ≈ −0.75. ±1e30 give x and −0."""
+    from scipy.special import erfc
+
+    eps = np.finfo(np.float32).eps
+    x = np.concatenate([np.linspace(-14, 14, 400_001), -np.geomspace(1e-6, 14, 20_000),
+                        np.geomspace(1e-6, 14, 20_000)]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    cdf, pdf = 0.5 * erfc(-x64 / np.sqrt(2)), np.exp(-0.5 * x64 * x64) / np.sqrt(2 * np.pi)
+    y, dy = x64 * cdf, cdf + x64 * pdf
+    with KT.use("numba"):
+        got = KT.gelu_forward(x).astype(np.float64)
+        grad = KT.gelu_backward(np.ones_like(x), x).astype(np.float64)
+        big = KT.gelu_forward(np.array([1e30, -1e30, 0.0], np.float32))
+    normal = np.abs(y) > np.finfo(np.float32).tiny * 1e3  # away from subnormal results
+    assert np.all(np.abs(got - y)[normal] <= 8 * eps * np.abs(y)[normal])
+    scale = np.abs(cdf) + np.abs(x64 * pdf)
+    normal = scale > np.finfo(np.float32).tiny * 1e3
+    assert np.all(np.abs(grad - dy)[normal] <= 8 * eps * scale[normal])
+    np.testing.assert_array_equal(big, np.array([1e30, 0.0, 0.0], np.float32))
