@@ -106,12 +106,13 @@ def vexp(y, C, fast):
     """exp(y) for one y ≤ 0 (``exp_inplace``'s arithmetic, inlined into the caller's loop).
 
     fast (float32): 2^k · p(r) as in ``exp_inplace``, 2^k = float32_from_bits((k + 127)·2²³);
-    y < −87 gives 0 (y = −∞ too). Otherwise ``math.exp`` (float64: exact gradient checks)."""
+    y ≤ −87 gives 0 (y = −∞ too). Otherwise ``math.exp`` (float64: exact gradient checks)."""
     if not fast:
         return math.exp(y)
-    yc = y if y > C.cut else C.cut
+    yf = np.float32(y)  # a float64 argument (a Python float slipped in) would break the rounding trick below
+    yc = yf if yf > C.cut else C.cut
     kf = (yc * C.log2e + C.magic) - C.magic  # k = round(y·log2 e)
     r = yc - kf * C.ln2_hi - kf * C.ln2_lo  # r = y − k·ln2
     p = ((((((C.c7 * r + C.c6) * r + C.c5) * r + C.c4) * r + C.c3) * r + C.c2) * r + C.one) * r + C.one
     two_k = float32_from_bits(np.int32((kf + C.bias) * C.two23))
-    return p * two_k if y > C.cut else C.zero
+    return p * two_k if yf > C.cut else C.zero
