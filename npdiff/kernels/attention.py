@@ -601,10 +601,11 @@ def _bias_args(q, bias, bias_index):
 def _tiles(N, Lq, Lk, d, forward=False):
     """(query tile, key tile) for N row blocks of Lq queries and Lk keys of width d: TILE_Q × TILE_K
     on the small-head path (2·TILE_Q × TILE_K in its forward, whose every loop runs along the query
-    lanes: measured 10-25 % faster, d = 8, one thread; its backward's loops run along the keys); on the BLAS path BLAS_TILE_SCALE times that, the query tile halved (not
-    below TILE_Q) while the forward would have fewer than 2 (row block, query tile) tasks per thread,
-    and neither tile longer than its sequence (each task allocates its tiles: 512 KiB of scores for
-    a 64-query row block measured 1.6× slower than 32 KiB)."""
+    lanes: measured 10-25 % faster, d = 8, one thread; its backward's loops run along the keys); on
+    the BLAS path BLAS_TILE_SCALE times that, the query tile halved (not below TILE_Q) while the
+    forward would have fewer than 2 (row block, query tile) tasks per thread, and neither tile longer
+    than its sequence (each task allocates its tiles: 512 KiB of scores for a 64-query row block
+    measured 1.6× slower than 32 KiB)."""
     if d <= SMALL_HEAD_DIM:  # the forward's lanes are 2·TILE_Q queries: its loops run along them
         return (2 * TILE_Q if forward else TILE_Q), TILE_K
     tq = TILE_Q * BLAS_TILE_SCALE
