@@ -26,7 +26,7 @@ from numpy.polynomial import polynomial as Poly
 from scipy.special import erfcx
 
 
-def fit(degree: int = 10, p: float = 0.5, nodes: int = 4000, lawson: int = 300) -> np.ndarray:
+def fit(degree: int = 10, p: float = 0.5, nodes: int = 1000, lawson: int = 100) -> np.ndarray:
     """Power-basis coefficients c_0..c_degree of Q(t) ≈ Σ c_k t^k (float64)."""
     t = 0.5 + 0.5 * np.cos(np.pi * (np.arange(nodes) + 0.5) / nodes)
     t = t[t > 1e-9]

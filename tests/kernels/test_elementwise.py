@@ -60,22 +60,29 @@ def test_gelu_tails_are_accurate_to_a_few_ulps():
             np.testing.assert_allclose(grad, dy, rtol=rtol, atol=rtol, err_msg=f"{name}' {column}")
 
 
-def test_erfc_polynomial_fit_error_bound():
+def test_erfc_polynomial_is_the_fit_and_meets_its_bound():
     """The exact GELU's float32 erfc is erfc(z) = t·Q(t)·e^{−z²}, t = 1/(1 + z/2), Q the degree-10
-    polynomial ``ERFC_Q`` (benchmarks/erfc_fit.py). In exact arithmetic t·Q(t) approximates
-    erfcx(z) = e^{z²} erfc(z) to 1.1e-8 relative for every z ≥ 0 (the fit's bound; 2e-8 allowed):
-    so erfc keeps its relative accuracy in the whole tail."""
-    from scipy.special import erfcx
+    polynomial ``ERFC_Q``. The stored coefficients are what benchmarks/erfc_fit.py computes (Q's values
+    equal to 1e-9), and t·Q(t) approximates erfcx(z) = e^{z²} erfc(z) to 1.1e-8 relative for every
+    z ≥ 0 in exact arithmetic (2e-8 allowed) and to 2.75 ε with Horner's rule in float32 (3 ε allowed):
+    erfc keeps its relative accuracy in the whole tail."""
+    import importlib.util
+    import os
 
-    z = np.concatenate([np.linspace(0, 12, 100_001), np.geomspace(12, 1e6, 1000)])
-    t = 1 / (1 + 0.5 * z)
-    got = t * np.polynomial.polynomial.polyval(t, K.ERFC_Q)
-    assert np.max(np.abs(got - erfcx(z)) / erfcx(z)) < 2e-8
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "erfc_fit.py")
+    spec = importlib.util.spec_from_file_location("erfc_fit", path)
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    t = np.linspace(0, 1, 10_001)
+    refit = np.polynomial.polynomial.polyval(t, fit.fit())
+    np.testing.assert_allclose(np.polynomial.polynomial.polyval(t, K.ERFC_Q), refit, rtol=1e-9, atol=0)
+    exact, horner32 = fit.errors(np.asarray(K.ERFC_Q))
+    assert exact < 2e-8 and horner32 < 3 * np.finfo(np.float32).eps
 
 
 def test_exact_gelu_float32_error_bound():
     """The float32 exact GELU (numba column) against float64 libm on a dense grid of float32 inputs.
-    Error budget of Φ(−|x|) = ½·t·Q(t)·e^{−x²/2}: t·Q(t) in float32 ≤ 2.7 ε (fit + Horner's rule,
+    Error budget of Φ(−|x|) = ½·t·Q(t)·e^{−x²/2}: t·Q(t) in float32 ≤ 2.75 ε (fit + Horner's rule,
     benchmarks/erfc_fit.py), the vector exp < 1e-7 ≈ 0.9 ε with an exact argument (Dekker's
     correction of fl(x²)), the correction factor and three products ≤ 2 ε, x·Φ ½ ε: about 6 ε, so
     8 ε relative for the value (where it is a normal float32) and 8 ε·(|Φ| + |xφ|) for the
