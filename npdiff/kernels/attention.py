@@ -203,17 +203,18 @@ def _exp_shift_lanes(ST, nk, nq, shift, l, C, fast):
 
 
 @jit_helper
-def _add_bias_transposed(ST, bias, plane, i0, nq, j0, nk):
-    """ST[j, i] += bias[plane, i0 + i, j0 + j] (the mask read across its rows: strided, masks only)."""
+def _add_bias_transposed(ST, biasT, plane, i0, nq, j0, nk):
+    """ST[j, i] += biasT[plane, j0 + j, i0 + i]: the mask transposed once per call (``_bias_args``), so
+    that it is read along the query lanes too."""
     for j in range(nk):
         for i in range(nq):
-            ST[j, i] += bias[plane, i0 + i, j0 + j]
+            ST[j, i] += biasT[plane, j0 + j, i0 + i]
 
 
 @jit_serial
-def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+def attention_forward_tiled(lo, hi, q, k, v, biasT, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
     """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
-    over (n, query tile); fills ``out`` and ``lse``.
+    over (n, query tile); fills ``out`` and ``lse``. The mask comes transposed, biasT (M, Lk, Lq).
 
     Per task: qs = s·q[n, i0:i0+tq]; for each key tile the scores *transposed*, Sᵀ = k_tile qsᵀ
     (+ biasᵀ) (sgemm, (nk, nq)), so that the per-query softmax statistics are maps over
@@ -248,7 +249,7 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
             # 1. scores Sᵀ = k_tile · qsᵀ (+ biasᵀ)
             np.dot(k[n, j0 : j0 + nk], qs[:nq].T, ST)
             if has_bias:
-                _add_bias_transposed(ST, bias, bias_index[n], i0, nq, j0, nk)
+                _add_bias_transposed(ST, biasT, bias_index[n], i0, nq, j0, nk)
             # 2. running max m' per query lane; α = e^{m − m'}
             mt[:nq] = m[:nq]
             for j in range(nk):
@@ -316,8 +317,8 @@ def _rank1_lanes(acc, W, jw, P, r, nl):
 
 
 @jit_serial
-def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
-    """Small-head forward (d ≤ SMALL_HEAD_DIM): the same tiling, but every product is a loop
+def attention_forward_direct(lo, hi, q, k, v, biasT, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+    """Small-head forward (d ≤ SMALL_HEAD_DIM; the mask transposed, biasT (M, Lk, Lq)): the same tiling, but every product is a loop
     along the *query* axis of transposed tiles, so nothing is reduced along a row:
 
         Sᵀ[j, :] = Σ_c k[j, c]·qsᵀ[c, :]        (qsᵀ: (d, tq), built once per task)
@@ -354,7 +355,7 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
                 if has_bias:
                     pl = bias_index[n]
                     for i in range(nq):
-                        ST[j, i] += bias[pl, i0 + i, j0 + j]
+                        ST[j, i] += biasT[pl, j0 + j, i0 + i]
                 for i in range(nq):
                     mt[i] = max(mt[i], ST[j, i])
             # 2. α = e^{m − m'} (rows still fully masked keep α = 1 and add nothing)
@@ -386,7 +387,7 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
 
 
 @jit_serial
-def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
+def attention_backward_blas(lo, hi, g, q, k, v, D, lse, biasT, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
                             fast):
     """FlashAttention-2 backward with sgemm tile products (d > SMALL_HEAD_DIM), row blocks n in [lo, hi);
     fills dq, dk, dv.
@@ -394,7 +395,7 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bi
     For each key tile j (outer) and query tile i (inner), on transposed (key, query) tiles as in the
     forward: Sᵀ = k_j qsᵀ (+ biasᵀ), Pᵀ = exp(Sᵀ − lse_i) (one vectorised pass along the query lanes),
     dV_j += Pᵀ g_i, dPᵀ = v_j g_iᵀ, dSᵀ = Pᵀ∘(dPᵀ − D_i), dK_j += dSᵀ qs (qs = s·q_i),
-    dQ_i += s·(dSᵀ)ᵀ k_j: five sgemms, the transposes BLAS flags. The BLAS and the direct
+    dQ_i += s·(dSᵀ)ᵀ k_j: five sgemms, the transposes BLAS flags. The mask comes transposed, biasT (M, Lk, Lq). The BLAS and the direct
     (small-head) backward are two kernels, so a run compiles only the one its head width uses.
     """
     for n in range(lo, hi):  # parallel_for's share of the tasks
@@ -430,7 +431,7 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bi
                     shift[i] = li if li != -np.inf else np.inf
                 np.dot(kj, qs[:nq].T, PT)
                 if has_bias:
-                    _add_bias_transposed(PT, bias, bias_index[n], i0, nq, j0, nk)
+                    _add_bias_transposed(PT, biasT, bias_index[n], i0, nq, j0, nk)
                 _exp_shift_lanes(PT, nk, nq, shift, lsum, C, fast)
                 gi = g[n, i0 : i0 + nq]
                 # 2. dV_j += Pᵀ g_i ; dPᵀ = v_j g_iᵀ
@@ -592,10 +593,13 @@ def attention_backward_xp(g, q, k, v, out, lse, bias=None, bias_index=None, scal
 # the numba column (the arguments arrive checked and C-contiguous, scale a float)
 
 
-def _bias_args(q, bias, bias_index):
+def _bias_args(q, bias, bias_index, transposed):
+    """(bias planes, index, has_bias) for the kernels; ``transposed``: the planes as (M, Lk, Lq), for the
+    kernels that walk a tile along its query lanes (one transposing copy of the M planes per call: read
+    down its columns inside the kernel instead, a causal mask made the L = 77, d = 64 backward 1.8x slower)."""
     if bias is None:
         return np.zeros((1, 1, 1), q.dtype), np.zeros(q.shape[0], np.int64), False
-    return bias, bias_index, True
+    return (np.ascontiguousarray(bias.transpose(0, 2, 1)) if transposed else bias), bias_index, True
 
 
 def _tiles(N, Lq, Lk, d, forward=False):
@@ -620,7 +624,7 @@ def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
     q, k, v = _flat3(q), _flat3(k), _flat3(v)  # (N, L, d)
     out = np.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
     lse = np.empty(q.shape[:2], q.dtype)
-    b, bi, has_b = _bias_args(q, bias, bias_index)
+    b, bi, has_b = _bias_args(q, bias, bias_index, transposed=True)  # both forwards walk query lanes
     kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
     tq, tk = _tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2], forward=True)
     with blas_single_thread():
@@ -636,8 +640,9 @@ def attention_backward_numba(g, q, k, v, out, lse, bias=None, bias_index=None, s
     g, q, k, v, out = (_flat3(a) for a in (g, q, k, v, out))  # (N, L, ·)
     D = np.einsum("nic,nic->ni", g, out)  # (N, Lq): D_i = dO_i · O_i
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    b, bi, has_b = _bias_args(q, bias, bias_index)
-    kernel = attention_backward_blas if q.shape[2] > SMALL_HEAD_DIM else attention_backward_direct
+    blas = q.shape[2] > SMALL_HEAD_DIM
+    b, bi, has_b = _bias_args(q, bias, bias_index, transposed=blas)  # the small-head backward walks keys
+    kernel = attention_backward_blas if blas else attention_backward_direct
     with blas_single_thread():
         parallel_for(kernel, q.shape[0], g, q, k, v, D, lse.reshape(q.shape[:2]), b, bi, has_b, q.dtype.type(scale),
                      dq, dk, dv, *_tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2]), _exp_constants(q.dtype),
