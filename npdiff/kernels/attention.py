@@ -405,7 +405,7 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, biasT, bias_index, has_b
         sbuf = np.empty(tk * tq, q.dtype)
         pbuf = np.empty(tk * tq, q.dtype)
         shift = np.empty(tq, q.dtype)
-        lsum = np.empty(tq, q.dtype)  # the exp pass's row sums (unused here)
+        lsum = np.zeros(tq, q.dtype)  # the exp pass's row sums (not needed here: l is in lse)
         dkacc = np.empty((tk, d), q.dtype)
         dvacc = np.empty((tk, dvw), q.dtype)
         tvbuf = np.empty(tk * dvw, q.dtype)
