@@ -35,11 +35,10 @@ import math
 import types
 
 import numpy as np
-
-from ..backend import get_array_module, special
 from numba import types as nbtypes
 from numba.extending import overload
 
+from ..backend import get_array_module, special
 from .config import jit_scalar, jit_serial, parallel_for
 from .vexp import exp_constants, exp_inplace
 
@@ -256,7 +255,7 @@ def normal_cdf_pdf(v, e, one):
 
 @overload(normal_cdf_pdf, inline="always")
 def _normal_cdf_pdf_typed(v, e, one):
-    if one != nbtypes.float32:  # float64: libm (exact gradient checks)
+    if one != nbtypes.float32:  # float64: libm (exact gradient checks; e is recomputed unclamped)
         def libm(v, e, one):
             return 0.5 * math.erfc(-v * 0.7071067811865476), math.exp(-0.5 * v * v) * 0.3989422804014327
         return libm
