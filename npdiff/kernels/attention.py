@@ -35,16 +35,25 @@ per thread, whatever L is.
 row softmax, GEMM" with no rescaling. For Lk > TK each new key tile rescales the running
 output by exp(m_old − m_new) — O(TQ·dv) extra work per tile, negligible next to the
 O(TQ·TK·d) products — so the same kernel serves L = 64 and L = 4096 with a fixed
-TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. The tile products are:
+TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. Both paths hold their score tiles
+*transposed*, (key, query), so that everything per query — the running max, the shift, the
+exponential, the row sum, the rescaling — is a map over contiguous query lanes, which LLVM
+vectorises; along a row those would be reductions (max, sum), which stay scalar without
+fast-math reassociation (measured 0.42 ns per score for the row max alone, against 0.03 as a
+lane map, at L = 4096). The tile products are:
   * d > 16: BLAS sgemm on the tiles (``np.dot`` inside Numba; OpenBLAS is held to one thread
-    around the call so the two levels of threads do not fight);
+    around the call so the two levels of threads do not fight): Sᵀ = k_j qsᵀ, O += (Pᵀ)ᵀ V, and
+    in the backward the five FlashAttention-2 products with the transposes as BLAS flags;
   * d ≤ 16 (diffusers' UNet uses d = 8): direct loops (``attention_forward_direct``) — a K = 8
     GEMM spends its time packing, while with transposed tiles every step is a vectorised
-    axpy / max / exp over 64 contiguous query lanes: Sᵀ[j, :] += k[j, c]·qᵀ[c, :],
-    Oᵀ[c, :] += v[j, c]·Pᵀ[j, :]. Its backward works on (query, key) tiles along the keys and
-    transposes dS once per tile for dQ.
+    axpy / max / exp over contiguous query lanes: Sᵀ[j, :] = Σ_c k[j, c]·qᵀ[c, :],
+    Oᵀ[c, :] += v[j, c]·Pᵀ[j, :] (``_axpys_lanes``, ``_rank1_lanes``: 2-D indexing, no row views,
+    whose reference counting cost as much as the arithmetic). Its backward works on (query, key)
+    tiles along the keys and transposes dS once per tile (rows padded by PAD floats, so the
+    column walk does not land in one cache set) for dQ.
 The exponential is a vectorisable Cody–Waite + degree-7 polynomial in float32 (numba has no
-vector exp without SVML); float64 uses math.exp.
+vector exp without SVML), inlined into the pass that shifts and sums (``vexp``: one pass over a
+tile instead of four); float64 uses math.exp.
 
 Backward is parallel over N (each task owns dQ[n], dK[n], dV[n]: no races, no per-thread
 reductions); inside, key tiles outer and query tiles inner as in FlashAttention-2. With
@@ -63,11 +72,12 @@ import numpy as np
 from ..backend import get_array_module
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 from .vexp import exp_constants as _exp_constants
-from .vexp import exp_inplace as _exp_inplace
+from .vexp import vexp as _vexp
 
 TILE_Q = 64
 TILE_K = 128
 SMALL_HEAD_DIM = 16
+PAD = 16  # floats added to the rows of tiles that are read or written down a column
 # The BLAS path (d > SMALL_HEAD_DIM) takes tiles BLAS_TILE_SCALE times larger on each side, 256 × 512
 # (a 512 KiB score tile, within a core's L2): fewer, larger sgemms and fewer rescalings. Measured on
 # one thread, CPU time, d = 64, the kernels called directly on a loaded machine (load average 12):
@@ -173,67 +183,46 @@ def attention_backward_reference(g, q, k, v, out, lse, bias=None, bias_index=Non
 
 
 @jit_helper
-def _exp_shift_sum(x, n, shift, ib, fb, C, fast):
-    """x[t] = exp(x[t] − shift) for t < n, in place; returns Σ_t x[t]."""
+def _exp_shift_row(x, n, shift, C, fast):
+    """x[t] ← exp(x[t] − shift) for t < n, in place (one pass, ``vexp`` inlined)."""
     for t in range(n):
-        x[t] -= shift
-    _exp_inplace(x, n, ib, fb, C, fast)
-    # eight partial sums so the reduction vectorises (a fixed, deterministic order)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = x[0] * 0
-    t = 0
-    while t + 8 <= n:
-        a0 += x[t]
-        a1 += x[t + 1]
-        a2 += x[t + 2]
-        a3 += x[t + 3]
-        a4 += x[t + 4]
-        a5 += x[t + 5]
-        a6 += x[t + 6]
-        a7 += x[t + 7]
-        t += 8
-    while t < n:
-        a0 += x[t]
-        t += 1
-    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-
-
-@jit_inline
-def _row_max(x, n):
-    m = x[0]
-    for t in range(1, n):
-        if x[t] > m:
-            m = x[t]
-    return m
+        x[t] = _vexp(x[t] - shift, C, fast)
 
 
 @jit_helper
-def _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas):
-    """S (nq, nk) = qs[:nq] · k[n, j0:j0+nk]ᵀ (qs already carries the scale)."""
-    if use_blas:
-        np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
-    else:
-        d = qs.shape[1]
-        for c in range(d):  # kᵀ tile (d, nk) so the inner loop runs along keys
-            for j in range(nk):
-                kT[c, j] = k[n, j0 + j, c]
+def _exp_shift_lanes(ST, nk, nq, shift, l, C, fast):
+    """ST[j, i] ← exp(ST[j, i] − shift[i]) for j < nk, i < nq, and l[i] += Σ_j ST[j, i] (l None: no sum).
+
+    One pass over a transposed (key, query) tile: every operation is a map over contiguous query
+    lanes, so the shift, the exponential (``vexp``, inlined) and the row sums vectorise together."""
+    for j in range(nk):
         for i in range(nq):
-            row = S[i]
-            row[:] = 0
-            for c in range(d):
-                qc = qs[i, c]
-                kc = kT[c]
-                for j in range(nk):
-                    row[j] += qc * kc[j]
+            e = _vexp(ST[j, i] - shift[i], C, fast)
+            ST[j, i] = e
+            l[i] += e
+
+
+@jit_helper
+def _add_bias_transposed(ST, biasT, plane, i0, nq, j0, nk):
+    """ST[j, i] += biasT[plane, j0 + j, i0 + i]: the mask transposed once per call (``_bias_args``), so
+    that it is read along the query lanes too."""
+    for j in range(nk):
+        for i in range(nq):
+            ST[j, i] += biasT[plane, j0 + j, i0 + i]
 
 
 @jit_serial
-def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+def attention_forward_tiled(lo, hi, q, k, v, biasT, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
     """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
-    over (n, query tile); fills ``out`` and ``lse``.
+    over (n, query tile); fills ``out`` and ``lse``. The mask comes transposed, biasT (M, Lk, Lq).
 
-    Per task: qs = s·q[n, i0:i0+tq]; for each key tile: S = qs kᵀ (+ bias) (sgemm), per row
-    m' = max(m, max_j S_ij), α = e^{m−m'}, l ← α·l + Σ_j e^{S_ij − m'}, acc ← α·acc + e^{S − m'} V
-    (sgemm). Finally O = acc / l, lse = m + log l.
+    Per task: qs = s·q[n, i0:i0+tq]; for each key tile the scores *transposed*, Sᵀ = k_tile qsᵀ
+    (+ biasᵀ) (sgemm, (nk, nq)), so that the per-query softmax statistics are maps over
+    contiguous query lanes: m' = max(m, max_j Sᵀ[j, :]), α = e^{m−m'},
+    Pᵀ = e^{Sᵀ − m'}, l ← α·l + Σ_j Pᵀ[j, :] (one fused pass), acc ← α·acc + (Pᵀ)ᵀ V (sgemm
+    with the transposed operand). Finally O = acc / l, lse = m + log l.
+    (Row-major S made the row max and the row sum reductions, which do not vectorise without
+    reassociation: they and a four-pass exp cost half as much again as the two sgemms at L = 4096.)
     """
     for task in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
@@ -247,35 +236,39 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
             for c in range(d):
                 qs[i, c] = q[n, i0 + i, c] * scale
         sbuf = np.empty(tq * tk, q.dtype)
-        ib = np.empty(tk, np.int32)
-        fb = ib.view(np.float32)
         m = np.full(tq, -np.inf, q.dtype)
+        mt = np.empty(tq, q.dtype)
+        shift = np.empty(tq, q.dtype)
         l = np.zeros(tq, q.dtype)
         alpha = np.ones(tq, q.dtype)
         acc = np.zeros((tq, dv), q.dtype)
         tmp = np.empty((tq, dv), q.dtype)
         for j0 in range(0, Lk, tk):
             nk = min(tk, Lk - j0)
-            S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
-            # 1. scores S = qs · k_tileᵀ
-            np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
-            # 2. online softmax per row
+            ST = sbuf[: nk * nq].reshape((nk, nq))  # (nk, nq) contiguous
+            # 1. scores Sᵀ = k_tile · qsᵀ (+ biasᵀ)
+            np.dot(k[n, j0 : j0 + nk], qs[:nq].T, ST)
+            if has_bias:
+                _add_bias_transposed(ST, biasT, bias_index[n], i0, nq, j0, nk)
+            # 2. running max m' per query lane; α = e^{m − m'}
+            mt[:nq] = m[:nq]
+            for j in range(nk):
+                row = ST[j]
+                for i in range(nq):
+                    mt[i] = max(mt[i], row[i])
             for i in range(nq):
-                row = S[i]
-                if has_bias:
-                    b = bias[bias_index[n], i0 + i]
-                    for j in range(nk):
-                        row[j] += b[j0 + j]
-                mt = max(m[i], _row_max(row, nk))
-                if mt == -np.inf:  # all keys so far masked: nothing to add
-                    row[:] = 0
+                if mt[i] == -np.inf:  # all keys so far masked: α = 1, and e^{−∞ − 0} = 0 adds nothing
                     alpha[i] = 1
-                    continue
-                alpha[i] = math.exp(m[i] - mt)  # exp(−∞) = 0 on the first tile
-                l[i] = l[i] * alpha[i] + _exp_shift_sum(row, nk, mt, ib, fb, C, fast)
-                m[i] = mt
-            # 3. acc ← α·acc + P V_tile
-            np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
+                    shift[i] = 0
+                else:
+                    alpha[i] = math.exp(m[i] - mt[i])  # exp(−∞) = 0 on the first tile
+                    m[i] = mt[i]
+                    shift[i] = mt[i]
+                l[i] *= alpha[i]
+            # 3. Pᵀ = e^{Sᵀ − m'} and l += Σ_j Pᵀ[j, :], one pass
+            _exp_shift_lanes(ST, nk, nq, shift, l, C, fast)
+            # 4. acc ← α·acc + P V_tile, P = (Pᵀ)ᵀ
+            np.dot(ST.T, v[n, j0 : j0 + nk], tmp[:nq])
             for i in range(nq):
                 for c in range(dv):
                     acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
@@ -290,9 +283,42 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
                 out[n, i0 + i, c] = acc[i, c] * inv
 
 
+@jit_inline
+def _axpys_lanes(out, r, W, jw, X, nl):
+    """out[r, :nl] = Σ_c W[jw, c]·X[c, :nl] (c < X.shape[0]), four terms per pass over the lanes.
+
+    Plain 2-D indexing, no row views: a view made inside the loop takes and drops a reference
+    (an atomic add) on its array's memory record, which at d = 8 cost as much as the arithmetic
+    (the small-head forward went from 46 to 38 ms on the benchmark's d = 8 case, one thread)."""
+    d = X.shape[0]
+    for i in range(nl):
+        out[r, i] = 0
+    c = 0
+    while c + 4 <= d:
+        w0, w1, w2, w3 = W[jw, c], W[jw, c + 1], W[jw, c + 2], W[jw, c + 3]
+        for i in range(nl):
+            out[r, i] += (w0 * X[c, i] + w1 * X[c + 1, i]) + (w2 * X[c + 2, i] + w3 * X[c + 3, i])
+        c += 4
+    while c < d:
+        wc = W[jw, c]
+        for i in range(nl):
+            out[r, i] += wc * X[c, i]
+        c += 1
+
+
+@jit_inline
+def _rank1_lanes(acc, W, jw, P, r, nl):
+    """acc[c, :nl] += W[jw, c]·P[r, :nl] for every c < acc.shape[0] (2-D indexing, no views). (Four rows
+    of acc per pass over P[r] measured slower: the compiler cannot rule out that they overlap P.)"""
+    for c in range(acc.shape[0]):
+        wc = W[jw, c]
+        for i in range(nl):
+            acc[c, i] += wc * P[r, i]
+
+
 @jit_serial
-def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
-    """Small-head forward (d ≤ SMALL_HEAD_DIM): the same tiling, but every product is a loop
+def attention_forward_direct(lo, hi, q, k, v, biasT, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+    """Small-head forward (d ≤ SMALL_HEAD_DIM; the mask transposed, biasT (M, Lk, Lq)): the same tiling, but every product is a loop
     along the *query* axis of transposed tiles, so nothing is reduced along a row:
 
         Sᵀ[j, :] = Σ_c k[j, c]·qsᵀ[c, :]        (qsᵀ: (d, tq), built once per task)
@@ -309,13 +335,12 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
         n = task // nqt
         i0 = (task % nqt) * tq
         nq = min(tq, Lq - i0)
+        kn, vn = k[n], v[n]  # (Lk, d), (Lk, dv): views made once per task
         qsT = np.empty((d, tq), q.dtype)
         for i in range(nq):
             for c in range(d):
                 qsT[c, i] = q[n, i0 + i, c] * scale
         ST = np.empty((tk, tq), q.dtype)
-        ib = np.empty(tq, np.int32)
-        fb = ib.view(np.float32)
         m = np.full(tq, -np.inf, q.dtype)
         mt = np.empty(tq, q.dtype)
         alpha = np.empty(tq, q.dtype)
@@ -326,19 +351,13 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
             # 1. Sᵀ = k_tile · qsᵀ (+ biasᵀ), and the running max m'
             mt[:nq] = m[:nq]
             for j in range(nk):
-                row = ST[j]
-                row[:nq] = 0
-                for c in range(d):
-                    kc = k[n, j0 + j, c]
-                    qc = qsT[c]
-                    for i in range(nq):
-                        row[i] += kc * qc[i]
+                _axpys_lanes(ST, j, kn, j0 + j, qsT, nq)
                 if has_bias:
-                    b = bias[bias_index[n]]
+                    pl = bias_index[n]
                     for i in range(nq):
-                        row[i] += b[i0 + i, j0 + j]
+                        ST[j, i] += biasT[pl, j0 + j, i0 + i]
                 for i in range(nq):
-                    mt[i] = max(mt[i], row[i])
+                    mt[i] = max(mt[i], ST[j, i])
             # 2. α = e^{m − m'} (rows still fully masked keep α = 1 and add nothing)
             for i in range(nq):
                 if mt[i] == -np.inf:
@@ -352,19 +371,10 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
                 a = accT[c]
                 for i in range(nq):
                     a[i] *= alpha[i]
-            # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :], Oᵀ += v_jᵀ Pᵀ[j, :]
+            # 3. Pᵀ[j, :] = exp(Sᵀ[j, :] − m'), l += Σ_j Pᵀ[j, :] (one pass), Oᵀ += v_jᵀ Pᵀ[j, :]
+            _exp_shift_lanes(ST, nk, nq, mt, l, C, fast)
             for j in range(nk):
-                row = ST[j]
-                for i in range(nq):
-                    row[i] -= mt[i]
-                _exp_inplace(row, nq, ib, fb, C, fast)
-                for i in range(nq):
-                    l[i] += row[i]
-                for c in range(dv):
-                    vc = v[n, j0 + j, c]
-                    a = accT[c]
-                    for i in range(nq):
-                        a[i] += vc * row[i]
+                _rank1_lanes(accT, vn, j0 + j, ST, j, nq)
         for i in range(nq):
             if l[i] == 0:
                 lse[n, i0 + i] = -np.inf
@@ -376,59 +386,26 @@ def attention_forward_direct(lo, hi, q, k, v, bias, bias_index, has_bias, scale,
                 out[n, i0 + i, c] = accT[c, i] * inv
 
 
-@jit_helper
-def _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, use_blas, ib, fb, C, fast):
-    """S (nq, nk) <- P = exp(s·q_i k_jᵀ (+ bias) − lse_i), the probabilities recomputed from the forward's lse;
-    also fills qs (nq, d) = s·q_i."""
-    d = q.shape[2]
-    for i in range(nq):
-        for c in range(d):
-            qs[i, c] = q[n, i0 + i, c] * scale
-    _scores_tile(S, qs, k, kT, n, i0, nq, j0, nk, use_blas)
-    for i in range(nq):
-        row = S[i]
-        if has_bias:
-            b = bias[bias_index[n], i0 + i]
-            for j in range(nk):
-                row[j] += b[j0 + j]
-        li = lse[n, i0 + i]
-        if li == -np.inf:
-            row[:] = 0
-        else:
-            _exp_shift_sum(row, nk, li, ib, fb, C, fast)
-
-
-@jit_inline
-def _ds_in_place(S, dP, D, n, i0, nq, nk):
-    """dS = P ∘ (dP − D_i), stored in dP."""
-    for i in range(nq):
-        Di = D[n, i0 + i]
-        prow = S[i]
-        drow = dP[i]
-        for j in range(nk):
-            drow[j] = prow[j] * (drow[j] - Di)
-
-
 @jit_serial
-def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
+def attention_backward_blas(lo, hi, g, q, k, v, D, lse, biasT, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
                             fast):
     """FlashAttention-2 backward with sgemm tile products (d > SMALL_HEAD_DIM), row blocks n in [lo, hi);
     fills dq, dk, dv.
 
-    For each key tile j (outer) and query tile i (inner): S = s·q_i k_jᵀ (+ bias),
-    P = exp(S − lse_i), dV_j += Pᵀ g_i, dP = g_i v_jᵀ, dS = P∘(dP − D_i), dQ_i += s·dS k_j,
-    dK_j += s·dSᵀ q_i. The score GEMM is the forward's ``_scores_tile``. The BLAS and the direct
+    For each key tile j (outer) and query tile i (inner), on transposed (key, query) tiles as in the
+    forward: Sᵀ = k_j qsᵀ (+ biasᵀ), Pᵀ = exp(Sᵀ − lse_i) (one vectorised pass along the query lanes),
+    dV_j += Pᵀ g_i, dPᵀ = v_j g_iᵀ, dSᵀ = Pᵀ∘(dPᵀ − D_i), dK_j += dSᵀ qs (qs = s·q_i),
+    dQ_i += s·(dSᵀ)ᵀ k_j: five sgemms, the transposes BLAS flags. The mask comes transposed, biasT (M, Lk, Lq). The BLAS and the direct
     (small-head) backward are two kernels, so a run compiles only the one its head width uses.
     """
     for n in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
         Lk, dvw = k.shape[1], v.shape[2]
         qs = np.empty((tq, d), q.dtype)
-        sbuf = np.empty(tq * tk, q.dtype)
-        pbuf = np.empty(tq * tk, q.dtype)
-        ib = np.empty(tk, np.int32)
-        fb = ib.view(np.float32)
-        kT = np.empty((d, tk), q.dtype)  # unused by the sgemm score tile
+        sbuf = np.empty(tk * tq, q.dtype)
+        pbuf = np.empty(tk * tq, q.dtype)
+        shift = np.empty(tq, q.dtype)
+        lsum = np.zeros(tq, q.dtype)  # the exp pass's row sums (not needed here: l is in lse)
         dkacc = np.empty((tk, d), q.dtype)
         dvacc = np.empty((tk, dvw), q.dtype)
         tvbuf = np.empty(tk * dvw, q.dtype)
@@ -439,34 +416,48 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bi
             nk = min(tk, Lk - j0)
             dkacc[:] = 0
             dvacc[:] = 0
+            kj = k[n, j0 : j0 + nk]
             for i0 in range(0, Lq, tq):
                 nq = min(tq, Lq - i0)
-                S = sbuf[: nq * nk].reshape((nq, nk))
-                dP = pbuf[: nq * nk].reshape((nq, nk))
-                # 1. P = exp(S − lse) (S recomputed, as in the forward)
-                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, True, ib, fb, C,
-                        fast)
+                PT = sbuf[: nk * nq].reshape((nk, nq))
+                dPT = pbuf[: nk * nq].reshape((nk, nq))
+                # 1. Pᵀ = exp(Sᵀ − lse) (S recomputed, as in the forward; a fully masked query has
+                #    lse = −∞ and P = 0: shift +∞ sends every score, finite or −∞, to e^{−∞} = 0)
+                for i in range(nq):
+                    qs_i = qs[i]
+                    for c in range(d):
+                        qs_i[c] = q[n, i0 + i, c] * scale
+                    li = lse[n, i0 + i]
+                    shift[i] = li if li != -np.inf else np.inf
+                np.dot(kj, qs[:nq].T, PT)
+                if has_bias:
+                    _add_bias_transposed(PT, biasT, bias_index[n], i0, nq, j0, nk)
+                _exp_shift_lanes(PT, nk, nq, shift, lsum, C, fast)
                 gi = g[n, i0 : i0 + nq]
-                # 2. dV_j += Pᵀ g_i ; dP = g_i v_jᵀ
+                # 2. dV_j += Pᵀ g_i ; dPᵀ = v_j g_iᵀ
                 tv = tvbuf[: nk * dvw].reshape((nk, dvw))
-                np.dot(S.T, gi, tv)
+                np.dot(PT, gi, tv)
                 for j in range(nk):
                     for c in range(dvw):
                         dvacc[j, c] += tv[j, c]
-                np.dot(gi, v[n, j0 : j0 + nk].T, dP)
-                # 3. dS = P ∘ (dP − D)   (stored in dP)
-                _ds_in_place(S, dP, D, n, i0, nq, nk)
-                # 4. dQ_i += s·dS k_j ; dK_j += dSᵀ qs  (qs carries s)
-                tmpq = tqbuf[: nq * d].reshape((nq, d))
-                np.dot(dP, k[n, j0 : j0 + nk], tmpq)
-                for i in range(nq):
-                    for c in range(d):
-                        dq[n, i0 + i, c] += scale * tmpq[i, c]
+                np.dot(v[n, j0 : j0 + nk], gi.T, dPT)
+                # 3. dSᵀ = Pᵀ ∘ (dPᵀ − D)   (stored in dPᵀ; D along the query lanes)
+                for j in range(nk):
+                    prow = PT[j]
+                    drow = dPT[j]
+                    for i in range(nq):
+                        drow[i] = prow[i] * (drow[i] - D[n, i0 + i])
+                # 4. dK_j += dSᵀ qs (qs carries s) ; dQ_i += s·dS k_j
                 tk_ = tkbuf[: nk * d].reshape((nk, d))
-                np.dot(dP.T, qs[:nq], tk_)
+                np.dot(dPT, qs[:nq], tk_)
                 for j in range(nk):
                     for c in range(d):
                         dkacc[j, c] += tk_[j, c]
+                tmpq = tqbuf[: nq * d].reshape((nq, d))
+                np.dot(dPT.T, kj, tmpq)
+                for i in range(nq):
+                    for c in range(d):
+                        dq[n, i0 + i, c] += scale * tmpq[i, c]
             for j in range(nk):
                 for c in range(d):
                     dk[n, j0 + j, c] = dkacc[j, c]
@@ -478,71 +469,65 @@ def attention_backward_blas(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bi
 def attention_backward_direct(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_bias, scale, dq, dk, dv, tq, tk, C,
                               fast):
     """The same backward for small heads (d ≤ SMALL_HEAD_DIM), row blocks n in [lo, hi): the K = d tile
-    products are axpys along the keys (dVᵀ, dP, dKᵀ) and, on dS transposed once per tile, along the
-    queries (dQᵀ)."""
+    products are axpys along the keys (S, dVᵀ, dP, dKᵀ: ``_axpys_lanes`` / ``_rank1_lanes`` on the
+    (query, key) tile) and, on dS transposed once per tile, along the queries (dQᵀ)."""
     for n in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
         Lk, dvw = k.shape[1], v.shape[2]
+        qn, kn, vn, gn = q[n], k[n], v[n], g[n]  # views made once per task
         qs = np.empty((tq, d), q.dtype)
-        sbuf = np.empty(tq * tk, q.dtype)
-        pbuf = np.empty(tq * tk, q.dtype)
-        ib = np.empty(tk, np.int32)
-        fb = ib.view(np.float32)
+        # rows padded by PAD so that walking a column (the transpose below) does not hit one cache set
+        S = np.empty((tq, tk + PAD), q.dtype)  # P, (query, key) tiles
+        dP = np.empty((tq, tk + PAD), q.dtype)  # dP, then dS
         kT = np.empty((d, tk), q.dtype)
+        ks = np.empty((tk, d), q.dtype)  # s·k_j
         vT = np.empty((dvw, tk), q.dtype)
-        dST = np.empty((tk, tq), q.dtype)
+        dST = np.empty((tk, tq + PAD), q.dtype)
         dKT = np.empty((d, tk), q.dtype)
         dVT = np.empty((dvw, tk), q.dtype)
-        dQT = np.zeros((d, Lq), q.dtype)
+        dQT = np.zeros(((Lq + tq - 1) // tq, d, tq), q.dtype)  # dQᵀ per query tile
         for j0 in range(0, Lk, tk):
             nk = min(tk, Lk - j0)
             dKT[:] = 0
             dVT[:] = 0
             for j in range(nk):
+                for c in range(d):
+                    kT[c, j] = kn[j0 + j, c]
+                    ks[j, c] = kn[j0 + j, c] * scale
                 for c in range(dvw):
-                    vT[c, j] = v[n, j0 + j, c]
+                    vT[c, j] = vn[j0 + j, c]
             for i0 in range(0, Lq, tq):
                 nq = min(tq, Lq - i0)
-                S = sbuf[: nq * nk].reshape((nq, nk))
-                dP = pbuf[: nq * nk].reshape((nq, nk))
-                # 1. P = exp(S − lse) (S recomputed, as in the forward)
-                _p_tile(S, qs, q, k, kT, lse, bias, bias_index, has_bias, scale, n, i0, nq, j0, nk, False, ib, fb, C,
-                        fast)
-                # 2. dVᵀ_j += gᵀ P ; dP = g_i v_jᵀ
                 for i in range(nq):
-                    prow = S[i]
-                    for c in range(dvw):
-                        gc = g[n, i0 + i, c]
-                        a = dVT[c]
+                    for c in range(d):
+                        qs[i, c] = qn[i0 + i, c] * scale
+                # 1. P = exp(S − lse) (S = qs k_jᵀ (+ bias) recomputed; a fully masked query has
+                #    lse = −∞ and P = 0: shift +∞ sends every score, finite or −∞, to e^{−∞} = 0)
+                for i in range(nq):
+                    _axpys_lanes(S, i, qs, i, kT, nk)
+                    if has_bias:
+                        pl = bias_index[n]
                         for j in range(nk):
-                            a[j] += gc * prow[j]
-                    drow = dP[i]
-                    drow[:] = 0
-                    for c in range(dvw):
-                        gc = g[n, i0 + i, c]
-                        vc = vT[c]
-                        for j in range(nk):
-                            drow[j] += gc * vc[j]
-                # 3. dS = P ∘ (dP − D)   (stored in dP)
-                _ds_in_place(S, dP, D, n, i0, nq, nk)
-                # 4. dQᵀ_i += s·k_jᵀ dSᵀ ; dKᵀ_j += qsᵀ dS  (qs carries s)
+                            S[i, j] += bias[pl, i0 + i, j0 + j]
+                    li = lse[n, i0 + i]
+                    sh = li if li != -np.inf else -li  # +∞ in lse's dtype (vexp's float32 arithmetic needs float32)
+                    _exp_shift_row(S[i], nk, sh, C, fast)  # a helper: its loop is unswitched on fast and vectorised
+                # 2. dVᵀ_j += gᵀ P ; dP = g_i v_jᵀ ; 3. dS = P ∘ (dP − D)  (stored in dP)
+                for i in range(nq):
+                    _rank1_lanes(dVT, gn, i0 + i, S, i, nk)
+                    _axpys_lanes(dP, i, gn, i0 + i, vT, nk)
+                    Di = D[n, i0 + i]
+                    for j in range(nk):
+                        dP[i, j] = S[i, j] * (dP[i, j] - Di)
+                # 4. dKᵀ_j += qsᵀ dS (qs carries s) ; dQᵀ_i += (s·k_j)ᵀ dSᵀ
+                for i in range(nq):
+                    _rank1_lanes(dKT, qs, i, dP, i, nk)
                 for i in range(nq):
                     for j in range(nk):
                         dST[j, i] = dP[i, j]
+                dQt = dQT[i0 // tq]  # (d, tq): this query tile's dQᵀ
                 for j in range(nk):
-                    srow = dST[j]
-                    for c in range(d):
-                        kc = k[n, j0 + j, c] * scale
-                        a = dQT[c, i0 : i0 + nq]
-                        for i in range(nq):
-                            a[i] += kc * srow[i]
-                for i in range(nq):
-                    drow = dP[i]
-                    for c in range(d):
-                        qc = qs[i, c]
-                        a = dKT[c]
-                        for j in range(nk):
-                            a[j] += qc * drow[j]
+                    _rank1_lanes(dQt, ks, j, dST, j, nq)
             for j in range(nk):
                 for c in range(d):
                     dk[n, j0 + j, c] = dKT[c, j]
@@ -550,7 +535,7 @@ def attention_backward_direct(lo, hi, g, q, k, v, D, lse, bias, bias_index, has_
                     dv[n, j0 + j, c] = dVT[c, j]
         for i in range(Lq):
             for c in range(d):
-                dq[n, i, c] = dQT[c, i]
+                dq[n, i, c] = dQT[i // tq, c, i % tq]
 
 
 # ---------------------------------------------------------------------------
@@ -608,20 +593,25 @@ def attention_backward_xp(g, q, k, v, out, lse, bias=None, bias_index=None, scal
 # the numba column (the arguments arrive checked and C-contiguous, scale a float)
 
 
-def _bias_args(q, bias, bias_index):
+def _bias_args(q, bias, bias_index, transposed):
+    """(bias planes, index, has_bias) for the kernels; ``transposed``: the planes as (M, Lk, Lq), for the
+    kernels that walk a tile along its query lanes (one transposing copy of the M planes per call: read
+    down its columns inside the kernel instead, a causal mask made the L = 77, d = 64 backward 1.8x slower)."""
     if bias is None:
         return np.zeros((1, 1, 1), q.dtype), np.zeros(q.shape[0], np.int64), False
-    return bias, bias_index, True
+    return (np.ascontiguousarray(bias.transpose(0, 2, 1)) if transposed else bias), bias_index, True
 
 
-def _tiles(N, Lq, Lk, d):
+def _tiles(N, Lq, Lk, d, forward=False):
     """(query tile, key tile) for N row blocks of Lq queries and Lk keys of width d: TILE_Q × TILE_K
-    on the small-head path; on the BLAS path BLAS_TILE_SCALE times that, the query tile halved (not
-    below TILE_Q) while the forward would have fewer than 2 (row block, query tile) tasks per thread,
-    and neither tile longer than its sequence (each task allocates its tiles: 512 KiB of scores for
-    a 64-query row block measured 1.6× slower than 32 KiB)."""
-    if d <= SMALL_HEAD_DIM:
-        return TILE_Q, TILE_K
+    on the small-head path (2·TILE_Q × TILE_K in its forward, whose every loop runs along the query
+    lanes: measured 10-25 % faster, d = 8, one thread; its backward's loops run along the keys); on
+    the BLAS path BLAS_TILE_SCALE times that, the query tile halved (not below TILE_Q) while the
+    forward would have fewer than 2 (row block, query tile) tasks per thread, and neither tile longer
+    than its sequence (each task allocates its tiles: 512 KiB of scores for a 64-query row block
+    measured 1.6× slower than 32 KiB)."""
+    if d <= SMALL_HEAD_DIM:  # the forward's lanes are 2·TILE_Q queries: its loops run along them
+        return (2 * TILE_Q if forward else TILE_Q), TILE_K
     tq = TILE_Q * BLAS_TILE_SCALE
     while tq > TILE_Q and N * -(-Lq // tq) < 2 * num_threads():
         tq //= 2
@@ -634,9 +624,9 @@ def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
     q, k, v = _flat3(q), _flat3(k), _flat3(v)  # (N, L, d)
     out = np.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
     lse = np.empty(q.shape[:2], q.dtype)
-    b, bi, has_b = _bias_args(q, bias, bias_index)
+    b, bi, has_b = _bias_args(q, bias, bias_index, transposed=True)  # both forwards walk query lanes
     kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
-    tq, tk = _tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2])
+    tq, tk = _tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2], forward=True)
     with blas_single_thread():
         tasks = q.shape[0] * -(-q.shape[1] // tq)  # (row block, query tile) pairs
         parallel_for(kernel, tasks, q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, tq, tk,
@@ -650,8 +640,9 @@ def attention_backward_numba(g, q, k, v, out, lse, bias=None, bias_index=None, s
     g, q, k, v, out = (_flat3(a) for a in (g, q, k, v, out))  # (N, L, ·)
     D = np.einsum("nic,nic->ni", g, out)  # (N, Lq): D_i = dO_i · O_i
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    b, bi, has_b = _bias_args(q, bias, bias_index)
-    kernel = attention_backward_blas if q.shape[2] > SMALL_HEAD_DIM else attention_backward_direct
+    blas = q.shape[2] > SMALL_HEAD_DIM
+    b, bi, has_b = _bias_args(q, bias, bias_index, transposed=blas)  # the small-head backward walks keys
+    kernel = attention_backward_blas if blas else attention_backward_direct
     with blas_single_thread():
         parallel_for(kernel, q.shape[0], g, q, k, v, D, lse.reshape(q.shape[:2]), b, bi, has_b, q.dtype.type(scale),
                      dq, dk, dv, *_tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2]), _exp_constants(q.dtype),

@@ -35,6 +35,8 @@ import math
 import types
 
 import numpy as np
+from numba import types as nbtypes
+from numba.extending import overload
 
 from ..backend import get_array_module, special
 from .config import jit_scalar, jit_serial, parallel_for
@@ -216,16 +218,77 @@ def silu_grad(v, e, one):
 
 # Φ(x) = ½ erfc(−x/√2), not ½(1 + erf(x/√2)): for x ≪ 0 the latter cancels (1 + erf → 0)
 # and keeps only erf's absolute accuracy, ~1e-3 relative at x = −4 in float32.
+#
+# float32 erfc without a libm call per element (libm's erfc does not vectorise; the exact GELU was
+# 30x slower than torch's): for z = |x|/√2 ≥ 0,
+#     erfc(z) = t·Q(t)·e^{−z²},   t = 1/(1 + z/2) ∈ (0, 1],
+# Q(t) = erfcx(z)/t ∈ [0.28, 1] a degree-10 polynomial in t (ERFC_Q, fitted by
+# benchmarks/erfc_fit.py: relative error 1.1e-8 in exact arithmetic, 2.8 float32 ε with Horner's
+# rule in float32), and e^{−z²} = e^{−x²/2} from the map's vector exp (``neg_half_square``). That
+# exponential's argument is exact: the exp takes −fl(x²)/2 and the scalars multiply by
+# e^{−lo/2} ≈ 1 − lo/2, lo = x² − fl(x²) from Dekker's exact product (Veltkamp's split of x), so
+# the relative error does not grow with x² in the tail. For x > 0, Φ = 1 − ½ erfc(z). float64
+# (gradient checks) keeps libm's erfc and exp. docs/kernels.md, "The exact GELU".
+ERFC_Q = (0.2820947947933293, 0.2820938530052558, 0.24688057770964345, 0.17537693215616648, 0.09299992922955343,
+          -0.057229970245687656, 0.12708351916153765, -0.446968665613885, 0.48617099760937466, -0.23085375089456506,
+          0.04235177239349292)
+_Q0, _Q1, _Q2, _Q3, _Q4, _Q5, _Q6, _Q7, _Q8, _Q9, _Q10 = (np.float32(c) for c in ERFC_Q)
+# |x| is clamped here before squaring: e^{−x²/2} is 0 in float32 beyond |x| ≈ 13.2, and the clamp
+# keeps x² and Veltkamp's 4097·|x| finite (gelu(x) = x or −0 there, as with libm)
+GELU_CLAMP = np.float32(16.0)
+_HALF32, _TWO32, _SPLIT32 = np.float32(0.5), np.float32(2.0), np.float32(4097.0)  # 4097 = 2¹² + 1
+_SQRT_HALF32 = np.float32(_SQRT_HALF)
+_INV_SQRT_2PI32 = np.float32(_INV_SQRT_2PI)
+
+
+@jit_scalar
+def neg_half_square(v):
+    """The exp argument of the exact GELU: e = e^{−x²/2} (|x| clamped at GELU_CLAMP)."""
+    a = min(abs(v), GELU_CLAMP)
+    return -(a * a) * _HALF32
+
+
+def normal_cdf_pdf(v, e, one):
+    """(Φ(x), φ(x)) from e = exp(neg_half_square(x)); one implementation per dtype (below)."""
+    raise NotImplementedError("called from jitted code only")
+
+
+@overload(normal_cdf_pdf, inline="always")
+def _normal_cdf_pdf_typed(v, e, one):
+    if one != nbtypes.float32:  # float64: libm (exact gradient checks; e is recomputed unclamped)
+        def libm(v, e, one):
+            return 0.5 * math.erfc(-v * 0.7071067811865476), math.exp(-0.5 * v * v) * 0.3989422804014327
+        return libm
+
+    def poly(v, e, one):
+        a = min(abs(v), GELU_CLAMP)
+        # e^{−a²/2} = e·e^{−lo/2}: lo = a² − fl(a²) exactly (Dekker), ah + al = a (Veltkamp)
+        hi = a * a
+        c = _SPLIT32 * a
+        ah = c - (c - a)
+        al = a - ah
+        lo = ((ah * ah - hi) + _TWO32 * ah * al) + al * al
+        gauss = e * (one - lo * _HALF32)
+        t = one / (one + _HALF32 * (a * _SQRT_HALF32))  # t = 1/(1 + z/2), z = |x|/√2
+        q = ((((((((((_Q10 * t + _Q9) * t + _Q8) * t + _Q7) * t + _Q6) * t + _Q5) * t + _Q4) * t + _Q3) * t
+                + _Q2) * t + _Q1) * t + _Q0)
+        tail = t * q * gauss * _HALF32  # ½ erfc(|x|/√2) = Φ(−|x|)
+        return (tail if v < 0 else one - tail), gauss * _INV_SQRT_2PI32
+    return poly
+
+
 @jit_scalar
 def gelu(v, e, one):
-    # x Φ(x) = ½x(1 + erf(x/√2))
-    return 0.5 * v * math.erfc(-v * 0.7071067811865476)
+    # x Φ(x) = ½x erfc(−x/√2)
+    cdf, pdf = normal_cdf_pdf(v, e, one)
+    return v * cdf
 
 
 @jit_scalar
 def gelu_grad(v, e, one):
     # Φ(x) + x φ(x)
-    return 0.5 * math.erfc(-v * 0.7071067811865476) + v * math.exp(-0.5 * v * v) * 0.3989422804014327
+    cdf, pdf = normal_cdf_pdf(v, e, one)
+    return cdf + v * pdf
 
 
 @jit_scalar
@@ -260,7 +323,7 @@ ACTIVATIONS = {
     "relu": (None, relu, relu_grad),
     "sigmoid": (neg_abs, sigmoid, sigmoid_grad),
     "silu": (neg_abs, silu, silu_grad),
-    "gelu": (None, gelu, gelu_grad),
+    "gelu": (neg_half_square, gelu, gelu_grad),
     "gelu_tanh": (neg_abs_2u, gelu_tanh, gelu_tanh_grad),
 }
 

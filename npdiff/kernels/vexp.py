@@ -10,6 +10,13 @@ scalar libm call per element (~10 ns) — eight times slower than numpy's own ve
 and 2^k is assembled from its IEEE bit pattern. Arguments must be ≤ 0 (every caller
 passes x − max or −|x|); y < −87 gives 0, as does y = −∞. In float64 (gradient checks)
 it falls back to ``math.exp``.
+
+Two forms. ``exp_inplace`` maps a buffer (two loops: the polynomial, storing 2^k's bits in an
+int32 scratch, then the product with that scratch viewed as float32). ``vexp`` is the same
+arithmetic for one element, to be inlined into a caller's own loop so that the shift before it
+and the sum after it run in the same pass (attention's softmax: one pass over a score tile
+instead of four); it reinterprets the bits in a register with ``float32_from_bits``, an LLVM
+``bitcast`` (numba has no scalar view), which vectorises like any other instruction.
 """
 
 from __future__ import annotations
@@ -19,7 +26,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .config import jit_helper
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from .config import jit_helper, jit_inline
 
 
 class ExpConstants(NamedTuple):
@@ -74,3 +85,34 @@ def exp_inplace(x, n, ib, fb, C, fast):
     for t in range(n):
         x[t] = x[t] * fb[t]
 
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bit pattern is the int32 ``bits`` (C's memcpy / numpy's ``.view``,
+    for one value in a register): an LLVM ``bitcast``, no instruction of its own after
+    vectorisation."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@jit_inline
+def vexp(y, C, fast):
+    """exp(y) for one y ≤ 0 (``exp_inplace``'s arithmetic, inlined into the caller's loop).
+
+    fast (float32): 2^k · p(r) as in ``exp_inplace``, 2^k = float32_from_bits((k + 127)·2²³);
+    y ≤ −87 gives 0 (y = −∞ too). Otherwise ``math.exp`` (float64: exact gradient checks)."""
+    if not fast:
+        return math.exp(y)
+    yf = np.float32(y)  # a float64 argument (a Python float slipped in) would break the rounding trick below
+    yc = yf if yf > C.cut else C.cut
+    kf = (yc * C.log2e + C.magic) - C.magic  # k = round(y·log2 e)
+    r = yc - kf * C.ln2_hi - kf * C.ln2_lo  # r = y − k·ln2
+    p = ((((((C.c7 * r + C.c6) * r + C.c5) * r + C.c4) * r + C.c3) * r + C.c2) * r + C.one) * r + C.one
+    two_k = float32_from_bits(np.int32((kf + C.bias) * C.two23))
+    return p * two_k if yf > C.cut else C.zero
