@@ -23,7 +23,7 @@ import numpy as np
 from .conditions import CONCEPTS
 
 _ADAPT_FLAGS = ("control", "train_examples", "concept", "replaces", "examples", "prior_examples", "prior_target",
-                "rank", "alpha", "text_encoder", "concept_tokens", "concept_token_lr", "text_preservation", "unet_targets", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
+                "rank", "alpha", "text_encoder", "concept_tokens", "concept_token_lr", "text_preservation", "prior_distillation", "unet_targets", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
                 "ema_decay", "log_every", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale", "seed")
 
 
@@ -63,6 +63,9 @@ def add_adapt(sub, formatter_class) -> None:
                    help="peak learning rate of the concept's token rows (default 0.02)")
     g.add_argument("--text-preservation", type=float, default=None, metavar="LAMBDA",
                    help="weight of ‖e_adapted − e_base‖² on the prior captions' text states (default 1; 0: off)")
+    g.add_argument("--prior-distillation", type=float, default=None, metavar="LAMBDA",
+                   help="weight of ‖ŷ_adapted − ŷ_base‖² / D on the old-prompt items (prior images and dropped "
+                        "captions): the locked base's own prediction, adapters at scale 0 (default 0: off)")
     g.add_argument("--unet-targets", type=lambda v: tuple(t for t in v.split(",") if t), default=None,
                    metavar="NAMES", help="comma-separated U-Net layers for LoRA (default to_q,to_k,to_v,to_out.0; "
                                          "e.g. attn2.to_k,attn2.to_v: the cross-attention's text path)")
