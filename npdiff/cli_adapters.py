@@ -4,7 +4,7 @@
     npdiff adapt lora --base DIR [--concept ring] [--rank 8] [-o RUN]           train LoRA adapters
     npdiff adapt --resume RUN   (or npdiff train --resume RUN)                  continue either
     npdiff sample --run RUN|DIR --prompt "..." [--control PATH] [--lora FILE [--lora-scale S]]
-    npdiff eval --run RUN [--lora-scale S]                                      the targets (eval.json)
+    npdiff eval --run RUN [--lora-scale S] [--controlnet-scale S]               the targets (eval.json)
 
 ``DIR`` is the base: a StableDiffusionPipeline folder (model_index.json) or a run / stack folder
 with ``pipeline/`` or ``unet/pipeline/`` (``npdiff train --data shapes``). ``RUN`` is an adapter
@@ -114,6 +114,8 @@ def add_eval_flags(p) -> None:
     """``eval``'s adapter flags."""
     p.add_argument("--lora-scale", type=float, default=1.0,
                    help="LoRA runs: scale s of the LoRA update in the evaluation (default 1, as trained)")
+    p.add_argument("--controlnet-scale", type=float, default=1.0,
+                   help="ControlNet runs: controlnet_conditioning_scale, the factor on its residuals (default 1)")
 
 
 def add_sample_flags(p) -> None:
@@ -264,7 +266,7 @@ def cmd_eval_adapter(args) -> int:
     if config.kind == "controlnet":
         cn = ControlNetModel.from_pretrained(os.path.join(args.run, CONTROLNET_FOLDER))
         report = controlnet_report(base, cn, config.control, n=n, seed=args.seed, steps=steps, guidance=guidance,
-                                   batch=args.batch)
+                                   batch=args.batch, conditioning_scale=args.controlnet_scale)
     else:
         report = lora_report(base, os.path.join(args.run, LORA_FILE), n=n, seed=args.seed, steps=steps,
                              guidance=guidance, batch=args.batch, concept=config.concept, replaces=config.replaces,
