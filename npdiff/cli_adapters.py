@@ -65,7 +65,7 @@ def add_adapt(sub, formatter_class) -> None:
                    help="weight of ‖e_adapted − e_base‖² on the prior captions' text states (default 1; 0: off)")
     g.add_argument("--prior-distillation", type=float, default=None, metavar="LAMBDA",
                    help="weight of ‖ŷ_adapted − ŷ_base‖² / D on the old-prompt items (prior images and dropped "
-                        "captions): the locked base's own prediction, adapters at scale 0 (default 0: off)")
+                        "captions): the locked base's own prediction, adapters at scale 0 (default 1; 0: off)")
     g.add_argument("--unet-targets", type=lambda v: tuple(t for t in v.split(",") if t), default=None,
                    metavar="NAMES", help="comma-separated U-Net layers for LoRA (default to_q,to_k,to_v,to_out.0; "
                                          "e.g. attn2.to_k,attn2.to_v: the cross-attention's text path)")

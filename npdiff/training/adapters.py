@@ -110,7 +110,8 @@ class AdapterConfig:
                          the batch's old-prompt items (prior items, and every item whose caption was
                          dropped: "" is an old prompt too), ŷ_base the locked base's prediction at the
                          same z_t, t and caption (all adapters at scale 0, no grad): keeps the adapted
-                         U-Net's output on old prompts at the base's (0: off).
+                         U-Net's output on old prompts at the base's (0: off; one more no-grad U-Net
+                         forward per step).
       unet_targets       the U-Net layers that get LoRA (None: to_q, to_k, to_v, to_out.0 of every
                          attention; ("attn2.to_k", "attn2.to_v"): the cross-attention's text path).
     Both
@@ -136,7 +137,7 @@ class AdapterConfig:
     concept_tokens: bool = True
     concept_token_lr: float | None = 0.02
     text_preservation: float = 1.0
-    prior_distillation: float = 0.0
+    prior_distillation: float = 1.0
     unet_targets: tuple | None = None
     caption_dropout: float = 0.1
     steps: int | None = None

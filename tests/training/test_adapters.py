@@ -201,7 +201,8 @@ def test_text_preservation_penalty(tmp_path):
     """loss = diffusion loss + λ · mean ‖e_adapted − e_base‖² over the batch's prior items (their
     captions, or "" where dropped), computed here by hand before the step."""
     pipe = tiny_pipeline_32()
-    trainer = AdapterTrainer(AdapterConfig(kind="lora", **{**SMALL, "rank": 2, "text_preservation": 2.0}),
+    trainer = AdapterTrainer(AdapterConfig(kind="lora", **{**SMALL, "rank": 2, "text_preservation": 2.0,
+                                                           "prior_distillation": 0.0}),
                              tmp_path / "lora", pipeline=pipe, progress=False)
     for layer in lora_layers(pipe.text_encoder).values():  # move the text encoder off the base
         layer.lora_B.weight.data = np.full(layer.lora_B.weight.shape, 0.05, np.float32)
