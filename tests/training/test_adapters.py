@@ -142,6 +142,10 @@ def test_bad_config_is_named():
     with pytest.raises(ValueError, match="prior_examples"):
         AdapterConfig(kind="lora", prior_examples=-1)
     assert AdapterConfig.from_dict({"kind": "lora", "concept": "pink"}).prior_examples == 0  # a run from before
+    with pytest.raises(ValueError, match="prior_distillation"):
+        AdapterConfig(kind="lora", prior_distillation=-1.0)
+    assert AdapterConfig(kind="lora").prior_distillation == 1.0
+    assert AdapterConfig.from_dict({"kind": "lora", "concept_tokens": True}).prior_distillation == 0.0  # written before
 
 
 @pytest.mark.parametrize("kind", ["controlnet", "lora"])
