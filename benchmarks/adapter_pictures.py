@@ -6,6 +6,9 @@ controlnet.png, on held-out (test split) conditions, one column per condition:
     row 1 the condition image, row 2 the base alone, row 3 base + ControlNet (same initial latents)
 lora.png, on held-out concept prompts ("... ring ..." by default), one column per prompt:
     row 1 the generator's ground truth, row 2 the base alone, row 3 base + LoRA (same latents)
+lora_old.png, on held-out old prompts (the shapes test split), one column per prompt:
+    row 1 the generator's ground truth, row 2 the base alone, row 3 base + LoRA (same latents):
+    what the LoRA must leave alone
 The prompts of each column are printed. Sampling settings are the eval's (DDIM, 20 steps, guidance 3).
 """
 
@@ -52,14 +55,21 @@ def lora_picture(run: str, path: str, n: int, seed: int, steps: int, guidance: f
     config = _config(run)
     base = load_base_pipeline(config.base)
     test = make_concept_shapes(n, "test", seed, config.concept, config.replaces)
+    old = make_shapes(n, "test", seed)
     without = _draw(base, test.captions, n, seed, steps, guidance)
+    old_without = _draw(base, old.captions, n, seed, steps, guidance)
     lora_file = os.path.join(run, LORA_FILE)
     load_lora_weights(lora_file, unet=base.unet,
                       text_encoder=base.text_encoder if _file_has_text_encoder(lora_file) else None)
     with_lora = _draw(base, test.captions, n, seed, steps, guidance)
+    old_with = _draw(base, old.captions, n, seed, steps, guidance)
     nd_io.save_image_grid(path, np.concatenate([test.images, without, with_lora]), nrow=n, scale=3)
+    nd_io.save_image_grid(path.replace(".png", "_old.png"), np.concatenate([old.images, old_without, old_with]),
+                          nrow=n, scale=3)
     for i, caption in enumerate(test.captions):
         print(f"lora column {i}: {caption}")
+    for i, caption in enumerate(old.captions):
+        print(f"lora_old column {i}: {caption}")
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,7 @@
     npdiff adapt lora --base DIR [--concept ring] [--rank 8] [-o RUN]           train LoRA adapters
     npdiff adapt --resume RUN   (or npdiff train --resume RUN)                  continue either
     npdiff sample --run RUN|DIR --prompt "..." [--control PATH] [--lora FILE [--lora-scale S]]
-    npdiff eval --run RUN [--lora-scale S]                                      the targets (eval.json)
+    npdiff eval --run RUN [--lora-scale S] [--controlnet-scale S]               the targets (eval.json)
 
 ``DIR`` is the base: a StableDiffusionPipeline folder (model_index.json) or a run / stack folder
 with ``pipeline/`` or ``unet/pipeline/`` (``npdiff train --data shapes``). ``RUN`` is an adapter
@@ -23,7 +23,7 @@ import numpy as np
 from .conditions import CONCEPTS
 
 _ADAPT_FLAGS = ("control", "train_examples", "concept", "replaces", "examples", "prior_examples", "prior_target",
-                "rank", "alpha", "text_encoder", "concept_tokens", "concept_token_lr", "text_preservation", "unet_targets", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
+                "rank", "alpha", "text_encoder", "concept_tokens", "concept_token_lr", "text_preservation", "prior_distillation", "unet_targets", "caption_dropout", "steps", "batch_size", "lr", "warmup_steps",
                 "ema_decay", "log_every", "sample_every", "checkpoint_every", "sample_steps", "guidance_scale", "seed")
 
 
@@ -63,6 +63,9 @@ def add_adapt(sub, formatter_class) -> None:
                    help="peak learning rate of the concept's token rows (default 0.02)")
     g.add_argument("--text-preservation", type=float, default=None, metavar="LAMBDA",
                    help="weight of ‖e_adapted − e_base‖² on the prior captions' text states (default 1; 0: off)")
+    g.add_argument("--prior-distillation", type=float, default=None, metavar="LAMBDA",
+                   help="weight of ‖ŷ_adapted − ŷ_base‖² / D on the old-prompt items (prior images and dropped "
+                        "captions): the locked base's own prediction, adapters at scale 0 (default 1; 0: off)")
     g.add_argument("--unet-targets", type=lambda v: tuple(t for t in v.split(",") if t), default=None,
                    metavar="NAMES", help="comma-separated U-Net layers for LoRA (default to_q,to_k,to_v,to_out.0; "
                                          "e.g. attn2.to_k,attn2.to_v: the cross-attention's text path)")
@@ -111,6 +114,8 @@ def add_eval_flags(p) -> None:
     """``eval``'s adapter flags."""
     p.add_argument("--lora-scale", type=float, default=1.0,
                    help="LoRA runs: scale s of the LoRA update in the evaluation (default 1, as trained)")
+    p.add_argument("--controlnet-scale", type=float, default=1.0,
+                   help="ControlNet runs: controlnet_conditioning_scale, the factor on its residuals (default 1)")
 
 
 def add_sample_flags(p) -> None:
@@ -261,7 +266,7 @@ def cmd_eval_adapter(args) -> int:
     if config.kind == "controlnet":
         cn = ControlNetModel.from_pretrained(os.path.join(args.run, CONTROLNET_FOLDER))
         report = controlnet_report(base, cn, config.control, n=n, seed=args.seed, steps=steps, guidance=guidance,
-                                   batch=args.batch)
+                                   batch=args.batch, conditioning_scale=args.controlnet_scale)
     else:
         report = lora_report(base, os.path.join(args.run, LORA_FILE), n=n, seed=args.seed, steps=steps,
                              guidance=guidance, batch=args.batch, concept=config.concept, replaces=config.replaces,

@@ -64,3 +64,18 @@ def test_eval_passes_the_lora_scale(base, tmp_path, monkeypatch):
     monkeypatch.setattr(adapter_eval, "lora_report", lambda base, path, **kw: seen.update(kw) or {"concept": "ring"})
     assert main(["eval", "--run", run, "--lora-scale", "0.25", "--n", "2"]) == 0
     assert seen["scale"] == 0.25 and seen["concept"] == "ring" and seen["n"] == 2
+
+
+def test_eval_passes_the_controlnet_scale(base, tmp_path, monkeypatch):
+    """``npdiff eval --run CONTROLNET_RUN --controlnet-scale S`` draws with controlnet_conditioning_scale S."""
+    import npdiff.training.adapter_eval as adapter_eval
+
+    run = str(tmp_path / "cn")
+    assert main(["adapt", "controlnet", "--base", base, "--train-examples", "4", "-o", run, *TINY]) == 0
+    seen = []
+    monkeypatch.setattr(adapter_eval, "_draw", lambda pipe, captions, *a, **kw: seen.append(kw) or
+                        np.zeros((len(captions), 3, 32, 32), np.float32))
+    assert main(["eval", "--run", run, "--controlnet-scale", "0.25", "--n", "2"]) == 0
+    assert seen[0]["controlnet_conditioning_scale"] == 0.25 and "image" in seen[0]  # with the ControlNet
+    assert "controlnet_conditioning_scale" not in seen[1]  # the base alone
+    assert json.load(open(os.path.join(run, "eval.json")))["controlnet_conditioning_scale"] == 0.25

@@ -67,8 +67,9 @@ def _draw(pipe, captions, n_batch, seed, steps, guidance, **kw) -> np.ndarray:
 
 
 def controlnet_report(base, controlnet, control: str = "mask", n: int = 100, seed: int = 0, steps: int = 20,
-                      guidance: float = 3.0, batch: int = 25) -> dict:
-    """IoU with and without the ControlNet, and colour accuracy (module docstring)."""
+                      guidance: float = 3.0, batch: int = 25, conditioning_scale: float = 1.0) -> dict:
+    """IoU with and without the ControlNet, and colour accuracy (module docstring); the ControlNet's
+    residuals are multiplied by ``conditioning_scale`` (diffusers' ``controlnet_conditioning_scale``)."""
     from ..pipelines import StableDiffusionControlNetPipeline
 
     test = make_shapes(n, "test", seed)
@@ -76,14 +77,16 @@ def controlnet_report(base, controlnet, control: str = "mask", n: int = 100, see
     target = control_mask(test.masks)[:, 0] > 0
     pipe = StableDiffusionControlNetPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, controlnet.eval(),
                                              base.scheduler)
-    with_cn = _draw(pipe, test.captions, batch, seed, steps, guidance, image=cond)
+    with_cn = _draw(pipe, test.captions, batch, seed, steps, guidance, image=cond,
+                    controlnet_conditioning_scale=conditioning_scale)
     without = _draw(base, test.captions, batch, seed, steps, guidance)
     return {"control": control, "n_conditions": n,
             "iou_controlnet": float(mask_iou(foreground(with_cn), target).mean()),
             "iou_baseline": float(mask_iou(foreground(without), target).mean()),
             "colour_accuracy_controlnet": shapes_report(with_cn, test.attributes)["colour_accuracy"],
             "colour_accuracy_baseline": shapes_report(without, test.attributes)["colour_accuracy"],
-            "steps": steps, "guidance_scale": guidance, "seed": seed}
+            "controlnet_conditioning_scale": conditioning_scale, "steps": steps, "guidance_scale": guidance,
+            "seed": seed}
 
 
 def object_colours(images: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -27,8 +27,17 @@ the target of those items is the locked base's own prediction at the same z_t, t
 (the adapters at scale 0), so their loss ‖ŷ_LoRA − ŷ_base‖² measures how far the adapted model
 has moved from the base on old prompts, exactly what must stay small; ``"data"`` uses the
 data's ε / v as for the concept items (DreamBooth's form with ground-truth images), which
-also pulls the model towards the data where the base misses it. Steps 1-7 with no ControlNet,
-and the text encoder on the tape; only the adapters' A and B get gradients and optimiser state.
+also pulls the model towards the data where the base misses it. ``prior_distillation`` λ_d adds,
+whatever the target, an output-distillation penalty on every old-prompt item of the batch (prior
+items and items whose caption was dropped to ""):
+
+    L = mean_i ‖ŷ_i − target_i‖² / D  +  λ_d · mean_{old items j} ‖ŷ_j − ŷ_base,j‖² / D
+
+with ŷ_base,j the locked base's prediction at the same z_t, t and caption (one more no-grad forward
+of the same U-Net with every adapter at scale 0: no second model in memory). It pins the adapted
+model's output on old prompts, including the unconditional one that guidance subtracts, to the
+base's. Steps 1-7 with no ControlNet, and the text encoder on the tape; only the adapters' A and B
+(and the concept word's token rows) get gradients and optimiser state.
 
 The base is locked three ways: its parameters have ``requires_grad = False`` (no gradient
 is even computed for them), the optimiser holds only the adapter's parameters, and the
@@ -97,6 +106,12 @@ class AdapterConfig:
       text_preservation  λ of a penalty λ · mean ‖e_adapted(c) − e_base(c)‖² on the prior items'
                          text states (their captions, or "" where dropped): keeps the adapted text
                          encoder's output on old prompts at the base's (0: off).
+      prior_distillation λ_d of an output-distillation penalty λ_d · mean ‖ŷ_adapted − ŷ_base‖² / D on
+                         the batch's old-prompt items (prior items, and every item whose caption was
+                         dropped: "" is an old prompt too), ŷ_base the locked base's prediction at the
+                         same z_t, t and caption (all adapters at scale 0, no grad): keeps the adapted
+                         U-Net's output on old prompts at the base's (0: off; one more no-grad U-Net
+                         forward per step).
       unet_targets       the U-Net layers that get LoRA (None: to_q, to_k, to_v, to_out.0 of every
                          attention; ("attn2.to_k", "attn2.to_v"): the cross-attention's text path).
     Both
@@ -122,6 +137,7 @@ class AdapterConfig:
     concept_tokens: bool = True
     concept_token_lr: float | None = 0.02
     text_preservation: float = 1.0
+    prior_distillation: float = 1.0
     unet_targets: tuple | None = None
     caption_dropout: float = 0.1
     steps: int | None = None
@@ -169,6 +185,8 @@ class AdapterConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout!r}")
         if not self.text_preservation >= 0:
             raise ValueError(f"text_preservation must be >= 0, got {self.text_preservation!r}")
+        if not self.prior_distillation >= 0:
+            raise ValueError(f"prior_distillation must be >= 0, got {self.prior_distillation!r}")
         if self.concept_token_lr is not None and not self.concept_token_lr > 0:
             raise ValueError(f"concept_token_lr must be > 0 (or None: lr), got {self.concept_token_lr!r}")
         if not self.lr > 0 or not 0.0 <= self.ema_decay <= 1.0:
@@ -187,6 +205,8 @@ class AdapterConfig:
             d = {**d, "prior_examples": 0, "prior_target": "data"}
         if "concept_tokens" not in d:  # written before concept tokens and the text penalty: trained without
             d = {**d, "concept_tokens": False, "concept_token_lr": None, "text_preservation": 0.0}
+        if "prior_distillation" not in d:  # written before the output distillation: trained without
+            d = {**d, "prior_distillation": 0.0}
         return cls(**d)
 
 
@@ -427,21 +447,47 @@ class AdapterTrainer(BaseTrainer):
         # 6. target: ε or v of the data; prior-preservation items with prior_target "base": the base's
         #    own prediction (module docstring)
         target = training_target(z0, noise, self.schedule.alphas_cumprod[t], self.prediction_type)
-        prior = index >= self.n_concept if cfg.kind == "lora" and cfg.prior_target == "base" else np.zeros(b, bool)
+        lora = cfg.kind == "lora"
+        prior = index >= self.n_concept if lora and cfg.prior_target == "base" else np.zeros(b, bool)
+        old = (index >= self.n_concept) | drop if lora and cfg.prior_distillation else np.zeros(b, bool)
+        # the items whose base prediction is needed, computed once; with the distillation on, the whole
+        # batch: the same batch as the adapted forward, so at B = 0 both agree bit for bit (a sub-batch
+        # can round differently in the GEMMs) and the penalty is exactly 0
+        need = np.arange(b) if old.any() else np.flatnonzero(prior)
+        if len(need):
+            base_out = np.zeros(out.shape, np.float32)
+            caption = ids if self.text is None else text.data
+            base_out[need] = self._base_prediction(z_t.data[need], t[need], caption[need])
         if prior.any():
             target = np.array(target, dtype=np.float32)
-            caption = ids[prior] if self.text is None else text.data[prior]
-            target[prior] = self._base_prediction(z_t.data[prior], t[prior], caption)
-        # 7. loss (+ the text-preservation penalty on prior items), NaN stop, backward, clip, AdamW on
-        #    the adapter only, EMA
+            target[prior] = base_out[prior]
+        # 7. loss (+ the output distillation on old-prompt items, + the text-preservation penalty on prior
+        #    items), NaN stop, backward, clip, AdamW on the adapter only, EMA
         loss = simple_loss(out, target).mean()
-        old = np.flatnonzero(index >= self.n_concept) if self.text is None and cfg.text_preservation else []
-        if len(old):
-            base = np.where(drop[old, None, None], self.empty_text[None], self.base_text[index[old]])  # (k, Lk, D)
-            penalty = ((text[old] - Tensor(base)) ** 2).mean()
-            return self._optimise(loss + penalty * cfg.text_preservation, diffusion_loss=loss.data,
-                                  text_penalty=penalty.data)
+        total, terms = loss, {}
+        if old.any():
+            k = np.flatnonzero(old)
+            distillation = self.distillation_penalty(out[k], base_out[k])
+            total = total + distillation * cfg.prior_distillation
+            terms["distillation"] = distillation.data
+        old_text = np.flatnonzero(index >= self.n_concept) if self.text is None and cfg.text_preservation else []
+        if len(old_text):
+            base = np.where(drop[old_text, None, None], self.empty_text[None],
+                            self.base_text[index[old_text]])  # (k, Lk, D)
+            penalty = ((text[old_text] - Tensor(base)) ** 2).mean()
+            total = total + penalty * cfg.text_preservation
+            terms["text_penalty"] = penalty.data
+        if terms:
+            return self._optimise(total, diffusion_loss=loss.data, **terms)
         return self._optimise(loss)
+
+    @staticmethod
+    def distillation_penalty(out, base_out: np.ndarray):
+        """mean ‖ŷ_adapted − ŷ_base‖² / D over items and elements: the adapted model's prediction
+        ``out`` (a Tensor on the tape, (k, c, h, w)) against the locked base's ``base_out`` (the same
+        z_t, t and caption, ``_base_prediction``). Zero exactly while every LoRA B is zero and the
+        token rows are untouched (old prompts do not hold them)."""
+        return ((out - Tensor(base_out)) ** 2).mean()
 
     def _base_prediction(self, z_t: np.ndarray, t: np.ndarray, caption: np.ndarray) -> np.ndarray:
         """The locked base's U-Net output (every LoRA at scale 0: exactly the base) for noisy latents,

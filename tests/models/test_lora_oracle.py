@@ -166,3 +166,51 @@ def test_files_saved_by_diffusers_load_in_npdiff(folder, tmp_path):
     x, t, text = _inputs()
     with nd.no_grad():
         np.testing.assert_array_equal(alone.unet(x, t, text).numpy(), ours.unet(x, t, text).numpy())
+
+
+def test_token_rows_saved_by_npdiff_load_into_peft(folder, tmp_path):
+    """A text-encoder LoRA plus learned token rows (``add_trainable_tokens``: the concept word's rows),
+    saved by npdiff, load into peft: ``LoraConfig`` from the file's ``text_encoder.*`` metadata (its
+    ``trainable_token_indices``), ``set_peft_model_state_dict`` on the ``text_encoder.`` tensors (the rows
+    under peft's ``token_adapter.trainable_tokens_delta``); the text encoder's output is the same, on prompts
+    with the learned ids and without them."""
+    import json
+
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from npdiff.models.lora import add_lora, add_trainable_tokens, token_adapters
+
+    ours = tiny_pipeline()
+    learned = ours.tokenizer.encode("circle square", add_special_tokens=False)  # rows of words CAPTIONS hold
+    add_lora(ours.text_encoder, TEXT_RANK, TEXT_ALPHA, target_modules=TEXT_ENCODER_TARGETS)
+    add_trainable_tokens(ours.text_encoder, learned)
+    rng = np.random.default_rng(4)
+    for name, p in ours.text_encoder.named_parameters():
+        if p.requires_grad:  # B is zero and the rows are the base's at init: make both matter
+            p.data = (p.data + 0.3 * rng.standard_normal(p.shape)).astype(np.float32)
+    emb = token_adapters(ours.text_encoder)["embeddings.token_embedding"]
+    assert np.abs(emb.token_adapter.trainable_tokens_delta.numpy() - emb.trainable_tokens_original).min() > 0
+    path = save_lora_weights(tmp_path / "rows.safetensors", text_encoder=ours.text_encoder)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lora_adapter_metadata"])
+    te_config = LoraConfig(**{k[len("text_encoder."):]: v for k, v in meta.items() if k.startswith("text_encoder.")})
+    assert te_config.trainable_token_indices == {"embeddings.token_embedding": sorted(learned)}
+    ref = _ref_pipeline(folder, adapters=False)
+    peft.inject_adapter_in_model(te_config, ref.text_encoder)
+    te_sd = {k[len("text_encoder."):]: v for k, v in load_file(str(path)).items()}
+    result = set_peft_model_state_dict(ref.text_encoder, te_sd)
+    assert not result.unexpected_keys
+    ids = ours.tokenizer(CAPTIONS + ["a green triangle at the top"], padding="max_length", max_length=12,
+                         truncation=True, return_tensors="np")["input_ids"]
+    assert np.isin(ids, learned).any(axis=1).tolist() == [True, True, False, True, False]  # with and without
+    with torch.no_grad():
+        want = ref.text_encoder(torch.from_numpy(ids)).last_hidden_state.numpy()
+    with nd.no_grad():
+        got = ours.text_encoder(ids).last_hidden_state.numpy()
+    assert_close(got, want, "npdiff LoRA + token rows in peft: text encoder")
+    with nd.no_grad():  # and the adapters matter: the base's text encoder gives something else
+        base = tiny_pipeline().text_encoder(ids).last_hidden_state.numpy()
+    assert np.abs(base - want).max() > 1e-2
