@@ -820,7 +820,8 @@ def _eval_clip(run, args) -> int:
 def _eval_t2i(args, folder: str) -> int:
     """npdiff eval on a text-to-image run: attribute accuracies and Fréchet ratio per guidance scale."""
     from . import io as nd_io
-    from .training.t2i_eval import GUIDANCE_SCALES, format_table, t2i_report
+    from .training.t2i_eval import GUIDANCE_SCALES, VAE_CEILING_N, format_table, t2i_report, vae_ceiling
+    from .training.vae_trainer import format_ceiling
 
     pipe, _ = _t2i_pipeline(args, folder)
     scales = GUIDANCE_SCALES if args.guidance_scale is None else (args.guidance_scale,)
@@ -834,6 +835,7 @@ def _eval_t2i(args, folder: str) -> int:
                         progress=True)
     images = report.pop("images")
     report.update({"run": run_dir, "scheduler": args.scheduler, "seconds": round(time.perf_counter() - t0, 1)})
+    report["vae_ceiling"] = vae_ceiling(pipe.vae, max(n, VAE_CEILING_N))
     clip_dir = os.path.join(os.path.dirname(run_dir), "clip")
     if os.path.isfile(os.path.join(clip_dir, "checkpoint.safetensors")):
         report["clip_zero_shot"] = _clip_zero_shot(clip_dir)
@@ -847,6 +849,7 @@ def _eval_t2i(args, folder: str) -> int:
         nd_io.save_image_grid(os.path.join(run_dir, f"eval_{split}_guidance.png"),
                               np.clip(strip.reshape(-1, *strip.shape[2:]), -1, 1), nrow=len(scales), scale=2)
     print(format_table(report))
+    print(format_ceiling(report["vae_ceiling"]))
     if "clip_zero_shot" in report:
         for split, r in report["clip_zero_shot"].items():
             print(f"CLIP zero-shot ({split}): " + ", ".join(f"{k} {v:.1%}" for k, v in r.items() if k.endswith("accuracy")))
@@ -882,6 +885,11 @@ def _eval_vae(run, args) -> int:
               "kl_per_dim": float(kl.mean() / np.prod(latent_shape)), **report, "latent_shape": latent_shape,
               "run": run.run_dir, "step": run.step, "ema": args.ema, "split": "test",
               "seconds": round(time.perf_counter() - t0, 2)}
+    if run.config.data == "shapes":  # the attribute classifier on the reconstructions: the VAE's ceiling
+        from .training.vae_trainer import attribute_report, format_ceiling
+
+        report["attribute_ceiling"] = attribute_report(recon, x, test.attributes[:n])
+        print(format_ceiling(report["attribute_ceiling"]))
     from . import io as nd_io
 
     pairs = np.stack([x[:32], np.clip(recon[:32], -1, 1)], axis=1).reshape(-1, *x.shape[1:])  # (2n, C, H, W)

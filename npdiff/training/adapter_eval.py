@@ -203,13 +203,9 @@ def vae_concept_ceiling(vae, data, classifier, batch: int = 50) -> float:
     """Fraction of ``data``'s concept objects still called the concept by ``classifier``
     (``concept_classifier``) after the VAE's round trip decode(mode(encode(x))) of the
     ground-truth images (module docstring)."""
-    parts = []
-    with no_grad():
-        for start in range(0, len(data.images), batch):
-            x = data.images[start:start + batch]
-            out = vae.decode(vae.encode(x).latent_dist.mode()).sample
-            parts.append(np.asarray(out.numpy() if hasattr(out, "numpy") else out))
-    return classifier.concept_accuracy(np.concatenate(parts), data.attributes, data.masks)
+    from .vae_trainer import reconstruct
+
+    return classifier.concept_accuracy(reconstruct(vae, data.images, batch, kl=False)[0], data.attributes, data.masks)
 
 
 def lora_report(base, lora_file: str, n: int = 100, seed: int = 0, steps: int = 20, guidance: float = 3.0,

@@ -29,22 +29,26 @@ STAGES = ("vae", "clip", "unet")
 def shapes_stack_configs(out: str, seed: int = 0) -> dict[str, TrainConfig]:
     """The default stage configs of ``npdiff train --data shapes`` (sized for ≤ 25 min on 2 cores).
 
-    The U-Net's quality still rises steeply with training samples (docs/text_to_image.md: 600 × 32
-    steps → 700 × 64 → 1,000 × 64), so it gets batch 64 at a peak lr of 2e-3 and what time the other
-    stages leave: at the step times measured at load 1.5 (VAE 0.32 s, CLIP 0.37 s, U-Net 0.52 s;
-    ``benchmarks/t2i_stack_time.py``) the stack projects to ≈ 16 min.
+    The VAE's reconstruction loss is the squared error: with L1 every pixel of the noisy
+    backgrounds pulls as hard as an object's, and 600-step L1 VAEs lost objects (attribute ceiling
+    71–88 % all correct, by the draw); MSE weighs the large errors of a lost or recoloured object
+    and reaches a 100 % ceiling at 600 steps in both seeds tried (docs/text_to_image.md, "The VAE's
+    ceiling"). The U-Net's quality still rises steeply with training samples (600 × 32 steps →
+    700 × 64 → 1,000 × 64), so it gets batch 64 at a peak lr of 2e-3 and what time the other stages
+    leave: 1,400 steps; at the quiet step times (VAE 0.33 s, CLIP 0.39 s, U-Net 0.57 s; t2i-final's
+    stack.json, ``benchmarks/t2i_stack_time.py``) the stack projects to ≈ 20 min.
     ``benchmarks/t2i_quality.py`` measures quality against steps (and rejected min-SNR-5)."""
     common = dict(data="shapes", image_size=None, seed=seed, class_conditional=False, log_every=10)
     vae = TrainConfig(**common, model="vae", block_out_channels=(32, 64), layers_per_block=1, latent_channels=4,
-                      recon_loss="l1", kl_weight=1e-6, steps=600, batch_size=32, lr=2e-3, warmup_steps=50,
+                      recon_loss="mse", kl_weight=1e-6, steps=600, batch_size=32, lr=2e-3, warmup_steps=50,
                       ema_decay=0.99, sample_every=200, checkpoint_every=200)
     clip = TrainConfig(**common, model="clip", block_out_channels=(32, 64, 128), layers_per_block=1, attention=False,
                        hidden_dim=64, num_blocks=3, steps=400, batch_size=128, lr=2e-3, warmup_steps=30,
                        ema_decay=0.99, sample_every=200, checkpoint_every=100)
     unet = TrainConfig(**common, model="ldm", vae=os.path.join(out, "vae"), text_encoder=os.path.join(out, "clip"),
                        block_out_channels=(48, 96), layers_per_block=1, norm_num_groups=8, label_dropout=0.1,
-                       prediction_type="v_prediction", steps=1000, batch_size=64, lr=2e-3,
-                       warmup_steps=100, ema_decay=0.995, sample_every=500, checkpoint_every=100, sample_steps=25,
+                       prediction_type="v_prediction", steps=1400, batch_size=64, lr=2e-3,
+                       warmup_steps=100, ema_decay=0.995, sample_every=700, checkpoint_every=100, sample_steps=25,
                        guidance_scale=4.0)
     return {"vae": vae, "clip": clip, "unet": unet}
 
@@ -70,6 +74,8 @@ def train_stack(out: str, *, seed: int = 0, progress: bool = True, configs: dict
         if step is not None and step >= config.steps:
             print(f"[{name}] {folder} is finished (step {step}): reused", file=sys.stderr, flush=True)
             summary[name] = {"step": step, "seconds": 0.0, "reused": True}
+            if name == "vae" and config.data == "shapes":
+                summary[name]["attribute_ceiling"] = _print_vae_ceiling(folder)
             continue
         if step is not None:
             print(f"[{name}] resuming {folder} at step {step}/{config.steps}", file=sys.stderr, flush=True)
@@ -81,9 +87,23 @@ def train_stack(out: str, *, seed: int = 0, progress: bool = True, configs: dict
         result = trainer.train()
         summary[name] = {"step": result["step"], "seconds": round(time.perf_counter() - t0, 1), "reused": False,
                          "step_seconds": _mean_step_time(folder)}
+        if name == "vae" and config.data == "shapes":
+            summary[name]["attribute_ceiling"] = _print_vae_ceiling(folder)
         nd_io.save_json(os.path.join(out, "stack.json"), summary)
     nd_io.save_json(os.path.join(out, "stack.json"), summary)
     return summary
+
+
+def _print_vae_ceiling(folder: str) -> dict:
+    """The trained VAE's attribute ceiling (t2i_eval.vae_ceiling), printed: if it is low, every later
+    stage is capped by it (docs/text_to_image.md, "The VAE's ceiling")."""
+    from ..models import AutoencoderKL
+    from .t2i_eval import vae_ceiling
+    from .vae_trainer import format_ceiling
+
+    report = vae_ceiling(AutoencoderKL.from_pretrained(os.path.join(folder, "vae")))
+    print(f"[vae] {format_ceiling(report)}", file=sys.stderr, flush=True)
+    return {k: v for k, v in report.items() if k != "real"}
 
 
 def _mean_step_time(folder: str) -> float | None:

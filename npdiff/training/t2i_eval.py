@@ -20,6 +20,17 @@ import time
 import numpy as np
 
 GUIDANCE_SCALES = (1.0, 2.0, 4.0, 7.5)
+VAE_CEILING_N = 500  # held-out images whose round trip scores a stack's VAE (a few seconds)
+
+
+def vae_ceiling(vae, n: int = VAE_CEILING_N, data_seed: int = 0) -> dict:
+    """The frozen VAE's attribute ceiling (``vae_trainer.attribute_ceiling``) on the first ``n``
+    test images: what the classifier still reads after decode(μ(x)), beside the real images."""
+    from ..data import make_shapes
+    from .vae_trainer import attribute_ceiling
+
+    test = make_shapes(None, "test", data_seed)
+    return attribute_ceiling(vae, test.images[:n], test.attributes[:n])
 
 
 def generate(pipe, prompts: list[str], *, guidance_scale: float, steps: int, seed: int, batch: int = 100,

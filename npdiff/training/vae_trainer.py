@@ -63,15 +63,45 @@ def encode_means(model, images: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def reconstruct(model, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """decode(μ(x)) and the per-image KL(q(z|x) ‖ N(0, I)) of (N, C, H, W) images: ((N, C, H, W), (N,))."""
+def reconstruct(model, images: np.ndarray, batch: int = 256, kl: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """The round trip decode(μ(x)) of (N, C, H, W) images and, with ``kl``, the per-image
+    KL(q(z|x) ‖ N(0, I)): ((N, C, H, W), (N,) or None). The one place a VAE's reconstruction
+    is computed for evaluation (``npdiff eval``, ``attribute_ceiling``, adapter_eval's ceilings)."""
     recons, kls = [], []
     with no_grad():
         for start in range(0, len(images), batch):
             post = model.encode(images[start:start + batch]).latent_dist
-            recons.append(model.decode(post.mode()).sample.numpy())
-            kls.append(post.kl().numpy())
-    return np.concatenate(recons), np.concatenate(kls)
+            out = model.decode(post.mode()).sample
+            recons.append(np.asarray(out.numpy() if hasattr(out, "numpy") else out))
+            if kl:
+                kls.append(post.kl().numpy())
+    return np.concatenate(recons), (np.concatenate(kls) if kl else None)
+
+
+def attribute_report(recon: np.ndarray, images: np.ndarray, attributes: np.ndarray, classifier=None) -> dict:
+    """``metrics.shapes_report`` of reconstructions ``recon`` of the real ``images`` whose ground
+    truth is ``attributes`` (N, 2, 4), with the same report of the real images under ``"real"``
+    (the classifier's own ceiling). On a VAE's round trip this is the VAE's attribute ceiling: no
+    latent diffusion model decoded by it can draw what its decoder cannot give back."""
+    from ..metrics import shapes_classifier, shapes_report
+
+    clf = shapes_classifier() if classifier is None else classifier
+    report = shapes_report(recon, attributes, classifier=clf)
+    report["real"] = shapes_report(images, attributes, classifier=clf)
+    return report
+
+
+def attribute_ceiling(model, images: np.ndarray, attributes: np.ndarray, classifier=None, batch: int = 256) -> dict:
+    """``attribute_report`` of the round trip decode(μ(x)) (``reconstruct``) of real shapes images."""
+    return attribute_report(reconstruct(model, images, batch, kl=False)[0], images, attributes, classifier)
+
+
+def format_ceiling(report: dict) -> str:
+    """One line: the VAE ceiling's all-correct and per-attribute accuracies beside the real images'."""
+    keys = ("all_correct", "shape_accuracy", "colour_accuracy", "size_accuracy", "position_accuracy", "count_accuracy")
+    real = report["real"]
+    return (f"VAE attribute ceiling (n = {report['n_samples']}, decode(μ(x)) | real): "
+            + ", ".join(f"{k.replace('_accuracy', '')} {report[k]:.1%} | {real[k]:.1%}" for k in keys))
 
 
 class VAETrainer(BaseTrainer):

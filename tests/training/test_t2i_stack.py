@@ -56,6 +56,8 @@ def test_stack_writes_each_stage_and_reuses_them(stack, capsys):
         assert os.path.isdir(os.path.join(stack, "unet", "pipeline", sub))
     record = json.load(open(os.path.join(stack, "stack.json")))
     assert set(record) == {"vae", "clip", "unet"}
+    ceiling = record["vae"]["attribute_ceiling"]  # printed and recorded after the VAE stage
+    assert ceiling["n_samples"] == 500 and 0.0 <= ceiling["all_correct"] <= ceiling["count_accuracy"] <= 1.0
     # the frozen VAE's scaling factor is measured from the data (not the default 1)
     vae_cfg = json.load(open(os.path.join(stack, "unet", "pipeline", "vae", "config.json")))
     assert vae_cfg["scaling_factor"] != 1.0
@@ -130,6 +132,14 @@ def test_eval_clip_run(stack):
             assert 0.0 <= report[f"{split}_{attr}_accuracy"] <= 1.0
 
 
+def test_eval_vae_run_reports_its_attribute_ceiling(stack, capsys):
+    assert cli.main(["eval", "--run", os.path.join(stack, "vae"), "--n", "16"]) == 0
+    ceiling = json.load(open(os.path.join(stack, "vae", "eval.json")))["attribute_ceiling"]
+    assert ceiling["n_samples"] == 16 and ceiling["real"]["all_correct"] > 0.9
+    assert 0.0 <= ceiling["all_correct"] <= ceiling["shape_accuracy"] <= 1.0
+    assert "VAE attribute ceiling" in capsys.readouterr().out
+
+
 def test_eval_text_to_image(stack, capsys):
     assert cli.main(["eval", "--run", stack, "--n", "4", "--steps", "2", "--guidance-scale", "2"]) == 0
     report = json.load(open(os.path.join(stack, "unet", "eval.json")))
@@ -139,7 +149,10 @@ def test_eval_text_to_image(stack, capsys):
                                    "position_accuracy"}
     assert np.isfinite(row["fd_ratio"]) and row["fd_ratio"] > 0
     assert "clip_zero_shot" in report
-    assert "| 2 |" in capsys.readouterr().out
+    ceiling = report["vae_ceiling"]  # the frozen VAE's round trip, beside the real images
+    assert ceiling["real"]["all_correct"] > 0.95 and 0.0 <= ceiling["all_correct"] <= 1.0
+    out = capsys.readouterr().out
+    assert "| 2 |" in out and "VAE attribute ceiling" in out
 
 
 def test_latent_unet_learns(stack, tmp_path):
