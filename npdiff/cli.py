@@ -129,7 +129,7 @@ def _add_train(sub) -> None:
     g.add_argument("--snr-gamma", type=float, default=None, help="min-SNR-γ loss weighting, e.g. 5 "
                    "(default: off, uniform weights)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 2300; 5000 for toys)")
+    g.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 4000; 5000 for toys)")
     g.add_argument("--batch-size", type=int, default=None, help="batch size, per rank under mpiexec (default 32; "
                    "256 for toys)")
     g.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default 2e-3; 1e-3 for toys)")

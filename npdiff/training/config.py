@@ -123,7 +123,7 @@ class TrainConfig:
     prediction_type: str = "v_prediction"
     snr_gamma: float | None = None
     # optimisation
-    steps: int = 2300  # the old default run's 7 min 43 s (quiet) at today's step time: docs/quality.md
+    steps: int = 4000  # 5 min 50 s quiet (the budget: the old default's 7 min 43 s): docs/quality.md
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.0
@@ -133,7 +133,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     # logging and sampling
     log_every: int = 25
-    sample_every: int = 1150  # two grids in the default run (each costs ~7 s of its budget)
+    sample_every: int = 1150  # grids at 1,150, 2,300, 3,450 and the end (each costs ~7 s of the budget)
     checkpoint_every: int = 500
     sample_steps: int = 50
     sample_scheduler: str = "ddim"
