@@ -867,26 +867,27 @@ def conv2d_backward_numba(x, w, g, stride, padding, groups, need_x, need_w, need
                              need_b)
 
 
-def _conv2d_forward_winograd_one(x, w, b, stride, padding):
-    x, w, b = _contig(x, w, b)
-    size = conv2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding)
-    return conv2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + size, x.dtype),
-                              algorithm="winograd")
+def _forward_one_with(algorithm):
+    """One group's forward through ``conv2d_forward_cpu`` with ``algorithm`` forced (a table column's)."""
+    def one(x, w, b, stride, padding):
+        x, w, b = _contig(x, w, b)
+        size = conv2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding)
+        return conv2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + size, x.dtype),
+                                  algorithm=algorithm)
+    return one
 
 
-def _conv2d_backward_winograd_one(x, w, g, stride, padding, need_x, need_w, need_b):
-    return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b, algorithm="winograd")
+def _backward_one_with(algorithm):
+    """One group's backward through ``conv2d_backward_cpu`` with ``algorithm`` forced."""
+    def one(x, w, g, stride, padding, need_x, need_w, need_b):
+        return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b, algorithm=algorithm)
+    return one
 
 
-def _conv2d_forward_winograd4_one(x, w, b, stride, padding):
-    x, w, b = _contig(x, w, b)
-    size = conv2d_output_size(x.shape[2], x.shape[3], w.shape[2], w.shape[3], stride, padding)
-    return conv2d_forward_cpu(x, w, b, stride, padding, np.empty((x.shape[0], w.shape[0]) + size, x.dtype),
-                              algorithm="winograd4")
-
-
-def _conv2d_backward_winograd4_one(x, w, g, stride, padding, need_x, need_w, need_b):
-    return conv2d_backward_cpu(*_contig(x, w, g), stride, padding, need_x, need_w, need_b, algorithm="winograd4")
+_conv2d_forward_winograd_one = _forward_one_with("winograd")
+_conv2d_backward_winograd_one = _backward_one_with("winograd")
+_conv2d_forward_winograd4_one = _forward_one_with("winograd4")
+_conv2d_backward_winograd4_one = _backward_one_with("winograd4")
 
 
 def conv2d_forward_winograd4(x, w, b, stride, padding, groups):
