@@ -391,13 +391,16 @@ def _row_silu_grad(g, rg, v, rv, mu, a, b, C, fast, out, ro):
 #   forward   read x (one pass: Σd and Σd², d = x − x₀) → write y (with SiLU: the same pass)
 #   backward  read g, x (Σg, Σg(x − μ); with SiLU dz = g·silu'(z) first, into an L1 row) → write dx
 # The statistics are one pass over the slab, shifted by its first element x₀ (float64):
-#     μ = x₀ + Σd/M,   σ² = Σd²/M − (Σd/M)²
-# instead of the textbook two (mean, then Σ(x − μ)²). The shift is what keeps the one-pass form
-# exact enough: for any element x₀ of the set, (x₀ − μ)² ≤ Σ(x − μ)² = Mσ², so the cancellation in
-# σ² loses at most a factor 1 + M, against float64's ε = 1.1e-16 and a blocked sum's
-# (M/lanes + log₂ lanes) roundings: a relative error on σ² below (M/8 + 3)(M + 1)·1.1e-16, under
-# float32's ε (6e-8) up to M = 2¹⁴ in the worst case (one outlier at x₀) and in general ~M·1.4e-17
-# (docs/kernels.md, Normalisation). A constant slab gives d = 0 exactly, σ² = 0, ρ = 1/√ε.
+#     m = Σd/M,   μ = x₀ + m,   σ² = Σd²/M − m²
+# instead of the textbook two (mean, then Σ(x − μ)²). Error: d is exact in float64 (a difference
+# of two float32), and the sums' rounding errors are at most γ·Σ|d| and γ·Σd², γ = M·u, u = 2⁻⁵³;
+# with Σ|d|/M ≤ √(Σd²/M) (Cauchy–Schwarz) and Σd²/M = σ² + m² that leaves
+#     |Δσ²| ≤ 3γ(σ² + m²),   relative  3Mu(1 + m²/σ²).
+# The shift keeps m small: m = μ − x₀, typically about σ. Whenever 3Mu(1 + m²/σ²) could exceed
+# 2⁻²⁷ (an eighth of float32's unit roundoff), i.e. m² > σ²·(2²⁶/(3M) − 1), the kernel takes the
+# textbook second pass Σ(x − μ)² instead: x₀ was an outlier, or the slab has more than ~2·10⁷
+# elements. So σ² is always within 2⁻²⁷ relative of its float64 two-pass value (docs/kernels.md,
+# Normalisation; tests/kernels/test_norm.py). A constant slab gives d = 0 exactly, σ² = 0, ρ = 1/√ε.
 @jit_serial
 def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out2, mean, rstd):
     """Slabs r in [lo, hi) of the N·G (n, g) slabs. Views of contiguous memory: x3 (N·G, M), one row
@@ -407,6 +410,7 @@ def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out2, mean
     Cg = x2.shape[0] // R
     G = mean.shape[1]
     cast = out2.dtype.type
+    one_pass_limit = 2.0**26 / (3.0 * max(M, 1)) - 1.0  # largest (μ − x₀)²/σ² the one-pass σ² may see (above)
     for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
         g = r - n * G
@@ -414,8 +418,10 @@ def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out2, mean
         k = np.float64(x3[r, 0]) if M > 0 else 0.0
         s, q = _row_shifted_sums(x3, r, k)
         m = s / M
-        var = max(q / M - m * m, 0.0)
+        var = q / M - m * m
         mu = k + m
+        if not m * m <= var * one_pass_limit:  # x₀ far from μ (an outlier): the textbook second pass
+            var = _row_sqdev(x3, r, mu) / M
         rho = 1.0 / np.sqrt(var + eps)
         mean[n, g] = mu
         rstd[n, g] = rho
