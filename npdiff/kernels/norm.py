@@ -379,6 +379,45 @@ def _row_silu_grad(g, rg, v, rv, mu, a, b, C, fast, out, ro):
         out[ro, i] = g[rg, i] * silu_grad(z, vexp(neg_abs(z), C, fast), C.one)
 
 
+# Short rows (S = H·W < SHORT_ROW: the U-Net's 4×4 and 2×2 maps): a loop over S = 16 elements is too
+# short for LLVM's vector loop, which takes 16 lanes × 4 interleaved = 64 elements a trip and leaves
+# shorter loops to its scalar remainder (measured, one thread: group norm 0.54 ns an element forward at
+# S = 16 against 0.13 at S = 1024; the fused GN + SiLU backward 2.2 against 0.6). There the kernels run
+# the elementwise passes over the whole slab (M = C/G·S elements, one long loop) with the per-channel
+# factors spread over the slab once per call, wg[g, j·S + s] = w[g·C/G + j] (and bg likewise):
+#     z = (x − μ)·(ρ·wg) + bg,   dx = (ρ·wg)·ĝ − ρ²m₂(x − μ) − ρm₁
+# (the product ρ·wg rounded in x's dtype, where the row form rounds ρ·w[c] from float64: one rounding
+# of the scale either way). The per-channel sums of the backward stay per row.
+SHORT_ROW = 64
+
+
+@jit_helper
+def _slab_affine(v, rv, mu, rho, wg, bg, gi, out, ro, act, C, fast):
+    """out[ro, i] = z (or silu(z) with ``act``), z = (v[rv, i] − μ)·(ρ·wg[gi, i]) + bg[gi, i]: a whole slab."""
+    if act:
+        for i in range(v.shape[1]):
+            z = (v[rv, i] - mu) * (rho * wg[gi, i]) + bg[gi, i]
+            out[ro, i] = silu(z, vexp(neg_abs(z), C, fast), C.one)
+    else:
+        for i in range(v.shape[1]):
+            out[ro, i] = (v[rv, i] - mu) * (rho * wg[gi, i]) + bg[gi, i]
+
+
+@jit_helper
+def _slab_silu_grad(g, rg, v, rv, mu, rho, wg, bg, gi, C, fast, out, ro):
+    """out[ro, i] = g[rg, i]·silu'(z), z as in ``_slab_affine``: a whole slab."""
+    for i in range(v.shape[1]):
+        z = (v[rv, i] - mu) * (rho * wg[gi, i]) + bg[gi, i]
+        out[ro, i] = g[rg, i] * silu_grad(z, vexp(neg_abs(z), C, fast), C.one)
+
+
+@jit_helper
+def _slab_grad_input(g, rg, v, rv, mu, rho, wg, gi, B, Cc, out, ro):
+    """out[ro, i] = (ρ·wg[gi, i])·g[rg, i] + B·(v[rv, i] − μ) + C: a whole slab."""
+    for i in range(v.shape[1]):
+        out[ro, i] = (rho * wg[gi, i]) * g[rg, i] + B * (v[rv, i] - mu) + Cc
+
+
 # The group-norm kernels (forward and backward, each with SiLU fused in under ``act``) are serial
 # functions over a range [lo, hi) of the N·G (n, group) slabs, run by ``config.parallel_for`` as
 # every other family's. They were Numba ``prange`` kernels, whose parfor build cost 1.0 and 1.55 s of
@@ -402,10 +441,11 @@ def _row_silu_grad(g, rg, v, rv, mu, a, b, C, fast, out, ro):
 # elements. So σ² is always within 2⁻²⁷ relative of its float64 two-pass value (docs/kernels.md,
 # Normalisation; tests/kernels/test_norm.py). A constant slab gives d = 0 exactly, σ² = 0, ρ = 1/√ε.
 @jit_serial
-def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out2, mean, rstd):
-    """Slabs r in [lo, hi) of the N·G (n, g) slabs. Views of contiguous memory: x3 (N·G, M), one row
-    per slab; x2 and out2 (N·C, S), one row per channel (slab r's channel j is row r·Cg + j). With
-    ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written once)."""
+def _group_norm_forward_fast(lo, hi, x3, x2, w, b, wg, bg, eps, act, C, fast, out3, out2, mean, rstd):
+    """Slabs r in [lo, hi) of the N·G (n, g) slabs. Views of contiguous memory: x3 and out3 (N·G, M),
+    one row per slab; x2 and out2 (N·C, S), one row per channel (slab r's channel j is row r·Cg + j).
+    With ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written once). wg, bg (G, M):
+    w and b spread over a slab when its rows are short (S < SHORT_ROW), else empty."""
     R, M = x3.shape
     Cg = x2.shape[0] // R
     G = mean.shape[1]
@@ -426,6 +466,9 @@ def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out2, mean
         mean[n, g] = mu
         rstd[n, g] = rho
         # 2. y = (x − μ)·(ρ w[c]) + b[c] (then SiLU), arithmetic in x's dtype so it vectorises
+        if wg.shape[0] > 0:  # short rows: one pass over the whole slab
+            _slab_affine(x3, r, cast(mu), cast(rho), wg, bg, g, out3, r, act, C, fast)
+            continue
         for j in range(Cg):
             c = g * Cg + j
             if act:
@@ -435,12 +478,13 @@ def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out2, mean
 
 
 @jit_serial
-def _group_norm_backward_fast(lo, hi, g2, x2, mean, rstd, w, b, act, C, fast, dx2, sg, sgx):
+def _group_norm_backward_fast(lo, hi, g3, g2, x3, x2, mean, rstd, w, b, wg, bg, act, C, fast, dx3, dx2, sg, sgx):
     """Slabs r in [lo, hi) of the N·G (n, g) slabs: Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C)
     partials of db, dw), then dx. g2, x2, dx2 (N·C, S): one row per channel, as in the forward.
     With ``act`` the upstream gradient of the norm is first dz = g·silu'(z), z recomputed from x, μ,
     ρ (the fused GroupNorm + SiLU: z is never stored; dz lives in a (Cg, S) scratch, allocated once
-    per range, that stays in cache for the dx pass)."""
+    per range, that stays in cache for the dx pass). g3, x3, dx3 (N·G, M) and wg (G, M) as in the
+    forward: short rows (wg not empty) take the slab-long dz and dx passes."""
     R = mean.shape[0] * mean.shape[1]
     Cg = x2.shape[0] // R
     S = x2.shape[1]
@@ -448,18 +492,22 @@ def _group_norm_backward_fast(lo, hi, g2, x2, mean, rstd, w, b, act, C, fast, dx
     dz = np.empty((Cg if act else 0, S), dx2.dtype)
     cast = dx2.dtype.type
     ga = dz if act else g2  # the norm's upstream gradient, chosen once (an array assigned in the loop is a reference taken)
+    ga3 = dz.reshape((1 if act else 0, Cg * S)) if act else g3  # the same, one row per slab
+    short = wg.shape[0] > 0
     for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
         grp = r - n * G
         mu = mean[n, grp]
         rho = rstd[n, grp]
         g0 = 0 if act else r * Cg  # slab r's rows of ga: g0 + j
+        if act and short:  # dz = g·silu'(z) for the whole slab, into the scratch
+            _slab_silu_grad(g3, r, x3, r, cast(mu), cast(rho), wg, bg, grp, C, fast, ga3, 0)
         # 1. mean(ĝ) = Σ_c w[c] Σ_s g / M,  mean(ĝ x̂) = Σ_c w[c] ρ Σ_s g (x − μ) / M
         m1 = 0.0
         m2 = 0.0
         for j in range(Cg):
             c = grp * Cg + j
-            if act:  # dz = g·silu'(z) for this row, into the scratch row j (then read from L1)
+            if act and not short:  # dz = g·silu'(z) for this row, into the scratch row j (then read from L1)
                 _row_silu_grad(g2, r * Cg + j, x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), C, fast, dz, j)
             s_g, s_gx = _row_grad_sums(ga, g0 + j, x2, r * Cg + j, mu)
             sg[n, c] = s_g
@@ -469,6 +517,10 @@ def _group_norm_backward_fast(lo, hi, g2, x2, mean, rstd, w, b, act, C, fast, dx
         m1 /= Cg * S
         m2 /= Cg * S
         # 2. dx = ρ w g − ρ² m2 (x − μ) − ρ m1, in x's dtype
+        if short:
+            _slab_grad_input(ga3, 0 if act else r, x3, r, cast(mu), cast(rho), wg, grp, cast(-rho * rho * m2),
+                             cast(-rho * m1), dx3, r)
+            continue
         for j in range(Cg):
             c = grp * Cg + j
             _row_grad_input(ga, g0 + j, x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(-rho * rho * m2),
@@ -571,6 +623,14 @@ def _ones_zeros(weight, bias, n, dtype):
     return w, b
 
 
+def _spread_over_slabs(w, b, G, S, dtype):
+    """(wg, bg) of shape (G, C/G·S) in ``dtype``: w[c] and b[c] repeated over channel c's S positions of
+    its group's slab, for short rows (S < SHORT_ROW); empty (0, 0) arrays otherwise (the row form)."""
+    if S >= SHORT_ROW:
+        return np.empty((0, 0), dtype), np.empty((0, 0), dtype)
+    return (np.repeat(np.asarray(w, dtype), S).reshape(G, -1), np.repeat(np.asarray(b, dtype), S).reshape(G, -1))
+
+
 def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, act=False):
     """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
 
@@ -586,11 +646,12 @@ def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, ac
     x2 = np.ascontiguousarray(x).reshape(N * C, -1)  # (N·C, S): one row per channel
     x3 = x2.reshape(N * G, -1)  # (N·G, M): the same memory, one row per slab
     w, b = _ones_zeros(weight, bias, C, x.dtype)
+    wg, bg = _spread_over_slabs(w, b, G, x2.shape[1], x.dtype)
     out = np.empty(x.shape, x.dtype)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
-    parallel_for(_group_norm_forward_fast, N * G, x3, x2, w, b, float(eps), bool(act), exp_constants(x.dtype),
-                 x.dtype == np.float32, out.reshape(x2.shape), mean, rstd)
+    parallel_for(_group_norm_forward_fast, N * G, x3, x2, w, b, wg, bg, float(eps), bool(act), exp_constants(x.dtype),
+                 x.dtype == np.float32, out.reshape(x3.shape), out.reshape(x2.shape), mean, rstd)
     return out, mean.astype(x.dtype), rstd.astype(x.dtype)
 
 
@@ -614,9 +675,11 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=No
     dx = np.empty(x.shape, x.dtype)  # returned as is (a reshaped view would be copied by the tape)
     sg = np.empty((N, C))
     sgx = np.empty((N, C))
-    parallel_for(_group_norm_backward_fast, N * G, g2, x2, np.asarray(mean, np.float64),
-                 np.asarray(rstd, np.float64), w, b, bool(act), exp_constants(x.dtype), x.dtype == np.float32,
-                 dx.reshape(x2.shape), sg, sgx)
+    wg, bg = _spread_over_slabs(w, b, G, x2.shape[1], x.dtype)
+    M = x2.size // max(N * G, 1)
+    parallel_for(_group_norm_backward_fast, N * G, g2.reshape(N * G, M), g2, x2.reshape(N * G, M), x2,
+                 np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, b, wg, bg, bool(act),
+                 exp_constants(x.dtype), x.dtype == np.float32, dx.reshape(N * G, M), dx.reshape(x2.shape), sg, sgx)
     wdt = x.dtype if weight is None else weight.dtype
     return dx, sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
 

@@ -1,9 +1,12 @@
 """Norm family, what the table harness (test_table.py) does not cover: constant and offset input."""
 
 import numpy as np
+import pytest
 
 from npdiff import kernels as KT
 from npdiff.kernels import norm as K
+from tests.kernels.harness import Case, check_agreement, check_central_differences
+from tests.kernels.test_table import NORMS
 
 
 # -- group norm ---------------------------------------------------------------
@@ -45,3 +48,25 @@ def test_group_norm_one_pass_statistics_are_as_accurate_as_two_passes():
         mu, rho = _two_pass_stats(x, G)
         np.testing.assert_allclose(mean, mu, rtol=2**-23)
         np.testing.assert_allclose(rstd, rho, rtol=2**-23)
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (4, 4), (8, 8)], ids=lambda hw: f"S={hw[0] * hw[1]}")
+def test_group_norm_row_and_slab_passes_agree_with_the_reference(hw):
+    """The numba column runs its elementwise passes per channel row when S = H·W ≥ SHORT_ROW and over
+    whole slabs with the factors spread (``_spread_over_slabs``) below it; the table harness draws
+    S ≤ 25, so the row form is checked here: against the reference (plain and with SiLU fused, float32
+    and float64, affine and not) and by float64 central differences."""
+    assert (hw[0] * hw[1] >= K.SHORT_ROW) == (hw == (8, 8)), "(8, 8) is the row-form case, the others the slab form"
+    rng = np.random.default_rng(hw[0])
+    specs = [s for s in NORMS if s.name in ("group_norm", "group_norm_silu")]
+    for dtype in (np.float32, np.float64):
+        for affine in (True, False):
+            x = (3 * rng.standard_normal((2, 6) + hw) + 1).astype(dtype)
+            wb = [rng.standard_normal(6).astype(dtype) if affine else None for _ in range(2)]
+            case = Case(dict(x=x, weight=wb[0], bias=wb[1]), dict(num_groups=3, eps=1e-5))
+            for spec in specs:
+                check_agreement(spec, case, "numba")
+    for spec in specs:
+        with KT.use("numba"):
+            check_central_differences(spec, Case(dict(x=rng.standard_normal((2, 6) + hw), weight=rng.standard_normal(6),
+                                                      bias=rng.standard_normal(6)), dict(num_groups=3, eps=1e-5)))
