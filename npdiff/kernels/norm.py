@@ -33,9 +33,11 @@ rule written out, an independent route to the closed form above) → numba (CPU)
 xp-vectorised (numpy or cupy). Each op's columns are registered in ``table.py``; the
 one dispatch validates (``checks.py``) and picks the column.
 
-Statistics are accumulated in float64 whatever the input dtype, in two passes
-(mean, then Σ(x − μ)²): a constant input gives σ² = 0 exactly and ρ = 1/√ε,
-finite. The forward returns μ and ρ (dtype of x) for the backward.
+Statistics are accumulated in float64 whatever the input dtype: a constant input gives σ² = 0
+exactly and ρ = 1/√ε, finite. Layer and batch norm take two passes (mean, then Σ(x − μ)²); the
+group-norm kernel one, shifted by the slab's first element, with the second pass only where the
+shift could cost accuracy (see ``_group_norm_forward_fast``). The forward returns μ and ρ (dtype of x)
+for the backward.
 
 GPU twin: ``npdiff/kernels/cuda/norm.py`` (the table's ``cuda`` column: block reductions per
 statistics set, then one thread per element).
