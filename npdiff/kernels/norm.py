@@ -54,7 +54,7 @@ from .checks import normalized_shape as _normalized_shape
 from .elementwise import _XP as _ACTIVATIONS_XP
 from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
 from .vexp import exp_constants, vexp
-from .config import jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
+from .config import jit_helper, jit_reduce, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
