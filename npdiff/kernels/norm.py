@@ -494,7 +494,7 @@ def _group_norm_backward_fast(lo, hi, g3, g2, x3, x2, mean, rstd, w, b, wg, bg, 
     dz = np.empty((Cg if act else 0, S), dx2.dtype)
     cast = dx2.dtype.type
     ga = dz if act else g2  # the norm's upstream gradient, chosen once (an array assigned in the loop is a reference taken)
-    ga3 = dz.reshape((1 if act else 0, Cg * S)) if act else g3  # the same, one row per slab
+    ga3 = dz.reshape((1, Cg * S)) if act else g3  # the same, one row per slab
     short = wg.shape[0] > 0
     for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
