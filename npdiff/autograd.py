@@ -359,6 +359,9 @@ class Tensor:
     def view(self, *shape):
         return reshape(self, *shape)
 
+    def contiguous(self):
+        return contiguous(self)
+
     def flatten(self, start_dim=0, end_dim=-1):
         return flatten(self, start_dim, end_dim)
 
@@ -910,6 +913,20 @@ class Permute(Function):
         return g.transpose(inv), None
 
 
+class Contiguous(Function):
+    """A C-contiguous copy of a strided view (``Tensor.contiguous``, torch's name); the gradient passes
+    through unchanged. For a transposed view read by several ops that would each copy it (the
+    attention block's (B, HW, C) tokens feed three projections, each reshaping them to rows)."""
+
+    @staticmethod
+    def forward(ctx, a):
+        return backend.get_array_module(a).ascontiguousarray(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g,)
+
+
 class Expand(Function):
     @staticmethod
     def forward(ctx, a, shape):
@@ -938,6 +955,12 @@ def flatten(a, start_dim=0, end_dim=-1):
     a = _wrap(a)
     s, e = start_dim % a.ndim, end_dim % a.ndim
     return reshape(a, a.shape[:s] + (-1,) + a.shape[e + 1 :])
+
+
+def contiguous(a):
+    """``a`` itself when its data is C-contiguous, else a contiguous copy that stays on the tape."""
+    a = _wrap(a)
+    return a if a.data.flags.c_contiguous else Contiguous.apply(a)
 
 
 def permute(a, *dims):

@@ -221,3 +221,15 @@ def test_dtype_policy():
 def test_bad_shapes_raise_valueerror_naming_them(op, match):
     with pytest.raises((ValueError, RuntimeError), match=match):
         op()
+
+
+def test_contiguous_copies_a_strided_view_and_passes_the_gradient_through():
+    x = nd.tensor(np.arange(24, dtype=np.float32).reshape(2, 3, 4), requires_grad=True)
+    t = x.transpose(1, 2)  # (2, 4, 3), strided
+    c = t.contiguous()
+    assert c.data.flags.c_contiguous and not np.shares_memory(c.data, x.data)
+    np.testing.assert_array_equal(c.data, t.data)
+    assert c.contiguous() is c  # already contiguous: no new node, no copy
+    g = np.random.default_rng(0).standard_normal(c.shape).astype(np.float32)
+    c.backward(g)
+    np.testing.assert_array_equal(x.grad.data, g.transpose(0, 2, 1))

@@ -85,3 +85,29 @@ def test_flop_count_includes_attention():
     ends = L * (p * p * 1 * E) + L * (E * p * p * 1)  # patch embedding and proj_out_2
     _, forward = bench.training_flops(info, B)
     assert forward == 2 * B * (tokens + per_sample + ends)
+
+
+def test_norm_floor_benchmark_writes_records(tmp_path):
+    """benchmarks/norm_floor.py: group-norm kernels' GB/s beside the two copies, one record per shape."""
+    import importlib.util
+
+    import numba
+
+    spec = importlib.util.spec_from_file_location("norm_floor", os.path.join(ROOT, "benchmarks", "norm_floor.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "nf.json"
+    threads = numba.get_num_threads()
+    try:
+        bench.main(["--threads", "1", "--repeats", "1", "--json", str(out)])
+    finally:
+        numba.set_num_threads(threads)
+    records = json.loads(out.read_text())
+    assert [r["shape"] for r in records[1:]] == [list(s) for s, _ in bench.SHAPES]
+    for r in records:
+        assert set(r["copy"]) == {"np.copyto", "cached copy"} and all(c["gb_s"] > 0 for c in r["copy"].values())
+    for r in records[1:]:
+        assert set(r["kernels"]) == {"group_norm fwd", "group_norm bwd", "gn+silu fwd", "gn+silu bwd"}
+        for name, k in r["kernels"].items():
+            moved = (2 if "fwd" in name else 3) * r["mbytes"] * 1e6  # bytes: x → y; g, x → dx
+            assert abs(k["gb_s"] - moved / (k["best_ms"] * 1e-3) / 1e9) < 1e-6 * k["gb_s"]

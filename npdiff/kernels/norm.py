@@ -33,9 +33,11 @@ rule written out, an independent route to the closed form above) → numba (CPU)
 xp-vectorised (numpy or cupy). Each op's columns are registered in ``table.py``; the
 one dispatch validates (``checks.py``) and picks the column.
 
-Statistics are accumulated in float64 whatever the input dtype, in two passes
-(mean, then Σ(x − μ)²): a constant input gives σ² = 0 exactly and ρ = 1/√ε,
-finite. The forward returns μ and ρ (dtype of x) for the backward.
+Statistics are accumulated in float64 whatever the input dtype: a constant input gives σ² = 0
+exactly and ρ = 1/√ε, finite. Layer and batch norm take two passes (mean, then Σ(x − μ)²); the
+group-norm kernel one, shifted by the slab's first element, with the second pass only where the
+shift could cost accuracy (see ``_group_norm_forward_fast``). The forward returns μ and ρ (dtype of x)
+for the backward.
 
 GPU twin: ``npdiff/kernels/cuda/norm.py`` (the table's ``cuda`` column: block reductions per
 statistics set, then one thread per element).
@@ -51,8 +53,8 @@ from ..backend import get_array_module
 from .checks import normalized_shape as _normalized_shape
 from .elementwise import _XP as _ACTIVATIONS_XP
 from .elementwise import neg_abs, silu, silu_grad, unary_backward_reference, unary_forward_reference
-from .vexp import exp_constants, exp_inplace
-from .config import jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
+from .vexp import exp_constants, vexp
+from .config import jit_helper, jit_reduce, jit_serial, num_threads, parallel_for
 
 # ---------------------------------------------------------------------------
 # reference versions: loops straight from the definition
@@ -350,16 +352,72 @@ def _row_grad_input(g, rg, v, rv, mu, A, B, C, out, ro):
         out[ro, i] = A * g[rg, i] + B * (v[rv, i] - mu) + C
 
 
+@jit_reduce
+def _row_shifted_sums(a, r, k):
+    """(Σ_i d_i, Σ_i d_i²) with d_i = a[r, i] − k, in float64 (k float64): one pass for both."""
+    s = 0.0
+    q = 0.0
+    for i in range(a.shape[1]):
+        d = a[r, i] - k
+        s += d
+        q += d * d
+    return s, q
+
+
 @jit_helper
-def _silu_row(z, r, buf, ib, fb, C, fast):
-    """z[r] ← silu(z[r]) in place: e = e^{−|z|} for the row by the vector exp (buf, ib, fb: the
-    row's scratch, fb = ib viewed as float32), then z·σ(z) (elementwise's pair)."""
-    n = z.shape[1]
-    for i in range(n):
-        buf[i] = neg_abs(z[r, i])
-    exp_inplace(buf, n, ib, fb, C, fast)
-    for i in range(n):
-        z[r, i] = silu(z[r, i], buf[i], C.one)
+def _row_affine_silu(v, rv, mu, a, b, out, ro, C, fast):
+    """out[ro, i] = silu(z), z = (v[rv, i] − μ)·a + b: the exponential (``vexp``) inlined, so the
+    affine map, e^{−|z|} and z·σ(z) are one vectorised pass (C: ``ExpConstants``)."""
+    for i in range(v.shape[1]):
+        z = (v[rv, i] - mu) * a + b
+        out[ro, i] = silu(z, vexp(neg_abs(z), C, fast), C.one)
+
+
+@jit_helper
+def _row_silu_grad(g, rg, v, rv, mu, a, b, C, fast, out, ro):
+    """out[ro, i] = g[rg, i]·silu'(z), z = (v[rv, i] − μ)·a + b recomputed (one pass, ``vexp`` inlined)."""
+    for i in range(v.shape[1]):
+        z = (v[rv, i] - mu) * a + b
+        out[ro, i] = g[rg, i] * silu_grad(z, vexp(neg_abs(z), C, fast), C.one)
+
+
+# Short rows (S = H·W < SHORT_ROW: the U-Net's 4×4 and 2×2 maps): a loop over S = 16 elements is too
+# short for LLVM's vector loop, which takes 16 lanes × 4 interleaved = 64 elements a trip and leaves
+# shorter loops to its scalar remainder (measured, one thread: group norm 0.54 ns an element forward at
+# S = 16 against 0.13 at S = 1024; the fused GN + SiLU backward 2.2 against 0.6). There the kernels run
+# the elementwise passes over the whole slab (M = C/G·S elements, one long loop) with the per-channel
+# factors spread over the slab once per call, wg[g, j·S + s] = w[g·C/G + j] (and bg likewise):
+#     z = (x − μ)·(ρ·wg) + bg,   dx = (ρ·wg)·ĝ − ρ²m₂(x − μ) − ρm₁
+# (the product ρ·wg rounded in x's dtype, where the row form rounds ρ·w[c] from float64: one rounding
+# of the scale either way). The per-channel sums of the backward stay per row.
+SHORT_ROW = 64
+
+
+@jit_helper
+def _slab_affine(v, rv, mu, rho, wg, bg, gi, out, ro, act, C, fast):
+    """out[ro, i] = z (or silu(z) with ``act``), z = (v[rv, i] − μ)·(ρ·wg[gi, i]) + bg[gi, i]: a whole slab."""
+    if act:
+        for i in range(v.shape[1]):
+            z = (v[rv, i] - mu) * (rho * wg[gi, i]) + bg[gi, i]
+            out[ro, i] = silu(z, vexp(neg_abs(z), C, fast), C.one)
+    else:
+        for i in range(v.shape[1]):
+            out[ro, i] = (v[rv, i] - mu) * (rho * wg[gi, i]) + bg[gi, i]
+
+
+@jit_helper
+def _slab_silu_grad(g, rg, v, rv, mu, rho, wg, bg, gi, C, fast, out, ro):
+    """out[ro, i] = g[rg, i]·silu'(z), z as in ``_slab_affine``: a whole slab."""
+    for i in range(v.shape[1]):
+        z = (v[rv, i] - mu) * (rho * wg[gi, i]) + bg[gi, i]
+        out[ro, i] = g[rg, i] * silu_grad(z, vexp(neg_abs(z), C, fast), C.one)
+
+
+@jit_helper
+def _slab_grad_input(g, rg, v, rv, mu, rho, wg, gi, B, Cc, out, ro):
+    """out[ro, i] = (ρ·wg[gi, i])·g[rg, i] + B·(v[rv, i] − μ) + C: a whole slab."""
+    for i in range(v.shape[1]):
+        out[ro, i] = (rho * wg[gi, i]) * g[rg, i] + B * (v[rv, i] - mu) + Cc
 
 
 # The group-norm kernels (forward and backward, each with SiLU fused in under ``act``) are serial
@@ -368,90 +426,103 @@ def _silu_row(z, r, buf, ib, fb, C, fast):
 # CPU at the first run (now 0.3 and 0.45 s); what prange used to gain over a serial loop was, measured
 # on the forward, the row views of the serial form (see above), not the loop (docs/kernels.md,
 # Normalisation).
+#
+# Passes over memory (a slab of (64, 64, 32, 32) is 8 KB, of (64, 128, 16, 16) 8 KB: it stays in L1
+# between the passes over it, so only the first read and the last write of each slab reach memory):
+#   forward   read x (one pass: Σd and Σd², d = x − x₀) → write y (with SiLU: the same pass)
+#   backward  read g, x (Σg, Σg(x − μ); with SiLU dz = g·silu'(z) first, into an L1 row) → write dx
+# The statistics are one pass over the slab, shifted by its first element x₀ (float64):
+#     m = Σd/M,   μ = x₀ + m,   σ² = Σd²/M − m²
+# instead of the textbook two (mean, then Σ(x − μ)²). Error: d is exact in float64 (a difference
+# of two float32), and the sums' rounding errors are at most γ·Σ|d| and γ·Σd², γ = M·u, u = 2⁻⁵³;
+# with Σ|d|/M ≤ √(Σd²/M) (Cauchy–Schwarz) and Σd²/M = σ² + m² that leaves
+#     |Δσ²| ≤ 3γ(σ² + m²),   relative  3Mu(1 + m²/σ²).
+# The shift keeps m small: m = μ − x₀, typically about σ. Whenever 3Mu(1 + m²/σ²) could exceed
+# 2⁻²⁷ (an eighth of float32's unit roundoff), i.e. m² > σ²·(2²⁶/(3M) − 1), the kernel takes the
+# textbook second pass Σ(x − μ)² instead: x₀ was an outlier, or the slab has more than ~2·10⁷
+# elements. So σ² is always within 2⁻²⁷ relative of its float64 two-pass value (docs/kernels.md,
+# Normalisation; tests/kernels/test_norm.py). A constant slab gives d = 0 exactly, σ² = 0, ρ = 1/√ε.
 @jit_serial
-def _group_norm_forward_fast(lo, hi, x3, x2, w, b, eps, act, C, fast, out3, out2, mean, rstd):
-    """Slabs r in [lo, hi) of the N·G (n, g) slabs. Four views of contiguous memory: x3 and out3
-    (N·G, M), one row per slab; x2 and out2 (N·C, S), one row per channel (slab r's channel j is
-    row r·Cg + j). With ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written
-    once); the exponential's scratch (M,) is allocated once per range."""
+def _group_norm_forward_fast(lo, hi, x3, x2, w, b, wg, bg, eps, act, C, fast, out3, out2, mean, rstd):
+    """Slabs r in [lo, hi) of the N·G (n, g) slabs. Views of contiguous memory: x3 and out3 (N·G, M),
+    one row per slab; x2 and out2 (N·C, S), one row per channel (slab r's channel j is row r·Cg + j).
+    With ``act``, y = silu((x − μ)ρw + b) (GroupNorm + SiLU fused: y is written once). wg, bg (G, M):
+    w and b spread over a slab when its rows are short (S < SHORT_ROW), else empty."""
     R, M = x3.shape
     Cg = x2.shape[0] // R
     G = mean.shape[1]
-    buf = np.empty(M if act else 0, out3.dtype)
-    ib = np.empty(M if act else 0, np.int32)
-    fb = ib.view(np.float32)
-    cast = out3.dtype.type
+    cast = out2.dtype.type
+    one_pass_limit = 2.0**26 / (3.0 * max(M, 1)) - 1.0  # largest (μ − x₀)²/σ² the one-pass σ² may see (above)
     for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
         g = r - n * G
-        # 1. statistics of the (n, g) slab — two passes, the slab stays in cache
-        mu = _row_sum(x3, r) / M
-        rho = 1.0 / np.sqrt(_row_sqdev(x3, r, mu) / M + eps)
+        # 1. statistics of the (n, g) slab, one pass shifted by its first element (see above)
+        k = np.float64(x3[r, 0]) if M > 0 else 0.0
+        s, q = _row_shifted_sums(x3, r, k)
+        m = s / M
+        var = q / M - m * m
+        mu = k + m
+        if not m * m <= var * one_pass_limit:  # x₀ far from μ (an outlier): the textbook second pass
+            var = _row_sqdev(x3, r, mu) / M
+        rho = 1.0 / np.sqrt(var + eps)
         mean[n, g] = mu
         rstd[n, g] = rho
-        # 2. y = (x − μ)·(ρ w[c]) + b[c], arithmetic in x's dtype so it vectorises
+        # 2. y = (x − μ)·(ρ w[c]) + b[c] (then SiLU), arithmetic in x's dtype so it vectorises
+        if wg.shape[0] > 0:  # short rows: one pass over the whole slab
+            _slab_affine(x3, r, cast(mu), cast(rho), wg, bg, g, out3, r, act, C, fast)
+            continue
         for j in range(Cg):
             c = g * Cg + j
-            _row_affine(x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), out2, r * Cg + j)
-        if act:  # 3. SiLU over the whole slab while it is in cache: one long vector exp
-            _silu_row(out3, r, buf, ib, fb, C, fast)
-
-
-@jit_inline  # one call site: compiled inside the backward kernel (measured 0.45 → 0.41 ms, fused backward (64, 32, 16, 16))
-def _silu_grad_slab(g3, x2, r, c0, mu, rho, w, b, C, fast, dz, dz1, buf, ib, fb):
-    """dz (Cg, S) = g·silu'(z) for slab r (its channels c0 + j, rows r·Cg + j of x2), z = (x − μ)ρw + b
-    recomputed from x; dz1 (M,) is the same scratch as one row."""
-    Cg = dz.shape[0]
-    M = dz1.shape[0]
-    cast = dz.dtype.type
-    for j in range(Cg):
-        c = c0 + j
-        _row_affine(x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), dz, j)
-    for i in range(M):  # the slab, contiguous: one long vector exp
-        buf[i] = neg_abs(dz1[i])
-    exp_inplace(buf, M, ib, fb, C, fast)
-    for i in range(M):
-        dz1[i] = g3[r, i] * silu_grad(dz1[i], buf[i], C.one)
+            if act:
+                _row_affine_silu(x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), out2, r * Cg + j, C, fast)
+            else:
+                _row_affine(x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), out2, r * Cg + j)
 
 
 @jit_serial
-def _group_norm_backward_fast(lo, hi, g3, g2, x2, mean, rstd, w, b, act, C, fast, dx2, sg, sgx):
+def _group_norm_backward_fast(lo, hi, g3, g2, x3, x2, mean, rstd, w, b, wg, bg, act, C, fast, dx3, dx2, sg, sgx):
     """Slabs r in [lo, hi) of the N·G (n, g) slabs: Σg and ρΣg(x−μ) per channel (→ sg, sgx (N, C)
-    partials of db, dw), then dx. g3 (N·G, M) and g2, x2, dx2 (N·C, S): views as in the forward.
+    partials of db, dw), then dx. g2, x2, dx2 (N·C, S): one row per channel, as in the forward.
     With ``act`` the upstream gradient of the norm is first dz = g·silu'(z), z recomputed from x, μ,
-    ρ (the fused GroupNorm + SiLU: z is never stored; its scratch (Cg, S) allocated once per range)."""
-    R, M = g3.shape
+    ρ (the fused GroupNorm + SiLU: z is never stored; dz lives in a (Cg, S) scratch, allocated once
+    per range, that stays in cache for the dx pass). g3, x3, dx3 (N·G, M) and wg (G, M) as in the
+    forward: short rows (wg not empty) take the slab-long dz and dx passes."""
+    R = mean.shape[0] * mean.shape[1]
     Cg = x2.shape[0] // R
     S = x2.shape[1]
     G = mean.shape[1]
-    dz1 = np.empty(M if act else 0, dx2.dtype)
-    dz = dz1.reshape((Cg if act else 0, S))
-    buf = np.empty(M if act else 0, dx2.dtype)
-    ib = np.empty(M if act else 0, np.int32)
-    fb = ib.view(np.float32)
+    dz = np.empty((Cg if act else 0, S), dx2.dtype)
     cast = dx2.dtype.type
     ga = dz if act else g2  # the norm's upstream gradient, chosen once (an array assigned in the loop is a reference taken)
+    ga3 = dz.reshape((1, Cg * S)) if act else g3  # the same, one row per slab
+    short = wg.shape[0] > 0
     for r in range(lo, hi):  # parallel_for's share of [0, N·G)
         n = r // G
         grp = r - n * G
         mu = mean[n, grp]
         rho = rstd[n, grp]
         g0 = 0 if act else r * Cg  # slab r's rows of ga: g0 + j
-        if act:
-            _silu_grad_slab(g3, x2, r, grp * Cg, mu, rho, w, b, C, fast, dz, dz1, buf, ib, fb)
+        if act and short:  # dz = g·silu'(z) for the whole slab, into the scratch
+            _slab_silu_grad(g3, r, x3, r, cast(mu), cast(rho), wg, bg, grp, C, fast, ga3, 0)
         # 1. mean(ĝ) = Σ_c w[c] Σ_s g / M,  mean(ĝ x̂) = Σ_c w[c] ρ Σ_s g (x − μ) / M
         m1 = 0.0
         m2 = 0.0
         for j in range(Cg):
             c = grp * Cg + j
+            if act and not short:  # dz = g·silu'(z) for this row, into the scratch row j (then read from L1)
+                _row_silu_grad(g2, r * Cg + j, x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(b[c]), C, fast, dz, j)
             s_g, s_gx = _row_grad_sums(ga, g0 + j, x2, r * Cg + j, mu)
             sg[n, c] = s_g
             sgx[n, c] = s_gx * rho
             m1 += w[c] * s_g
             m2 += w[c] * s_gx * rho
-        m1 /= M
-        m2 /= M
+        m1 /= Cg * S
+        m2 /= Cg * S
         # 2. dx = ρ w g − ρ² m2 (x − μ) − ρ m1, in x's dtype
+        if short:
+            _slab_grad_input(ga3, 0 if act else r, x3, r, cast(mu), cast(rho), wg, grp, cast(-rho * rho * m2),
+                             cast(-rho * m1), dx3, r)
+            continue
         for j in range(Cg):
             c = grp * Cg + j
             _row_grad_input(ga, g0 + j, x2, r * Cg + j, cast(mu), cast(rho * w[c]), cast(-rho * rho * m2),
@@ -554,25 +625,34 @@ def _ones_zeros(weight, bias, n, dtype):
     return w, b
 
 
+def _spread_over_slabs(w, b, G, S, dtype):
+    """(wg, bg) of shape (G, C/G·S) in ``dtype``: w[c] and b[c] repeated over channel c's S positions of
+    its group's slab, for short rows (S < SHORT_ROW); empty (0, 0) arrays otherwise (the row form)."""
+    if S >= SHORT_ROW:
+        return np.empty((0, 0), dtype), np.empty((0, 0), dtype)
+    return (np.repeat(np.asarray(w, dtype), S).reshape(G, -1), np.repeat(np.asarray(b, dtype), S).reshape(G, -1))
+
+
 def group_norm_forward_numba(x, num_groups, weight=None, bias=None, eps=1e-5, act=False):
     """Group norm on the CPU. Same contract as ``group_norm_forward_reference``.
 
     Fast path: x is viewed as (N, G, C/G, S); the N·G (n, group) slabs are split
-    over threads (``parallel_for``). Per slab: the mean and Σ(x − μ)² in float64 (two
-    passes over a slab small enough to stay in cache, each a vectorised reduction,
-    ``jit_reduce``), then y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised). One read of x from memory,
-    one write of y. ``act``: SiLU applied to each row of y while it is in cache
-    (``group_norm_silu_forward``).
+    over threads (``parallel_for``). Per slab: Σd and Σd² (d = x − x₀, x₀ the slab's first element)
+    in float64, one vectorised reduction (``jit_reduce``), give μ and σ²; then
+    y = (x − μ)·ρw[c] + b[c] in x's dtype (vectorised), the slab still in cache. One read of x from
+    memory, one write of y. ``act``: SiLU in the same pass as the affine map, its exponential
+    inlined (``group_norm_silu_forward``).
     """
     N, C = x.shape[:2]
     G = num_groups
     x2 = np.ascontiguousarray(x).reshape(N * C, -1)  # (N·C, S): one row per channel
     x3 = x2.reshape(N * G, -1)  # (N·G, M): the same memory, one row per slab
     w, b = _ones_zeros(weight, bias, C, x.dtype)
+    wg, bg = _spread_over_slabs(w, b, G, x2.shape[1], x.dtype)
     out = np.empty(x.shape, x.dtype)
     mean = np.empty((N, G))
     rstd = np.empty((N, G))
-    parallel_for(_group_norm_forward_fast, N * G, x3, x2, w, b, float(eps), bool(act), exp_constants(x.dtype),
+    parallel_for(_group_norm_forward_fast, N * G, x3, x2, w, b, wg, bg, float(eps), bool(act), exp_constants(x.dtype),
                  x.dtype == np.float32, out.reshape(x3.shape), out.reshape(x2.shape), mean, rstd)
     return out, mean.astype(x.dtype), rstd.astype(x.dtype)
 
@@ -584,8 +664,9 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=No
     computes Σg and Σg(x − μ) (float64), which give mean(ĝ), mean(ĝx̂) and the
     per-(n, c) partial sums of db and dw; a second pass (slab in cache) writes
     dx = A·g + B·(x − μ) + C. dw, db: the (N, C) partials summed over n.
-    ``act`` (``group_norm_silu_backward``): g is first replaced, slab by slab, by
-    g·silu'(z) with z recomputed from x, μ, ρ, w, b.
+    ``act`` (``group_norm_silu_backward``): g is first replaced, row by row, by
+    dz = g·silu'(z) with z recomputed from x, μ, ρ, w, b (one pass, the exponential inlined) into
+    a scratch that stays in cache for the sums and the dx pass.
     """
     N, C = x.shape[:2]
     G = num_groups
@@ -596,9 +677,11 @@ def group_norm_backward_numba(g, x, mean, rstd, num_groups, weight=None, bias=No
     dx = np.empty(x.shape, x.dtype)  # returned as is (a reshaped view would be copied by the tape)
     sg = np.empty((N, C))
     sgx = np.empty((N, C))
-    parallel_for(_group_norm_backward_fast, N * G, g2.reshape(N * G, -1), g2, x2, np.asarray(mean, np.float64),
-                 np.asarray(rstd, np.float64), w, b, bool(act), exp_constants(x.dtype), x.dtype == np.float32,
-                 dx.reshape(x2.shape), sg, sgx)
+    wg, bg = _spread_over_slabs(w, b, G, x2.shape[1], x.dtype)
+    M = x2.size // max(N * G, 1)
+    parallel_for(_group_norm_backward_fast, N * G, g2.reshape(N * G, M), g2, x2.reshape(N * G, M), x2,
+                 np.asarray(mean, np.float64), np.asarray(rstd, np.float64), w, b, wg, bg, bool(act),
+                 exp_constants(x.dtype), x.dtype == np.float32, dx.reshape(N * G, M), dx.reshape(x2.shape), sg, sgx)
     wdt = x.dtype if weight is None else weight.dtype
     return dx, sgx.sum(0).astype(wdt), sg.sum(0).astype(wdt)
 

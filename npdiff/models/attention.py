@@ -77,7 +77,9 @@ class Attention(nn.Module):
         if image:
             B, C, H, W = x.shape
             h = self.group_norm(x) if self.group_norm is not None else x
-            h = h.reshape(B, C, H * W).transpose(1, 2)  # (B, Lq, C), Lq = H·W
+            # (B, Lq, C), Lq = H·W; made contiguous once here, or each of the three projections
+            # below (and their backward) would copy the transposed view to rows itself
+            h = h.reshape(B, C, H * W).transpose(1, 2).contiguous()
         else:
             if x.ndim != 3:
                 raise ValueError(f"Attention: hidden_states must be (B, C, H, W) or (B, L, C), got shape {x.shape}")
