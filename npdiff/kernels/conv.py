@@ -501,6 +501,10 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 # Memory: U is 36·C_in·C_out floats (4× the weights), and the weight gradient keeps one such accumulator
 # per thread (im2col's: 9·C_in·C_out each); above WINOGRAD4_MAX_BYTES (a Stable-Diffusion-sized 1280→1280
 # conv would need 236 MB per thread) the conv stays on im2col.
+# ``algorithm`` names that force F(4×4, 3×3), and how its 36 products run: None by ``winograd4.own_gemm_pays``
+# (the register-blocked ``microgemm.gemm`` where it beats the BLAS), True always by ``microgemm.gemm`` (the
+# table's ``winograd4_microgemm`` column, so that the harness checks it on every drawn shape).
+WINOGRAD4 = {"winograd4": None, "winograd4_microgemm": True}
 WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
 WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
 WINOGRAD4_MAX_BYTES = 128 << 20  # 36·C_in·C_out·itemsize, times the threads for the weight gradient
@@ -617,8 +621,9 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
             out3 += b[:, None]
         return out
     if winograd_applies(kh, kw, stride, padding):
-        if algorithm == "winograd4" or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo, x.itemsize)):
-            return winograd4.winograd4_conv3x3(x, winograd4.weight_transform(w), bias, padding, out)
+        if algorithm in WINOGRAD4 or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo, x.itemsize)):
+            return winograd4.winograd4_conv3x3(x, winograd4.weight_transform(w), bias, padding, out,
+                                               WINOGRAD4.get(algorithm))
         if algorithm == "winograd":
             return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
     if algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(Ho, Wo)):
@@ -647,8 +652,9 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
     gx = gw = gb = None
     wino = winograd_applies(kh, kw, stride, padding)
     auto = algorithm == "auto"
-    f4_x = wino and (algorithm == "winograd4" or (auto and winograd4_pays(O, C, H, W, x.itemsize)))  # a conv O -> C
-    f4_w = wino and (algorithm == "winograd4" or (auto and winograd4_pays(C, O, Ho, Wo, x.itemsize, num_threads())))
+    f4_x = wino and (algorithm in WINOGRAD4 or (auto and winograd4_pays(O, C, H, W, x.itemsize)))  # a conv O -> C
+    f4_w = wino and (algorithm in WINOGRAD4 or (auto and winograd4_pays(C, O, Ho, Wo, x.itemsize, num_threads())))
+    own_gemm = WINOGRAD4.get(algorithm)  # None: microgemm's rule
     if _is_pointwise(kh, kw, stride, padding):
         g3 = g.reshape(N, O, H * W)  # (N, O, P)
         x3 = x.reshape(N, C, H * W)  # (N, C, P)
@@ -663,14 +669,14 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
         gx_pad = (2 - padding[0], 2 - padding[1])  # gx = conv2d(g, w̃, padding 2 − p), w̃ flipped, transposed
         if need_x and f4_x:
             gx = winograd4.winograd4_conv3x3(g, winograd4.weight_transform(w, flip=True), np.zeros(C, x.dtype),
-                                             gx_pad, np.empty_like(x))
+                                             gx_pad, np.empty_like(x), own_gemm)
         elif need_x and wino and algorithm == "winograd":
             gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True), np.zeros(C, x.dtype), gx_pad,
                                            np.empty_like(x))
         elif need_x:
             gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
         if need_w and f4_w:
-            gw = winograd4.winograd4_weight_grad(x, g, padding)
+            gw = winograd4.winograd4_weight_grad(x, g, padding, own_gemm)
         elif need_w:
             gw = _weight_grad(x, g, kh, kw, stride, padding).reshape(w.shape)
     if need_b:
@@ -888,6 +894,8 @@ _conv2d_forward_winograd_one = _forward_one_with("winograd")
 _conv2d_backward_winograd_one = _backward_one_with("winograd")
 _conv2d_forward_winograd4_one = _forward_one_with("winograd4")
 _conv2d_backward_winograd4_one = _backward_one_with("winograd4")
+_conv2d_forward_microgemm_one = _forward_one_with("winograd4_microgemm")
+_conv2d_backward_microgemm_one = _backward_one_with("winograd4_microgemm")
 
 
 def conv2d_forward_winograd4(x, w, b, stride, padding, groups):
@@ -900,6 +908,19 @@ def conv2d_backward_winograd4(x, w, g, stride, padding, groups, need_x, need_w, 
     """winograd4 column of conv2d_backward (grad-input and grad-weight by F(4×4, 3×3) for every 3×3 stride-1
     conv)."""
     return _grouped_backward(_conv2d_backward_winograd4_one, x, w, g, groups, False, stride, padding, need_x,
+                             need_w, need_b)
+
+
+def conv2d_forward_winograd4_microgemm(x, w, b, stride, padding, groups):
+    """winograd4_microgemm column of conv2d_forward: F(4×4, 3×3) for every 3×3 stride-1 conv with its 36 products
+    always by the register-blocked ``microgemm.gemm`` (whatever the BLAS and the channel count)."""
+    return _grouped_forward(_conv2d_forward_microgemm_one, x, w, b, groups, False, stride, padding)
+
+
+def conv2d_backward_winograd4_microgemm(x, w, g, stride, padding, groups, need_x, need_w, need_b):
+    """winograd4_microgemm column of conv2d_backward (grad-input and grad-weight as the winograd4 column's, the
+    products by ``microgemm.gemm``)."""
+    return _grouped_backward(_conv2d_backward_microgemm_one, x, w, g, groups, False, stride, padding, need_x,
                              need_w, need_b)
 
 

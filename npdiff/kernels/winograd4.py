@@ -57,6 +57,7 @@ from fractions import Fraction
 import numpy as np
 
 from .config import blas_single_thread, jit_inline, jit_serial, num_threads, parallel_for
+from .microgemm import LANES, beats_blas, gemm
 
 M_OUT, R_TAPS = 4, 3  # outputs per tile side, kernel size
 ALPHA = M_OUT + R_TAPS - 1  # 6: patch side, transformed positions per side
@@ -335,6 +336,13 @@ def _output_tiles_adjoint(gt, coef, base, th, tw, S1, GM):
                     GM[30 + b, p, o] = S1[3, b, o]
 
 
+def own_gemm_pays(lanes):
+    """The 36 products by ``microgemm.gemm`` instead of BLAS: where it beats the BLAS on this machine
+    (``microgemm.beats_blas``) and the products' outputs have at least ``LANES`` columns (the convolution's
+    output channels; the weight gradient's input channels). Measured in docs/kernels.md."""
+    return lanes >= LANES and beats_blas()
+
+
 # Images per chunk: V + M of one chunk, 36·(C + O)·tiles floats, within CHUNK_BYTES (at least one image).
 CHUNK_BYTES = 2 << 20
 
@@ -349,7 +357,7 @@ def _images_per_chunk(N, c_in, c_out, tiles, itemsize, T):
 
 
 @jit_serial
-def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, nb, out, acc):
+def _winograd4_chunks(i0, i1, grad_weight, own_gemm, x, g, U, bias, coef, ph, pw, th, tw, nb, out, acc):
     """The convolution (``grad_weight`` false: items [i0, i1) are chunks of nb images) or its weight gradient
     (true: items are the T workspace rows, one per thread, each summing its share of the chunks into
     acc[t]), one driver for both so that the transforms, inlined, are compiled once.
@@ -388,7 +396,12 @@ def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, 
                     _to_channels_last(g, n0 + b, 0, 0, yt)
                     _output_tiles_adjoint(yt, coef, b * P, th, tw, S1, M)
             for xi in range(ALPHA * ALPHA):
-                if not grad_weight:
+                if own_gemm:  # microgemm.py: M[ξ] = V[ξ] @ U[ξ], or acc[ξ] (+)= GM[ξ]ᵀ @ V[ξ]
+                    if grad_weight:
+                        gemm(M[xi], V[xi], acc[item, xi], True, t != lo)
+                    else:
+                        gemm(V[xi], U[xi], M[xi], False, False)
+                elif not grad_weight:
                     np.dot(V[xi], U[xi], M[xi])
                 elif t == lo:
                     np.dot(M[xi].T, V[xi], acc[item, xi])
@@ -405,7 +418,7 @@ def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, 
                     _to_nchw(yt, n0 + b, out)
 
 
-def winograd4_conv3x3(x, U, bias, padding, out):
+def winograd4_conv3x3(x, U, bias, padding, out, own_gemm=None):
     """out (N, O, Ho, Wo) = conv2d(x, w, bias, stride 1, padding) from U = weight_transform(w); fills out.
     (The grad-input: x = g, U = weight_transform(w, flip=True), padding 2 − p.)
 
@@ -419,12 +432,12 @@ def winograd4_conv3x3(x, U, bias, padding, out):
     nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, num_threads())
     empty4 = np.empty((0, 0, 0, 0), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, -(-N // nb), False, x, empty4, U, bias, _coefs(x.dtype), padding[0],
-                     padding[1], th, tw, nb, out, empty4)
+        parallel_for(_winograd4_chunks, -(-N // nb), False, own_gemm_pays(O) if own_gemm is None else own_gemm, x,
+                     empty4, U, bias, _coefs(x.dtype), padding[0], padding[1], th, tw, nb, out, empty4)
     return out
 
 
-def winograd4_weight_grad(x, g, padding):
+def winograd4_weight_grad(x, g, padding, own_gemm=None):
     """gw (O, C, 3, 3) of conv2d(x, w, stride 1, padding) for the upstream gradient g (N, O, Ho, Wo).
 
     The forward's tiles differentiated: out tile = Aᵀ[Σ_c V[ξ, p, c] U[ξ, c, o]]A with U = G w Gᵀ, so
@@ -439,6 +452,7 @@ def winograd4_weight_grad(x, g, padding):
     nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, T)
     acc = np.empty((T, ALPHA * ALPHA, O, C), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, T, True, x, g, np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
+        parallel_for(_winograd4_chunks, T, True, own_gemm_pays(C) if own_gemm is None else own_gemm, x, g,
+                     np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
                      _coefs(x.dtype), padding[0], padding[1], th, tw, nb, np.empty((0, 0, 0, 0), x.dtype), acc)
     return weight_transform_adjoint(acc)
