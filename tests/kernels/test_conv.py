@@ -177,7 +177,8 @@ def test_winograd_forward_and_gradients_match_the_reference(monkeypatch, column,
     """Odd and even sizes (last tiles cut by the edge), paddings 0-2, batches over several chunks and threads
     (some idle); each winograd column against the reference, with the direct tolerance times its transforms'
     error factor (F(2×2): forward and grad-input, grad-weight by im2col; F(4×4): all three)."""
-    monkeypatch.setattr(K.winograd4, "CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(K.winograd4, "CHUNK_BYTES", 1)  # one tile row of one image per chunk
+    monkeypatch.setattr(K.winograd4, "MICROGEMM_CHUNK_BYTES", 1)
     monkeypatch.setattr(K.winograd4, "num_threads", lambda: 3)
     rng = np.random.default_rng(N * 100 + H)
     x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
@@ -249,6 +250,20 @@ def test_microgemm_rule_follows_the_blas_and_the_host(monkeypatch):
     archs = {str(i.get("architecture", "")).lower() for i in threadpool_info() if i.get("user_api") == "blas"}
     assert microgemm.beats_blas() == (host_avx512 and bool(archs) and not archs & set(microgemm.WIDE_OPENBLAS))
     microgemm.beats_blas.cache_clear()
+
+
+@pytest.mark.parametrize("N,C,O,th,tw,budget,T", [(32, 64, 32, 8, 8, 512 << 10, 2), (64, 64, 64, 4, 4, 512 << 10, 2),
+                                                   (5, 8, 8, 3, 3, 1 << 30, 2), (3, 16, 16, 5, 2, 1, 4)])
+def test_winograd4_chunks_are_whole_images_or_bands_within_budget(N, C, O, th, tw, budget, T):
+    """A chunk's V + M stays within the budget (or is one tile row): whole images where one fits, with a
+    multiple of T chunks while N allows, else bands of tile rows of one image."""
+    nb, bt = K.winograd4._chunk_plan(N, C, O, th, tw, 4, T, budget)
+    per_row = 36 * (C + O) * tw * 4
+    assert 1 <= bt <= th and 1 <= nb <= N and (bt == th or nb == 1)
+    assert nb * bt * per_row <= budget or (nb, bt) == (1, 1)
+    if bt == th:
+        chunks = -(-N // nb)
+        assert chunks % T == 0 or chunks == N
 
 
 def test_toom_cook_transforms_compute_the_correlation():
