@@ -44,6 +44,8 @@ from . import winograd, winograd4
 from .winograd import copy_padded_rows
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 from .gemm import matmul
+from . import microgemm
+from .microgemm import gemm
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -293,8 +295,10 @@ def _gather_rows(g3, n0, mb, p0, L, gt):
 
 
 @jit_serial
-def _forward_chunks(t0, t1, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
+def _forward_chunks(t0, t1, own_gemm, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
+                    out3):
     """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk; workspace rows [t0, t1) (one per thread).
+    The products by ``microgemm.gemm`` with ``own_gemm`` (``im2col_own_gemm_pays``), else by BLAS.
 
     Run by ``config.parallel_for`` over the T workspace rows (as are the two backward drivers below).
     """
@@ -309,14 +313,20 @@ def _forward_chunks(t0, t1, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, ban
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
             _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, pad_ws[tid], cols.reshape((K, mb, L)))
             if mb == 1 and mi == Ho:  # one whole image: the product is out[n0] itself
-                np.dot(w2, cols, out3[n0])
+                if own_gemm:
+                    gemm(w2, cols, out3[n0], False, False)
+                else:
+                    np.dot(w2, cols, out3[n0])
                 for o in range(O):
                     dst, bo = out3[n0, o], bias[o]
                     for m in range(L):
                         dst[m] += bo
                 continue
             res = res_ws[tid, : O * mb * L].reshape((O, mb * L))
-            np.dot(w2, cols, res)
+            if own_gemm:
+                gemm(w2, cols, res, False, False)
+            else:
+                np.dot(w2, cols, res)
             for o in range(O):
                 for b in range(mb):
                     src, dst, bo = res[o, b * L : (b + 1) * L], out3[n0 + b, o, i0 * Wo : i0 * Wo + L], bias[o]
@@ -421,7 +431,19 @@ def _is_pointwise(kh, kw, stride, padding):
     return kh == 1 and kw == 1 and stride == (1, 1) and padding == (0, 0)
 
 
-def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
+def im2col_own_gemm_pays(O):
+    """im2col's forward products w2 (O, K) @ cols (K, pixels) by ``microgemm.gemm`` (lanes: the pixels) where it
+    beats the BLAS (``microgemm.beats_blas``), and for fewer than ROWS output channels wherever Numba compiles
+    for AVX-512 (the rows all take microgemm's edge loop, which beat OpenBLAS's AVX-512 sgemm too: 64 -> 3
+    on 32×32 0.53×). One thread, CPU time, the forward's chunk loop (``_im2col_matmul``), BLAS / microgemm ms,
+    with OpenBLAS's AVX2 and AVX-512 kernels (load 4.7): 3 -> 64 on 64×64 N 16 2.79 / 2.60 and 2.12 / 3.14;
+    1 -> 32 on 16×16 N 64 0.21 / 0.11 and 0.11 / 0.12; 32 -> 32 16×16 stride 2 N 64 1.86 / 1.29 and
+    1.48 / 1.34; 64 -> 64 8×8 stride 2 1.45 / 1.14 and 1.11 / 1.03; 32 -> 1 on 16×16 0.97 / 1.01 and
+    0.90 / 0.93; 64 -> 3 on 32×32 N 32 10.93 / 4.24 and 8.08 / 4.27."""
+    return microgemm.beats_blas() or (O < microgemm.ROWS and microgemm.host_has_avx512())
+
+
+def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out, own_gemm=None):
     """out (N, O, Ho, Wo) = w2 (O, K) @ im2col(x), + bias[o]; the shared conv2d forward."""
     (sh, sw), (ph, pw) = stride, padding
     N, (O, K), T = x.shape[0], w2.shape, num_threads()
@@ -431,8 +453,9 @@ def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     res_ws = _workspace("res", (T, O * size), x.dtype)
     pad_ws = _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype)
     with blas_single_thread():
-        parallel_for(_forward_chunks, T, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
-                        out.reshape(N, O, Ho * Wo))  # (N, O, P)
+        parallel_for(_forward_chunks, T, im2col_own_gemm_pays(O) if own_gemm is None else own_gemm, x, w2, bias,
+                     kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
+                     out.reshape(N, O, Ho * Wo))  # (N, O, P)
     return out
 
 
@@ -501,9 +524,10 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 # Memory: U is 36·C_in·C_out floats (4× the weights), and the weight gradient keeps one such accumulator
 # per thread (im2col's: 9·C_in·C_out each); above WINOGRAD4_MAX_BYTES (a Stable-Diffusion-sized 1280→1280
 # conv would need 236 MB per thread) the conv stays on im2col.
-# ``algorithm`` names that force F(4×4, 3×3), and how its 36 products run: None by ``winograd4.own_gemm_pays``
-# (the register-blocked ``microgemm.gemm`` where it beats the BLAS), True always by ``microgemm.gemm`` (the
-# table's ``winograd4_microgemm`` column, so that the harness checks it on every drawn shape).
+# ``algorithm`` names that force F(4×4, 3×3), and how its 36 products (and im2col's forward products, on the
+# shapes Winograd does not compute) run: None by ``winograd4.own_gemm_pays`` / ``im2col_own_gemm_pays`` (the
+# register-blocked ``microgemm.gemm`` where it beats the BLAS), True always by ``microgemm.gemm`` (the table's
+# ``winograd4_microgemm`` column, so that the harness checks it on every drawn shape).
 WINOGRAD4 = {"winograd4": None, "winograd4_microgemm": True}
 WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
 WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
@@ -628,7 +652,7 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
             return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
     if algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(Ho, Wo)):
         return _forward_batch_last(x, w2, kh, kw, stride, padding, bias, out)
-    return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out)
+    return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out, WINOGRAD4.get(algorithm))
 
 
 def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need_b=True, algorithm="auto"):
@@ -912,8 +936,9 @@ def conv2d_backward_winograd4(x, w, g, stride, padding, groups, need_x, need_w, 
 
 
 def conv2d_forward_winograd4_microgemm(x, w, b, stride, padding, groups):
-    """winograd4_microgemm column of conv2d_forward: F(4×4, 3×3) for every 3×3 stride-1 conv with its 36 products
-    always by the register-blocked ``microgemm.gemm`` (whatever the BLAS and the channel count)."""
+    """winograd4_microgemm column of conv2d_forward: F(4×4, 3×3) for every 3×3 stride-1 conv, im2col for the
+    others (but 1×1), their products always by the register-blocked ``microgemm.gemm`` (whatever the BLAS and
+    the channel count)."""
     return _grouped_forward(_conv2d_forward_microgemm_one, x, w, b, groups, False, stride, padding)
 
 

@@ -34,7 +34,8 @@ Winograd parts of the UNets' shapes): no gain. Against its AVX2 kernels on the s
 0.5-0.8× (``docs/kernels.md``). So the rule (``beats_blas``): these loops where the host has AVX-512
 (what Numba compiles them for) and the BLAS that Numba's ``np.dot`` calls runs a narrower kernel (an
 OpenBLAS core type without AVX-512, as ``threadpoolctl`` reports it); BLAS everywhere else, including
-AVX2-only hosts, where 4 × 32 accumulators would fill all 16 registers. ``NPDIFF_MICROGEMM=0|1`` forces it.
+AVX2-only hosts, where 4 × 32 accumulators would fill all 16 registers. ``NPDIFF_MICROGEMM=0|1`` forces it
+(0: off everywhere).
 And only where out has at least LANES columns (``winograd4.own_gemm_pays``): narrower, everything goes
 through the edge loop (16 channels: twice BLAS's time).
 
@@ -60,19 +61,29 @@ WIDE_OPENBLAS = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS core ty
 
 
 @functools.lru_cache(maxsize=None)
+def host_has_avx512() -> bool:
+    """Numba compiles these loops for a CPU with AVX-512 (the host, unless NUMBA_CPU_NAME names another);
+    False with ``NPDIFF_MICROGEMM=0`` (these loops off everywhere)."""
+    import llvmlite.binding as llvm
+    import numba
+
+    if os.environ.get("NPDIFF_MICROGEMM", "") == "0":
+        return False
+
+    if numba.config.CPU_NAME not in (None, "host") and not numba.config.CPU_FEATURES:  # another target: no guess
+        return False
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return "+avx512f" in features.split(",")
+
+
+@functools.lru_cache(maxsize=None)
 def beats_blas() -> bool:
     """True where these loops replace BLAS (module docstring): the host has AVX-512 and every BLAS loaded
     is an OpenBLAS running a core type without it. ``NPDIFF_MICROGEMM=0|1`` overrides."""
     forced = os.environ.get("NPDIFF_MICROGEMM", "")
     if forced in ("0", "1"):
         return forced == "1"
-    import llvmlite.binding as llvm
-    import numba
-
-    if numba.config.CPU_NAME not in (None, "host") and not numba.config.CPU_FEATURES:  # another target: no guess
-        return False
-    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    if "+avx512f" not in features.split(","):
+    if not host_has_avx512():
         return False
     try:
         import scipy.linalg.cython_blas  # noqa: F401  (Numba's np.dot calls scipy's BLAS: load it first)

@@ -233,23 +233,30 @@ def test_microgemm_matches_the_product_within_its_rounding_bound(R, K_, J, trans
 
 def test_microgemm_rule_follows_the_blas_and_the_host(monkeypatch):
     """microgemm replaces BLAS only where asked, or where the host has AVX-512 and the BLAS's kernel does not;
-    and in the F(4×4) driver only for products at least LANES columns wide."""
+    in the F(4×4) driver only for products at least LANES columns wide; in im2col's forward also for fewer
+    output channels than ROWS on an AVX-512 host; nowhere with NPDIFF_MICROGEMM=0."""
     from npdiff.kernels import microgemm
+
+    def clear():
+        microgemm.beats_blas.cache_clear()
+        microgemm.host_has_avx512.cache_clear()
 
     for forced in ("0", "1"):
         monkeypatch.setenv("NPDIFF_MICROGEMM", forced)
-        microgemm.beats_blas.cache_clear()
+        clear()
         assert microgemm.beats_blas() == (forced == "1")
         assert K.winograd4.own_gemm_pays(64) == (forced == "1") and not K.winograd4.own_gemm_pays(16)
+        assert K.im2col_own_gemm_pays(64) == K.im2col_own_gemm_pays(3) == (forced == "1")  # 0: few rows too
     monkeypatch.delenv("NPDIFF_MICROGEMM")
-    microgemm.beats_blas.cache_clear()
+    clear()
     import llvmlite.binding as llvm
     from threadpoolctl import threadpool_info
 
     host_avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
     archs = {str(i.get("architecture", "")).lower() for i in threadpool_info() if i.get("user_api") == "blas"}
     assert microgemm.beats_blas() == (host_avx512 and bool(archs) and not archs & set(microgemm.WIDE_OPENBLAS))
-    microgemm.beats_blas.cache_clear()
+    assert K.im2col_own_gemm_pays(3) == host_avx512  # fewer output channels than a register block's rows
+    clear()
 
 
 @pytest.mark.parametrize("N,C,O,th,tw,budget,T", [(32, 64, 32, 8, 8, 512 << 10, 2), (64, 64, 64, 4, 4, 512 << 10, 2),
