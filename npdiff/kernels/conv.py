@@ -313,8 +313,8 @@ def _forward_chunks(t0, t1, own_gemm, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, W
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
             _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, pad_ws[tid], cols.reshape((K, mb, L)))
             if mb == 1 and mi == Ho:  # one whole image: the product is out[n0] itself
-                if own_gemm:
-                    gemm(w2, cols, out3[n0], False, False)
+                if own_gemm:  # (flags false, computed at run time: see microgemm.gemm)
+                    gemm(w2, cols, out3[n0], not own_gemm, not own_gemm)
                 else:
                     np.dot(w2, cols, out3[n0])
                 for o in range(O):
@@ -324,7 +324,7 @@ def _forward_chunks(t0, t1, own_gemm, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, W
                 continue
             res = res_ws[tid, : O * mb * L].reshape((O, mb * L))
             if own_gemm:
-                gemm(w2, cols, res, False, False)
+                gemm(w2, cols, res, not own_gemm, not own_gemm)
             else:
                 np.dot(w2, cols, res)
             for o in range(O):

@@ -54,7 +54,7 @@ from numba import carray, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .config import jit_contract, jit_serial
+from .config import jit_contract, jit_inline, jit_serial
 
 ROWS, LANES = 4, 32  # the register block: rows of out by columns of out (the vector lanes)
 WIDE_OPENBLAS = ("skylakex", "cooperlake", "sapphirerapids")  # OpenBLAS core types with AVX-512 kernels
@@ -105,7 +105,7 @@ def _stack_block(typingctx, dtype):
     return types.CPointer(dtype.dtype)(dtype), codegen
 
 
-@jit_contract
+@jit_inline
 def _gemm_edge(a, b, out, trans_a, accumulate, r0, r1, j0):
     """out[r, j0:] (+)= Σ_k op(a)[r, k] b[k, j0:] for rows [r0, r1): the plain loop, out's row in memory."""
     K, J = b.shape
@@ -122,7 +122,10 @@ def _gemm_edge(a, b, out, trans_a, accumulate, r0, r1, j0):
 
 @jit_contract
 def gemm(a, b, out, trans_a, accumulate):
-    """out (R, J) (+)= op(a) @ b, a (R, K) or, with ``trans_a``, (K, R); b (K, J) (module docstring)."""
+    """out (R, J) (+)= op(a) @ b, a (R, K) or, with ``trans_a``, (K, R); b (K, J) (module docstring).
+
+    Call it with ``trans_a`` and ``accumulate`` computed at run time, not written as constants: a constant
+    argument makes Numba compile a separate specialisation for that literal value (compile time)."""
     K, J = b.shape
     R = out.shape[0]
     acc = carray(_stack_block(out.dtype), (ROWS, LANES))

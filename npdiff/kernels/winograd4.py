@@ -419,11 +419,12 @@ def _winograd4_chunks(i0, i1, grad_weight, own_gemm, x, g, U, bias, coef, ph, pw
                 if grad_weight:
                     _output_tiles_adjoint(yt[4 * ti0 : 4 * (ti0 + nt)], coef, b * nt * tw, nt, tw, S1, M)
             for xi in range(ALPHA * ALPHA):
-                if own_gemm:  # microgemm.py: M[ξ] = V[ξ] @ U[ξ], or acc[ξ] (+)= GM[ξ]ᵀ @ V[ξ]
+                if own_gemm:  # microgemm.py: M[ξ] = V[ξ] @ U[ξ], or acc[ξ] (+)= GM[ξ]ᵀ @ V[ξ]; one call site
                     if grad_weight:
-                        gemm(M[xi], V[xi], acc[item, xi], True, t != lo)
+                        a_op, b_op, c_op = M[xi], V[xi], acc[item, xi]
                     else:
-                        gemm(V[xi], U[xi], M[xi], False, False)
+                        a_op, b_op, c_op = V[xi], U[xi], M[xi]
+                    gemm(a_op, b_op, c_op, grad_weight, grad_weight and t != lo)
                 elif not grad_weight:
                     np.dot(V[xi], U[xi], M[xi])
                 elif t == lo:
