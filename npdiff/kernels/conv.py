@@ -475,6 +475,71 @@ def _weight_grad(x, g, kh, kw, stride, padding):
     return np.ascontiguousarray(acc.sum(axis=0).T)  # (O, K)
 
 
+# Few taps, pixels major. When C·kh·kw ≤ LANES (the stems: 3×3 kernels on 1 to 3 channels), im2col's weight
+# gradient is a GEMM of inner dimension "pixels" between two matrices that both keep the pixels contiguous,
+# (K, P) @ (P, O) read transposed, which the BLAS runs at well under its peak (82 GFLOP/s with OpenBLAS's AVX2
+# kernels, 27 × 4096 × 64). Laid out pixels major instead, colsᵀ[p, k] (P, 32) with zero columns from K to 32,
+#     accᵀ (O, 32) += g (O, P) @ colsᵀ (P, 32),   gw2 = accᵀ[:, :K]
+# is microgemm's form (output channels in rows, the 32 padded taps in one register block of lanes).
+@jit_serial
+def _weight_grad_taps_last_chunks(t0, t1, trans_a, x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, band, acc):
+    """acc[t] (O, LANES) = Σ over thread t's images, bands of ``band`` output rows, of g (O, pixels) @ colsᵀ
+    (pixels, LANES); colsᵀ[r·Wo + j, (c·kh + u)·kw + v] = xpad[n, c, sh·(i0 + r) + u, sw·j + v], 0 in the
+    columns past C·kh·kw. ``trans_a`` is false (a run-time flag for microgemm.gemm)."""
+    N, C, H, W = x.shape
+    T, O, KP = acc.shape
+    R, Wp = sh * (band - 1) + kh, sw * (Wo - 1) + kw  # the padded rows and columns one band reads
+    lo = min(pw, Wp)
+    hi = max(lo, min(Wp, pw + W))  # pad columns [lo, hi) hold x columns [0, hi − lo)
+    pad = np.empty((C, R, Wp), x.dtype)
+    cols_t = np.zeros((band * Wo, KP), x.dtype)  # columns K..KP stay 0
+    gt = np.empty(O * band * Wo, x.dtype)
+    for tid in range(t0, t1):
+        n_lo, n_hi = tid * N // T, (tid + 1) * N // T
+        if n_hi <= n_lo:
+            acc[tid] = 0
+        first = True
+        for n in range(n_lo, n_hi):
+            for i0 in range(0, Ho, band):
+                ni = min(band, Ho - i0)
+                for c in range(C):
+                    copy_padded_rows(x, n, c, sh * i0 - ph, sh * (ni - 1) + kh, Wp, lo, hi, pad[c])
+                for r in range(ni):
+                    for j in range(Wo):
+                        dst = cols_t[r * Wo + j]
+                        for c in range(C):
+                            for u in range(kh):
+                                src = pad[c, sh * r + u]
+                                for v in range(kw):
+                                    dst[(c * kh + u) * kw + v] = src[sw * j + v]
+                L = ni * Wo
+                gn = _gather_rows(g3, n, 1, i0 * Wo, L, gt)  # (O, L)
+                gemm(gn, cols_t[:L], acc[tid], trans_a, not first)
+                first = False
+
+
+TAPS_LAST_PIXELS = 2048  # pixels per band of colsᵀ: 256 KB in float32, in L2 while microgemm reads it 16 times
+
+
+def taps_last_pays(C, kh, kw, O):
+    """The pixels-major weight gradient above for C·kh·kw ≤ LANES taps and at least ROWS output channels, where
+    microgemm beats the BLAS (``microgemm.beats_blas``). Measured in docs/kernels.md."""
+    return C * kh * kw <= microgemm.LANES and O >= microgemm.ROWS and microgemm.beats_blas()
+
+
+def _weight_grad_taps_last(x, g, kh, kw, stride, padding):
+    """gw2 (O, C·kh·kw) by ``_weight_grad_taps_last_chunks``: per-thread sums, then their total."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, O, Ho, Wo = g.shape
+    K, T = x.shape[1] * kh * kw, num_threads()
+    band = max(1, min(Ho, TAPS_LAST_PIXELS // Wo))  # colsᵀ of at most TAPS_LAST_PIXELS pixels (or one row)
+    acc = np.empty((T, O, microgemm.LANES), x.dtype)
+    with blas_single_thread():
+        parallel_for(_weight_grad_taps_last_chunks, T, False, x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw,
+                     Ho, Wo, band, acc)
+    return np.ascontiguousarray(acc.sum(axis=0)[:, :K])  # (O, K)
+
+
 def _input_grad(g, w2, kh, kw, stride, padding, gx):
     """gx = col2im(w2ᵀ @ g): conv_transpose2d of g (N, O, Ho, Wo) with w2 (O, C·kh·kw); fills gx."""
     (sh, sw), (ph, pw) = stride, padding
@@ -701,6 +766,9 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
             gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
         if need_w and f4_w:
             gw = winograd4.winograd4_weight_grad(x, g, padding, own_gemm)
+        elif need_w and C * kh * kw <= microgemm.LANES and (own_gemm or (own_gemm is None and
+                                                                     taps_last_pays(C, kh, kw, O))):
+            gw = _weight_grad_taps_last(x, g, kh, kw, stride, padding).reshape(w.shape)
         elif need_w:
             gw = _weight_grad(x, g, kh, kw, stride, padding).reshape(w.shape)
     if need_b:

@@ -213,6 +213,24 @@ def test_winograd4_microgemm_whole_blocks_and_edges_match_the_reference(dtype):
     close(gw, gw_want, dtype, N * H * W * W4_GW_ERR, "grad-weight")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,O,H,W,k,stride,padding", [(3, 3, 9, 11, 7, 3, 1, 1), (2, 1, 4, 9, 9, 3, 2, 1),
+                                                         (2, 2, 5, 8, 6, (3, 5), (1, 2), (2, 0)), (1, 3, 2, 5, 5, 3, 1, 0)])
+def test_taps_last_weight_grad_matches_the_reference(monkeypatch, dtype, N, C, O, H, W, k, stride, padding):
+    """The pixels-major weight gradient of few-tap convs (C·kh·kw ≤ 32) through microgemm: bands of one output
+    row (TAPS_LAST_PIXELS 1), 3 threads (one idle with N = 2, 1), strides, paddings, non-square kernels,
+    fewer output channels than a register block's rows, against the reference."""
+    monkeypatch.setattr(K, "TAPS_LAST_PIXELS", 1)
+    monkeypatch.setattr(K, "num_threads", lambda: 3)
+    rng = np.random.default_rng(N * 10 + C)
+    s, p, (kh, kw) = pair(stride, "s"), pair(padding, "p"), pair(k, "k")
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, kh, kw))
+    g = rng.standard_normal(K.conv2d_forward_reference(x, w, None, s, p).shape)
+    _, want, _ = K.conv2d_backward_reference(x, w, g, s, p)
+    got = K._weight_grad_taps_last(x.astype(dtype), g.astype(dtype), kh, kw, s, p).reshape(want.shape)
+    close(got, want, dtype, N * g.shape[2] * g.shape[3], "taps-last grad-weight")
+
+
 @settings(max_examples=25, deadline=None)
 @given(R=st.integers(1, 9), K_=st.integers(1, 40), J=st.integers(1, 70), trans_a=st.booleans(),
        accumulate=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
