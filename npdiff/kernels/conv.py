@@ -592,8 +592,8 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 # ``algorithm`` names that force F(4×4, 3×3), and how its 36 products (and im2col's forward products, on the
 # shapes Winograd does not compute) run: None by ``winograd4.own_gemm_pays`` / ``im2col_own_gemm_pays`` (the
 # register-blocked ``microgemm.gemm`` where it beats the BLAS), True always by ``microgemm.gemm`` (the table's
-# ``winograd4_microgemm`` column, so that the harness checks it on every drawn shape).
-WINOGRAD4 = {"winograd4": None, "winograd4_microgemm": True}
+# ``winograd4_microgemm`` column, so that the harness checks it on every drawn shape), False always by BLAS.
+WINOGRAD4 = {"winograd4": None, "winograd4_microgemm": True, "winograd4_blas": False}  # _blas: benchmarks
 WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
 WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
 WINOGRAD4_MAX_BYTES = 128 << 20  # 36·C_in·C_out·itemsize, times the threads for the weight gradient
