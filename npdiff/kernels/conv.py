@@ -523,8 +523,10 @@ TAPS_LAST_PIXELS = 2048  # pixels per band of colsᵀ: 256 KB in float32, in L2 
 
 def taps_last_pays(C, kh, kw, O):
     """The pixels-major weight gradient above for C·kh·kw ≤ LANES taps and at least ROWS output channels, where
-    microgemm beats the BLAS (``microgemm.beats_blas``). Measured in docs/kernels.md."""
-    return C * kh * kw <= microgemm.LANES and O >= microgemm.ROWS and microgemm.beats_blas()
+    microgemm beats the BLAS (``microgemm.beats_blas``), and for at least 2 input channels: on one (the digits
+    UNet's first conv, 1 -> 32 on 16×16) it measured 0.36 -> 0.33 ms, not worth the 1.4 s its driver takes to
+    compile in the default run's cold start. Measured in docs/kernels.md."""
+    return 2 <= C and C * kh * kw <= microgemm.LANES and O >= microgemm.ROWS and microgemm.beats_blas()
 
 
 def _weight_grad_taps_last(x, g, kh, kw, stride, padding):

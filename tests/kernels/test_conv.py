@@ -265,6 +265,9 @@ def test_microgemm_rule_follows_the_blas_and_the_host(monkeypatch):
         assert microgemm.beats_blas() == (forced == "1")
         assert K.winograd4.own_gemm_pays(64) == (forced == "1") and not K.winograd4.own_gemm_pays(16)
         assert K.im2col_own_gemm_pays(64) == K.im2col_own_gemm_pays(3) == (forced == "1")  # 0: few rows too
+        # the stems' pixels-major weight gradient: 2 to 3 channels of 3×3 taps (≤ 32), at least 4 outputs
+        assert K.taps_last_pays(3, 3, 3, 64) == K.taps_last_pays(2, 3, 3, 4) == (forced == "1")
+        assert not (K.taps_last_pays(1, 3, 3, 32) or K.taps_last_pays(4, 3, 3, 64) or K.taps_last_pays(3, 3, 3, 3))
     monkeypatch.delenv("NPDIFF_MICROGEMM")
     clear()
     import llvmlite.binding as llvm
