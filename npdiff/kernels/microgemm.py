@@ -34,7 +34,8 @@ Winograd parts of the UNets' shapes): no gain. Against its AVX2 kernels on the s
 0.5-0.8× (``docs/kernels.md``). So the rule (``beats_blas``): these loops where the host has AVX-512
 (what Numba compiles them for) and the BLAS that Numba's ``np.dot`` calls runs a narrower kernel (an
 OpenBLAS core type without AVX-512, as ``threadpoolctl`` reports it); BLAS everywhere else, including
-AVX2-only hosts, where 4 × 32 accumulators would fill all 16 registers. ``NPDIFF_MICROGEMM=0|1`` forces it
+AVX2-only hosts, where 4 × 32 accumulators fill all 16 registers (compiled for Haswell: 80-84 GFLOP/s
+against OpenBLAS's Haswell kernels' 115-130). ``NPDIFF_MICROGEMM=0|1`` forces it
 (0: off everywhere).
 And only where out has at least LANES columns (``winograd4.own_gemm_pays``): narrower, everything goes
 through the edge loop (16 channels: twice BLAS's time).
