@@ -366,7 +366,8 @@ def _weight_grad_chunks(t0, t1, x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
 
 
 @jit_serial
-def _input_grad_chunks(t0, t1, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
+def _input_grad_chunks(t0, t1, own_gemm, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws,
+                       gx):
     """gx (N, C, H, W) = col2im(w2ᵀ (K, O) @ g (O, pixels)), by chunks of whole images or bands of gx rows.
 
     A band of gx rows [r0, r1) receives from the output rows i with
@@ -388,7 +389,10 @@ def _input_grad_chunks(t0, t1, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
             L = (i1 - i0) * Wo
             gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
-            np.dot(w2.T, gt, cols)
+            if own_gemm:  # cols (K, pixels) = w2ᵀ @ gt, w2 (O, K) read transposed (trans_a, a run-time flag)
+                gemm(w2, gt, cols, own_gemm, not own_gemm)
+            else:
+                np.dot(w2.T, gt, cols)
             _col2im(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr,
                     pad_ws[tid], gx)
 
@@ -542,7 +546,19 @@ def _weight_grad_taps_last(x, g, kh, kw, stride, padding):
     return np.ascontiguousarray(acc.sum(axis=0)[:, :K])  # (O, K)
 
 
-def _input_grad(g, w2, kh, kw, stride, padding, gx):
+def input_grad_own_gemm_pays(O, pixels, itemsize):
+    """im2col's grad-input products w2ᵀ (K, O) @ g (O, pixels) by ``microgemm.gemm`` (w2 read transposed) where it
+    beats the BLAS, or with fewer than ROWS output channels (an inner dimension BLAS runs badly) on any AVX-512
+    host, while a chunk's g (O, pixels) fits in 512 KB (microgemm reads it once per 4 rows of K). One thread,
+    CPU time, BLAS / microgemm ms, AVX2 and AVX-512 sgemm (load 5.7-6.0): 32 -> 32 16×16 stride 2 N64 1.66 /
+    1.32 and 1.28 / 1.23; 64 -> 64 8×8 stride 2 1.26 / 1.16 and 0.93 / 1.05; 64 -> 3 on 32×32 N32 4.80 / 3.24
+    and 5.28 / 3.05; 8 -> 32 16×16 N64 1.10 / 0.61 and 0.50 / 0.52; but the stem 3 -> 64 on 64×64 (g 1 MB a
+    chunk) 3.86 / 4.64 and 2.81 / 3.33."""
+    few = O < microgemm.ROWS and microgemm.host_has_avx512()
+    return (microgemm.beats_blas() or few) and O * pixels * itemsize <= 512 << 10
+
+
+def _input_grad(g, w2, kh, kw, stride, padding, gx, own_gemm=None):
     """gx = col2im(w2ᵀ @ g): conv_transpose2d of g (N, O, Ho, Wo) with w2 (O, C·kh·kw); fills gx."""
     (sh, sw), (ph, pw) = stride, padding
     N, O, Ho, Wo = g.shape
@@ -554,8 +570,10 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
     else:
         band, rows = gx.shape[2], Ho
     size = nb * rows * Wo
+    own = input_grad_own_gemm_pays(O, size, g.itemsize) if own_gemm is None else own_gemm
     with blas_single_thread():
-        parallel_for(_input_grad_chunks, T, g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+        parallel_for(_input_grad_chunks, T, own,
+                     g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
                            _workspace("pad", (T, band, max(gx.shape[3] + 2 * pw, sw * (Wo - 1) + kw)), g.dtype),
                            _workspace("cols", (T, K * size), g.dtype), _workspace("res", (T, O * size), g.dtype), gx)
     return gx
@@ -765,7 +783,7 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
             gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True), np.zeros(C, x.dtype), gx_pad,
                                            np.empty_like(x))
         elif need_x:
-            gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
+            gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x), own_gemm)
         if need_w and f4_w:
             gw = winograd4.winograd4_weight_grad(x, g, padding, own_gemm)
         elif need_w and C * kh * kw <= microgemm.LANES and (own_gemm or (own_gemm is None and

@@ -268,6 +268,9 @@ def test_microgemm_rule_follows_the_blas_and_the_host(monkeypatch):
         # the stems' pixels-major weight gradient: 2 to 3 channels of 3×3 taps (≤ 32), at least 4 outputs
         assert K.taps_last_pays(3, 3, 3, 64) == K.taps_last_pays(2, 3, 3, 4) == (forced == "1")
         assert not (K.taps_last_pays(1, 3, 3, 32) or K.taps_last_pays(4, 3, 3, 64) or K.taps_last_pays(3, 3, 3, 3))
+        # im2col's grad-input: while a chunk's g fits in 512 KB (not the 3 -> 64 stem's 64 × 4096 floats)
+        assert K.input_grad_own_gemm_pays(32, 256, 4) == K.input_grad_own_gemm_pays(3, 1024, 4) == (forced == "1")
+        assert not K.input_grad_own_gemm_pays(64, 4096, 4)
     monkeypatch.delenv("NPDIFF_MICROGEMM")
     clear()
     import llvmlite.binding as llvm
@@ -277,6 +280,7 @@ def test_microgemm_rule_follows_the_blas_and_the_host(monkeypatch):
     archs = {str(i.get("architecture", "")).lower() for i in threadpool_info() if i.get("user_api") == "blas"}
     assert microgemm.beats_blas() == (host_avx512 and bool(archs) and not archs & set(microgemm.WIDE_OPENBLAS))
     assert K.im2col_own_gemm_pays(3) == host_avx512  # fewer output channels than a register block's rows
+    assert K.input_grad_own_gemm_pays(3, 1024, 4) == host_avx512
     clear()
 
 
