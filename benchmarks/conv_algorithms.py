@@ -20,8 +20,8 @@ core do not inflate (cache sharing still does, a little).
     python benchmarks/conv_algorithms.py --algos [--clock cpu --threads 1] [--shapes cifar32]
         per shape and part (forward, grad-input, grad-weight), every algorithm that computes it:
         im2col, Winograd F(2×2, 3×3), F(4×4, 3×3) (its products as the rule picks: microgemm where it beats
-        the BLAS), F(4×4, 3×3) with BLAS's or microgemm's products always (F4-blas, F4-mg) and the batch-last GEMM, with the auto
-        rule's pick: the measurement behind ``conv.winograd4_pays`` and ``winograd4.own_gemm_pays``
+        the BLAS), F(4×4, 3×3) with BLAS's or microgemm's products always (F4-blas, F4-mg) and the batch-last
+        GEMM, with the auto rule's pick: the measurement behind ``conv.winograd4_pays`` and ``winograd4.own_gemm_pays``
 """
 
 from __future__ import annotations

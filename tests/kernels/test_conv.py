@@ -215,7 +215,8 @@ def test_winograd4_microgemm_whole_blocks_and_edges_match_the_reference(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("N,C,O,H,W,k,stride,padding", [(3, 3, 9, 11, 7, 3, 1, 1), (2, 1, 4, 9, 9, 3, 2, 1),
-                                                         (2, 2, 5, 8, 6, (3, 5), (1, 2), (2, 0)), (1, 3, 2, 5, 5, 3, 1, 0)])
+                                                         (2, 2, 5, 8, 6, (3, 5), (1, 2), (2, 0)),
+                                                         (1, 3, 2, 5, 5, 3, 1, 0)])
 def test_taps_last_weight_grad_matches_the_reference(monkeypatch, dtype, N, C, O, H, W, k, stride, padding):
     """The pixels-major weight gradient of few-tap convs (C·kh·kw ≤ 32) through microgemm: bands of one output
     row (TAPS_LAST_PIXELS 1), 3 threads (one idle with N = 2, 1), strides, paddings, non-square kernels,
