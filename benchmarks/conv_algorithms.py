@@ -19,8 +19,9 @@ core do not inflate (cache sharing still does, a little).
         Winograd forward with V + M of one chunk at 0.25 to 4 MB (``winograd.CHUNK_BYTES``)
     python benchmarks/conv_algorithms.py --algos [--clock cpu --threads 1] [--shapes cifar32]
         per shape and part (forward, grad-input, grad-weight), every algorithm that computes it:
-        im2col, Winograd F(2×2, 3×3), F(4×4, 3×3) and the batch-last GEMM, with the auto rule's pick:
-        the measurement behind ``conv.winograd4_pays``
+        im2col, Winograd F(2×2, 3×3), F(4×4, 3×3) (its products as the rule picks: microgemm where it beats
+        the BLAS), F(4×4, 3×3) with BLAS's or microgemm's products always (F4-blas, F4-mg) and the batch-last
+        GEMM, with the auto rule's pick: the measurement behind ``conv.winograd4_pays`` and ``winograd4.own_gemm_pays``
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ def _parts(K, rng, N, C, O, H, clock, repeats):
           f"gw {t['sgemm gw']:6.2f} ms", flush=True)
 
 
-ALGOS = ("im2col", "winograd", "winograd4", "batch_last")
-SHORT = {"im2col": "im2col", "winograd": "F2", "winograd4": "F4", "batch_last": "batch-last"}
+ALGOS = ("im2col", "winograd", "winograd4", "winograd4_blas", "winograd4_microgemm", "batch_last")
+SHORT = {"im2col": "im2col", "winograd": "F2", "winograd4": "F4", "winograd4_blas": "F4-blas",
+         "winograd4_microgemm": "F4-mg", "batch_last": "batch-last"}
 
 
 def _algos(K, rng, N, C, O, H, clock, repeats):

@@ -44,6 +44,8 @@ from . import winograd, winograd4
 from .winograd import copy_padded_rows
 from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
 from .gemm import matmul
+from . import microgemm
+from .microgemm import gemm
 
 # ---------------------------------------------------------------------------
 # reference: plain loops straight from the definitions (the oracle)
@@ -293,8 +295,10 @@ def _gather_rows(g3, n0, mb, p0, L, gt):
 
 
 @jit_serial
-def _forward_chunks(t0, t1, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws, out3):
+def _forward_chunks(t0, t1, own_gemm, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
+                    out3):
     """out3 (N, O, Ho·Wo) = w2 (O, K) @ im2col(x) + bias[o], chunk by chunk; workspace rows [t0, t1) (one per thread).
+    The products by ``microgemm.gemm`` with ``own_gemm`` (``im2col_own_gemm_pays``), else by BLAS.
 
     Run by ``config.parallel_for`` over the T workspace rows (as are the two backward drivers below).
     """
@@ -309,14 +313,20 @@ def _forward_chunks(t0, t1, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, ban
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
             _im2col(x, n0, mb, i0, mi, kh, kw, sh, sw, ph, pw, Wo, pad_ws[tid], cols.reshape((K, mb, L)))
             if mb == 1 and mi == Ho:  # one whole image: the product is out[n0] itself
-                np.dot(w2, cols, out3[n0])
+                if own_gemm:  # (flags false, computed at run time: see microgemm.gemm)
+                    gemm(w2, cols, out3[n0], not own_gemm, not own_gemm)
+                else:
+                    np.dot(w2, cols, out3[n0])
                 for o in range(O):
                     dst, bo = out3[n0, o], bias[o]
                     for m in range(L):
                         dst[m] += bo
                 continue
             res = res_ws[tid, : O * mb * L].reshape((O, mb * L))
-            np.dot(w2, cols, res)
+            if own_gemm:
+                gemm(w2, cols, res, not own_gemm, not own_gemm)
+            else:
+                np.dot(w2, cols, res)
             for o in range(O):
                 for b in range(mb):
                     src, dst, bo = res[o, b * L : (b + 1) * L], out3[n0 + b, o, i0 * Wo : i0 * Wo + L], bias[o]
@@ -356,7 +366,8 @@ def _weight_grad_chunks(t0, t1, x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
 
 
 @jit_serial
-def _input_grad_chunks(t0, t1, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws, gx):
+def _input_grad_chunks(t0, t1, own_gemm, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, gt_ws,
+                       gx):
     """gx (N, C, H, W) = col2im(w2ᵀ (K, O) @ g (O, pixels)), by chunks of whole images or bands of gx rows.
 
     A band of gx rows [r0, r1) receives from the output rows i with
@@ -378,7 +389,10 @@ def _input_grad_chunks(t0, t1, g3, w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
             L = (i1 - i0) * Wo
             gt = _gather_rows(g3, n0, mb, i0 * Wo, L, gt_ws[tid])
             cols = cols_ws[tid, : K * mb * L].reshape((K, mb * L))
-            np.dot(w2.T, gt, cols)
+            if own_gemm:  # cols (K, pixels) = w2ᵀ @ gt, w2 (O, K) read transposed (trans_a, a run-time flag)
+                gemm(w2, gt, cols, own_gemm, not own_gemm)
+            else:
+                np.dot(w2.T, gt, cols)
             _col2im(cols.reshape((K, mb, L)), n0, mb, i0, i1 - i0, kh, kw, sh, sw, ph, pw, Wo, r0, r0 + nr,
                     pad_ws[tid], gx)
 
@@ -421,7 +435,19 @@ def _is_pointwise(kh, kw, stride, padding):
     return kh == 1 and kw == 1 and stride == (1, 1) and padding == (0, 0)
 
 
-def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
+def im2col_own_gemm_pays(O):
+    """im2col's forward products w2 (O, K) @ cols (K, pixels) by ``microgemm.gemm`` (lanes: the pixels) where it
+    beats the BLAS (``microgemm.beats_blas``), and for fewer than ROWS output channels wherever Numba compiles
+    for AVX-512 (the rows all take microgemm's edge loop, which beat OpenBLAS's AVX-512 sgemm too: 64 -> 3
+    on 32×32 0.53×). One thread, CPU time, the forward's chunk loop (``_im2col_matmul``), BLAS / microgemm ms,
+    with OpenBLAS's AVX2 and AVX-512 kernels (load 4.7): 3 -> 64 on 64×64 N 16 2.79 / 2.60 and 2.12 / 3.14;
+    1 -> 32 on 16×16 N 64 0.21 / 0.11 and 0.11 / 0.12; 32 -> 32 16×16 stride 2 N 64 1.86 / 1.29 and
+    1.48 / 1.34; 64 -> 64 8×8 stride 2 1.45 / 1.14 and 1.11 / 1.03; 32 -> 1 on 16×16 0.97 / 1.01 and
+    0.90 / 0.93; 64 -> 3 on 32×32 N 32 10.93 / 4.24 and 8.08 / 4.27."""
+    return microgemm.beats_blas() or (O < microgemm.ROWS and microgemm.host_has_avx512())
+
+
+def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out, own_gemm=None):
     """out (N, O, Ho, Wo) = w2 (O, K) @ im2col(x), + bias[o]; the shared conv2d forward."""
     (sh, sw), (ph, pw) = stride, padding
     N, (O, K), T = x.shape[0], w2.shape, num_threads()
@@ -431,8 +457,9 @@ def _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out):
     res_ws = _workspace("res", (T, O * size), x.dtype)
     pad_ws = _workspace("pad", (T, sh * (band - 1) + kh, sw * (Wo - 1) + kw), x.dtype)
     with blas_single_thread():
-        parallel_for(_forward_chunks, T, x, w2, bias, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
-                        out.reshape(N, O, Ho * Wo))  # (N, O, P)
+        parallel_for(_forward_chunks, T, im2col_own_gemm_pays(O) if own_gemm is None else own_gemm, x, w2, bias,
+                     kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band, pad_ws, cols_ws, res_ws,
+                     out.reshape(N, O, Ho * Wo))  # (N, O, P)
     return out
 
 
@@ -452,7 +479,86 @@ def _weight_grad(x, g, kh, kw, stride, padding):
     return np.ascontiguousarray(acc.sum(axis=0).T)  # (O, K)
 
 
-def _input_grad(g, w2, kh, kw, stride, padding, gx):
+# Few taps, pixels major. When C·kh·kw ≤ LANES (the stems: 3×3 kernels on 1 to 3 channels), im2col's weight
+# gradient is a GEMM of inner dimension "pixels" between two matrices that both keep the pixels contiguous,
+# (K, P) @ (P, O) read transposed, which the BLAS runs at well under its peak (82 GFLOP/s with OpenBLAS's AVX2
+# kernels, 27 × 4096 × 64). Laid out pixels major instead, colsᵀ[p, k] (P, 32) with zero columns from K to 32,
+#     accᵀ (O, 32) += g (O, P) @ colsᵀ (P, 32),   gw2 = accᵀ[:, :K]
+# is microgemm's form (output channels in rows, the 32 padded taps in one register block of lanes).
+@jit_serial
+def _weight_grad_taps_last_chunks(t0, t1, trans_a, x, g3, kh, kw, sh, sw, ph, pw, Ho, Wo, band, acc):
+    """acc[t] (O, LANES) = Σ over thread t's images, bands of ``band`` output rows, of g (O, pixels) @ colsᵀ
+    (pixels, LANES); colsᵀ[r·Wo + j, (c·kh + u)·kw + v] = xpad[n, c, sh·(i0 + r) + u, sw·j + v], 0 in the
+    columns past C·kh·kw. ``trans_a`` is false (a run-time flag for microgemm.gemm)."""
+    N, C, H, W = x.shape
+    T, O, KP = acc.shape
+    R, Wp = sh * (band - 1) + kh, sw * (Wo - 1) + kw  # the padded rows and columns one band reads
+    lo = min(pw, Wp)
+    hi = max(lo, min(Wp, pw + W))  # pad columns [lo, hi) hold x columns [0, hi − lo)
+    pad = np.empty((C, R, Wp), x.dtype)
+    cols_t = np.zeros((band * Wo, KP), x.dtype)  # columns K..KP stay 0
+    gt = np.empty(O * band * Wo, x.dtype)
+    for tid in range(t0, t1):
+        n_lo, n_hi = tid * N // T, (tid + 1) * N // T
+        if n_hi <= n_lo:
+            acc[tid] = 0
+        first = True
+        for n in range(n_lo, n_hi):
+            for i0 in range(0, Ho, band):
+                ni = min(band, Ho - i0)
+                for c in range(C):
+                    copy_padded_rows(x, n, c, sh * i0 - ph, sh * (ni - 1) + kh, Wp, lo, hi, pad[c])
+                for r in range(ni):
+                    for j in range(Wo):
+                        dst = cols_t[r * Wo + j]
+                        for c in range(C):
+                            for u in range(kh):
+                                src = pad[c, sh * r + u]
+                                for v in range(kw):
+                                    dst[(c * kh + u) * kw + v] = src[sw * j + v]
+                L = ni * Wo
+                gn = _gather_rows(g3, n, 1, i0 * Wo, L, gt)  # (O, L)
+                gemm(gn, cols_t[:L], acc[tid], trans_a, not first)
+                first = False
+
+
+TAPS_LAST_PIXELS = 2048  # pixels per band of colsᵀ: 256 KB in float32, in L2 while microgemm reads it 16 times
+
+
+def taps_last_pays(C, kh, kw, O):
+    """The pixels-major weight gradient above for C·kh·kw ≤ LANES taps and at least ROWS output channels, where
+    microgemm beats the BLAS (``microgemm.beats_blas``), and for at least 2 input channels: on one (the digits
+    UNet's first conv, 1 -> 32 on 16×16) it measured 0.36 -> 0.33 ms, not worth the 1.4 s its driver takes to
+    compile in the default run's cold start. Measured in docs/kernels.md."""
+    return 2 <= C and C * kh * kw <= microgemm.LANES and O >= microgemm.ROWS and microgemm.beats_blas()
+
+
+def _weight_grad_taps_last(x, g, kh, kw, stride, padding):
+    """gw2 (O, C·kh·kw) by ``_weight_grad_taps_last_chunks``: per-thread sums, then their total."""
+    (sh, sw), (ph, pw) = stride, padding
+    N, O, Ho, Wo = g.shape
+    K, T = x.shape[1] * kh * kw, num_threads()
+    band = max(1, min(Ho, TAPS_LAST_PIXELS // Wo))  # colsᵀ of at most TAPS_LAST_PIXELS pixels (or one row)
+    acc = np.empty((T, O, microgemm.LANES), x.dtype)
+    with blas_single_thread():
+        parallel_for(_weight_grad_taps_last_chunks, T, False, x, g.reshape(N, O, Ho * Wo), kh, kw, sh, sw, ph, pw,
+                     Ho, Wo, band, acc)
+    return np.ascontiguousarray(acc.sum(axis=0)[:, :K])  # (O, K)
+
+
+def input_grad_own_gemm_pays(O, pixels, itemsize):
+    """im2col's grad-input products w2ᵀ (K, O) @ g (O, pixels) by ``microgemm.gemm`` (w2 read transposed) where it
+    beats the BLAS, or with fewer than ROWS output channels (an inner dimension BLAS runs badly) on any AVX-512
+    host, while a chunk's g (O, pixels) fits in 512 KB (microgemm reads it once per 4 rows of K). One thread,
+    CPU time, BLAS / microgemm ms, AVX2 and AVX-512 sgemm (load 5.7-6.0): 32 -> 32 16×16 stride 2 N64 1.66 /
+    1.32 and 1.28 / 1.23; 64 -> 64 8×8 stride 2 1.26 / 1.16 and 0.93 / 1.05; 64 -> 3 on 32×32 N32 4.80 / 3.24
+    and 5.28 / 3.05; 8 -> 32 16×16 N64 1.10 / 0.61 and 0.50 / 0.52; but the stem 3 -> 64 on 64×64 (g 1 MB a
+    chunk) 3.86 / 4.64 and 2.81 / 3.33."""
+    few = O < microgemm.ROWS and microgemm.host_has_avx512()
+    return (microgemm.beats_blas() or few) and O * pixels * itemsize <= 512 << 10
+
+
+def _input_grad(g, w2, kh, kw, stride, padding, gx, own_gemm=None):
     """gx = col2im(w2ᵀ @ g): conv_transpose2d of g (N, O, Ho, Wo) with w2 (O, C·kh·kw); fills gx."""
     (sh, sw), (ph, pw) = stride, padding
     N, O, Ho, Wo = g.shape
@@ -464,8 +570,10 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
     else:
         band, rows = gx.shape[2], Ho
     size = nb * rows * Wo
+    own = input_grad_own_gemm_pays(O, size, g.itemsize) if own_gemm is None else own_gemm
     with blas_single_thread():
-        parallel_for(_input_grad_chunks, T, g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
+        parallel_for(_input_grad_chunks, T, own,
+                     g.reshape(N, O, Ho * Wo), w2, kh, kw, sh, sw, ph, pw, Ho, Wo, nb, band,
                            _workspace("pad", (T, band, max(gx.shape[3] + 2 * pw, sw * (Wo - 1) + kw)), g.dtype),
                            _workspace("cols", (T, K * size), g.dtype), _workspace("res", (T, O * size), g.dtype), gx)
     return gx
@@ -501,6 +609,11 @@ def _input_grad(g, w2, kh, kw, stride, padding, gx):
 # Memory: U is 36·C_in·C_out floats (4× the weights), and the weight gradient keeps one such accumulator
 # per thread (im2col's: 9·C_in·C_out each); above WINOGRAD4_MAX_BYTES (a Stable-Diffusion-sized 1280→1280
 # conv would need 236 MB per thread) the conv stays on im2col.
+# ``algorithm`` names that force F(4×4, 3×3), and how its 36 products (and im2col's forward products, on the
+# shapes Winograd does not compute) run: None by ``winograd4.own_gemm_pays`` / ``im2col_own_gemm_pays`` (the
+# register-blocked ``microgemm.gemm`` where it beats the BLAS), True always by ``microgemm.gemm`` (the table's
+# ``winograd4_microgemm`` column, so that the harness checks it on every drawn shape), False always by BLAS.
+WINOGRAD4 = {"winograd4": None, "winograd4_microgemm": True, "winograd4_blas": False}  # _blas: benchmarks
 WINOGRAD4_MIN_SIZE = 4  # min(Ho, Wo)
 WINOGRAD4_MIN_CHANNELS = 16  # min(C_in, C_out)
 WINOGRAD4_MAX_BYTES = 128 << 20  # 36·C_in·C_out·itemsize, times the threads for the weight gradient
@@ -617,13 +730,14 @@ def conv2d_forward_cpu(x, w, b, stride, padding, out, algorithm="auto"):
             out3 += b[:, None]
         return out
     if winograd_applies(kh, kw, stride, padding):
-        if algorithm == "winograd4" or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo, x.itemsize)):
-            return winograd4.winograd4_conv3x3(x, winograd4.weight_transform(w), bias, padding, out)
+        if algorithm in WINOGRAD4 or (algorithm == "auto" and winograd4_pays(C, O, Ho, Wo, x.itemsize)):
+            return winograd4.winograd4_conv3x3(x, winograd4.weight_transform(w), bias, padding, out,
+                                               WINOGRAD4.get(algorithm))
         if algorithm == "winograd":
             return winograd.winograd_conv3x3(x, winograd.weight_transform(w), bias, padding, out)
     if algorithm == "batch_last" or (algorithm == "auto" and small_plane_pays(Ho, Wo)):
         return _forward_batch_last(x, w2, kh, kw, stride, padding, bias, out)
-    return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out)
+    return _im2col_matmul(x, w2, kh, kw, stride, padding, Ho, Wo, bias, out, WINOGRAD4.get(algorithm))
 
 
 def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need_b=True, algorithm="auto"):
@@ -647,8 +761,9 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
     gx = gw = gb = None
     wino = winograd_applies(kh, kw, stride, padding)
     auto = algorithm == "auto"
-    f4_x = wino and (algorithm == "winograd4" or (auto and winograd4_pays(O, C, H, W, x.itemsize)))  # a conv O -> C
-    f4_w = wino and (algorithm == "winograd4" or (auto and winograd4_pays(C, O, Ho, Wo, x.itemsize, num_threads())))
+    f4_x = wino and (algorithm in WINOGRAD4 or (auto and winograd4_pays(O, C, H, W, x.itemsize)))  # a conv O -> C
+    f4_w = wino and (algorithm in WINOGRAD4 or (auto and winograd4_pays(C, O, Ho, Wo, x.itemsize, num_threads())))
+    own_gemm = WINOGRAD4.get(algorithm)  # None: microgemm's rule
     if _is_pointwise(kh, kw, stride, padding):
         g3 = g.reshape(N, O, H * W)  # (N, O, P)
         x3 = x.reshape(N, C, H * W)  # (N, C, P)
@@ -663,14 +778,17 @@ def conv2d_backward_cpu(x, w, g, stride, padding, need_x=True, need_w=True, need
         gx_pad = (2 - padding[0], 2 - padding[1])  # gx = conv2d(g, w̃, padding 2 − p), w̃ flipped, transposed
         if need_x and f4_x:
             gx = winograd4.winograd4_conv3x3(g, winograd4.weight_transform(w, flip=True), np.zeros(C, x.dtype),
-                                             gx_pad, np.empty_like(x))
+                                             gx_pad, np.empty_like(x), own_gemm)
         elif need_x and wino and algorithm == "winograd":
             gx = winograd.winograd_conv3x3(g, winograd.weight_transform(w, flip=True), np.zeros(C, x.dtype), gx_pad,
                                            np.empty_like(x))
         elif need_x:
-            gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x))
+            gx = _input_grad(g, w2, kh, kw, stride, padding, np.empty_like(x), own_gemm)
         if need_w and f4_w:
-            gw = winograd4.winograd4_weight_grad(x, g, padding)
+            gw = winograd4.winograd4_weight_grad(x, g, padding, own_gemm)
+        elif need_w and C * kh * kw <= microgemm.LANES and (own_gemm or (own_gemm is None and
+                                                                     taps_last_pays(C, kh, kw, O))):
+            gw = _weight_grad_taps_last(x, g, kh, kw, stride, padding).reshape(w.shape)
         elif need_w:
             gw = _weight_grad(x, g, kh, kw, stride, padding).reshape(w.shape)
     if need_b:
@@ -888,6 +1006,8 @@ _conv2d_forward_winograd_one = _forward_one_with("winograd")
 _conv2d_backward_winograd_one = _backward_one_with("winograd")
 _conv2d_forward_winograd4_one = _forward_one_with("winograd4")
 _conv2d_backward_winograd4_one = _backward_one_with("winograd4")
+_conv2d_forward_microgemm_one = _forward_one_with("winograd4_microgemm")
+_conv2d_backward_microgemm_one = _backward_one_with("winograd4_microgemm")
 
 
 def conv2d_forward_winograd4(x, w, b, stride, padding, groups):
@@ -900,6 +1020,20 @@ def conv2d_backward_winograd4(x, w, g, stride, padding, groups, need_x, need_w, 
     """winograd4 column of conv2d_backward (grad-input and grad-weight by F(4×4, 3×3) for every 3×3 stride-1
     conv)."""
     return _grouped_backward(_conv2d_backward_winograd4_one, x, w, g, groups, False, stride, padding, need_x,
+                             need_w, need_b)
+
+
+def conv2d_forward_winograd4_microgemm(x, w, b, stride, padding, groups):
+    """winograd4_microgemm column of conv2d_forward: F(4×4, 3×3) for every 3×3 stride-1 conv, im2col for the
+    others (but 1×1), their products always by the register-blocked ``microgemm.gemm`` (whatever the BLAS and
+    the channel count)."""
+    return _grouped_forward(_conv2d_forward_microgemm_one, x, w, b, groups, False, stride, padding)
+
+
+def conv2d_backward_winograd4_microgemm(x, w, g, stride, padding, groups, need_x, need_w, need_b):
+    """winograd4_microgemm column of conv2d_backward (grad-input and grad-weight as the winograd4 column's, the
+    products by ``microgemm.gemm``)."""
+    return _grouped_backward(_conv2d_backward_microgemm_one, x, w, g, groups, False, stride, padding, need_x,
                              need_w, need_b)
 
 

@@ -30,8 +30,9 @@ import numpy as np
 
 from ..backend import get_array_module
 
-# winograd, winograd4: conv2d rows only (the numba column with F(2×2, 3×3) or F(4×4, 3×3) always)
-COLUMNS = ("reference", "numba", "cuda", "xp", "winograd", "winograd4")
+# winograd, winograd4: conv2d rows only (the numba column with F(2×2, 3×3) or F(4×4, 3×3) always);
+# winograd4_microgemm: F(4×4, 3×3) with its products by microgemm.py always
+COLUMNS = ("reference", "numba", "cuda", "xp", "winograd", "winograd4", "winograd4_microgemm")
 SWITCHES = ("fast", "reference") + COLUMNS[1:]
 
 _DEFAULT = os.environ.get("NPDIFF_KERNELS", "fast")

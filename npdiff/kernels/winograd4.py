@@ -43,9 +43,11 @@ Grad-input of a 3×3 stride-1 conv with padding p is the conv of g with w̃[c, o
 Weight gradient (``winograd4_weight_grad``): the forward differentiated through its tiles, gU[ξ] =
 Σ_p (A g_tile Aᵀ)[ξ, p]ᵀ V[ξ, p] (36 GEMMs (O × tiles) · (tiles × C)) and gw[o, c] = Gᵀ gU[:, o, c] G.
 
-Fast path (``winograd4_conv3x3``): parallel over chunks of ``nb`` whole images (``parallel_for``);
-per chunk a thread transforms its images' patches into V (36, nb·th·tw, C), runs the 36 sgemms into
-M (36, nb·th·tw, O), and transforms and writes the output tiles. Each thread owns whole images; for
+Fast path (``winograd4_conv3x3``): parallel over chunks of ``nb`` whole images, or of a band of tile rows of
+one image where an image's V + M would not fit the budget (``_chunk_plan``, ``parallel_for``); per chunk a
+thread transforms its patches into V (36, tiles, C), runs the 36 products into M (36, tiles, O) (by
+``microgemm.gemm`` where it beats the BLAS, ``own_gemm_pays``), and transforms and writes the output tiles'
+rows. Each thread owns whole chunks; for
 the weight gradient each thread sums its run of chunks into its own accumulator. One driver
 (``_winograd4_chunks``) does both, so that the inlined transforms compile once.
 """
@@ -57,6 +59,7 @@ from fractions import Fraction
 import numpy as np
 
 from .config import blas_single_thread, jit_inline, jit_serial, num_threads, parallel_for
+from .microgemm import LANES, beats_blas, gemm
 
 M_OUT, R_TAPS = 4, 3  # outputs per tile side, kernel size
 ALPHA = M_OUT + R_TAPS - 1  # 6: patch side, transformed positions per side
@@ -179,10 +182,10 @@ def _to_channels_last(x, n, ph, pw, xt):
 
 
 @jit_inline
-def _to_nchw(yt, n, out):
-    """out[n, o, h, v] = yt[h, v, o] for h < Ho, v < Wo (the tiles' last rows/columns past the edge dropped)."""
-    O, Ho, Wo = out.shape[1], out.shape[2], out.shape[3]
-    for h in range(Ho):
+def _to_nchw(yt, n, h0, h1, out):
+    """out[n, o, h, v] = yt[h, v, o] for rows h in [h0, h1), v < Wo (the tiles' last columns past the edge dropped)."""
+    O, Wo = out.shape[1], out.shape[3]
+    for h in range(h0, h1):
         src = yt[h]  # (4·tw, O)
         for o in range(O):
             dst = out[n, o, h]
@@ -335,34 +338,57 @@ def _output_tiles_adjoint(gt, coef, base, th, tw, S1, GM):
                     GM[30 + b, p, o] = S1[3, b, o]
 
 
-# Images per chunk: V + M of one chunk, 36·(C + O)·tiles floats, within CHUNK_BYTES (at least one image).
+def own_gemm_pays(lanes):
+    """The 36 products by ``microgemm.gemm`` instead of BLAS: where it beats the BLAS on this machine
+    (``microgemm.beats_blas``) and the products' outputs have at least ``LANES`` columns (the convolution's
+    output channels; the weight gradient's input channels). Measured in docs/kernels.md."""
+    return lanes >= LANES and beats_blas()
+
+
+# A chunk: V + M, 36·(C + O)·tiles floats, within a budget: whole images where one fits, else bands of tile
+# rows of one image (at least one row). With microgemm's products, half of a 1 MB L2 (MICROGEMM_CHUNK_BYTES),
+# so that V stays there between the input transform that writes it and the products that read it (and M
+# between those and the output transform): one thread, CPU time, the chunk loop, 2 MB chunks of whole images
+# -> bands of 4 tile rows (442 KB): 64->32 on 32×32 (the grad-input of 32->64), N 32, 5.94 -> 4.07 ms;
+# 32->64 on 32×32 4.86 -> 4.31 ms; 64->64 on 16×16 (one 295 KB image per chunk) 3.27 -> 3.30 ms (load
+# 5.7-6.1). BLAS's sgemm wants long products instead (its packing is paid per call): 512 KB chunks made the
+# BLAS path 10-50 % slower with either OpenBLAS kernel (64->64 16×16 forward 3.23 -> 3.72 ms with AVX-512,
+# 5.64 -> 7.53 with AVX2), so it keeps CHUNK_BYTES (1-8 MB measured within ±10 %).
 CHUNK_BYTES = 2 << 20
+MICROGEMM_CHUNK_BYTES = 512 << 10
 
 
-def _images_per_chunk(N, c_in, c_out, tiles, itemsize, T):
-    """Whole images per chunk: V + M within CHUNK_BYTES, and a multiple of T chunks while N allows
-    (even work for the T threads; as conv's ``_plan``)."""
-    per_image = ALPHA * ALPHA * (c_in + c_out) * tiles * itemsize
-    nb = max(1, min(CHUNK_BYTES // per_image, -(-N // T)))
+def _chunk_plan(N, c_in, c_out, th, tw, itemsize, T, budget):
+    """(nb, bt): nb images per chunk of bt tile rows each (bt < th only when nb is 1): V + M within ``budget``
+    bytes, and, for whole images, a multiple of T chunks while N allows (even work for the T threads; as
+    conv's ``_plan``)."""
+    per_row = ALPHA * ALPHA * (c_in + c_out) * tw * itemsize  # V + M of one tile row
+    if per_row * th > budget:
+        return 1, max(1, min(th, budget // per_row))
+    nb = max(1, min(budget // (per_row * th), -(-N // T)))
     chunks = min(N, -(-(-(-N // nb)) // T) * T)
-    return -(-N // chunks)
+    return -(-N // chunks), th
 
 
 @jit_serial
-def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, nb, out, acc):
-    """The convolution (``grad_weight`` false: items [i0, i1) are chunks of nb images) or its weight gradient
-    (true: items are the T workspace rows, one per thread, each summing its share of the chunks into
-    acc[t]), one driver for both so that the transforms, inlined, are compiled once.
+def _winograd4_chunks(i0, i1, grad_weight, own_gemm, x, g, U, bias, coef, ph, pw, th, tw, nb, bt, out, acc):
+    """The convolution (``grad_weight`` false: items [i0, i1) are chunks) or its weight gradient (true: items
+    are the T workspace rows, one per thread, each summing its share of the chunks into acc[t]), one driver
+    for both so that the transforms, inlined, are compiled once. A chunk is nb images, or a band of bt tile
+    rows of one image (``_chunk_plan``); an image is copied channels last once for all its bands.
 
     Convolution of x (N, C, H, W) into out (N, O, Ho, Wo): V = input tiles of x, M[ξ] = V[ξ] @ U[ξ] (36
-    sgemms, U (36, C, O) from ``weight_transform``), output tiles + bias.
+    GEMMs, U (36, C, O) from ``weight_transform``), output tiles + bias.
     Weight gradient for g (N, O, Ho, Wo): V of x, GM = A g Aᵀ per tile, acc[t, ξ] (O, C) += GM[ξ]ᵀ @ V[ξ].
+    The 36 products by ``microgemm.gemm`` with ``own_gemm``, else by BLAS.
     Unused arguments of a mode are empty arrays of the same types (one compiled signature).
     """
     N, C = x.shape[0], x.shape[1]
     O = g.shape[1] if grad_weight else out.shape[1]
-    P = th * tw
-    chunks = -(-N // nb)
+    Ho = g.shape[2] if grad_weight else out.shape[2]
+    P = bt * tw  # tiles of one image in a chunk (at most)
+    bands = -(-th // bt)
+    chunks = -(-N // nb) * bands
     T = acc.shape[0]
     vbuf = np.empty(ALPHA * ALPHA * nb * P * C, x.dtype)
     mbuf = np.empty(ALPHA * ALPHA * nb * P * O, x.dtype)
@@ -371,24 +397,35 @@ def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, 
     T1 = np.empty((ALPHA, ALPHA, C), x.dtype)
     S1 = np.empty((M_OUT, ALPHA, O), x.dtype)
     prod = np.empty((O, C), x.dtype)
+    last = -1  # the image now in xt (and yt)
     for item in range(i0, i1):
         lo, hi = (item * chunks // T, (item + 1) * chunks // T) if grad_weight else (item, item + 1)
         if grad_weight and hi <= lo:
             acc[item] = 0
         for t in range(lo, hi):
-            n0 = t * nb
-            mb = min(nb, N - n0)
-            L = mb * P
+            n0, ti0 = t // bands * nb, t % bands * bt
+            mb, nt = min(nb, N - n0), min(bt, th - ti0)
+            L = mb * nt * tw
             V = vbuf[: ALPHA * ALPHA * L * C].reshape((ALPHA * ALPHA, L, C))
             M = mbuf[: ALPHA * ALPHA * L * O].reshape((ALPHA * ALPHA, L, O))
             for b in range(mb):
-                _to_channels_last(x, n0 + b, ph, pw, xt)
-                _input_tiles(xt, coef, b * P, th, tw, T1, V)
+                if n0 + b != last:
+                    _to_channels_last(x, n0 + b, ph, pw, xt)
+                    if grad_weight:
+                        _to_channels_last(g, n0 + b, 0, 0, yt)
+                    last = n0 + b
+                # the band's rows: xt rows [4·ti0, 4·(ti0 + nt) + 2), yt rows [4·ti0, 4·(ti0 + nt))
+                _input_tiles(xt[4 * ti0 : 4 * (ti0 + nt) + 2], coef, b * nt * tw, nt, tw, T1, V)
                 if grad_weight:
-                    _to_channels_last(g, n0 + b, 0, 0, yt)
-                    _output_tiles_adjoint(yt, coef, b * P, th, tw, S1, M)
+                    _output_tiles_adjoint(yt[4 * ti0 : 4 * (ti0 + nt)], coef, b * nt * tw, nt, tw, S1, M)
             for xi in range(ALPHA * ALPHA):
-                if not grad_weight:
+                if own_gemm:  # microgemm.py: M[ξ] = V[ξ] @ U[ξ], or acc[ξ] (+)= GM[ξ]ᵀ @ V[ξ]; one call site
+                    if grad_weight:
+                        a_op, b_op, c_op = M[xi], V[xi], acc[item, xi]
+                    else:
+                        a_op, b_op, c_op = V[xi], U[xi], M[xi]
+                    gemm(a_op, b_op, c_op, grad_weight, grad_weight and t != lo)
+                elif not grad_weight:
                     np.dot(V[xi], U[xi], M[xi])
                 elif t == lo:
                     np.dot(M[xi].T, V[xi], acc[item, xi])
@@ -401,44 +438,47 @@ def _winograd4_chunks(i0, i1, grad_weight, x, g, U, bias, coef, ph, pw, th, tw, 
                             dst[c] += src[c]
             if not grad_weight:
                 for b in range(mb):
-                    _output_tiles(M, coef, bias, b * P, th, tw, S1, yt)
-                    _to_nchw(yt, n0 + b, out)
+                    _output_tiles(M, coef, bias, b * nt * tw, nt, tw, S1, yt[4 * ti0 : 4 * (ti0 + nt)])
+                    _to_nchw(yt, n0 + b, 4 * ti0, min(4 * (ti0 + nt), Ho), out)
 
 
-def winograd4_conv3x3(x, U, bias, padding, out):
+def winograd4_conv3x3(x, U, bias, padding, out, own_gemm=None):
     """out (N, O, Ho, Wo) = conv2d(x, w, bias, stride 1, padding) from U = weight_transform(w); fills out.
     (The grad-input: x = g, U = weight_transform(w, flip=True), padding 2 − p.)
 
-    x C-contiguous (N, C, H, W); bias (O,) (zeros for none). Chunks of whole images, V + M within
-    CHUNK_BYTES (at least one image), a multiple of the thread count when N allows.
+    x C-contiguous (N, C, H, W); bias (O,) (zeros for none). Chunks of whole images or bands of tile rows,
+    V + M within CHUNK_BYTES, or MICROGEMM_CHUNK_BYTES with microgemm's products (``_chunk_plan``).
     """
     N, C = x.shape[0], x.shape[1]
     O = out.shape[1]
     Ho, Wo = out.shape[2], out.shape[3]
     th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)
-    nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, num_threads())
+    own = own_gemm_pays(O) if own_gemm is None else own_gemm
+    nb, bt = _chunk_plan(N, C, O, th, tw, x.itemsize, num_threads(), MICROGEMM_CHUNK_BYTES if own else CHUNK_BYTES)
     empty4 = np.empty((0, 0, 0, 0), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, -(-N // nb), False, x, empty4, U, bias, _coefs(x.dtype), padding[0],
-                     padding[1], th, tw, nb, out, empty4)
+        parallel_for(_winograd4_chunks, -(-N // nb) * -(-th // bt), False, own, x, empty4, U, bias, _coefs(x.dtype),
+                     padding[0], padding[1], th, tw, nb, bt, out, empty4)
     return out
 
 
-def winograd4_weight_grad(x, g, padding):
+def winograd4_weight_grad(x, g, padding, own_gemm=None):
     """gw (O, C, 3, 3) of conv2d(x, w, stride 1, padding) for the upstream gradient g (N, O, Ho, Wo).
 
     The forward's tiles differentiated: out tile = Aᵀ[Σ_c V[ξ, p, c] U[ξ, c, o]]A with U = G w Gᵀ, so
     gU[ξ, o, c] = Σ_p (A g_tile Aᵀ)[ξ, p, o] · V[ξ, p, c] (36 GEMMs (O × tiles) · (tiles × C), summed per
     thread, then over threads) and gw[o, c] = Gᵀ gU[:, o, c] G (``weight_transform_adjoint``).
-    x, g C-contiguous. Chunks of whole images, as the forward's.
+    x, g C-contiguous. Chunks as the forward's.
     """
     N, C = x.shape[0], x.shape[1]
     O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
     th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)
     T = num_threads()
-    nb = _images_per_chunk(N, C, O, th * tw, x.itemsize, T)
+    own = own_gemm_pays(C) if own_gemm is None else own_gemm
+    nb, bt = _chunk_plan(N, C, O, th, tw, x.itemsize, T, MICROGEMM_CHUNK_BYTES if own else CHUNK_BYTES)
     acc = np.empty((T, ALPHA * ALPHA, O, C), x.dtype)
     with blas_single_thread():
-        parallel_for(_winograd4_chunks, T, True, x, g, np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype),
-                     _coefs(x.dtype), padding[0], padding[1], th, tw, nb, np.empty((0, 0, 0, 0), x.dtype), acc)
+        parallel_for(_winograd4_chunks, T, True, own, x, g,
+                     np.empty((0, 0, 0), x.dtype), np.empty(0, x.dtype), _coefs(x.dtype), padding[0], padding[1],
+                     th, tw, nb, bt, np.empty((0, 0, 0, 0), x.dtype), acc)
     return weight_transform_adjoint(acc)

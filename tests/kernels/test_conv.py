@@ -169,7 +169,7 @@ W_ERR = K.winograd.ERROR_FACTOR
 W4_ERR, W4_GW_ERR = K.winograd4.ERROR_FACTOR, K.winograd4.WEIGHT_GRAD_ERROR_FACTOR
 
 
-@pytest.mark.parametrize("column", ["winograd", "winograd4"])
+@pytest.mark.parametrize("column", ["winograd", "winograd4", "winograd4_microgemm"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("N,C,O,H,W,padding", [(1, 1, 1, 1, 1, 1), (2, 3, 4, 5, 7, 1), (3, 2, 5, 6, 6, 0),
                                                (1, 4, 3, 4, 5, 2), (2, 5, 2, 9, 3, (2, 0)), (5, 3, 3, 3, 4, 1)])
@@ -177,7 +177,8 @@ def test_winograd_forward_and_gradients_match_the_reference(monkeypatch, column,
     """Odd and even sizes (last tiles cut by the edge), paddings 0-2, batches over several chunks and threads
     (some idle); each winograd column against the reference, with the direct tolerance times its transforms'
     error factor (F(2×2): forward and grad-input, grad-weight by im2col; F(4×4): all three)."""
-    monkeypatch.setattr(K.winograd4, "CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(K.winograd4, "CHUNK_BYTES", 1)  # one tile row of one image per chunk
+    monkeypatch.setattr(K.winograd4, "MICROGEMM_CHUNK_BYTES", 1)
     monkeypatch.setattr(K.winograd4, "num_threads", lambda: 3)
     rng = np.random.default_rng(N * 100 + H)
     x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
@@ -187,10 +188,115 @@ def test_winograd_forward_and_gradients_match_the_reference(monkeypatch, column,
     with KT.use(column):
         y = KT.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), 1, padding)
         gx, gw, _ = KT.conv2d_backward(x.astype(dtype), w.astype(dtype), g.astype(dtype), 1, padding)
-    factor, gw_factor = (W_ERR, 1) if column == "winograd" else (W4_ERR, W4_GW_ERR)
+    factor, gw_factor = (W_ERR, 1) if column == "winograd" else (W4_ERR, W4_GW_ERR)  # winograd4*: F(4×4)
     close(y, want, dtype, 9 * C * factor, f"{column} forward")  # sums of 9·C products
     close(gx, gx_want, dtype, 9 * O * factor, f"{column} grad-input")
     close(gw, gw_want, dtype, N * H * W * gw_factor, f"{column} grad-weight")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_winograd4_microgemm_whole_blocks_and_edges_match_the_reference(dtype):
+    """Channels past microgemm's 4 × 32 register blocks (36 and 40: whole blocks and edge columns; the tile
+    counts 2·3·2 = 12 and 2·9 = 18 rows: whole blocks and edge rows) through the forward, grad-input and
+    grad-weight with the products always by ``microgemm.gemm``, against the reference."""
+    rng = np.random.default_rng(5)
+    N, C, O, H, W = 2, 36, 40, 9, 7
+    x, w, b = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, 3, 3)), rng.standard_normal(O)
+    want = K.conv2d_forward_reference(x, w, b, (1, 1), (1, 1))
+    g = rng.standard_normal(want.shape)
+    gx_want, gw_want, _ = K.conv2d_backward_reference(x, w, g, (1, 1), (1, 1))
+    with KT.use("winograd4_microgemm"):
+        y = KT.conv2d_forward(x.astype(dtype), w.astype(dtype), b.astype(dtype), 1, 1)
+        gx, gw, _ = KT.conv2d_backward(x.astype(dtype), w.astype(dtype), g.astype(dtype), 1, 1)
+    close(y, want, dtype, 9 * C * W4_ERR, "forward")
+    close(gx, gx_want, dtype, 9 * O * W4_ERR, "grad-input")
+    close(gw, gw_want, dtype, N * H * W * W4_GW_ERR, "grad-weight")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,C,O,H,W,k,stride,padding", [(3, 3, 9, 11, 7, 3, 1, 1), (2, 1, 4, 9, 9, 3, 2, 1),
+                                                         (2, 2, 5, 8, 6, (3, 5), (1, 2), (2, 0)),
+                                                         (1, 3, 2, 5, 5, 3, 1, 0)])
+def test_taps_last_weight_grad_matches_the_reference(monkeypatch, dtype, N, C, O, H, W, k, stride, padding):
+    """The pixels-major weight gradient of few-tap convs (C·kh·kw ≤ 32) through microgemm: bands of one output
+    row (TAPS_LAST_PIXELS 1), 3 threads (one idle with N = 2, 1), strides, paddings, non-square kernels,
+    fewer output channels than a register block's rows, against the reference."""
+    monkeypatch.setattr(K, "TAPS_LAST_PIXELS", 1)
+    monkeypatch.setattr(K, "num_threads", lambda: 3)
+    rng = np.random.default_rng(N * 10 + C)
+    s, p, (kh, kw) = pair(stride, "s"), pair(padding, "p"), pair(k, "k")
+    x, w = rng.standard_normal((N, C, H, W)), rng.standard_normal((O, C, kh, kw))
+    g = rng.standard_normal(K.conv2d_forward_reference(x, w, None, s, p).shape)
+    _, want, _ = K.conv2d_backward_reference(x, w, g, s, p)
+    got = K._weight_grad_taps_last(x.astype(dtype), g.astype(dtype), kh, kw, s, p).reshape(want.shape)
+    close(got, want, dtype, N * g.shape[2] * g.shape[3], "taps-last grad-weight")
+
+
+@settings(max_examples=25, deadline=None)
+@given(R=st.integers(1, 9), K_=st.integers(1, 40), J=st.integers(1, 70), trans_a=st.booleans(),
+       accumulate=st.booleans(), dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 99))
+def test_microgemm_matches_the_product_within_its_rounding_bound(R, K_, J, trans_a, accumulate, dtype, seed):
+    """out (+)= op(a) @ b for any sizes (whole 4 × 32 blocks, edge rows and columns, both forms of a), within
+    the bound of a sum of K + 1 terms rounded once each (fused multiply-adds): (K + 1)·ε·Σ|terms|."""
+    from npdiff.kernels import microgemm
+
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((K_, R) if trans_a else (R, K_)).astype(dtype)
+    b, out0 = rng.standard_normal((K_, J)).astype(dtype), rng.standard_normal((R, J)).astype(dtype)
+    out = microgemm.matmul_blocked(a, b, out0.copy(), trans_a, accumulate)
+    a64 = (a.T if trans_a else a).astype(np.float64)
+    want = a64 @ b + (out0 if accumulate else 0)
+    bound = (K_ + 1) * np.finfo(dtype).eps * (np.abs(a64) @ np.abs(b.astype(np.float64)) + np.abs(out0) * accumulate)
+    assert np.all(np.abs(out - want) <= bound)
+
+
+def test_microgemm_rule_follows_the_blas_and_the_host(monkeypatch):
+    """microgemm replaces BLAS only where asked, or where the host has AVX-512 and the BLAS's kernel does not;
+    in the F(4×4) driver only for products at least LANES columns wide; in im2col's forward also for fewer
+    output channels than ROWS on an AVX-512 host; nowhere with NPDIFF_MICROGEMM=0."""
+    from npdiff.kernels import microgemm
+
+    def clear():
+        microgemm.beats_blas.cache_clear()
+        microgemm.host_has_avx512.cache_clear()
+
+    for forced in ("0", "1"):
+        monkeypatch.setenv("NPDIFF_MICROGEMM", forced)
+        clear()
+        assert microgemm.beats_blas() == (forced == "1")
+        assert K.winograd4.own_gemm_pays(64) == (forced == "1") and not K.winograd4.own_gemm_pays(16)
+        assert K.im2col_own_gemm_pays(64) == K.im2col_own_gemm_pays(3) == (forced == "1")  # 0: few rows too
+        # the stems' pixels-major weight gradient: 2 to 3 channels of 3×3 taps (≤ 32), at least 4 outputs
+        assert K.taps_last_pays(3, 3, 3, 64) == K.taps_last_pays(2, 3, 3, 4) == (forced == "1")
+        assert not (K.taps_last_pays(1, 3, 3, 32) or K.taps_last_pays(4, 3, 3, 64) or K.taps_last_pays(3, 3, 3, 3))
+        # im2col's grad-input: while a chunk's g fits in 512 KB (not the 3 -> 64 stem's 64 × 4096 floats)
+        assert K.input_grad_own_gemm_pays(32, 256, 4) == K.input_grad_own_gemm_pays(3, 1024, 4) == (forced == "1")
+        assert not K.input_grad_own_gemm_pays(64, 4096, 4)
+    monkeypatch.delenv("NPDIFF_MICROGEMM")
+    clear()
+    import llvmlite.binding as llvm
+    from threadpoolctl import threadpool_info
+
+    host_avx512 = "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    archs = {str(i.get("architecture", "")).lower() for i in threadpool_info() if i.get("user_api") == "blas"}
+    assert microgemm.beats_blas() == (host_avx512 and bool(archs) and not archs & set(microgemm.WIDE_OPENBLAS))
+    assert K.im2col_own_gemm_pays(3) == host_avx512  # fewer output channels than a register block's rows
+    assert K.input_grad_own_gemm_pays(3, 1024, 4) == host_avx512
+    clear()
+
+
+@pytest.mark.parametrize("N,C,O,th,tw,budget,T", [(32, 64, 32, 8, 8, 512 << 10, 2), (64, 64, 64, 4, 4, 512 << 10, 2),
+                                                   (5, 8, 8, 3, 3, 1 << 30, 2), (3, 16, 16, 5, 2, 1, 4)])
+def test_winograd4_chunks_are_whole_images_or_bands_within_budget(N, C, O, th, tw, budget, T):
+    """A chunk's V + M stays within the budget (or is one tile row): whole images where one fits, with a
+    multiple of T chunks while N allows, else bands of tile rows of one image."""
+    nb, bt = K.winograd4._chunk_plan(N, C, O, th, tw, 4, T, budget)
+    per_row = 36 * (C + O) * tw * 4
+    assert 1 <= bt <= th and 1 <= nb <= N and (bt == th or nb == 1)
+    assert nb * bt * per_row <= budget or (nb, bt) == (1, 1)
+    if bt == th:
+        chunks = -(-N // nb)
+        assert chunks % T == 0 or chunks == N
 
 
 def test_toom_cook_transforms_compute_the_correlation():

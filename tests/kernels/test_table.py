@@ -97,7 +97,7 @@ def _conv_spec(transposed):
     # winograd4.py: the larger of the forward's and the weight gradient's for F(4×4, 3×3))
     w4 = max(_winograd4.ERROR_FACTOR, _winograd4.WEIGHT_GRAD_ERROR_FACTOR)
     return Spec(name, (fwd.name, bwd.name), _conv_case(transposed), forward, backward, fixed, torch_fn, terms, bad,
-                column_terms={"winograd": WINOGRAD_ERROR_FACTOR, "winograd4": w4})
+                column_terms={"winograd": WINOGRAD_ERROR_FACTOR, "winograd4": w4, "winograd4_microgemm": w4})
 
 
 # -- norms ----------------------------------------------------------------------------------
