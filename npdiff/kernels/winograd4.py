@@ -56,6 +56,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import precompile
 from .config import blas_single_thread, jit_inline, jit_serial, num_threads, parallel_for
 
 M_OUT, R_TAPS = 4, 3  # outputs per tile side, kernel size
@@ -412,6 +413,7 @@ def winograd4_conv3x3(x, U, bias, padding, out):
     x C-contiguous (N, C, H, W); bias (O,) (zeros for none). Chunks of whole images, V + M within
     CHUNK_BYTES (at least one image), a multiple of the thread count when N allows.
     """
+    precompile.wait()  # a helper compiling the driver for this run (precompile.py): load it, do not compile it twice
     N, C = x.shape[0], x.shape[1]
     O = out.shape[1]
     Ho, Wo = out.shape[2], out.shape[3]
@@ -432,6 +434,7 @@ def winograd4_weight_grad(x, g, padding):
     thread, then over threads) and gw[o, c] = Gᵀ gU[:, o, c] G (``weight_transform_adjoint``).
     x, g C-contiguous. Chunks of whole images, as the forward's.
     """
+    precompile.wait()  # (as winograd4_conv3x3)
     N, C = x.shape[0], x.shape[1]
     O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
     th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)

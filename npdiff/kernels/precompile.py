@@ -1,0 +1,118 @@
+"""Compile the Winograd F(4×4, 3×3) driver in a second process while this one compiles the rest.
+
+The first training step on a fresh machine compiles every kernel the step uses, one after the other, under
+Numba's compiler lock: about 13 s of CPU (``benchmarks/cold_start.py --breakdown``), of which winograd4's
+driver (``winograd4._winograd4_chunks``, one function for the convolution and its weight gradient) is the
+largest single part, 5-6 s. Numba cannot compile two functions at once in one process (its global compiler
+lock, and the Python-level passes hold the GIL), but two processes can, and Numba's on-disk cache
+(``cache=True``, config.py) carries the result from one to the other.
+
+So ``start`` launches ``python -m npdiff.kernels.precompile DTYPE``: a process that imports this package,
+calls ``winograd4_conv3x3`` and ``winograd4_weight_grad`` on a tiny image, which compiles the driver for the
+same argument types as any convolution of that dtype (both modes are one signature), writes it to the cache
+and exits. This process meanwhile builds its model and compiles the kernels of the first step that come
+before the first 3×3 convolution; ``wait``, called by winograd4's two entry points, blocks until the helper
+is done (at once if it is), so that the driver is then loaded from the cache instead of compiled a second
+time. If the helper fails or takes too long, the driver is simply compiled here, as without it.
+
+When nothing is started: the on-disk cache is off (``NPDIFF_NUMBA_CACHE=0``), the driver is already cached
+for this machine or loaded in this process (a warm start pays nothing), several MPI ranks share the node
+(each would start one; ranks compile side by side already), or ``NPDIFF_PRECOMPILE=0``.
+
+Safety of the shared cache: the helper is the only process that compiles the driver while it runs (this one
+waits), Numba writes each index and data file to a temporary name and renames it into place (atomic on
+POSIX), and the helper writes no other cache file (the transforms are inlined into the driver). Nothing is
+left running: the helper is waited for (at most ``WAIT_S``) and then killed at interpreter exit.
+
+Measured with ``benchmarks/cold_start.py``: docs/kernels.md, Cold start.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import config
+
+ENABLED = os.environ.get("NPDIFF_PRECOMPILE", "1") != "0"
+WAIT_S = 120.0  # the longest wait for the helper before compiling here (it takes 5-6 s on an idle core)
+
+_HELPER = []  # [(subprocess.Popen, its stderr file)] while a helper runs; emptied by ``wait``
+WAITED_S = [0.0]  # seconds this process spent in ``wait`` (benchmarks/cold_start.py reports them)
+
+
+def driver_cached() -> bool:
+    """Whether winograd4's driver is loaded in this process or listed in Numba's cache index for this
+    machine (the index is Numba's own: keys (signature, target machine, code hash); an index whose source
+    file changed reads as empty). Errors reading it count as cached: then nothing is started."""
+    from .winograd4 import _winograd4_chunks as driver
+
+    if driver.signatures:
+        return True
+    try:
+        index = driver._cache._cache_file._load_index()
+        machine = driver.targetctx.codegen().magic_tuple()
+        return any(key[1] == machine for key in index)
+    except Exception:  # noqa: BLE001 - a Numba without these internals: behave as without the helper
+        return True
+
+
+def start(dtype=np.float32) -> bool:
+    """Start the helper that compiles winograd4's driver for ``dtype`` into the on-disk cache (module
+    docstring), unless one runs already or there is nothing to gain. Returns whether one was started."""
+    if _HELPER or not ENABLED or not config.CACHE or config.ranks_on_this_node() > 1 or driver_cached():
+        return False
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this npdiff's folder
+    env = dict(os.environ, NPDIFF_NUMBA_PARALLEL="0", NPDIFF_PRECOMPILE="0",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    log = tempfile.TemporaryFile()  # the helper's messages, shown if it fails (a pipe could fill and stall it)
+    _HELPER.append((subprocess.Popen([sys.executable, "-m", "npdiff.kernels.precompile", np.dtype(dtype).name],
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log), log))
+    return True
+
+
+def wait(timeout: float = WAIT_S) -> bool:
+    """Block until the helper has finished (at once without one). Returns whether it compiled the driver;
+    a helper still running after ``timeout`` seconds is killed (this process then compiles the driver)."""
+    if not _HELPER:
+        return False
+    proc, log = _HELPER.pop()
+    t0 = time.perf_counter()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    WAITED_S[0] += time.perf_counter() - t0
+    log.seek(0)
+    message = log.read().decode(errors="replace")
+    log.close()
+    if proc.returncode != 0:
+        print(f"npdiff: the Winograd compile helper stopped with code {proc.returncode} (compiling here "
+              f"instead){': ' + message if message else ''}", file=sys.stderr)
+    return proc.returncode == 0
+
+
+# at exit, a helper still running may be writing the cache: let it finish (at most WAIT_S), then kill it
+atexit.register(wait)
+
+
+def compile_driver(dtype) -> None:
+    """The helper's work: one tiny convolution and its weight gradient (4×4 output, 16 channels), which
+    compile the driver for ``dtype``'s C-contiguous arrays as any 3×3 convolution of that dtype would."""
+    from .winograd4 import weight_transform, winograd4_conv3x3, winograd4_weight_grad
+
+    x = np.zeros((1, 16, 4, 4), dtype)
+    w = np.zeros((16, 16, 3, 3), dtype)
+    winograd4_conv3x3(x, weight_transform(w), np.zeros(16, dtype), (1, 1), np.empty((1, 16, 4, 4), dtype))
+    winograd4_weight_grad(x, np.zeros((1, 16, 4, 4), dtype), (1, 1))
+
+
+if __name__ == "__main__":
+    compile_driver(np.dtype(sys.argv[1]))
