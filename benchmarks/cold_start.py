@@ -89,7 +89,7 @@ def worker(steps: int, breakdown: bool = False) -> dict:
     steps_s = [b - a for a, b in zip([start] + marks[:-1], marks)]
     from npdiff.kernels import precompile
 
-    precompile.wait()  # (done already when the run used winograd4) so that its CPU time is counted below
+    precompile.finish()  # the helper's exit (done already in a run of more than a few steps): its CPU time below
     children = os.times()
     out = {"import_s": t_import, "build_s": t_build, "first_step_s": steps_s[0],
            "first_step_cpu_s": cpu_marks[0] - cpu_start,

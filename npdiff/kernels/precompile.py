@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import select
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,10 @@ from . import config
 ENABLED = os.environ.get("NPDIFF_PRECOMPILE", "1") != "0"
 WAIT_S = 120.0  # the longest wait for the helper before compiling here (it takes 5-6 s on an idle core)
 
-_HELPER = []  # [(subprocess.Popen, its stderr file)] while a helper runs; emptied by ``wait``
+_HELPER = []  # [(subprocess.Popen, its stderr file)] from ``start`` until ``finish``
+_DRIVER = []  # [True] once the helper has said that the driver is in the cache
 WAITED_S = [0.0]  # seconds this process spent in ``wait`` (benchmarks/cold_start.py reports them)
+READY = "driver compiled"  # the helper's one line on stdout
 
 
 def driver_cached() -> bool:
@@ -64,48 +67,66 @@ def driver_cached() -> bool:
 
 
 def start(dtype=np.float32) -> bool:
-    """Start the helper that compiles winograd4's driver for ``dtype`` into the on-disk cache (module
-    docstring), unless one runs already or there is nothing to gain. Returns whether one was started."""
-    if _HELPER or not ENABLED or not config.CACHE or config.ranks_on_this_node() > 1 or driver_cached():
+    """Start the helper that compiles winograd4's driver for ``dtype`` into the on-disk cache, then the backward
+    kernels a UNet step reaches last (module docstring), unless one has run already or there is nothing to
+    gain. Returns whether one was started."""
+    if _HELPER or _DRIVER or not ENABLED or not config.CACHE or config.ranks_on_this_node() > 1 or driver_cached():
         return False
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this npdiff's folder
     env = dict(os.environ, NPDIFF_NUMBA_PARALLEL="0", NPDIFF_PRECOMPILE="0",
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     log = tempfile.TemporaryFile()  # the helper's messages, shown if it fails (a pipe could fill and stall it)
     _HELPER.append((subprocess.Popen([sys.executable, "-m", "npdiff.kernels.precompile", np.dtype(dtype).name],
-                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log), log))
+                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log), log))
     return True
 
 
 def wait(timeout: float = WAIT_S) -> bool:
-    """Block until the helper has finished (at once without one). Returns whether it compiled the driver;
-    a helper still running after ``timeout`` seconds is killed (this process then compiles the driver)."""
+    """Block until the helper has compiled the driver (at once without a helper, or once it has said so).
+    Returns whether the driver came from the helper; after ``timeout`` seconds, or if the helper stops
+    without saying so, the caller goes on (and compiles the driver itself)."""
+    if _DRIVER or not _HELPER:
+        return bool(_DRIVER)
+    proc = _HELPER[0][0]
+    t0 = time.perf_counter()
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+    WAITED_S[0] += time.perf_counter() - t0
+    if line == READY:
+        _DRIVER.append(True)
+        return True
+    finish(0.0)  # stopped or too slow: report, and compile here
+    return False
+
+
+def finish(timeout: float = WAIT_S) -> bool:
+    """Wait for the helper to exit (at most ``timeout`` seconds, then kill it) and report a failure.
+    Called at interpreter exit: a helper still running may be writing the cache. Returns whether it
+    succeeded (False without one)."""
     if not _HELPER:
         return False
     proc, log = _HELPER.pop()
-    t0 = time.perf_counter()
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    WAITED_S[0] += time.perf_counter() - t0
+    proc.stdout.close()
     log.seek(0)
     message = log.read().decode(errors="replace")
     log.close()
     if proc.returncode != 0:
-        print(f"npdiff: the Winograd compile helper stopped with code {proc.returncode} (compiling here "
-              f"instead){': ' + message if message else ''}", file=sys.stderr)
+        print(f"npdiff: the kernel compile helper (npdiff/kernels/precompile.py) stopped with code "
+              f"{proc.returncode}{': ' + message if message else ''}", file=sys.stderr)
     return proc.returncode == 0
 
 
-# at exit, a helper still running may be writing the cache: let it finish (at most WAIT_S), then kill it
-atexit.register(wait)
+atexit.register(finish)
 
 
 def compile_driver(dtype) -> None:
-    """The helper's work: one tiny convolution and its weight gradient (4×4 output, 16 channels), which
-    compile the driver for ``dtype``'s C-contiguous arrays as any 3×3 convolution of that dtype would."""
+    """One tiny convolution and its weight gradient (4×4 output, 16 channels): they compile the driver for
+    ``dtype``'s C-contiguous arrays, as any 3×3 convolution of that dtype would."""
     from .winograd4 import weight_transform, winograd4_conv3x3, winograd4_weight_grad
 
     x = np.zeros((1, 16, 4, 4), dtype)
@@ -114,5 +135,29 @@ def compile_driver(dtype) -> None:
     winograd4_weight_grad(x, np.zeros((1, 16, 4, 4), dtype), (1, 1))
 
 
+def compile_backward_tail(dtype) -> None:
+    """The backward kernels a UNet training step reaches last, in the order it reaches them, through the
+    same numba-column functions the models' ops call on tiny arrays: group norm (+ SiLU), nearest
+    upsampling, attention with heads wider than ``attention.SMALL_HEAD_DIM`` (the BLAS kernel), SiLU.
+    The argument types depend on the dtype and these paths only, not on the sizes."""
+    from . import attention, elementwise, norm, pooling
+
+    rng = np.random.default_rng(0)
+
+    def a(*shape):
+        return rng.standard_normal(shape).astype(dtype)
+
+    stats = np.zeros((2, 4), dtype), np.ones((2, 4), dtype)  # the forward's mean and 1/σ per (n, group)
+    norm.group_norm_silu_backward_numba(a(2, 8, 4, 4), a(2, 8, 4, 4), *stats, 4, a(8), a(8))
+    pooling.interpolate_backward_numba(a(1, 2, 8, 8), (1, 2, 4, 4), "nearest", False, (2.0, 2.0))
+    d = 2 * attention.SMALL_HEAD_DIM
+    q, k, v = a(2, 8, d), a(2, 8, d), a(2, 8, d)
+    out, lse = a(2, 8, d), a(2, 8)  # stand-ins for the forward's outputs: its kernel is compiled by the run itself
+    attention.attention_backward_numba(a(2, 8, d), q, k, v, out, lse, scale=d ** -0.5)
+    elementwise.activation_columns("silu")["numba"][1](a(64), a(64))
+
+
 if __name__ == "__main__":
     compile_driver(np.dtype(sys.argv[1]))
+    print(READY, flush=True)  # the parent's ``wait`` returns here
+    compile_backward_tail(np.dtype(sys.argv[1]))

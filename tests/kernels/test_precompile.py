@@ -2,9 +2,10 @@
 then loads it (no second compile) for the argument types a convolution uses.
 
 Run in a fresh interpreter with an empty cache folder of its own (the test process may hold the driver
-already): start the helper, check that only one runs, wait for it, read the cache index as a warm start
-would (nothing left to start), then run a convolution and its weight gradient and check that the driver
-came from the cache (one cache hit, no miss: the helper compiled exactly the signature the kernels call).
+already): start the helper, check that only one runs, wait for its signal, read the cache index as a warm
+start would (nothing left to start), then run a convolution and its weight gradient and check that the
+driver came from the cache (one cache hit, no miss: the helper compiled exactly the signature the kernels
+call). Then the same for the backward kernels the helper compiles after the driver.
 """
 
 import os
@@ -21,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     assert not precompile.driver_cached(), "the cache folder is not empty"
     assert precompile.start(), "no helper started on a cold cache"
     assert not precompile.start(), "a second helper started while one runs"
-    assert precompile.wait(), "the helper failed"
+    assert precompile.wait(), "the helper did not compile the driver"
     assert not driver.signatures, "this process compiled the driver itself"
     assert precompile.driver_cached() and not precompile.start(), "a warm cache would start a helper again"
     rng = np.random.default_rng(0)
@@ -32,6 +33,14 @@ SCRIPT = textwrap.dedent("""
     winograd4.winograd4_weight_grad(x, out, (1, 1))
     hits, misses = dict(driver.stats.cache_hits), dict(driver.stats.cache_misses)
     assert sum(hits.values()) == 1 and not misses, (hits, misses)
+    assert precompile.finish(), "the helper failed after the driver"
+    from npdiff.kernels import attention, elementwise, norm, pooling
+    tail = (norm._group_norm_backward_fast, pooling._nearest_backward_fast, attention.attention_backward_blas,
+            elementwise.GRADS["silu"])
+    precompile.compile_backward_tail(np.float32)  # the helper's calls, here: every kernel from the cache
+    for kernel in tail:
+        hits, misses = dict(kernel.stats.cache_hits), dict(kernel.stats.cache_misses)
+        assert sum(hits.values()) == 1 and not misses, (kernel, hits, misses)
     print("ok")
 """)
 
