@@ -1,28 +1,35 @@
-"""Compile the Winograd F(4×4, 3×3) driver in a second process while this one compiles the rest.
+"""A cold start in two processes: a helper compiles the Winograd F(4×4, 3×3) driver and the backward
+kernels a UNet step reaches last, while the training process compiles the rest.
 
-The first training step on a fresh machine compiles every kernel the step uses, one after the other, under
-Numba's compiler lock: about 13 s of CPU (``benchmarks/cold_start.py --breakdown``), of which winograd4's
-driver (``winograd4._winograd4_chunks``, one function for the convolution and its weight gradient) is the
-largest single part, 5-6 s. Numba cannot compile two functions at once in one process (its global compiler
-lock, and the Python-level passes hold the GIL), but two processes can, and Numba's on-disk cache
-(``cache=True``, config.py) carries the result from one to the other.
+The first training step on a fresh machine compiles every kernel the step uses, one after the other: about
+13 s of CPU (``benchmarks/cold_start.py --breakdown``), of which winograd4's driver
+(``winograd4._winograd4_chunks``, one function for the convolution and its weight gradient) is the largest
+single part, 5-6 s. One process cannot compile two functions at once (Numba's global compiler lock; its
+Python-level passes hold the GIL), but two processes can, and Numba's on-disk cache (``cache=True``,
+config.py) carries the compiled code from one to the other.
 
-So ``start`` launches ``python -m npdiff.kernels.precompile DTYPE``: a process that imports this package,
-calls ``winograd4_conv3x3`` and ``winograd4_weight_grad`` on a tiny image, which compiles the driver for the
-same argument types as any convolution of that dtype (both modes are one signature), writes it to the cache
-and exits. This process meanwhile builds its model and compiles the kernels of the first step that come
-before the first 3×3 convolution; ``wait``, called by winograd4's two entry points, blocks until the helper
-is done (at once if it is), so that the driver is then loaded from the cache instead of compiled a second
-time. If the helper fails or takes too long, the driver is simply compiled here, as without it.
+``start`` (called by the trainer) launches ``python -m npdiff.kernels.precompile DTYPE``, which
+1. calls ``winograd4_conv3x3`` and ``winograd4_weight_grad`` on a tiny image: this compiles the driver for
+   the same argument types as any 3×3 convolution of that dtype (both modes are one signature) and writes it
+   to the cache; then prints one line (``READY``);
+2. compiles, through the same numba-column functions the models' ops call, the backward kernels that a
+   UNet step reaches last (``compile_backward_tail``: group norm + SiLU, nearest upsampling, attention, SiLU),
+   and exits.
+The training process meanwhile builds its model and runs its first step, compiling its kernels as it meets
+them. ``wait``, called by winograd4's two entry points, blocks until the helper's line (at once when it has
+come), so the driver is loaded from the cache instead of compiled a second time; by the time the step reaches
+the tail kernels, the helper has cached them too. A kernel the helper has not finished is simply compiled by
+the step as well (the work is done twice, the result is the same), and if the helper fails or takes longer
+than ``WAIT_S``, the step compiles the driver itself, as without a helper.
 
-When nothing is started: the on-disk cache is off (``NPDIFF_NUMBA_CACHE=0``), the driver is already cached
-for this machine or loaded in this process (a warm start pays nothing), several MPI ranks share the node
-(each would start one; ranks compile side by side already), or ``NPDIFF_PRECOMPILE=0``.
+Nothing is started when the on-disk cache is off (``NPDIFF_NUMBA_CACHE=0``), when the driver is already
+cached for this machine or loaded in this process (a warm start pays nothing but reading one index), when
+several MPI ranks share the node (they compile side by side already), or with ``NPDIFF_PRECOMPILE=0``.
 
-Safety of the shared cache: the helper is the only process that compiles the driver while it runs (this one
-waits), Numba writes each index and data file to a temporary name and renames it into place (atomic on
-POSIX), and the helper writes no other cache file (the transforms are inlined into the driver). Nothing is
-left running: the helper is waited for (at most ``WAIT_S``) and then killed at interpreter exit.
+The shared cache: Numba writes each index and data file to a temporary name and renames it into place (atomic
+on POSIX), so a reader never sees half a file; two processes compiling the same function at once can only
+cost one of the two cache entries (compiled again next time), never a wrong one. Nothing is left running:
+at interpreter exit a helper still compiling is waited for (at most ``WAIT_S``), then killed.
 
 Measured with ``benchmarks/cold_start.py``: docs/kernels.md, Cold start.
 """
