@@ -17,8 +17,10 @@ config.py) carries the compiled code from one to the other.
    and exits.
 The training process meanwhile builds its model and runs its first step, compiling its kernels as it meets
 them. ``wait``, called by winograd4's two entry points, blocks until the helper's line (at once when it has
-come), so the driver is loaded from the cache instead of compiled a second time; by the time the step reaches
-the tail kernels, the helper has cached them too. A kernel the helper has not finished is simply compiled by
+come), so the driver is loaded from the cache instead of compiled a second time; rather than idle until
+then, it compiles kernels the step meets later and the helper does not (``_FILL``: attention's forward,
+the im2col convolution's backward), checking for the line between them. By the time the step reaches the
+tail kernels, the helper has usually cached them. A kernel the helper has not finished is simply compiled by
 the step as well (the work is done twice, the result is the same), and if the helper fails or takes longer
 than ``WAIT_S``, the step compiles the driver itself, as without a helper.
 
@@ -55,6 +57,7 @@ _HELPER = []  # [(subprocess.Popen, its stderr file)] from ``start`` until ``fin
 _DRIVER = []  # [True] once the helper has said that the driver is in the cache
 WAITED_S = [0.0]  # seconds this process spent in ``wait`` (benchmarks/cold_start.py reports them)
 READY = "driver compiled"  # the helper's one line on stdout
+_DTYPE = [np.dtype(np.float32)]  # the helper's dtype
 
 
 def driver_cached() -> bool:
@@ -83,6 +86,7 @@ def start(dtype=np.float32) -> bool:
     env = dict(os.environ, NPDIFF_NUMBA_PARALLEL="0", NPDIFF_PRECOMPILE="0",
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     log = tempfile.TemporaryFile()  # the helper's messages, shown if it fails (a pipe could fill and stall it)
+    _DTYPE[:] = [np.dtype(dtype)]
     _HELPER.append((subprocess.Popen([sys.executable, "-m", "npdiff.kernels.precompile", np.dtype(dtype).name],
                                      env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log), log))
     return True
@@ -96,6 +100,11 @@ def wait(timeout: float = WAIT_S) -> bool:
         return bool(_DRIVER)
     proc = _HELPER[0][0]
     t0 = time.perf_counter()
+    for fill in _FILL:  # rather than idle, compile kernels the step needs after this point, until the line comes
+        if select.select([proc.stdout], [], [], 0.0)[0]:
+            break
+        fill(_DTYPE[0])
+    _FILL.clear()
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
     WAITED_S[0] += time.perf_counter() - t0
@@ -162,6 +171,30 @@ def compile_backward_tail(dtype) -> None:
     out, lse = a(2, 8, d), a(2, 8)  # stand-ins for the forward's outputs: its kernel is compiled by the run itself
     attention.attention_backward_numba(a(2, 8, d), q, k, v, out, lse, scale=d ** -0.5)
     elementwise.activation_columns("silu")["numba"][1](a(64), a(64))
+
+
+def _attention_forward(dtype) -> None:
+    """The forward kernel of attention with heads wider than ``attention.SMALL_HEAD_DIM`` (the BLAS one)."""
+    from . import attention
+
+    d = 2 * attention.SMALL_HEAD_DIM
+    q = np.zeros((2, 8, d), dtype)
+    attention.attention_forward_numba(q, q, q, scale=d ** -0.5)
+
+
+def _im2col_conv_backward(dtype) -> None:
+    """Both gradients of a convolution on the im2col path (a stride-2 3×3 one: downsampling), whose forward
+    the run has compiled by then (its first convolution, from 3 channels)."""
+    from . import conv
+
+    x, w = np.zeros((2, 4, 8, 8), dtype), np.zeros((4, 4, 3, 3), dtype)
+    conv.conv2d_backward_numba(x, w, np.zeros((2, 4, 4, 4), dtype), (2, 2), (1, 1), 1, True, True, True)
+
+
+# What ``wait`` compiles in the training process while the helper is still on the driver (at most one of
+# them after the helper's line has come): kernels a UNet step meets after its first 3×3 convolution, soonest
+# first, which the helper does not compile.
+_FILL = [_attention_forward, _im2col_conv_backward]
 
 
 if __name__ == "__main__":
