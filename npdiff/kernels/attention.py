@@ -251,7 +251,7 @@ def attention_forward_tiled(lo, hi, q, k, v, biasT, bias_index, has_bias, scale,
             if has_bias:
                 _add_bias_transposed(ST, biasT, bias_index[n], i0, nq, j0, nk)
             # 2. running max m' per query lane; α = e^{m − m'}
-            for i in range(nq):  # a loop, not mt[:nq] = m[:nq]: a slice copy links Numba's shape-error formatting (cold start)
+            for i in range(nq):  # not mt[:nq] = m[:nq]: a slice copy links Numba's string formatting (cold start)
                 mt[i] = m[i]
             for j in range(nk):
                 row = ST[j]

@@ -48,7 +48,8 @@ SCRIPT = textwrap.dedent("""
 def test_helper_compiles_the_driver_that_the_convolution_then_loads(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NPDIFF_NUMBA_CACHE="1", NPDIFF_PRECOMPILE="1",
                PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
-    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE"):
+    launcher = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE")
+    for name in launcher:
         env.pop(name, None)  # one process on the node, as a plain ``npdiff train``
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
