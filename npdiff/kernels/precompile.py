@@ -50,7 +50,6 @@ import numpy as np
 
 from . import config
 
-ENABLED = os.environ.get("NPDIFF_PRECOMPILE", "1") != "0"
 WAIT_S = 120.0  # the longest wait for the helper before compiling here (it takes 5-6 s on an idle core)
 
 _HELPER = []  # [(subprocess.Popen, its stderr file)] from ``start`` until ``finish``
@@ -80,7 +79,7 @@ def start(dtype=np.float32) -> bool:
     """Start the helper that compiles winograd4's driver for ``dtype`` into the on-disk cache, then the backward
     kernels a UNet step reaches last (module docstring), unless one has run already or there is nothing to
     gain. Returns whether one was started."""
-    if _HELPER or _DRIVER or not ENABLED or not config.CACHE or config.ranks_on_this_node() > 1 or driver_cached():
+    if _HELPER or _DRIVER or not config.PRECOMPILE or not config.CACHE or config.ranks_on_this_node() > 1 or driver_cached():
         return False
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this npdiff's folder
     env = dict(os.environ, NPDIFF_NUMBA_PARALLEL="0", NPDIFF_PRECOMPILE="0",
