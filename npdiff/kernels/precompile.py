@@ -12,15 +12,14 @@ config.py) carries the compiled code from one to the other.
 1. calls ``winograd4_conv3x3`` and ``winograd4_weight_grad`` on a tiny image: this compiles the driver for
    the same argument types as any 3×3 convolution of that dtype (both modes are one signature) and writes it
    to the cache; then prints one line (``READY``);
-2. compiles, through the same numba-column functions the models' ops call, the backward kernels that a
-   UNet step reaches last (``compile_backward_tail``: group norm + SiLU, nearest upsampling, attention, SiLU),
-   and exits.
+2. compiles, through the same numba-column functions the models' ops call, backward kernels that a UNet
+   step reaches late (``compile_backward_tail``: group norm + SiLU, nearest upsampling, SiLU), and exits.
 The training process meanwhile builds its model and runs its first step, compiling its kernels as it meets
 them. ``wait``, called by winograd4's two entry points, blocks until the helper's line (at once when it has
 come), so the driver is loaded from the cache instead of compiled a second time; rather than idle until
 then, it compiles kernels the step meets later and the helper does not (``_FILL``: attention's forward,
-the im2col convolution's backward), checking for the line between them. By the time the step reaches the
-tail kernels, the helper has usually cached them. A kernel the helper has not finished is simply compiled by
+the im2col convolution's backward, attention's backward), checking for the line between them. By the time
+the step reaches the tail kernels, the helper has usually cached them. A kernel the helper has not finished is simply compiled by
 the step as well (the work is done twice, the result is the same), and if the helper fails or takes longer
 than ``WAIT_S``, the step compiles the driver itself, as without a helper.
 
@@ -55,7 +54,10 @@ WAIT_S = 120.0  # the longest wait for the helper before compiling here (it take
 _HELPER = []  # [(subprocess.Popen, its stderr file)] from ``start`` until ``finish``
 _DRIVER = []  # [True] once the helper has said that the driver is in the cache
 WAITED_S = [0.0]  # seconds this process spent in ``wait`` (benchmarks/cold_start.py reports them)
-READY = "driver compiled"  # the helper's one line on stdout
+# CPU seconds (each process's own clock, from its start) at the helper's start, at the end of the wait and in
+# the helper at its line: benchmarks/cold_start.py's estimate of an idle machine's wall time from them
+CPU = {}
+READY = "driver compiled"  # the helper's one line on stdout (and its CPU seconds so far)
 _DTYPE = [np.dtype(np.float32)]  # the helper's dtype
 
 
@@ -86,6 +88,7 @@ def start(dtype=np.float32) -> bool:
                PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
     log = tempfile.TemporaryFile()  # the helper's messages, shown if it fails (a pipe could fill and stall it)
     _DTYPE[:] = [np.dtype(dtype)]
+    CPU["start"] = time.process_time()
     _HELPER.append((subprocess.Popen([sys.executable, "-m", "npdiff.kernels.precompile", np.dtype(dtype).name],
                                      env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log), log))
     return True
@@ -105,9 +108,11 @@ def wait(timeout: float = WAIT_S) -> bool:
         fill(_DTYPE[0])
     _FILL.clear()
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline().decode(errors="replace").strip() if ready else ""
+    line = proc.stdout.readline().decode(errors="replace").split() if ready else []
     WAITED_S[0] += time.perf_counter() - t0
-    if line == READY:
+    CPU["wait_end"] = time.process_time()
+    if line[:2] == READY.split():
+        CPU["helper_ready"] = float(line[2])
         _DRIVER.append(True)
         return True
     finish(0.0)  # stopped or too slow: report, and compile here
@@ -151,11 +156,10 @@ def compile_driver(dtype) -> None:
 
 
 def compile_backward_tail(dtype) -> None:
-    """The backward kernels a UNet training step reaches last, in the order it reaches them, through the
-    same numba-column functions the models' ops call on tiny arrays: group norm (+ SiLU), nearest
-    upsampling, attention with heads wider than ``attention.SMALL_HEAD_DIM`` (the BLAS kernel), SiLU.
-    The argument types depend on the dtype and these paths only, not on the sizes."""
-    from . import attention, elementwise, norm, pooling
+    """Backward kernels a UNet training step reaches late, in the order it reaches them, through the same
+    numba-column functions the models' ops call, on tiny arrays: group norm (+ SiLU), nearest upsampling,
+    SiLU. The argument types depend on the dtype and these paths only, not on the sizes."""
+    from . import elementwise, norm, pooling
 
     rng = np.random.default_rng(0)
 
@@ -165,10 +169,6 @@ def compile_backward_tail(dtype) -> None:
     stats = np.zeros((2, 4), dtype), np.ones((2, 4), dtype)  # the forward's mean and 1/σ per (n, group)
     norm.group_norm_silu_backward_numba(a(2, 8, 4, 4), a(2, 8, 4, 4), *stats, 4, a(8), a(8))
     pooling.interpolate_backward_numba(a(1, 2, 8, 8), (1, 2, 4, 4), "nearest", False, (2.0, 2.0))
-    d = 2 * attention.SMALL_HEAD_DIM
-    q, k, v = a(2, 8, d), a(2, 8, d), a(2, 8, d)
-    out, lse = a(2, 8, d), a(2, 8)  # stand-ins for the forward's outputs: its kernel is compiled by the run itself
-    attention.attention_backward_numba(a(2, 8, d), q, k, v, out, lse, scale=d ** -0.5)
     elementwise.activation_columns("silu")["numba"][1](a(64), a(64))
 
 
@@ -190,13 +190,25 @@ def _im2col_conv_backward(dtype) -> None:
     conv.conv2d_backward_numba(x, w, np.zeros((2, 4, 4, 4), dtype), (2, 2), (1, 1), 1, True, True, True)
 
 
+def _attention_backward(dtype) -> None:
+    """The backward kernel of attention with heads wider than ``attention.SMALL_HEAD_DIM`` (the BLAS one)."""
+    from . import attention
+
+    d = 2 * attention.SMALL_HEAD_DIM
+    q = np.ones((2, 8, d), dtype)
+    lse = np.ones((2, 8), dtype)  # a stand-in for the forward's log-sum-exp
+    attention.attention_backward_numba(q, q, q, q, q, lse, scale=d ** -0.5)
+
+
 # What ``wait`` compiles in the training process while the helper is still on the driver (at most one of
 # them after the helper's line has come): kernels a UNet step meets after its first 3×3 convolution, soonest
-# first, which the helper does not compile.
-_FILL = [_attention_forward, _im2col_conv_backward]
+# first, which the helper does not compile. (Measured: with attention's backward in the helper's tail
+# instead, the step reached it first and compiled it too; ``benchmarks/cold_start.py``'s idle estimate
+# 10.9 s against 9.9 s.)
+_FILL = [_attention_forward, _im2col_conv_backward, _attention_backward]
 
 
 if __name__ == "__main__":
     compile_driver(np.dtype(sys.argv[1]))
-    print(READY, flush=True)  # the parent's ``wait`` returns here
+    print(READY, time.process_time(), flush=True)  # the parent's ``wait`` returns here
     compile_backward_tail(np.dtype(sys.argv[1]))
