@@ -25,7 +25,9 @@ than ``WAIT_S``, the step compiles the driver itself, as without a helper.
 
 Nothing is started when the on-disk cache is off (``NPDIFF_NUMBA_CACHE=0``), when the driver is already
 cached for this machine or loaded in this process (a warm start pays nothing but reading one index), when
-several MPI ranks share the node (they compile side by side already), or with ``NPDIFF_PRECOMPILE=0``.
+several MPI ranks share the node (they compile side by side already), with ``NPDIFF_PRECOMPILE=0``, and, by
+default (``auto``), when no core is free for the helper (``core_free``: on a machine kept busy by other work
+the second process measured slower than one); ``NPDIFF_PRECOMPILE=1`` starts it regardless.
 
 The shared cache: Numba writes each index and data file to a temporary name and renames it into place (atomic
 on POSIX), so a reader never sees half a file; two processes compiling the same function at once can only
@@ -77,11 +79,25 @@ def driver_cached() -> bool:
         return True
 
 
+def core_free() -> bool:
+    """Whether this machine has a core for the helper: two or more cores for this process, and a 1-minute load
+    average at least half a core below their count. On a machine whose cores other work keeps busy, a second
+    process only adds its own start and the kernels both compile (measured: docs/kernels.md, Cold start)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        cores = os.cpu_count() or 1
+    return cores >= 2 and os.getloadavg()[0] < cores - 0.5
+
+
 def start(dtype=np.float32) -> bool:
     """Start the helper that compiles winograd4's driver for ``dtype`` into the on-disk cache, then the backward
-    kernels a UNet step reaches last (module docstring), unless one has run already or there is nothing to
-    gain. Returns whether one was started."""
-    if _HELPER or _DRIVER or not config.PRECOMPILE or not config.CACHE or config.ranks_on_this_node() > 1 or driver_cached():
+    kernels a UNet step reaches late (module docstring), unless one has run already or there is nothing to
+    gain: ``config.PRECOMPILE`` "0", or "auto" (the default) without a free core (``core_free``); the on-disk
+    cache off; several MPI ranks on this node; the driver cached already. Returns whether one was started."""
+    if _HELPER or _DRIVER or config.PRECOMPILE == "0" or not config.CACHE or config.ranks_on_this_node() > 1:
+        return False
+    if (config.PRECOMPILE != "1" and not core_free()) or driver_cached():
         return False
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this npdiff's folder
     env = dict(os.environ, NPDIFF_NUMBA_PARALLEL="0", NPDIFF_PRECOMPILE="0",
