@@ -121,7 +121,10 @@ def wait(timeout: float = WAIT_S) -> bool:
     for fill in _FILL:  # rather than idle, compile kernels the step needs after this point, until the line comes
         if select.select([proc.stdout], [], [], 0.0)[0]:
             break
-        fill(_DTYPE[0])
+        try:
+            fill(_DTYPE[0])
+        except Exception as error:  # noqa: BLE001 - a head start only: the step compiles what it needs anyway
+            print(f"npdiff: precompile.{fill.__name__} failed ({error!r}); the step compiles it", file=sys.stderr)
     _FILL.clear()
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().decode(errors="replace").split() if ready else []
