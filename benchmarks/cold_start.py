@@ -5,7 +5,11 @@ digits, the default UNet) for a few steps with Numba's cache in a folder of this
 choosing: an empty folder the first time (cold: every kernel the run uses is compiled) and the
 same folder again (warm: compiled code is loaded from the cache). Printed per run: the import
 time, the time to build the trainer (model, data, optimiser), the time of the first step
-(compilation happens here) and the median of the following steps, all in seconds.
+(compilation happens here), its CPU time, the median of the following steps, the CPU time of the
+helper process that compiles the Winograd driver meanwhile (npdiff/kernels/precompile.py; 0 when
+none was started), how long the run waited for it, and an estimate of the time to the first step on an
+idle machine from the two processes' CPU clocks (``idle_estimate``), all in seconds. ``--breakdown`` lists what
+the measured process compiled (the helper's driver is not in it).
 
     python benchmarks/cold_start.py [--steps 4] [--runs 1] [--json out.json]
 
@@ -83,14 +87,34 @@ def worker(steps: int, breakdown: bool = False) -> dict:
 
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train(stop_after=steps, callback=on_step_cpu)
+    cpu_first = cpu_marks[0] if cpu_marks else time.process_time()
     steps_s = [b - a for a, b in zip([start] + marks[:-1], marks)]
+    from npdiff.kernels import precompile
+
+    precompile.finish()  # the helper's exit (done already in a run of more than a few steps): its CPU time below
+    children = os.times()
     out = {"import_s": t_import, "build_s": t_build, "first_step_s": steps_s[0],
            "first_step_cpu_s": cpu_marks[0] - cpu_start,
+           "helper_cpu_s": children.children_user + children.children_system,  # precompile.py's helper
+           "waited_s": precompile.WAITED_S[0],
+           "idle_estimate_s": idle_estimate(precompile.CPU, cpu_first),
            "later_step_s": statistics.median(steps_s[1:]) if len(steps_s) > 1 else None,
            "to_first_step_s": t_import + t_build + steps_s[0]}
     if profile is not None:
         out["compiled"] = profile.records
     return out
+
+
+def idle_estimate(cpu: dict, cpu_first: float) -> float:
+    """Seconds from this process's start to the end of its first step on an idle machine with a core for
+    each process, from CPU clocks: this process's CPU up to the end of its wait for the helper's driver, or the
+    helper's CPU up to its line counted from the helper's start, whichever is later, plus this process's CPU
+    after the wait. Without a helper, this process's CPU to the end of the step. On a loaded machine the CPU
+    seconds are themselves inflated (shared caches), and kernels compiled twice because the helper lagged
+    are counted: an upper estimate."""
+    if "helper_ready" not in cpu:
+        return cpu_first
+    return max(cpu["wait_end"], cpu["start"] + cpu["helper_ready"]) + (cpu_first - cpu["wait_end"])
 
 
 def measure(cache_dir: str, steps: int, breakdown: bool = False) -> dict:
@@ -132,7 +156,8 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.steps, args.breakdown)))
         return 0
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
-    print(f"{'run':<6} {'import':>7} {'build':>7} {'step 1':>7} {'cpu':>7} {'later':>7} {'to step 1':>10}  (s)")
+    print(f"{'run':<6} {'import':>7} {'build':>7} {'step 1':>7} {'cpu':>7} {'later':>7} {'to step 1':>10} "
+          f"{'helper cpu':>10} {'waited':>7} {'idle est.':>9}  (s)")
     results = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="npdiff-numba-cache-") as cache:
@@ -141,7 +166,8 @@ def main(argv=None) -> int:
                 results.append(r)
                 later = f"{r['later_step_s']:7.2f}" if r["later_step_s"] is not None else f"{'-':>7}"
                 print(f"{kind:<6} {r['import_s']:7.2f} {r['build_s']:7.2f} {r['first_step_s']:7.2f} "
-                      f"{r['first_step_cpu_s']:7.2f} {later} {r['to_first_step_s']:10.2f}", flush=True)
+                      f"{r['first_step_cpu_s']:7.2f} {later} {r['to_first_step_s']:10.2f} {r['helper_cpu_s']:10.2f} "
+                      f"{r['waited_s']:7.2f} {r['idle_estimate_s']:9.2f}", flush=True)
                 if args.breakdown and (kind == "cold" or r["compiled"]):
                     print_breakdown(r["compiled"], args.top)
                 elif args.breakdown:

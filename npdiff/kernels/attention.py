@@ -251,7 +251,8 @@ def attention_forward_tiled(lo, hi, q, k, v, biasT, bias_index, has_bias, scale,
             if has_bias:
                 _add_bias_transposed(ST, biasT, bias_index[n], i0, nq, j0, nk)
             # 2. running max m' per query lane; α = e^{m − m'}
-            mt[:nq] = m[:nq]
+            for i in range(nq):  # not mt[:nq] = m[:nq]: a slice copy links Numba's string formatting (cold start)
+                mt[i] = m[i]
             for j in range(nk):
                 row = ST[j]
                 for i in range(nq):
@@ -349,7 +350,8 @@ def attention_forward_direct(lo, hi, q, k, v, biasT, bias_index, has_bias, scale
         for j0 in range(0, Lk, tk):
             nk = min(tk, Lk - j0)
             # 1. Sᵀ = k_tile · qsᵀ (+ biasᵀ), and the running max m'
-            mt[:nq] = m[:nq]
+            for i in range(nq):
+                mt[i] = m[i]
             for j in range(nk):
                 _axpys_lanes(ST, j, kn, j0 + j, qsT, nq)
                 if has_bias:

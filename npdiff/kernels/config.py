@@ -56,6 +56,8 @@ Environment overrides (read once at import):
   NPDIFF_NUMBA_PARALLEL=0  run parallel_for on one thread
   NPDIFF_BLAS_THREADS=n    leave BLAS at n threads instead of 1 (0: do not touch it)
   NPDIFF_MALLOC_TUNE=0     leave glibc's malloc thresholds alone
+  NPDIFF_PRECOMPILE=0      compile everything in the training process (no helper process; precompile.py);
+                           1: always start the helper on a cold cache; auto (default): when a core is free
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ import numba  # noqa: E402
 
 CACHE = os.environ.get("NPDIFF_NUMBA_CACHE", "1") != "0"
 PARALLEL = os.environ.get("NPDIFF_NUMBA_PARALLEL", "1") != "0"
+PRECOMPILE = os.environ.get("NPDIFF_PRECOMPILE", "auto")  # a cold training run's helper process (precompile.py)
 FASTMATH = False
 
 # error_model="numpy": a float division by zero gives ±inf / nan as in numpy instead of raising

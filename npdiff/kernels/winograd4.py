@@ -58,6 +58,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from . import precompile
 from .config import blas_single_thread, jit_inline, jit_serial, num_threads, parallel_for
 from .microgemm import LANES, beats_blas, gemm
 
@@ -449,6 +450,7 @@ def winograd4_conv3x3(x, U, bias, padding, out, own_gemm=None):
     x C-contiguous (N, C, H, W); bias (O,) (zeros for none). Chunks of whole images or bands of tile rows,
     V + M within CHUNK_BYTES, or MICROGEMM_CHUNK_BYTES with microgemm's products (``_chunk_plan``).
     """
+    precompile.wait()  # a helper compiling the driver for this run (precompile.py): load it, do not compile it twice
     N, C = x.shape[0], x.shape[1]
     O = out.shape[1]
     Ho, Wo = out.shape[2], out.shape[3]
@@ -470,6 +472,7 @@ def winograd4_weight_grad(x, g, padding, own_gemm=None):
     thread, then over threads) and gw[o, c] = Gᵀ gU[:, o, c] G (``weight_transform_adjoint``).
     x, g C-contiguous. Chunks as the forward's.
     """
+    precompile.wait()  # (as winograd4_conv3x3)
     N, C = x.shape[0], x.shape[1]
     O, Ho, Wo = g.shape[1], g.shape[2], g.shape[3]
     th, tw = -(-Ho // M_OUT), -(-Wo // M_OUT)

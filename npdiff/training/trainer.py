@@ -57,6 +57,7 @@ from .. import io as nd_io
 from ..autograd import Tensor
 from ..data import DataLoader
 from ..diffusion import NoiseSchedule, diffusion_loss
+from ..kernels import precompile
 from ..optim import EMA, AdamW, clip_grad_norm_, cosine_with_warmup
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -143,6 +144,8 @@ class BaseTrainer:
         if self.device != "cpu" and dist.distributed:
             raise ValueError(f"--device {self.device} with {dist.world_size} MPI ranks is not supported: "
                              f"data-parallel training all-reduces host buffers; train on one GPU, or on CPUs")
+        if self.device == "cpu":  # a cold start: the Winograd driver compiles in a second process meanwhile
+            precompile.start()
         exists = os.path.exists(os.path.join(self.run_dir, CHECKPOINT_NAME))
         if not _resuming and dist.broadcast_flag(exists, "the run-folder check"):  # rank 0's view of the folder
             raise ValueError(f"{self.run_dir!r} already holds a training run; use --resume to continue it "
