@@ -131,10 +131,19 @@ class VAETrainer(BaseTrainer):
         return 1.0 / std if std > 0 else 1.0
 
     def export_ema_model(self, folder: str) -> None:
-        """The EMA weights as a diffusers AutoencoderKL folder, with the measured ``scaling_factor``."""
+        """The EMA weights as a diffusers AutoencoderKL folder, with the measured ``scaling_factor``;
+        with ``latent_balance``, its latent channels balanced first (training/latent_balance.py), the
+        balance's statistics in ``balance.json`` beside the weights."""
         from ..models import AutoencoderKL
 
         model = self.ema_model()
+        if self.config.latent_balance:
+            from .latent_balance import balance_vae
+
+            balanced, report = balance_vae(model, self.dataset.images[:N_LATENT_STATS])
+            balanced.save_pretrained(folder)
+            nd_io.save_json(os.path.join(folder, "balance.json"), report)
+            return
         config = {**self.info.model_config, "scaling_factor": self.latent_scaling_factor(model)}
         exported = AutoencoderKL(**config)
         exported.load_state_dict(ema_model_state_dict(self.model, self.ema))
