@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from npdiff import cli
 from npdiff.autograd import no_grad
 from npdiff.models import AutoencoderKL
 from npdiff.training import TrainConfig
@@ -100,7 +101,7 @@ def test_balanced_channels_have_zero_mean_and_unit_std():
     np.testing.assert_allclose(report["scale"], sd, rtol=1e-12)
 
 
-def test_fold_and_balance_refuse_bad_input(tmp_path):
+def test_fold_and_balance_refuse_bad_input(tmp_path, capsys):
     vae = tiny_vae(0)
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
         fold_latent_affine(vae, np.zeros(2), np.ones(3))
@@ -126,6 +127,8 @@ def test_fold_and_balance_refuse_bad_input(tmp_path):
         balance_vae_folder(src, str(tmp_path / "full"), images(0))
     with pytest.raises(ValueError, match="latent_balance"):
         TrainConfig(model="unet", latent_balance=True)
+    assert cli.main(["train", "--model", "unet", "--latent-balance", "-o", str(tmp_path / "u"), "--quiet"]) == 2
+    assert "latent_balance=True" in capsys.readouterr().err  # the flag reaches the config
     assert TrainConfig.from_dict({"model": "vae"}).latent_balance is False  # old run configs load as trained
 
 
