@@ -89,12 +89,15 @@ def balance_vae(vae, images: np.ndarray) -> tuple[AutoencoderKL, dict]:
     ``scaling_factor`` to 1 / std of the balanced means (as ``VAETrainer.latent_scaling_factor`` does).
     Returns (the balanced VAE, {"shift", "scale", "scaled_std_before", "scaled_std_after", "scaling_factor"})."""
     shift, scale = latent_channel_stats(vae, images)
-    with_logvar = _logvar_range(vae, images)
-    shifted = (with_logvar[0] - 2.0 * np.log(scale).max(), with_logvar[1] - 2.0 * np.log(scale).min())
-    if shifted[0] < LOGVAR_CLAMP[0] or shifted[1] > LOGVAR_CLAMP[1]:
-        raise ValueError(f"balancing would move the posterior's log-variance (range {with_logvar[0]:.1f} .. "
-                         f"{with_logvar[1]:.1f}) across the clamp {LOGVAR_CLAMP} (to {shifted[0]:.1f} .. "
-                         f"{shifted[1]:.1f}): the balanced VAE would not encode the same distribution")
+    lo, hi = _logvar_range(vae, images)  # (C,) each, before the clamp
+    moved = ((lo >= LOGVAR_CLAMP[0]) & (lo - 2 * np.log(scale) < LOGVAR_CLAMP[0])) | \
+            ((hi <= LOGVAR_CLAMP[1]) & (hi - 2 * np.log(scale) > LOGVAR_CLAMP[1]))
+    if moved.any():
+        bad = np.flatnonzero(moved).tolist()
+        raise ValueError(f"balancing would move the posterior's log-variance of latent channels {bad} (range "
+                         f"{lo[bad].round(1).tolist()} .. {hi[bad].round(1).tolist()}, shifted by −2 log σ = "
+                         f"{(-2 * np.log(scale[bad])).round(2).tolist()}) across the clamp {LOGVAR_CLAMP}: the "
+                         f"balanced VAE would not encode the same distribution")
     balanced = fold_latent_affine(vae, shift, scale)
     mu = encode_means(balanced, images).astype(np.float64)  # (N, C, h, w), each channel ≈ N(0, 1)-spread
     factor = 1.0 / float(mu.std())  # ≈ 1: measured, not assumed, as for an unbalanced VAE
@@ -105,16 +108,17 @@ def balance_vae(vae, images: np.ndarray) -> tuple[AutoencoderKL, dict]:
     return balanced, report
 
 
-def _logvar_range(vae, images: np.ndarray, batch: int = 256) -> tuple[float, float]:
-    """min and max of the unclamped posterior log-variance over ``images``."""
+def _logvar_range(vae, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel min and max of the unclamped posterior log-variance over ``images``: two (C,) arrays."""
     from ..autograd import no_grad
 
-    c, lo, hi = int(vae.config.latent_channels), np.inf, -np.inf
+    c = int(vae.config.latent_channels)
+    lo, hi = np.full(c, np.inf), np.full(c, -np.inf)
     with no_grad():
         for s in range(0, len(images), batch):
             h = vae.quant_conv(vae.encoder(vae._as_input(images[s:s + batch], vae.config.in_channels, "images")))
-            lv = h.numpy()[:, c:]
-            lo, hi = min(lo, float(lv.min())), max(hi, float(lv.max()))
+            lv = np.asarray(backend.to_device(h.data, "cpu"))[:, c:]  # (B, C, h, w), log σ² before the clamp
+            lo, hi = np.minimum(lo, lv.min(axis=(0, 2, 3))), np.maximum(hi, lv.max(axis=(0, 2, 3)))
     return lo, hi
 
 

@@ -21,7 +21,8 @@ from npdiff import cli
 from npdiff.autograd import no_grad
 from npdiff.models import AutoencoderKL
 from npdiff.training import TrainConfig
-from npdiff.training.latent_balance import balance_vae, balance_vae_folder, fold_latent_affine, latent_channel_stats
+from npdiff.training.latent_balance import (_logvar_range, balance_vae, balance_vae_folder, fold_latent_affine,
+                                           latent_channel_stats)
 
 EPS64 = np.finfo(np.float64).eps
 C = 3  # latent channels of the tiny VAE
@@ -110,12 +111,17 @@ def test_fold_and_balance_refuse_bad_input(tmp_path, capsys):
     plain = AutoencoderKL(**{**TINY, "use_quant_conv": False})
     with pytest.raises(ValueError, match="use_quant_conv"):
         fold_latent_affine(plain, np.zeros(3), np.ones(3))
-    # a log-variance pushed near the clamp would be moved across it by −2 log σ
+    # a log-variance inside the clamp [−30, 20] that −2 log σ_c would move across it: put each channel's range
+    # log σ_c from the edge the shift goes to (σ_c > 1 moves it down, σ_c < 1 up)
+    x = images(0)
+    _, sd = latent_channel_stats(vae, x)
+    lo, hi = _logvar_range(vae, x)
     state = vae.state_dict()
-    state["quant_conv.bias"] = state["quant_conv.bias"] + np.r_[np.zeros(C), np.full(C, -29.0)]
+    offset = np.where(sd > 1, -30.0 - lo + 0.5 * np.abs(np.log(sd)), 20.0 - hi - 0.5 * np.abs(np.log(sd)))
+    state["quant_conv.bias"] = state["quant_conv.bias"] + np.r_[np.zeros(C), offset]
     vae.load_state_dict(state)
     with pytest.raises(ValueError, match="across the clamp"):
-        balance_vae(vae, images(0))
+        balance_vae(vae, x)
     # folders: a new one only, and images needed when the source is not a run folder
     src = str(tmp_path / "src")
     tiny_vae(1, np.float32).save_pretrained(src)
