@@ -162,3 +162,23 @@ def test_balanced_folder_loads_in_diffusers_and_agrees(tmp_path):
         old = AutoencoderKL.from_pretrained(src)
         assert_close(ours.decode(post.mean).sample.numpy(), old.decode(old.encode(x).latent_dist.mean).sample.numpy(),
                      "round trip")
+
+
+def test_vae_run_exports_its_latent_balanced(tmp_path):
+    """`npdiff train --model vae --latent-balance`: vae/ is the balanced fold of the EMA weights (the
+    checkpoint keeps the trained ones), with balance.json; the prior grid uses the balanced prior."""
+    from npdiff.training import load_checkpoint
+    from npdiff.training.checkpoint import CHECKPOINT_NAME
+
+    out = str(tmp_path / "vae")
+    assert cli.main(["train", "--model", "vae", "--image-size", "8", "--channels", "8,16", "--norm-groups", "4",
+                     "--batch-size", "8", "--steps", "2", "--sample-every", "2", "--latent-balance", "-o", out,
+                     "--quiet"]) == 0
+    report = json.load(open(os.path.join(out, "vae", "balance.json")))
+    exported = AutoencoderKL.from_pretrained(os.path.join(out, "vae"))
+    ema = load_checkpoint(os.path.join(out, CHECKPOINT_NAME)).ema
+    assert not np.array_equal(exported.state_dict()["quant_conv.bias"], ema["quant_conv.bias"])  # folded
+    for key in ("encoder.conv_in.weight", "decoder.conv_out.weight"):  # everything but the two 1×1 convs is as trained
+        np.testing.assert_array_equal(exported.state_dict()[key], ema[key])
+    np.testing.assert_allclose(report["scaled_std_after"], 1.0, rtol=1e-5)  # float32 fold: see test_t2i_stack
+    assert os.path.isfile(os.path.join(out, "samples", "prior_step_000002.png"))
