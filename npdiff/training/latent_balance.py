@@ -8,7 +8,8 @@ the U-Net's loss barely weighs what it carries. docs/text_to_image.md, "Per-chan
 balance", shows that hue lives mostly in such channels.
 
 What. An affine map of each latent channel, z'_c = (z_c − m_c) / σ_c with m_c, σ_c the mean and
-std of channel c of the posterior means μ(x) over training images, folded into the weights
+std of channel c of the latents z ~ q(z|x) over training images (σ_c² = Var μ_c + E σ²_post,c;
+for a trained VAE the posterior variance is negligible), folded into the weights
 so that nothing outside the VAE changes (diffusers' StableDiffusionPipeline reads no
 per-channel fields; it only multiplies by ``scaling_factor``):
 
@@ -20,7 +21,7 @@ per-channel fields; it only multiplies by ``scaling_factor``):
                   P'[:, c] = P[:, c] · σ_c,  p' = p + P m
 
 so decode'(z') = decode(σ ⊙ z' + m) = decode(z): the round trip decode'(encode'(x)) is the old
-one up to rounding, and every channel of μ' has mean 0 and std 1 on the statistics' images.
+one up to rounding, and every channel of z' has mean 0 and std 1 on the statistics' images.
 The global ``scaling_factor`` is then measured again from the data (1 / std of μ', ≈ 1).
 
 The one caveat is the log-variance clamp [−30, 20] of ``DiagonalGaussianDistribution``: a
@@ -38,15 +39,19 @@ import numpy as np
 
 from .. import backend
 from ..models import AutoencoderKL
-from .vae_trainer import N_LATENT_STATS, encode_means
+from .vae_trainer import N_LATENT_STATS
 
 LOGVAR_CLAMP = (-30.0, 20.0)  # DiagonalGaussianDistribution's clamp (diffusers' too)
 
 
 def latent_channel_stats(vae, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean m_c and std σ_c of the posterior means μ(x) of ``images`` over (N, h, w): two (C,) arrays."""
-    mu = encode_means(vae, images).astype(np.float64)  # (N, C, h, w)
-    return mu.mean(axis=(0, 2, 3)), mu.std(axis=(0, 2, 3))
+    """Per-channel mean m_c and std σ_c of the latents z ~ q(z|x) of ``images``, over (N, h, w): two (C,)
+    arrays. By the law of total variance σ_c² = Var(μ_c) + E[σ²_post,c]: the spread of the posterior means
+    plus the posterior's own variance (negligible for a trained VAE at β = 1e-6, not for an untrained one),
+    so that the samples the U-Net trains on have std 1 per channel after the balance."""
+    mu, logvar = _posterior_moments(vae, images)
+    post_var = np.exp(np.clip(logvar, *LOGVAR_CLAMP))
+    return mu.mean(axis=(0, 2, 3)), np.sqrt(mu.var(axis=(0, 2, 3)) + post_var.mean(axis=(0, 2, 3)))
 
 
 def fold_latent_affine(vae, shift, scale, scaling_factor: float | None = None) -> AutoencoderKL:
@@ -86,7 +91,7 @@ def fold_latent_affine(vae, shift, scale, scaling_factor: float | None = None) -
 
 def balance_vae(vae, images: np.ndarray) -> tuple[AutoencoderKL, dict]:
     """Fold the per-channel balance measured on ``images`` into a copy of ``vae`` and set its global
-    ``scaling_factor`` to 1 / std of the balanced means (as ``VAETrainer.latent_scaling_factor`` does).
+    ``scaling_factor`` to 1 / std of the balanced latents (``latent_channel_stats``; ≈ 1).
     Returns (the balanced VAE, {"shift", "scale", "scaled_std_before", "scaled_std_after", "scaling_factor"})."""
     shift, scale = latent_channel_stats(vae, images)
     lo, hi = _logvar_range(vae, images)  # (C,) each, before the clamp
@@ -99,27 +104,34 @@ def balance_vae(vae, images: np.ndarray) -> tuple[AutoencoderKL, dict]:
                          f"{(-2 * np.log(scale[bad])).round(2).tolist()}) across the clamp {LOGVAR_CLAMP}: the "
                          f"balanced VAE would not encode the same distribution")
     balanced = fold_latent_affine(vae, shift, scale)
-    mu = encode_means(balanced, images).astype(np.float64)  # (N, C, h, w), each channel ≈ N(0, 1)-spread
-    factor = 1.0 / float(mu.std())  # ≈ 1: measured, not assumed, as for an unbalanced VAE
+    # the global factor, measured (not assumed) on the balanced latents: 1 / their std, ≈ 1
+    _, after = latent_channel_stats(balanced, images)  # (C,), each ≈ 1
+    factor = 1.0 / float(np.sqrt(np.mean(after ** 2)))  # the channels are centred: total var = mean of theirs
     balanced = fold_latent_affine(vae, shift, scale, scaling_factor=factor)
     old = float(vae.config.scaling_factor)
     report = {"shift": shift.tolist(), "scale": scale.tolist(), "scaled_std_before": (old * scale).tolist(),
-              "scaled_std_after": (factor * mu.std(axis=(0, 2, 3))).tolist(), "scaling_factor": factor}
+              "scaled_std_after": (factor * after).tolist(), "scaling_factor": factor}
     return balanced, report
 
 
-def _logvar_range(vae, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel min and max of the unclamped posterior log-variance over ``images``: two (C,) arrays."""
+def _posterior_moments(vae, images: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """μ and the log-variance before the clamp of q(z|x) for ``images``, in float64 on the host: two (N, C, h, w)."""
     from ..autograd import no_grad
 
-    c = int(vae.config.latent_channels)
-    lo, hi = np.full(c, np.inf), np.full(c, -np.inf)
+    c, out = int(vae.config.latent_channels), []
     with no_grad():
         for s in range(0, len(images), batch):
-            h = vae.quant_conv(vae.encoder(vae._as_input(images[s:s + batch], vae.config.in_channels, "images")))
-            lv = np.asarray(backend.to_device(h.data, "cpu"))[:, c:]  # (B, C, h, w), log σ² before the clamp
-            lo, hi = np.minimum(lo, lv.min(axis=(0, 2, 3))), np.maximum(hi, lv.max(axis=(0, 2, 3)))
-    return lo, hi
+            x = vae._as_input(images[s:s + batch], vae.config.in_channels, "images")
+            h = vae.quant_conv(vae.encoder(x))  # (B, 2C, h, w) = [μ, log σ²], as encode computes it
+            out.append(np.asarray(backend.to_device(h.data, "cpu"), np.float64))
+    moments = np.concatenate(out)
+    return moments[:, :c], moments[:, c:]
+
+
+def _logvar_range(vae, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel min and max of the unclamped posterior log-variance over ``images``: two (C,) arrays."""
+    logvar = _posterior_moments(vae, images)[1]
+    return logvar.min(axis=(0, 2, 3)), logvar.max(axis=(0, 2, 3))
 
 
 def balance_vae_folder(src: str, dst: str, images: np.ndarray | None = None) -> dict:
