@@ -49,7 +49,11 @@ def latent_channel_stats(vae, images: np.ndarray) -> tuple[np.ndarray, np.ndarra
     arrays. By the law of total variance σ_c² = Var(μ_c) + E[σ²_post,c]: the spread of the posterior means
     plus the posterior's own variance (negligible for a trained VAE at β = 1e-6, not for an untrained one),
     so that the samples the U-Net trains on have std 1 per channel after the balance."""
-    mu, logvar = _posterior_moments(vae, images)
+    return _channel_stats(*_posterior_moments(vae, images))
+
+
+def _channel_stats(mu: np.ndarray, logvar: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``latent_channel_stats`` from the moments (N, C, h, w) of ``_posterior_moments``."""
     post_var = np.exp(np.clip(logvar, *LOGVAR_CLAMP))
     return mu.mean(axis=(0, 2, 3)), np.sqrt(mu.var(axis=(0, 2, 3)) + post_var.mean(axis=(0, 2, 3)))
 
@@ -93,8 +97,9 @@ def balance_vae(vae, images: np.ndarray) -> tuple[AutoencoderKL, dict]:
     """Fold the per-channel balance measured on ``images`` into a copy of ``vae`` and set its global
     ``scaling_factor`` to 1 / std of the balanced latents (``latent_channel_stats``; ≈ 1).
     Returns (the balanced VAE, {"shift", "scale", "scaled_std_before", "scaled_std_after", "scaling_factor"})."""
-    shift, scale = latent_channel_stats(vae, images)
-    lo, hi = _logvar_range(vae, images)  # (C,) each, before the clamp
+    mu, logvar = _posterior_moments(vae, images)  # (N, C, h, w) each
+    shift, scale = _channel_stats(mu, logvar)
+    lo, hi = logvar.min(axis=(0, 2, 3)), logvar.max(axis=(0, 2, 3))  # (C,) each, before the clamp
     moved = ((lo >= LOGVAR_CLAMP[0]) & (lo - 2 * np.log(scale) < LOGVAR_CLAMP[0])) | \
             ((hi <= LOGVAR_CLAMP[1]) & (hi - 2 * np.log(scale) > LOGVAR_CLAMP[1]))
     if moved.any():
@@ -126,12 +131,6 @@ def _posterior_moments(vae, images: np.ndarray, batch: int = 256) -> tuple[np.nd
             out.append(np.asarray(backend.to_device(h.data, "cpu"), np.float64))
     moments = np.concatenate(out)
     return moments[:, :c], moments[:, c:]
-
-
-def _logvar_range(vae, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel min and max of the unclamped posterior log-variance over ``images``: two (C,) arrays."""
-    logvar = _posterior_moments(vae, images)[1]
-    return logvar.min(axis=(0, 2, 3)), logvar.max(axis=(0, 2, 3))
 
 
 def balance_vae_folder(src: str, dst: str, images: np.ndarray | None = None) -> dict:
