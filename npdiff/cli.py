@@ -110,6 +110,9 @@ def _add_train(sub) -> None:
     g.add_argument("--kl-weight", type=float, default=None,
                    help="β of recon + β·KL(q(z|x) ‖ N(0, I)), relative to per-image sums as SD's kl_weight "
                         "(default 1e-6)")
+    g.add_argument("--latent-balance", action="store_true", default=None,
+                   help="export vae/ with each latent channel centred and scaled to unit std, folded into its 1×1 "
+                        "convs (round trip unchanged); the shapes stack's default")
     g = p.add_argument_group("latent diffusion (--model ldm, or --model dit with --vae)")
     g.add_argument("--vae", default=None, metavar="DIR", help="the frozen VAE: a `--model vae` run folder of the "
                    "same data (or a diffusers AutoencoderKL folder); with --model dit the DiT learns its latents")
@@ -173,6 +176,7 @@ _TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "ema_decay": "ema_decay", "seed": "seed", "log_every": "log_every", "sample_every": "sample_every",
     "checkpoint_every": "checkpoint_every", "guidance_scale": "guidance_scale",
     "latent_channels": "latent_channels", "recon_loss": "recon_loss", "kl_weight": "kl_weight",
+    "latent_balance": "latent_balance",
     "vae": "vae", "text_encoder": "text_encoder", "device": "device",
     "cross_attention_max_tokens": "cross_attention_max_tokens",
 }

@@ -67,6 +67,9 @@ class TrainConfig:
       recon_loss        "l1" or "mse": the reconstruction term, a mean over pixels.
       kl_weight         β of L = recon + β · KL(q(z|x) ‖ N(0, I)) / (C·H·W) (β relative to the
                         per-image sums, as the LDM/SD VAE's kl_weight).
+      latent_balance    True: the exported vae/ has each latent channel centred and scaled to
+                        unit std, folded into quant_conv / post_quant_conv (round trip unchanged;
+                        training/latent_balance.py), then scaling_factor measured as usual.
     Diffusion
       num_train_timesteps, beta_schedule, beta_start, beta_end   the forward process.
       prediction_type   "epsilon", "sample" (x₀) or "v_prediction" (default for images: at high
@@ -111,6 +114,7 @@ class TrainConfig:
     latent_channels: int = 4
     recon_loss: str = "l1"
     kl_weight: float = 1e-6
+    latent_balance: bool = False
     # CLIP / latent diffusion
     vae: str | None = None
     text_encoder: str | None = None
@@ -189,6 +193,8 @@ class TrainConfig:
             bad.append(f"patch_size={self.patch_size!r} (expected >= 1 or None)")
         if self.patch_size is not None and self.model != "dit":
             bad.append(f"patch_size={self.patch_size} (only the DiT has patches; model={self.model!r})")
+        if self.latent_balance and self.model != "vae":
+            bad.append(f"latent_balance=True (it balances a VAE's latent channels; model={self.model!r})")
         if self.vae is not None and self.model not in ("ldm", "dit"):
             bad.append(f"vae={self.vae!r} (a frozen VAE is used by model 'ldm' or 'dit' only; model={self.model!r})")
         if self.image_size is not None and int(self.image_size) < 4:

@@ -20,6 +20,10 @@ as Rombach et al. 2022 did for SD) and, every ``sample_every`` steps, in ``sampl
 ``recon_step_*.png`` (held-out input | reconstruction pairs), ``prior_step_*.png``
 (decodes of z = ε / scaling_factor) and ``interp_step_*.png`` (decodes along the line
 between the posterior means of two held-out images, one pair per row).
+
+With ``latent_balance`` (the shapes stack's default), ``vae/`` is exported with each latent
+channel centred and scaled to unit std, folded into its 1×1 convs (training/latent_balance.py;
+the checkpoint keeps the trained weights), and ``vae/balance.json`` records the fold.
 """
 
 from __future__ import annotations
@@ -131,10 +135,19 @@ class VAETrainer(BaseTrainer):
         return 1.0 / std if std > 0 else 1.0
 
     def export_ema_model(self, folder: str) -> None:
-        """The EMA weights as a diffusers AutoencoderKL folder, with the measured ``scaling_factor``."""
+        """The EMA weights as a diffusers AutoencoderKL folder, with the measured ``scaling_factor``;
+        with ``latent_balance``, its latent channels balanced first (training/latent_balance.py), the
+        balance's statistics in ``balance.json`` beside the weights."""
         from ..models import AutoencoderKL
 
         model = self.ema_model()
+        if self.config.latent_balance:
+            from .latent_balance import balance_vae
+
+            balanced, report = balance_vae(model, self.dataset.images[:N_LATENT_STATS])
+            balanced.save_pretrained(folder)
+            nd_io.save_json(os.path.join(folder, "balance.json"), report)
+            return
         config = {**self.info.model_config, "scaling_factor": self.latent_scaling_factor(model)}
         exported = AutoencoderKL(**config)
         exported.load_state_dict(ema_model_state_dict(self.model, self.ema))
@@ -161,10 +174,15 @@ class VAETrainer(BaseTrainer):
         nd_io.save_image_grid(recon_path, pairs, nrow=8, scale=scale)
         gen = np.random.default_rng([self.config.seed, 2])  # separate stream: never disturbs training draws
         latent_shape = encode_means(model, x[:1]).shape[1:]  # (c, h, w)
-        s = self.latent_scaling_factor(model)
+        prior_model = model
+        if self.config.latent_balance:  # the exported VAE's prior: per channel N(m_c, σ_c²) in the raw latent
+            from .latent_balance import balance_vae
+
+            prior_model = balance_vae(model, self.dataset.images[:N_LATENT_STATS])[0]
+        s = self.latent_scaling_factor(prior_model)
         with no_grad():
             z = gen.standard_normal((n_prior, *latent_shape)).astype(np.float32) / s
-            prior = model.decode(z).sample.numpy()
+            prior = prior_model.decode(z).sample.numpy()
         nd_io.save_image_grid(os.path.join(folder, f"prior_{tag}"), np.clip(prior, -1, 1), nrow=8, scale=scale)
         # straight lines between the posterior means of held-out pairs (different classes when labelled)
         ends = self._interpolation_ends(test)
