@@ -70,7 +70,9 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .config import blas_single_thread, jit_helper, jit_contract, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
+from .config import blas_single_thread, jit_contract, jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
+from .microgemm import gemm as _own_gemm
+from .microgemm import host_has_avx512
 from .vexp import exp_constants as _exp_constants
 from .vexp import vexp as _vexp
 
@@ -243,7 +245,7 @@ def _row_max_prefix(S, i, nk):
 
 
 @jit_serial
-def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
+def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast, own_pv):
     """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
     over (n, query tile); fills ``out`` and ``lse``. The mask comes as it is, bias (M, Lq, Lk).
 
@@ -323,11 +325,15 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
                     _exp_shift_row_clamped(S, i, nk, m_new, hi_arg, C, fast)
                     t = _row_sum_prefix(S, i, nk)
                 l[i] += t
-            # 3. acc += P V_tile
-            np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
-            for i in range(nq):
-                for c in range(dv):
-                    acc[i, c] += tmp[i, c]
+            # 3. acc += P V_tile: the register-blocked loops accumulate in place (AVX-512 hosts: see
+            #    ``attention_forward_numba``); else sgemm into tmp, then acc += tmp
+            if own_pv:
+                _own_gemm(S, v[n, j0 : j0 + nk], acc[:nq], not own_pv, own_pv)  # trans_a False, accumulate True
+            else:
+                np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
+                for i in range(nq):
+                    for c in range(dv):
+                        acc[i, c] += tmp[i, c]
         for i in range(nq):
             if l[i] == 0:
                 lse[n, i0 + i] = -np.inf
@@ -689,8 +695,8 @@ def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
     tq, tk = _tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2], forward=True)
     with blas_single_thread():
         tasks = q.shape[0] * -(-q.shape[1] // tq)  # (row block, query tile) pairs
-        parallel_for(kernel, tasks, q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, tq, tk,
-                     _exp_constants(q.dtype), q.dtype == np.float32)
+        args = (q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, tq, tk, _exp_constants(q.dtype), q.dtype == np.float32)
+        parallel_for(kernel, tasks, *(args + (host_has_avx512(),) if blas else args))
     return out.reshape(lead + (v.shape[2],)), lse.reshape(lead)
 
 
