@@ -72,6 +72,7 @@ import numpy as np
 from ..backend import get_array_module
 from .config import blas_single_thread, jit_contract, jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
 from .microgemm import gemm as _own_gemm
+from .microgemm import LANES as MICRO_LANES
 from .microgemm import host_has_avx512
 from .vexp import exp_constants as _exp_constants
 from .vexp import vexp as _vexp
@@ -696,7 +697,8 @@ def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
     with blas_single_thread():
         tasks = q.shape[0] * -(-q.shape[1] // tq)  # (row block, query tile) pairs
         args = (q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, tq, tk, _exp_constants(q.dtype), q.dtype == np.float32)
-        parallel_for(kernel, tasks, *(args + (host_has_avx512(),) if blas else args))
+        own_pv = host_has_avx512() and v.shape[2] % MICRO_LANES == 0  # whole register blocks only (no edge loop)
+        parallel_for(kernel, tasks, *(args + (own_pv,) if blas else args))
     return out.reshape(lead + (v.shape[2],)), lse.reshape(lead)
 
 
