@@ -35,14 +35,18 @@ per thread, whatever L is.
 row softmax, GEMM" with no rescaling. For Lk > TK each new key tile rescales the running
 output by exp(m_old − m_new) — O(TQ·dv) extra work per tile, negligible next to the
 O(TQ·TK·d) products — so the same kernel serves L = 64 and L = 4096 with a fixed
-TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. Both paths hold their score tiles
-*transposed*, (key, query), so that everything per query — the running max, the shift, the
-exponential, the row sum, the rescaling — is a map over contiguous query lanes, which LLVM
-vectorises; along a row those would be reductions (max, sum), which stay scalar without
+TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. The small-head forward and both backwards
+hold their score tiles *transposed*, (key, query), so that everything per query — the running max,
+the shift, the exponential, the row sum, the rescaling — is a map over contiguous query lanes, which
+LLVM vectorises; along a row those would be reductions (max, sum), which stay scalar without
 fast-math reassociation (measured 0.42 ns per score for the row max alone, against 0.03 as a
-lane map, at L = 4096). The tile products are:
+lane map, at L = 4096). The BLAS forward instead keeps S row-major and needs no max pass: a *lazy
+shift* (``attention_forward_tiled``) accepts a row's tile against its current shift while the row's
+exponentials sum to at most 2¹⁶, and the one reduction left, that sum, is compiled with ``reassoc``
+(``_row_sum_prefix``, ``jit_reduce``). The tile products are:
   * d > 16: BLAS sgemm on the tiles (``np.dot`` inside Numba; OpenBLAS is held to one thread
-    around the call so the two levels of threads do not fight): Sᵀ = k_j qsᵀ, O += (Pᵀ)ᵀ V, and
+    around the call so the two levels of threads do not fight): S = qs k_jᵀ, and O += P V with
+    microgemm's register-blocked loops on AVX-512 hosts (accumulating in place; sgemm elsewhere);
     in the backward the five FlashAttention-2 products with the transposes as BLAS flags;
   * d ≤ 16 (diffusers' UNet uses d = 8): direct loops (``attention_forward_direct``) — a K = 8
     GEMM spends its time packing, while with transposed tiles every step is a vectorised
@@ -82,7 +86,8 @@ TILE_K = 128
 SMALL_HEAD_DIM = 16
 PAD = 16  # floats added to the rows of tiles that are read or written down a column
 # The BLAS path (d > SMALL_HEAD_DIM) takes tiles BLAS_TILE_SCALE times larger on each side, 256 × 512
-# (a 512 KiB score tile, within a core's L2): fewer, larger sgemms and fewer rescalings. Measured on
+# (a 512 KiB score tile, within a core's L2; the forward's query tile twice that, ``_tiles``): fewer,
+# larger sgemms and fewer rescalings. Measured on
 # one thread, CPU time, d = 64, the kernels called directly on a loaded machine (load average 12):
 # L = 4096 forward 130 → 104 ms, backward 266 → 213 ms; L = 256 forward 8.7 → 7.2 ms, backward
 # 16.9 → 13.9 ms. ``_tiles`` shrinks the query tile again while there would be fewer than two
@@ -268,9 +273,19 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
     underflow can empty the row; else the row max (a row with every key of the tile masked adds
     P = 0). Bounds: each tile adds at most T to l_i, so l_i ≤ ⌈Lk/tk⌉·T and |acc_ic| ≤ l_i·max|v|
     (float32: finite for ⌈Lk/tk⌉·max|v| < 5e33); lse_i = m_i + log l_i and O_i = acc_i / l_i are
-    the same quantities whatever shift m_i they were accumulated against. Then acc += P V (sgemm).
+    the same quantities whatever shift m_i they were accumulated against. The exponential's pass is
+    compiled with ``contract`` (``jit_contract``: vexp's Cody–Waite steps and polynomial as fused
+    multiply-adds, one rounding each instead of two): 0.38 → 0.25 ns per score, one thread. Then
+    acc += P V: with ``own_pv`` (AVX-512 host, dv a multiple of 32) microgemm's register-blocked
+    loops add into acc in place, else sgemm into tmp and a pass acc += tmp.
     Finally O = acc / l, lse = m + log l; l_i = 0 (every key masked) gives O_i = 0, lse_i = −∞.
     Test: tests/kernels/test_attention.py::test_lazy_shift_matches_float64.
+
+    Measured (``benchmarks/kernels.py --only attention --clock cpu --threads 1``, CPU time, OpenBLAS
+    SkylakeX, load 1.4-3.2, main → this kernel, ms; torch beside): L = 4096, d = 64 forward 912 → 768-779
+    (torch 830-866: ratio 1.08 → 0.89-0.94); L = 256, d = 64 forward 31.4 → 27.0-32.5 (ratio 0.94 →
+    0.90-0.92). In steps, L = 4096 one thread: row-major tiles with the lazy shift 948 → 854 ms (load
+    2.6-5), the contracted exp and 512-query tiles → 803-838, microgemm's P V → 768-779.
     """
     for task in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
