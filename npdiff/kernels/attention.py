@@ -285,7 +285,9 @@ def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, 
     SkylakeX, load 1.4-3.2, main → this kernel, ms; torch beside): L = 4096, d = 64 forward 912 → 768-779
     (torch 830-866: ratio 1.08 → 0.89-0.94); L = 256, d = 64 forward 31.4 → 27.0-32.5 (ratio 0.94 →
     0.90-0.92). In steps, L = 4096 one thread: row-major tiles with the lazy shift 948 → 854 ms (load
-    2.6-5), the contracted exp and 512-query tiles → 803-838, microgemm's P V → 768-779.
+    2.6-5), the contracted exp and 512-query tiles → 803-838, microgemm's P V → 768-779. Wall, 2 threads,
+    load 0.7-1.9: L = 4096 475 / 459 → 382 / 387 ms (ratio 1.04 / 1.05 → 0.88 / 0.90), L = 256 17.1 /
+    15.9 → 13.9 / 13.8 ms (0.88 → 0.78 / 0.77) (docs/kernels.md, Attention).
     """
     for task in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
