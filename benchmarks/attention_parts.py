@@ -6,7 +6,7 @@ One thread, CPU time (``time.process_time``: nearly blind to other processes on 
 median of ``--repeats``, on the attention workloads of ``benchmarks/kernels.py``. For each case:
 npdiff's forward and backward kernels called directly (``npdiff.kernels.attention_forward`` /
 ``attention_backward``: no tape); for the BLAS path (d > 16) the same sgemm tile products alone, on
-the same tiles (forward: Sᵀ = k_j qsᵀ and (Pᵀ)ᵀ V; backward: the five FlashAttention-2 products) —
+the same tiles (forward: S = qs k_jᵀ and P V; backward: the five FlashAttention-2 products) —
 what is left above that floor is the softmax work (max, exp, sums, rescaling) and data movement;
 and torch's ``scaled_dot_product_attention`` forward and forward+backward in a child process (one
 thread). The exponential's and the GEMMs' speeds depend on the BLAS kernels: the header prints them
@@ -57,16 +57,16 @@ def _gemm_floors():
     def forward(q, k, v, tq, tk):
         N, Lq, d = q.shape
         Lk, dv = k.shape[1], v.shape[2]
-        sbuf = np.empty(tk * tq, q.dtype)  # tiles as contiguous (nk, nq) views, as the kernels take them
+        sbuf = np.empty(tk * tq, q.dtype)  # tiles as contiguous views
         out = np.empty((tq, dv), q.dtype)
         for n in range(N):
             for i0 in range(0, Lq, tq):
                 nq = min(tq, Lq - i0)
                 for j0 in range(0, Lk, tk):
                     nk = min(tk, Lk - j0)
-                    ST = sbuf[:nk * nq].reshape((nk, nq))
-                    np.dot(k[n, j0:j0 + nk], q[n, i0:i0 + nq].T, ST)
-                    np.dot(ST.T, v[n, j0:j0 + nk], out[:nq])
+                    S = sbuf[:nq * nk].reshape((nq, nk))  # row-major (query, key) tiles, as the kernel takes them
+                    np.dot(q[n, i0:i0 + nq], k[n, j0:j0 + nk].T, S)
+                    np.dot(S, v[n, j0:j0 + nk], out[:nq])
 
     @numba.njit(nogil=True)
     def backward(q, k, v, g, tq, tk):
@@ -112,8 +112,9 @@ def run_npdiff(cases, repeats):
         if case[3] > A.SMALL_HEAD_DIM:
             q3, k3, v3, g3 = (a.reshape(-1, a.shape[-2], a.shape[-1]) for a in (q, k, v, g))
             tq, tk = A._tiles(q3.shape[0], q3.shape[1], k3.shape[1], q3.shape[2])
+            fq, fk = A._tiles(q3.shape[0], q3.shape[1], k3.shape[1], q3.shape[2], forward=True)
             with blas_single_thread():
-                row["fwd_sgemm"] = _median_ms(lambda: floor_fwd(q3, k3, v3, tq, tk), repeats)
+                row["fwd_sgemm"] = _median_ms(lambda: floor_fwd(q3, k3, v3, fq, fk), repeats)
                 row["bwd_sgemm"] = _median_ms(lambda: floor_bwd(q3, k3, v3, g3, tq, tk), repeats)
         rows[_name(case)] = row
     return rows

@@ -35,14 +35,18 @@ per thread, whatever L is.
 row softmax, GEMM" with no rescaling. For Lk > TK each new key tile rescales the running
 output by exp(m_old − m_new) — O(TQ·dv) extra work per tile, negligible next to the
 O(TQ·TK·d) products — so the same kernel serves L = 64 and L = 4096 with a fixed
-TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. Both paths hold their score tiles
-*transposed*, (key, query), so that everything per query — the running max, the shift, the
-exponential, the row sum, the rescaling — is a map over contiguous query lanes, which LLVM
-vectorises; along a row those would be reductions (max, sum), which stay scalar without
+TQ·TK·4 bytes = 32 KiB score tile that stays in L1/L2. The small-head forward and both backwards
+hold their score tiles *transposed*, (key, query), so that everything per query — the running max,
+the shift, the exponential, the row sum, the rescaling — is a map over contiguous query lanes, which
+LLVM vectorises; along a row those would be reductions (max, sum), which stay scalar without
 fast-math reassociation (measured 0.42 ns per score for the row max alone, against 0.03 as a
-lane map, at L = 4096). The tile products are:
+lane map, at L = 4096). The BLAS forward instead keeps S row-major and needs no max pass: a *lazy
+shift* (``attention_forward_tiled``) accepts a row's tile against its current shift while the row's
+exponentials sum to at most 2¹⁶, and the one reduction left, that sum, is compiled with ``reassoc``
+(``_row_sum_prefix``, ``jit_reduce``). The tile products are:
   * d > 16: BLAS sgemm on the tiles (``np.dot`` inside Numba; OpenBLAS is held to one thread
-    around the call so the two levels of threads do not fight): Sᵀ = k_j qsᵀ, O += (Pᵀ)ᵀ V, and
+    around the call so the two levels of threads do not fight): S = qs k_jᵀ, and O += P V with
+    microgemm's register-blocked loops on AVX-512 hosts (accumulating in place; sgemm elsewhere);
     in the backward the five FlashAttention-2 products with the transposes as BLAS flags;
   * d ≤ 16 (diffusers' UNet uses d = 8): direct loops (``attention_forward_direct``) — a K = 8
     GEMM spends its time packing, while with transposed tiles every step is a vectorised
@@ -70,7 +74,10 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .config import blas_single_thread, jit_helper, jit_inline, jit_serial, num_threads, parallel_for
+from .config import blas_single_thread, jit_contract, jit_helper, jit_inline, jit_reduce, jit_serial, num_threads, parallel_for
+from .microgemm import gemm as _own_gemm
+from .microgemm import LANES as MICRO_LANES
+from .microgemm import host_has_avx512
 from .vexp import exp_constants as _exp_constants
 from .vexp import vexp as _vexp
 
@@ -79,7 +86,8 @@ TILE_K = 128
 SMALL_HEAD_DIM = 16
 PAD = 16  # floats added to the rows of tiles that are read or written down a column
 # The BLAS path (d > SMALL_HEAD_DIM) takes tiles BLAS_TILE_SCALE times larger on each side, 256 × 512
-# (a 512 KiB score tile, within a core's L2): fewer, larger sgemms and fewer rescalings. Measured on
+# (a 512 KiB score tile, within a core's L2; the forward's query tile twice that, ``_tiles``): fewer,
+# larger sgemms and fewer rescalings. Measured on
 # one thread, CPU time, d = 64, the kernels called directly on a loaded machine (load average 12):
 # L = 4096 forward 130 → 104 ms, backward 266 → 213 ms; L = 256 forward 8.7 → 7.2 ms, backward
 # 16.9 → 13.9 ms. ``_tiles`` shrinks the query tile again while there would be fewer than two
@@ -211,18 +219,75 @@ def _add_bias_transposed(ST, biasT, plane, i0, nq, j0, nk):
             ST[j, i] += biasT[plane, j0 + j, i0 + i]
 
 
-@jit_serial
-def attention_forward_tiled(lo, hi, q, k, v, biasT, bias_index, has_bias, scale, out, lse, tq, tk, C, fast):
-    """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
-    over (n, query tile); fills ``out`` and ``lse``. The mask comes transposed, biasT (M, Lk, Lq).
+# The BLAS forward's lazy shift: a row's tile is accepted with its current shift m_i (not the running
+# max) when Σ_j e^{min(S_ij − m_i, 87)} ≤ LAZY_SUM_LIMIT; see ``attention_forward_tiled``.
+LAZY_SUM_LIMIT = 2.0**16
 
-    Per task: qs = s·q[n, i0:i0+tq]; for each key tile the scores *transposed*, Sᵀ = k_tile qsᵀ
-    (+ biasᵀ) (sgemm, (nk, nq)), so that the per-query softmax statistics are maps over
-    contiguous query lanes: m' = max(m, max_j Sᵀ[j, :]), α = e^{m−m'},
-    Pᵀ = e^{Sᵀ − m'}, l ← α·l + Σ_j Pᵀ[j, :] (one fused pass), acc ← α·acc + (Pᵀ)ᵀ V (sgemm
-    with the transposed operand). Finally O = acc / l, lse = m + log l.
-    (Row-major S made the row max and the row sum reductions, which do not vectorise without
-    reassociation: they and a four-pass exp cost half as much again as the two sgemms at L = 4096.)
+
+@jit_contract
+def _exp_shift_row_clamped(S, i, nk, shift, hi, C, fast):
+    """S[i, j] ← exp(min(S[i, j] − shift, hi)) for j < nk, in place (one vectorised pass along the row;
+    ``hi`` = 87 keeps ``vexp``'s 2^k inside float32's exponent range for any positive argument)."""
+    for j in range(nk):
+        S[i, j] = _vexp(min(S[i, j] - shift, hi), C, fast)
+
+
+@jit_reduce
+def _row_sum_prefix(S, i, nk):
+    """Σ_{j<nk} S[i, j] in S's dtype, reassociated into vector partial sums (``jit_reduce``)."""
+    t = S[i, 0]
+    for j in range(1, nk):
+        t += S[i, j]
+    return t
+
+
+@jit_helper
+def _row_max_prefix(S, i, nk):
+    """max_{j<nk} S[i, j] (scalar loop: only on a tile's first finite row or after a rejected shift)."""
+    mx = S[i, 0]
+    for j in range(1, nk):
+        mx = max(mx, S[i, j])
+    return mx
+
+
+@jit_serial
+def attention_forward_tiled(lo, hi, q, k, v, bias, bias_index, has_bias, scale, out, lse, tq, tk, C, fast, own_pv):
+    """Tiled online-softmax forward with BLAS tile products (d > SMALL_HEAD_DIM), parallel
+    over (n, query tile); fills ``out`` and ``lse``. The mask comes as it is, bias (M, Lq, Lk).
+
+    Per task: qs = s·q[n, i0:i0+tq]; for each key tile the scores S = qs k_tileᵀ (+ bias) (sgemm,
+    (nq, nk), row-major: the P V sgemm below then reads P untransposed, 360 against 415 ms of the
+    L = 4096 case's 34 GFLOP with the transposed operand, one thread). Each row is then shifted
+    *lazily* (FlashAttention-3's idea, Shah et al. 2024, §3.3, with an acceptance test instead of a
+    threshold on the max): with m_i the row's current shift,
+
+        e_ij = exp(min(S_ij − m_i, 87)),   accepted when  Σ_j e_ij ≤ T = LAZY_SUM_LIMIT = 2¹⁶.
+
+    Every e_ij ≥ 0, so acceptance bounds each term: e_ij ≤ T, i.e. S_ij ≤ m_i + ln T (the clamp
+    at 87 < ln(float32 max) ≈ 88.7 keeps every term finite, so an inf or a clamped term can only
+    reject). Accepted: l_i += Σ_j e_ij and the row needs no max pass and no rescaling. Rejected
+    (a new larger max, rare after the first tiles): the row's scores are recomputed (a dot per
+    key: the exp overwrote them), m' = max(m_i, max_j S_ij), α = e^{m_i − m'}, l_i and acc_i scale
+    by α, and e_ij = e^{S_ij − m'} ≤ 1. A row with no shift yet (m_i = −∞: its first tile, or
+    every key so far masked) takes m_i = S_i0 when finite: that term is e⁰ = 1, so l_i ≥ 1 and no
+    underflow can empty the row; else the row max (a row with every key of the tile masked adds
+    P = 0). Bounds: each tile adds at most T to l_i, so l_i ≤ ⌈Lk/tk⌉·T and |acc_ic| ≤ l_i·max|v|
+    (float32: finite for ⌈Lk/tk⌉·max|v| < 5e33); lse_i = m_i + log l_i and O_i = acc_i / l_i are
+    the same quantities whatever shift m_i they were accumulated against. The exponential's pass is
+    compiled with ``contract`` (``jit_contract``: vexp's Cody–Waite steps and polynomial as fused
+    multiply-adds, one rounding each instead of two): 0.38 → 0.25 ns per score, one thread. Then
+    acc += P V: with ``own_pv`` (AVX-512 host, dv a multiple of 32) microgemm's register-blocked
+    loops add into acc in place, else sgemm into tmp and a pass acc += tmp.
+    Finally O = acc / l, lse = m + log l; l_i = 0 (every key masked) gives O_i = 0, lse_i = −∞.
+    Test: tests/kernels/test_attention.py::test_lazy_shift_matches_float64.
+
+    Measured (``benchmarks/kernels.py --only attention --clock cpu --threads 1``, CPU time, OpenBLAS
+    SkylakeX, load 1.4-3.2, main → this kernel, ms; torch beside): L = 4096, d = 64 forward 912 → 768-779
+    (torch 830-866: ratio 1.08 → 0.89-0.94); L = 256, d = 64 forward 31.4 → 27.0-32.5 (ratio 0.94 →
+    0.90-0.92). In steps, L = 4096 one thread: row-major tiles with the lazy shift 948 → 854 ms (load
+    2.6-5), the contracted exp and 512-query tiles → 803-838, microgemm's P V → 768-779. Wall, 2 threads,
+    load 0.7-1.9: L = 4096 475 / 459 → 382 / 387 ms (ratio 1.04 / 1.05 → 0.88 / 0.90), L = 256 17.1 /
+    15.9 → 13.9 / 13.8 ms (0.88 → 0.78 / 0.77) (docs/kernels.md, Attention).
     """
     for task in range(lo, hi):  # parallel_for's share of the tasks
         Lq, d = q.shape[1], q.shape[2]
@@ -237,42 +302,56 @@ def attention_forward_tiled(lo, hi, q, k, v, biasT, bias_index, has_bias, scale,
                 qs[i, c] = q[n, i0 + i, c] * scale
         sbuf = np.empty(tq * tk, q.dtype)
         m = np.full(tq, -np.inf, q.dtype)
-        mt = np.empty(tq, q.dtype)
-        shift = np.empty(tq, q.dtype)
         l = np.zeros(tq, q.dtype)
-        alpha = np.ones(tq, q.dtype)
         acc = np.zeros((tq, dv), q.dtype)
         tmp = np.empty((tq, dv), q.dtype)
+        hi_arg = -C.cut  # 87
         for j0 in range(0, Lk, tk):
             nk = min(tk, Lk - j0)
-            ST = sbuf[: nk * nq].reshape((nk, nq))  # (nk, nq) contiguous
-            # 1. scores Sᵀ = k_tile · qsᵀ (+ biasᵀ)
-            np.dot(k[n, j0 : j0 + nk], qs[:nq].T, ST)
+            S = sbuf[: nq * nk].reshape((nq, nk))  # (nq, nk) contiguous
+            # 1. scores S = qs · k_tileᵀ (+ bias)
+            np.dot(qs[:nq], k[n, j0 : j0 + nk].T, S)
             if has_bias:
-                _add_bias_transposed(ST, biasT, bias_index[n], i0, nq, j0, nk)
-            # 2. running max m' per query lane; α = e^{m − m'}
-            for i in range(nq):  # not mt[:nq] = m[:nq]: a slice copy links Numba's string formatting (cold start)
-                mt[i] = m[i]
-            for j in range(nk):
-                row = ST[j]
+                pl = bias_index[n]
                 for i in range(nq):
-                    mt[i] = max(mt[i], row[i])
+                    for j in range(nk):
+                        S[i, j] += bias[pl, i0 + i, j0 + j]
+            # 2. per row: P_ij = e^{S_ij − m_i} with the lazy shift, l_i += Σ_j P_ij
             for i in range(nq):
-                if mt[i] == -np.inf:  # all keys so far masked: α = 1, and e^{−∞ − 0} = 0 adds nothing
-                    alpha[i] = 1
-                    shift[i] = 0
-                else:
-                    alpha[i] = math.exp(m[i] - mt[i])  # exp(−∞) = 0 on the first tile
-                    m[i] = mt[i]
-                    shift[i] = mt[i]
-                l[i] *= alpha[i]
-            # 3. Pᵀ = e^{Sᵀ − m'} and l += Σ_j Pᵀ[j, :], one pass
-            _exp_shift_lanes(ST, nk, nq, shift, l, C, fast)
-            # 4. acc ← α·acc + P V_tile, P = (Pᵀ)ᵀ
-            np.dot(ST.T, v[n, j0 : j0 + nk], tmp[:nq])
-            for i in range(nq):
-                for c in range(dv):
-                    acc[i, c] = acc[i, c] * alpha[i] + tmp[i, c]
+                sh = m[i]
+                if sh == -np.inf:  # no shift yet: a term of the row, else its max
+                    sh = S[i, 0] if S[i, 0] != -np.inf else _row_max_prefix(S, i, nk)
+                    if sh == -np.inf:  # every key of this tile masked for this query: P = 0
+                        for j in range(nk):
+                            S[i, j] = 0
+                        continue
+                    m[i] = sh
+                _exp_shift_row_clamped(S, i, nk, sh, hi_arg, C, fast)
+                t = _row_sum_prefix(S, i, nk)
+                if not t <= LAZY_SUM_LIMIT:  # rejected (t may be inf): recompute the row, shift by its max
+                    for j in range(nk):
+                        a = qs[i, 0] * k[n, j0 + j, 0]
+                        for c in range(1, d):
+                            a += qs[i, c] * k[n, j0 + j, c]
+                        S[i, j] = a + bias[bias_index[n], i0 + i, j0 + j] if has_bias else a
+                    m_new = max(sh, _row_max_prefix(S, i, nk))
+                    alpha = math.exp(sh - m_new)
+                    l[i] *= alpha
+                    for c in range(dv):
+                        acc[i, c] *= alpha
+                    m[i] = m_new
+                    _exp_shift_row_clamped(S, i, nk, m_new, hi_arg, C, fast)
+                    t = _row_sum_prefix(S, i, nk)
+                l[i] += t
+            # 3. acc += P V_tile: the register-blocked loops accumulate in place (AVX-512 hosts: see
+            #    ``attention_forward_numba``); else sgemm into tmp, then acc += tmp
+            if own_pv:
+                _own_gemm(S, v[n, j0 : j0 + nk], acc[:nq], not own_pv, own_pv)  # trans_a False, accumulate True
+            else:
+                np.dot(S, v[n, j0 : j0 + nk], tmp[:nq])
+                for i in range(nq):
+                    for c in range(dv):
+                        acc[i, c] += tmp[i, c]
         for i in range(nq):
             if l[i] == 0:
                 lse[n, i0 + i] = -np.inf
@@ -611,10 +690,12 @@ def _tiles(N, Lq, Lk, d, forward=False):
     the BLAS path BLAS_TILE_SCALE times that, the query tile halved (not below TILE_Q) while the
     forward would have fewer than 2 (row block, query tile) tasks per thread, and neither tile longer
     than its sequence (each task allocates its tiles: 512 KiB of scores for a 64-query row block
-    measured 1.6× slower than 32 KiB)."""
+    measured 1.6× slower than 32 KiB). The BLAS forward takes twice the query tile, 512 × 512 (a 1 MiB
+    score tile, read row by row: each row's exp and sum stay in L1): L = 4096, d = 64, one thread, CPU
+    time, 836 → 820 ms (load 2; 1024 × 256 and 1024 × 512 measured the same, 512 × 1024 864 ms)."""
     if d <= SMALL_HEAD_DIM:  # the forward's lanes are 2·TILE_Q queries: its loops run along them
         return (2 * TILE_Q if forward else TILE_Q), TILE_K
-    tq = TILE_Q * BLAS_TILE_SCALE
+    tq = TILE_Q * BLAS_TILE_SCALE * (2 if forward else 1)  # forward: half as many packings of each k and v tile
     while tq > TILE_Q and N * -(-Lq // tq) < 2 * num_threads():
         tq //= 2
     return min(max(tq, TILE_Q), max(Lq, 1)), min(TILE_K * BLAS_TILE_SCALE, max(Lk, 1))
@@ -626,13 +707,15 @@ def attention_forward_numba(q, k, v, bias=None, bias_index=None, scale=None):
     q, k, v = _flat3(q), _flat3(k), _flat3(v)  # (N, L, d)
     out = np.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
     lse = np.empty(q.shape[:2], q.dtype)
-    b, bi, has_b = _bias_args(q, bias, bias_index, transposed=True)  # both forwards walk query lanes
-    kernel = attention_forward_tiled if q.shape[2] > SMALL_HEAD_DIM else attention_forward_direct
+    blas = q.shape[2] > SMALL_HEAD_DIM
+    b, bi, has_b = _bias_args(q, bias, bias_index, transposed=not blas)  # the small-head forward walks query lanes
+    kernel = attention_forward_tiled if blas else attention_forward_direct
     tq, tk = _tiles(q.shape[0], q.shape[1], k.shape[1], q.shape[2], forward=True)
     with blas_single_thread():
         tasks = q.shape[0] * -(-q.shape[1] // tq)  # (row block, query tile) pairs
-        parallel_for(kernel, tasks, q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, tq, tk,
-                     _exp_constants(q.dtype), q.dtype == np.float32)
+        args = (q, k, v, b, bi, has_b, q.dtype.type(scale), out, lse, tq, tk, _exp_constants(q.dtype), q.dtype == np.float32)
+        own_pv = host_has_avx512() and v.shape[2] % MICRO_LANES == 0  # whole register blocks only (no edge loop)
+        parallel_for(kernel, tasks, *(args + (own_pv,) if blas else args))
     return out.reshape(lead + (v.shape[2],)), lse.reshape(lead)
 
 

@@ -43,10 +43,11 @@ def test_the_walk_finds_the_kernels():
 def test_kernel_uses_the_config_flags(name, dispatcher):
     assert isinstance(dispatcher._cache, FunctionCache), f"{name} is not cached on disk (cache=True)"
     options = dispatcher.targetoptions
-    # the two documented exceptions: the row reductions (``jit_reduce``) may reassociate their sums, and the
-    # register-blocked GEMM (``jit_contract``) may fuse its multiply-adds
-    allowed = ((config.FASTMATH, config.REDUCE_FASTMATH) if name.startswith("norm._row_") else
-               (config.FASTMATH, config.CONTRACT_FASTMATH) if name.startswith("microgemm.") else (config.FASTMATH,))
+    # the documented exceptions: the row reductions (``jit_reduce``) may reassociate their sums, and the
+    # register-blocked GEMM and attention's row exponential (``jit_contract``) may fuse their multiply-adds
+    allowed = ((config.FASTMATH, config.REDUCE_FASTMATH) if name.startswith("norm._row_") or name == "attention._row_sum_prefix" else
+               (config.FASTMATH, config.CONTRACT_FASTMATH) if name.startswith("microgemm.") or name == "attention._exp_shift_row_clamped"
+               else (config.FASTMATH,))
     assert options.get("fastmath", False) in allowed, f"{name}: fastmath differs from config.FASTMATH"
     assert options.get("error_model") == config.ERROR_MODEL, f"{name}: error_model differs from config"
     assert options.get("nogil"), f"{name} holds the GIL"
