@@ -13,6 +13,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _load_benchmark(name):
+    """benchmarks/NAME.py as a module (the folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_kernels_benchmark_writes_records(tmp_path):
     pytest.importorskip("torch", reason="the benchmark times torch as the peer")
     out = tmp_path / "k.json"
@@ -34,13 +44,9 @@ def test_unet_vs_dit_benchmark_writes_records(tmp_path):
     """benchmarks/unet_vs_dit.py: both models' step times from one process, FLOPs, equal-time steps.
     Run in this process (the subprocess would spend most of its time importing torch and diffusers)."""
     pytest.importorskip("diffusers", reason="the FLOPs are counted on diffusers' twin models")
-    import importlib.util
-
     import numba
 
-    spec = importlib.util.spec_from_file_location("unet_vs_dit", os.path.join(ROOT, "benchmarks", "unet_vs_dit.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("unet_vs_dit")
     out = tmp_path / "uvd.json"
     threads = numba.get_num_threads()
     try:
@@ -66,14 +72,10 @@ def test_flop_count_includes_attention():
     plus the per-sample conditioning and the patch embedding / final layer (torch's fused CPU
     attention kernel would count 0 for the attention part)."""
     pytest.importorskip("diffusers", reason="the FLOPs are counted on diffusers' twin models")
-    import importlib.util
-
     from npdiff.training import TrainConfig
     from npdiff.training.run import RunInfo, dit_config
 
-    spec = importlib.util.spec_from_file_location("unet_vs_dit", os.path.join(ROOT, "benchmarks", "unet_vs_dit.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("unet_vs_dit")
     E, blocks, S, p, B = 64, 2, 8, 2, 4
     config = dit_config(TrainConfig(model="dit", hidden_dim=E, num_blocks=blocks), 1, S, 10)
     info = RunInfo("DiTTransformer2DModel", config, None, (1, S, S), 10, 10, None)
@@ -89,13 +91,9 @@ def test_flop_count_includes_attention():
 
 def test_norm_floor_benchmark_writes_records(tmp_path):
     """benchmarks/norm_floor.py: group-norm kernels' GB/s beside the two copies, one record per shape."""
-    import importlib.util
-
     import numba
 
-    spec = importlib.util.spec_from_file_location("norm_floor", os.path.join(ROOT, "benchmarks", "norm_floor.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("norm_floor")
     out = tmp_path / "nf.json"
     threads = numba.get_num_threads()
     try:
